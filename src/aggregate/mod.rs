@@ -1,0 +1,116 @@
+//! Aggregation: per-series windows ([`window`]) with hdrhistogram latency ([`latency`]), the
+//! correlator's [`Sink`], and the read-only [`snapshot`] published to the API.
+//!
+//! Invariants: the number of flagged series is capped (`max_series`); observations for new
+//! series past the cap are counted as overflow, never silently lost. Unflagged traffic is kept
+//! per slice (service × environment × region) as the blast-radius baseline. Series idle for
+//! longer than the longest window are dropped.
+
+pub mod latency;
+pub mod snapshot;
+pub mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::correlate::Sink;
+use crate::model::{Dims, Evaluation, FlagKey, Outcome, SeriesKey, Variant};
+use crate::time::Timestamp;
+pub use window::{Summary, Window};
+
+/// How long an idle series is kept: the longest window (6 h).
+pub const SERIES_IDLE: Duration = Duration::from_secs(6 * 3600);
+
+/// All windows.
+pub struct Aggregator {
+    max_series: usize,
+    series: HashMap<SeriesKey, Window>,
+    unflagged: HashMap<Dims, Window>,
+    /// Series touched since the rules last looked.
+    changed: HashSet<SeriesKey>,
+    overflow: u64,
+}
+
+impl Aggregator {
+    pub fn new(max_series: usize) -> Self {
+        Aggregator { max_series, series: HashMap::new(), unflagged: HashMap::new(), changed: HashSet::new(), overflow: 0 }
+    }
+
+    pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &Window)> {
+        self.series.iter()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn unflagged(&self, dims: &Dims) -> Option<&Window> {
+        self.unflagged.get(dims)
+    }
+
+    pub fn unflagged_iter(&self) -> impl Iterator<Item = (&Dims, &Window)> {
+        self.unflagged.iter()
+    }
+
+    /// Observations refused because the series cap was reached.
+    pub fn overflow(&self) -> u64 {
+        self.overflow
+    }
+
+    /// Returns and clears the set of series changed since the last call.
+    pub fn take_changed(&mut self) -> HashSet<SeriesKey> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Drops series idle for longer than [`SERIES_IDLE`].
+    pub fn drop_idle(&mut self, now: Timestamp) {
+        let cutoff = now.sub(SERIES_IDLE);
+        self.series.retain(|_, w| w.last_record() >= cutoff);
+        self.unflagged.retain(|_, w| w.last_record() >= cutoff);
+    }
+
+    /// Clears the windows of the given series (after a restore, so that pre-kill evidence
+    /// cannot re-kill at once).
+    pub fn reset(&mut self, keep: impl Fn(&SeriesKey) -> bool) {
+        self.series.retain(|k, _| keep(k));
+    }
+
+    /// Approximate bytes held by all windows.
+    pub fn bytes(&self) -> usize {
+        self.series.values().chain(self.unflagged.values()).map(Window::bytes).sum()
+    }
+
+    fn window(&mut self, key: SeriesKey) -> Option<&mut Window> {
+        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            self.overflow += 1;
+            return None;
+        }
+        self.changed.insert(key.clone());
+        Some(self.series.entry(key).or_default())
+    }
+}
+
+impl Sink for Aggregator {
+    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, now: Timestamp) {
+        let key = SeriesKey { flag: flag.clone(), variant: variant.clone(), dims: outcome.dims.clone() };
+        if let Some(w) = self.window(key) {
+            w.record_request(now, outcome.error, outcome.latency_us);
+        }
+    }
+
+    fn unflagged(&mut self, dims: &Dims, error: bool, latency_us: u64, now: Timestamp) {
+        if !self.unflagged.contains_key(dims) && self.unflagged.len() >= self.max_series {
+            self.overflow += 1;
+            return;
+        }
+        self.unflagged.entry(dims.clone()).or_default().record_request(now, error, latency_us);
+    }
+
+    fn exposure(&mut self, evaluation: &Evaluation, now: Timestamp) {
+        let Some(variant) = &evaluation.variant else { return };
+        let key = SeriesKey { flag: evaluation.flag.clone(), variant: variant.clone(), dims: evaluation.dims.clone() };
+        if let Some(w) = self.window(key) {
+            w.record_exposure(now, evaluation.error_type.is_some());
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The read-only view of the pipeline that the API serves: per-series summaries and the current
+//! verdicts. Built by the pipeline on a timer and published through a `watch` channel, so that
+//! readers never lock the aggregator.
+
+use serde::Serialize;
+
+use super::{Aggregator, Summary};
+use crate::time::Timestamp;
+
+/// Counts and quantiles of one series over one window.
+#[derive(Clone, Debug, Serialize, Default, PartialEq)]
+pub struct WindowView {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub exposures: u64,
+    pub evaluation_errors: u64,
+}
+
+impl From<&Summary> for WindowView {
+    fn from(s: &Summary) -> Self {
+        WindowView {
+            requests: s.requests,
+            errors: s.errors,
+            error_rate: s.error_rate(),
+            p50_ms: s.quantile_ms(0.5),
+            p95_ms: s.quantile_ms(0.95),
+            p99_ms: s.quantile_ms(0.99),
+            exposures: s.exposures,
+            evaluation_errors: s.evaluation_errors,
+        }
+    }
+}
+
+/// One series (or unflagged slice when `flag` is empty) as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesView {
+    pub flag: String,
+    pub variant: String,
+    pub service: String,
+    pub environment: String,
+    pub region: String,
+    pub last_1m: WindowView,
+    pub last_5m: WindowView,
+    pub last_seen: String,
+}
+
+/// One rule slice's current verdict with its decision record.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerdictView {
+    pub rule: String,
+    pub flag: String,
+    pub slice: String,
+    pub verdict: String,
+    pub reason: Option<String>,
+    pub since: String,
+    pub mode: String,
+    pub evidence: serde_json::Value,
+}
+
+/// Everything the API reads.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Snapshot {
+    pub at: String,
+    pub series: Vec<SeriesView>,
+    pub unflagged: Vec<SeriesView>,
+    pub verdicts: Vec<VerdictView>,
+    /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
+    pub stale_rules: Vec<String>,
+    pub traces_in_flight: usize,
+    pub series_count: usize,
+    pub window_bytes: usize,
+}
+
+impl Snapshot {
+    /// Summarises every series over the last minute and five minutes.
+    pub fn build(aggregator: &Aggregator, now: Timestamp) -> Snapshot {
+        let view = |flag: String, variant: String, dims: &crate::model::Dims, w: &super::Window| SeriesView {
+            flag,
+            variant,
+            service: dims.service.to_string(),
+            environment: dims.environment.to_string(),
+            region: dims.region.to_string(),
+            last_1m: (&w.summary_since(now.sub(std::time::Duration::from_secs(60)))).into(),
+            last_5m: (&w.summary_since(now.sub(std::time::Duration::from_secs(300)))).into(),
+            last_seen: w.last_record().rfc3339(),
+        };
+        let mut series: Vec<SeriesView> = aggregator.series().map(|(k, w)| view(k.flag.to_string(), k.variant.to_string(), &k.dims, w)).collect();
+        series.sort_by(|a, b| (&a.flag, &a.variant, &a.service, &a.environment, &a.region).cmp(&(&b.flag, &b.variant, &b.service, &b.environment, &b.region)));
+        let mut unflagged: Vec<SeriesView> = aggregator.unflagged_iter().map(|(d, w)| view(String::new(), String::new(), d, w)).collect();
+        unflagged.sort_by(|a, b| (&a.service, &a.environment, &a.region).cmp(&(&b.service, &b.environment, &b.region)));
+        Snapshot {
+            at: now.rfc3339(),
+            series,
+            unflagged,
+            series_count: aggregator.series_count(),
+            window_bytes: aggregator.bytes(),
+            ..Snapshot::default()
+        }
+    }
+}

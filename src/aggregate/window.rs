@@ -1,0 +1,276 @@
+//! Per-series windows: time buckets of (requests, errors, exposures, evaluation errors,
+//! latency) at three resolutions — 5 s buckets for 2 min, 1 min for 1 h, 10 min for 6 h.
+//!
+//! Invariants:
+//! - only the open level-0 bucket holds a dense histogram; closed buckets are sparse;
+//! - a level-0 bucket is added into its level-1 bucket when it closes, a level-1 bucket into
+//!   its level-2 bucket when it is complete; so every point of data is in exactly one bucket of
+//!   each level that still retains its time;
+//! - a query reads level 0 for the recent part and coarser levels only for whole, complete
+//!   coarser buckets older than that, so nothing is counted twice. A window is widened to bucket
+//!   boundaries (it covers at least what was asked, at most one bucket more).
+//! - time is injected; records older than the open bucket go into the open bucket.
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+
+use super::latency::{self, Latency};
+use crate::time::Timestamp;
+
+/// (bucket width in ms, buckets kept) per level, finest first.
+pub const LEVELS: [(u64, usize); 3] = [(5_000, 24), (60_000, 60), (600_000, 36)];
+
+/// Counts and latency of one bucket (or of a merged range).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub exposures: u64,
+    pub evaluation_errors: u64,
+    /// `None` until a request with a latency is recorded (lazy allocation).
+    pub latency: Option<Latency>,
+}
+
+impl Stats {
+    fn add(&mut self, other: &Stats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.exposures += other.exposures;
+        self.evaluation_errors += other.evaluation_errors;
+        if let Some(theirs) = &other.latency {
+            match &mut self.latency {
+                Some(mine) => mine.merge(theirs),
+                None => self.latency = Some(Latency::Sparse(theirs.to_sparse())),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(Latency::Dense(_)) = &self.latency {
+            self.latency = self.latency.as_ref().map(|l| Latency::Sparse(l.to_sparse()));
+        }
+    }
+}
+
+/// A window query's answer: merged counts and a dense histogram.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub requests: u64,
+    pub errors: u64,
+    pub exposures: u64,
+    pub evaluation_errors: u64,
+    pub latency: Histogram<u64>,
+    /// Start of the oldest bucket read (the window actually covered starts here).
+    pub covered_from: Timestamp,
+}
+
+impl Summary {
+    pub fn empty(at: Timestamp) -> Self {
+        Summary { requests: 0, errors: 0, exposures: 0, evaluation_errors: 0, latency: latency::dense(), covered_from: at }
+    }
+
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+    }
+
+    /// Latency quantile in milliseconds (`None` without latency data).
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        (!self.latency.is_empty()).then(|| self.latency.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    /// Adds another summary (merging slices).
+    pub fn add(&mut self, other: &Summary) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.exposures += other.exposures;
+        self.evaluation_errors += other.evaluation_errors;
+        let _ = self.latency.add(&other.latency);
+        self.covered_from = self.covered_from.min(other.covered_from);
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    start: u64,
+    stats: Stats,
+}
+
+/// One series' window.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    levels: [VecDeque<Bucket>; 3],
+    /// Start of the open level-0 bucket: everything before it is closed and cascaded.
+    advanced_to: u64,
+    /// Level-1 buckets before this start have been added into level 2.
+    cascaded_1: u64,
+    /// Per level: data older than this was dropped from the level (retention), so the level
+    /// holds everything from here on.
+    dropped_before: [u64; 3],
+    last_record: Timestamp,
+}
+
+fn floor(t: u64, width: u64) -> u64 {
+    t - t % width
+}
+
+fn ceil(t: u64, width: u64) -> u64 {
+    floor(t + width - 1, width)
+}
+
+impl Window {
+    pub fn new() -> Self {
+        Window::default()
+    }
+
+    /// When data was last recorded.
+    pub fn last_record(&self) -> Timestamp {
+        self.last_record
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels.iter().all(VecDeque::is_empty)
+    }
+
+    /// Records one request outcome.
+    pub fn record_request(&mut self, now: Timestamp, error: bool, latency_us: u64) {
+        let stats = self.open_bucket(now);
+        stats.requests += 1;
+        stats.errors += error as u64;
+        stats.latency.get_or_insert_with(|| Latency::Dense(Box::new(latency::dense()))).record(latency_us);
+    }
+
+    /// Records one flag evaluation (exposure) of this cohort.
+    pub fn record_exposure(&mut self, now: Timestamp, evaluation_error: bool) {
+        let stats = self.open_bucket(now);
+        stats.exposures += 1;
+        stats.evaluation_errors += evaluation_error as u64;
+    }
+
+    fn open_bucket(&mut self, now: Timestamp) -> &mut Stats {
+        self.advance(now);
+        self.last_record = self.last_record.max(now);
+        let start = self.advanced_to;
+        let level0 = &mut self.levels[0];
+        if level0.back().is_none_or(|b| b.start != start) {
+            level0.push_back(Bucket { start, stats: Stats::default() });
+        }
+        // Just ensured: the back bucket exists.
+        &mut level0.back_mut().expect("open bucket exists").stats
+    }
+
+    /// Closes every bucket that ends at or before `now` (cascading into coarser levels) and
+    /// drops buckets beyond each level's retention.
+    pub fn advance(&mut self, now: Timestamp) {
+        let (w0, _) = LEVELS[0];
+        let (w1, _) = LEVELS[1];
+        let target = floor(now.as_millis(), w0);
+        if target <= self.advanced_to {
+            return;
+        }
+        if let Some(open) = self.levels[0].back_mut().filter(|b| b.start == self.advanced_to) {
+            open.stats.close();
+            let (start, stats) = (open.start, open.stats.clone());
+            add_to_level(&mut self.levels[1], floor(start, w1), &stats);
+        }
+        self.advanced_to = target;
+        // Level-1 buckets that ended by `target` are complete: add them to level 2 once.
+        let (w2, _) = LEVELS[2];
+        let complete_before = floor(target, w1);
+        let pending: Vec<(u64, Stats)> = self.levels[1]
+            .iter()
+            .filter(|b| b.start >= self.cascaded_1 && b.start < complete_before)
+            .map(|b| (b.start, b.stats.clone()))
+            .collect();
+        for (start, stats) in pending {
+            add_to_level(&mut self.levels[2], floor(start, w2), &stats);
+        }
+        self.cascaded_1 = self.cascaded_1.max(complete_before);
+        for (level, &(width, keep)) in LEVELS.iter().enumerate() {
+            while self.levels[level].len() > keep {
+                if let Some(dropped) = self.levels[level].pop_front() {
+                    self.dropped_before[level] = dropped.start + width;
+                }
+            }
+        }
+    }
+
+    /// Sums the buckets that overlap `[start, ∞)`, each time range read from exactly one level.
+    pub fn summary_since(&self, start: Timestamp) -> Summary {
+        let mut total = Stats::default();
+        let mut covered_from = u64::MAX;
+        let start = start.as_millis();
+        for (level, range) in self.level_ranges().into_iter().enumerate() {
+            let (lo, hi) = range;
+            let width = LEVELS[level].0;
+            for bucket in &self.levels[level] {
+                if bucket.start >= lo && bucket.start < hi && bucket.start + width > start {
+                    total.add(&bucket.stats);
+                    covered_from = covered_from.min(bucket.start);
+                }
+            }
+        }
+        let mut summary = Summary::empty(Timestamp(if covered_from == u64::MAX { start } else { covered_from }));
+        summary.requests = total.requests;
+        summary.errors = total.errors;
+        summary.exposures = total.exposures;
+        summary.evaluation_errors = total.evaluation_errors;
+        if let Some(l) = &total.latency {
+            l.add_into(&mut summary.latency);
+        }
+        summary
+    }
+
+    /// The time range [lo, hi) each level answers for.
+    fn level_ranges(&self) -> [(u64, u64); 3] {
+        let (w1, w2) = (LEVELS[1].0, LEVELS[2].0);
+        let oldest = |level: usize| self.levels[level].front().map(|b| b.start);
+        let l0_lo = oldest(0).map_or(u64::MAX, |o| ceil(o, w1)).min(floor(self.advanced_to, w1));
+        let l1_lo = oldest(1).map_or(u64::MAX, |o| ceil(o, w2)).min(floor(self.advanced_to, w2)).min(floor(l0_lo, w2));
+        [(l0_lo, u64::MAX), (l1_lo, l0_lo), (0, l1_lo)]
+    }
+
+    /// Adds `other` into this window. Both must have been advanced to the same time first
+    /// (`advance(now)`), so that their open and closed buckets line up.
+    pub fn merge(&mut self, other: &Window) {
+        for level in 0..3 {
+            // Each side holds all of its data since its oldest bucket at this level; keep only
+            // the range both hold (older data is in the coarser levels of both).
+            let cutoff = self.dropped_before[level].max(other.dropped_before[level]);
+            self.dropped_before[level] = cutoff;
+            for bucket in &other.levels[level] {
+                add_to_level(&mut self.levels[level], bucket.start, &bucket.stats);
+            }
+            while self.levels[level].front().is_some_and(|b| b.start < cutoff) {
+                self.levels[level].pop_front();
+            }
+        }
+        self.advanced_to = self.advanced_to.max(other.advanced_to);
+        self.cascaded_1 = self.cascaded_1.max(other.cascaded_1);
+        self.last_record = self.last_record.max(other.last_record);
+    }
+
+    /// Approximate heap bytes held (for the memory report).
+    pub fn bytes(&self) -> usize {
+        self.levels
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|b| std::mem::size_of::<Bucket>() + b.stats.latency.as_ref().map_or(0, Latency::bytes))
+            .sum()
+    }
+}
+
+/// Adds `stats` into the bucket starting at `start`, creating it in order if needed.
+fn add_to_level(level: &mut VecDeque<Bucket>, start: u64, stats: &Stats) {
+    match level.binary_search_by_key(&start, |b| b.start) {
+        Ok(i) => level[i].stats.add(stats),
+        Err(i) => {
+            let mut fresh = Stats::default();
+            fresh.add(stats);
+            level.insert(i, Bucket { start, stats: fresh });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! The trace join. A flag evaluated anywhere in a trace exposes the whole trace to that cohort;
+//! every entry span of the trace is one request of its service. Per trace in flight it keeps a
+//! small summary — the cohorts seen and the outcomes seen — never the spans, and records an
+//! observation the moment both a cohort and an outcome are known, whatever order they arrive in.
+//!
+//! Invariants:
+//! - an outcome is attributed at most once per cohort (entry spans are deduplicated by span id);
+//! - a trace idle for `trace_idle` is evicted: if it never saw a flag its outcomes count as
+//!   unflagged; otherwise a tombstone (cohorts + span ids) lives `tombstone_ttl` more so that
+//!   late spans are still attributed (counted as late);
+//! - the number of live traces is capped at `max_traces`; the oldest is evicted early and counted;
+//! - the same flag seen with two variants in one trace is mixed: it stops exposing the trace
+//!   (observations already recorded stay) and is counted;
+//! - evaluation errors and evaluations without a trace id are exposures only.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
+
+use crate::model::{Dims, Evaluation, FlagKey, Outcome, SpanId, TraceId, Variant};
+use crate::time::Timestamp;
+
+/// Correlator settings (see `[correlate]` in the configuration reference).
+#[derive(Clone, Debug)]
+pub struct CorrelateSettings {
+    pub trace_idle: Duration,
+    pub tombstone_ttl: Duration,
+    pub max_traces: usize,
+}
+
+impl Default for CorrelateSettings {
+    fn default() -> Self {
+        CorrelateSettings { trace_idle: Duration::from_secs(30), tombstone_ttl: Duration::from_secs(120), max_traces: 200_000 }
+    }
+}
+
+/// Where observations go (the aggregator, or a test recorder).
+pub trait Sink {
+    /// One request outcome attributed to cohort (flag, variant) in the outcome's slice.
+    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, now: Timestamp);
+    /// One request outcome of a trace that evaluated no flag.
+    fn unflagged(&mut self, dims: &Dims, error: bool, latency_us: u64, now: Timestamp);
+    /// One flag evaluation (an exposure), in the evaluating service's slice.
+    fn exposure(&mut self, evaluation: &Evaluation, now: Timestamp);
+}
+
+/// Counts of what happened to outcomes and traces, since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorrelateCounts {
+    pub attributed: u64,
+    pub unflagged: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    pub mixed: u64,
+    pub evicted_idle: u64,
+    pub evicted_capacity: u64,
+    pub evaluation_errors: u64,
+    pub without_variant: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Cohort {
+    Exposed(FlagKey, Variant),
+    Mixed(FlagKey),
+}
+
+impl Cohort {
+    fn flag(&self) -> &FlagKey {
+        match self {
+            Cohort::Exposed(f, _) | Cohort::Mixed(f) => f,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TraceState {
+    last_seen: Timestamp,
+    cohorts: Vec<Cohort>,
+    outcomes: Vec<Outcome>,
+    /// Set once evicted: the trace is a tombstone until then; `outcomes` is then empty and
+    /// `seen` keeps the span ids for dedupe.
+    tombstone_until: Option<Timestamp>,
+    seen: Vec<SpanId>,
+}
+
+impl TraceState {
+    fn new(now: Timestamp) -> Self {
+        TraceState { last_seen: now, cohorts: Vec::new(), outcomes: Vec::new(), tombstone_until: None, seen: Vec::new() }
+    }
+}
+
+/// The correlator: a map of traces in flight and a deadline heap for eviction.
+pub struct Correlator {
+    settings: CorrelateSettings,
+    traces: HashMap<TraceId, TraceState>,
+    /// (deadline, trace): checked lazily, a trace's real deadline may have moved later.
+    deadlines: BinaryHeap<Reverse<(Timestamp, TraceId)>>,
+    live: usize,
+    counts: CorrelateCounts,
+}
+
+impl Correlator {
+    pub fn new(settings: CorrelateSettings) -> Self {
+        Correlator { settings, traces: HashMap::new(), deadlines: BinaryHeap::new(), live: 0, counts: CorrelateCounts::default() }
+    }
+
+    pub fn counts(&self) -> &CorrelateCounts {
+        &self.counts
+    }
+
+    /// Traces held (live and tombstones).
+    pub fn traces_held(&self) -> usize {
+        self.traces.len()
+    }
+
+    pub fn live_traces(&self) -> usize {
+        self.live
+    }
+
+    /// Handles one flag evaluation.
+    pub fn evaluation(&mut self, evaluation: &Evaluation, now: Timestamp, sink: &mut impl Sink) {
+        sink.exposure(evaluation, now);
+        if evaluation.error_type.is_some() {
+            self.counts.evaluation_errors += 1;
+            return;
+        }
+        let Some(variant) = &evaluation.variant else {
+            self.counts.without_variant += 1;
+            return;
+        };
+        let Some(trace) = evaluation.trace else { return };
+        let state = Self::state(&mut self.traces, &mut self.deadlines, &mut self.live, self.settings.trace_idle, trace, now);
+        state.last_seen = now;
+        match state.cohorts.iter_mut().find(|c| c.flag() == &evaluation.flag) {
+            Some(Cohort::Exposed(_, seen)) if seen == variant => {}
+            Some(cohort @ Cohort::Exposed(..)) => {
+                *cohort = Cohort::Mixed(evaluation.flag.clone());
+                self.counts.mixed += 1;
+            }
+            Some(Cohort::Mixed(_)) => {}
+            None => {
+                state.cohorts.push(Cohort::Exposed(evaluation.flag.clone(), variant.clone()));
+                for outcome in &state.outcomes {
+                    sink.observe(&evaluation.flag, variant, outcome, now);
+                    self.counts.attributed += 1;
+                }
+            }
+        }
+        self.enforce_capacity(now, sink);
+    }
+
+    /// Handles one entry-span outcome.
+    pub fn outcome(&mut self, outcome: Outcome, now: Timestamp, sink: &mut impl Sink) {
+        let state = Self::state(&mut self.traces, &mut self.deadlines, &mut self.live, self.settings.trace_idle, outcome.trace, now);
+        state.last_seen = now;
+        let duplicate = state.seen.contains(&outcome.span) || state.outcomes.iter().any(|o| o.span == outcome.span);
+        if duplicate {
+            self.counts.duplicate += 1;
+            return;
+        }
+        let tombstone = state.tombstone_until.is_some();
+        for cohort in &state.cohorts {
+            if let Cohort::Exposed(flag, variant) = cohort {
+                sink.observe(flag, variant, &outcome, now);
+                self.counts.attributed += 1;
+            }
+        }
+        if tombstone {
+            self.counts.late += 1;
+            state.seen.push(outcome.span);
+        } else {
+            state.outcomes.push(outcome);
+        }
+        self.enforce_capacity(now, sink);
+    }
+
+    fn state<'a>(
+        traces: &'a mut HashMap<TraceId, TraceState>,
+        deadlines: &mut BinaryHeap<Reverse<(Timestamp, TraceId)>>,
+        live: &mut usize,
+        trace_idle: Duration,
+        trace: TraceId,
+        now: Timestamp,
+    ) -> &'a mut TraceState {
+        traces.entry(trace).or_insert_with(|| {
+            *live += 1;
+            deadlines.push(Reverse((now.add(trace_idle), trace)));
+            TraceState::new(now)
+        })
+    }
+
+    /// Evicts idle traces and expired tombstones. Call on every tick.
+    pub fn evict_idle(&mut self, now: Timestamp, sink: &mut impl Sink) {
+        while let Some(Reverse((deadline, trace))) = self.deadlines.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.expire(trace, now, false, sink);
+        }
+    }
+
+    fn enforce_capacity(&mut self, now: Timestamp, sink: &mut impl Sink) {
+        while self.live > self.settings.max_traces {
+            let Some(Reverse((_, trace))) = self.deadlines.pop() else { break };
+            self.expire(trace, now, true, sink);
+        }
+    }
+
+    /// Moves a trace one step on: live → tombstone (or gone), tombstone → gone. With `force`
+    /// (capacity) a live trace is evicted even if it is not idle yet.
+    fn expire(&mut self, trace: TraceId, now: Timestamp, force: bool, sink: &mut impl Sink) {
+        let Some(state) = self.traces.get_mut(&trace) else { return };
+        if let Some(until) = state.tombstone_until {
+            if until <= now || force {
+                self.traces.remove(&trace);
+            } else {
+                self.deadlines.push(Reverse((until, trace)));
+            }
+            return;
+        }
+        let idle_deadline = state.last_seen.add(self.settings.trace_idle);
+        if idle_deadline > now && !force {
+            self.deadlines.push(Reverse((idle_deadline, trace)));
+            return;
+        }
+        self.live -= 1;
+        if force {
+            self.counts.evicted_capacity += 1;
+        } else {
+            self.counts.evicted_idle += 1;
+        }
+        if state.cohorts.is_empty() {
+            for outcome in &state.outcomes {
+                sink.unflagged(&outcome.dims, outcome.error, outcome.latency_us, now);
+                self.counts.unflagged += 1;
+            }
+            self.traces.remove(&trace);
+            return;
+        }
+        let until = now.add(self.settings.tombstone_ttl);
+        state.seen.extend(state.outcomes.drain(..).map(|o| o.span));
+        state.outcomes.shrink_to_fit();
+        state.tombstone_until = Some(until);
+        self.deadlines.push(Reverse((until, trace)));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use super::*;
+use std::sync::Arc;
+
+#[derive(Default)]
+struct Recorder {
+    observed: Vec<(String, String, String, bool)>,
+    unflagged: Vec<(String, bool)>,
+    exposures: Vec<(String, Option<String>, bool)>,
+}
+
+impl Sink for Recorder {
+    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, _now: Timestamp) {
+        self.observed.push((flag.to_string(), variant.to_string(), outcome.dims.service.to_string(), outcome.error));
+    }
+    fn unflagged(&mut self, dims: &Dims, error: bool, _latency_us: u64, _now: Timestamp) {
+        self.unflagged.push((dims.service.to_string(), error));
+    }
+    fn exposure(&mut self, e: &Evaluation, _now: Timestamp) {
+        self.exposures.push((e.flag.to_string(), e.variant.as_ref().map(|v| v.to_string()), e.error_type.is_some()));
+    }
+}
+
+fn dims(service: &str) -> Dims {
+    Dims { service: service.into(), environment: "prod".into(), region: "eu".into() }
+}
+fn eval(trace: u8, flag: &str, variant: &str) -> Evaluation {
+    Evaluation { trace: Some(TraceId([trace; 16])), flag: FlagKey(flag.into()), variant: Some(Variant(variant.into())), error_type: None, dims: dims("checkout") }
+}
+fn outcome(trace: u8, span: u8, service: &str, error: bool) -> Outcome {
+    Outcome { trace: TraceId([trace; 16]), span: SpanId([span; 8]), dims: dims(service), error, latency_us: 1000 }
+}
+fn t(ms: u64) -> Timestamp {
+    Timestamp(ms)
+}
+fn correlator() -> Correlator {
+    Correlator::new(CorrelateSettings { trace_idle: Duration::from_secs(30), tombstone_ttl: Duration::from_secs(120), max_traces: 100 })
+}
+
+#[test]
+fn outcomes_before_and_after_the_evaluation_are_attributed_once() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.outcome(outcome(1, 1, "payments", true), t(0), &mut r);
+    assert!(r.observed.is_empty(), "no cohort yet");
+    c.evaluation(&eval(1, "f", "on"), t(10), &mut r);
+    c.outcome(outcome(1, 2, "frontend", false), t(20), &mut r);
+    c.outcome(outcome(1, 2, "frontend", false), t(21), &mut r); // duplicate delivery
+    assert_eq!(r.observed, vec![("f".into(), "on".into(), "payments".into(), true), ("f".into(), "on".into(), "frontend".into(), false)]);
+    assert_eq!(c.counts().duplicate, 1);
+    assert_eq!(r.exposures.len(), 1);
+}
+
+#[test]
+fn traces_without_flags_become_unflagged_on_eviction() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.outcome(outcome(2, 1, "payments", true), t(0), &mut r);
+    c.evict_idle(t(29_999), &mut r);
+    assert!(r.unflagged.is_empty());
+    c.evict_idle(t(30_000), &mut r);
+    assert_eq!(r.unflagged, vec![("payments".into(), true)]);
+    assert_eq!(c.traces_held(), 0);
+}
+
+#[test]
+fn activity_postpones_eviction() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.outcome(outcome(2, 1, "a", false), t(0), &mut r);
+    c.outcome(outcome(2, 2, "b", false), t(25_000), &mut r);
+    c.evict_idle(t(30_000), &mut r);
+    assert_eq!(c.live_traces(), 1);
+    c.evict_idle(t(55_000), &mut r);
+    assert_eq!(c.live_traces(), 0);
+    assert_eq!(r.unflagged.len(), 2);
+}
+
+#[test]
+fn tombstone_attributes_late_spans_then_expires() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.evaluation(&eval(3, "f", "on"), t(0), &mut r);
+    c.outcome(outcome(3, 1, "checkout", false), t(0), &mut r);
+    c.evict_idle(t(30_000), &mut r);
+    assert_eq!(c.live_traces(), 0);
+    assert_eq!(c.traces_held(), 1, "tombstone kept");
+    c.outcome(outcome(3, 1, "checkout", false), t(40_000), &mut r);
+    assert_eq!(c.counts().duplicate, 1, "a duplicate stays a duplicate after eviction");
+    c.outcome(outcome(3, 2, "payments", true), t(40_000), &mut r);
+    assert_eq!(c.counts().late, 1);
+    assert_eq!(r.observed.last().unwrap(), &("f".into(), "on".into(), "payments".into(), true));
+    c.evict_idle(t(150_000), &mut r);
+    assert_eq!(c.traces_held(), 0);
+    assert!(r.unflagged.is_empty());
+}
+
+#[test]
+fn mixed_variants_stop_exposing() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.evaluation(&eval(4, "f", "on"), t(0), &mut r);
+    c.evaluation(&eval(4, "f", "off"), t(0), &mut r);
+    c.outcome(outcome(4, 1, "checkout", true), t(0), &mut r);
+    assert!(r.observed.is_empty());
+    assert_eq!(c.counts().mixed, 1);
+    c.evaluation(&eval(4, "f", "on"), t(0), &mut r);
+    assert_eq!(c.counts().mixed, 1, "counted once");
+}
+
+#[test]
+fn two_flags_both_get_the_outcome() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.evaluation(&eval(5, "a", "on"), t(0), &mut r);
+    c.evaluation(&eval(5, "b", "x"), t(0), &mut r);
+    c.outcome(outcome(5, 1, "checkout", true), t(0), &mut r);
+    assert_eq!(r.observed.len(), 2);
+}
+
+#[test]
+fn evaluation_errors_and_traceless_evaluations_are_exposures_only() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    let mut failed = eval(6, "f", "off");
+    failed.error_type = Some(Arc::from("flag_not_found"));
+    c.evaluation(&failed, t(0), &mut r);
+    let mut traceless = eval(6, "g", "on");
+    traceless.trace = None;
+    c.evaluation(&traceless, t(0), &mut r);
+    c.outcome(outcome(6, 1, "checkout", true), t(0), &mut r);
+    assert!(r.observed.is_empty());
+    assert_eq!(r.exposures.len(), 2);
+    assert_eq!(c.counts().evaluation_errors, 1);
+}
+
+#[test]
+fn capacity_evicts_oldest_early_and_counts_it() {
+    let mut c = Correlator::new(CorrelateSettings { max_traces: 2, ..CorrelateSettings::default() });
+    let mut r = Recorder::default();
+    c.outcome(outcome(1, 1, "a", false), t(0), &mut r);
+    c.outcome(outcome(2, 1, "b", false), t(1), &mut r);
+    c.outcome(outcome(3, 1, "c", false), t(2), &mut r);
+    assert_eq!(c.live_traces(), 2);
+    assert_eq!(c.counts().evicted_capacity, 1);
+    assert_eq!(r.unflagged, vec![("a".into(), false)]);
+}

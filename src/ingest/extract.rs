@@ -1,0 +1,184 @@
+//! Attribute lookups across semantic-convention generations: which OTLP attribute names give a
+//! flag evaluation's key, variant, provider, set id and error (reference:
+//! `otel-feature-flags.md` §4). Pure functions over OTLP attribute lists.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+
+pub const EVENT_NEW: &str = "feature_flag.evaluation";
+pub const EVENT_OLD: &str = "feature_flag";
+
+/// A flag evaluation as read from one attribute list (span event, log record or child span).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvaluation {
+    pub key: String,
+    pub set_id: Option<String>,
+    pub variant: Option<String>,
+    pub error_type: Option<String>,
+}
+
+/// Finds the attribute `name` (first occurrence).
+pub fn attr<'a>(attrs: &'a [KeyValue], name: &str) -> Option<&'a AnyValue> {
+    attrs.iter().find(|kv| kv.key == name).and_then(|kv| kv.value.as_ref())
+}
+
+/// Returns a string attribute (only string-typed values).
+pub fn attr_str<'a>(attrs: &'a [KeyValue], name: &str) -> Option<&'a str> {
+    match attr(attrs, name)?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Returns an integer attribute (int, or a string holding an int: some SDKs stringify).
+pub fn attr_int(attrs: &[KeyValue], name: &str) -> Option<i64> {
+    match attr(attrs, name)?.value.as_ref()? {
+        Value::IntValue(i) => Some(*i),
+        Value::StringValue(s) => s.parse().ok(),
+        Value::DoubleValue(d) => Some(*d as i64),
+        _ => None,
+    }
+}
+
+/// Renders an attribute value as the variant string SDKs mean by it: strings as themselves
+/// (with Python's JSON quoting removed), booleans and numbers in their usual text form.
+pub fn stringify(value: &AnyValue) -> Option<String> {
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(unquote_json(s)),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        Value::BytesValue(b) => Some(hex::encode(b)),
+        Value::ArrayValue(_) | Value::KvlistValue(_) => None,
+        Value::StringValueStrindex(_) => None,
+    }
+}
+
+/// Python's hook sends `json.dumps(value)`: `'"#c05543"'` → `#c05543`. Other strings pass.
+fn unquote_json(s: &str) -> String {
+    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+        if let Ok(serde_json::Value::String(inner)) = serde_json::from_str::<serde_json::Value>(s) {
+            return inner;
+        }
+    }
+    s.to_owned()
+}
+
+/// Reads a flag evaluation from an attribute list, with the documented lookup order.
+/// `body` is a log record's body (v1.29–v1.33 emitters put `{"value": …}` there).
+pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEvaluation> {
+    let key = attr_str(attrs, "feature_flag.key").or_else(|| attr_str(attrs, "feature_flag.flag_key"))?;
+    if key.is_empty() {
+        return None;
+    }
+    let variant = attr_str(attrs, "feature_flag.result.variant")
+        .or_else(|| attr_str(attrs, "feature_flag.variant"))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or_else(|| attr(attrs, "feature_flag.result.value").and_then(stringify))
+        .or_else(|| body.and_then(body_value).and_then(stringify));
+    let reason = attr_str(attrs, "feature_flag.result.reason").or_else(|| attr_str(attrs, "feature_flag.evaluation.reason"));
+    let error_type = attr_str(attrs, "error.type")
+        .map(str::to_owned)
+        .or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
+    Some(RawEvaluation {
+        key: key.to_owned(),
+        set_id: attr_str(attrs, "feature_flag.set.id").filter(|s| !s.is_empty()).map(str::to_owned),
+        variant,
+        error_type,
+    })
+}
+
+fn body_value(body: &AnyValue) -> Option<&AnyValue> {
+    match body.value.as_ref()? {
+        Value::KvlistValue(list) => list.values.iter().find(|kv| kv.key == "value").and_then(|kv| kv.value.as_ref()),
+        _ => None,
+    }
+}
+
+/// Reads evaluations expressed as span attributes under configured prefixes
+/// (`app.flags.checkout-v2 = "on"` with prefix `app.flags.`).
+pub fn prefixed_evaluations(attrs: &[KeyValue], prefixes: &[String], out: &mut Vec<RawEvaluation>) {
+    if prefixes.is_empty() {
+        return;
+    }
+    for kv in attrs {
+        for prefix in prefixes {
+            if let Some(key) = kv.key.strip_prefix(prefix.as_str()) {
+                if key.is_empty() {
+                    continue;
+                }
+                let variant = kv.value.as_ref().and_then(stringify);
+                out.push(RawEvaluation { key: key.to_owned(), set_id: None, variant, error_type: None });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    }
+    fn s(v: &str) -> Value {
+        Value::StringValue(v.into())
+    }
+
+    #[test]
+    fn lookup_order_across_generations() {
+        struct Case {
+            name: &'static str,
+            attrs: Vec<KeyValue>,
+            body: Option<AnyValue>,
+            variant: Option<&'static str>,
+            error: Option<&'static str>,
+        }
+        let body_value = AnyValue {
+            value: Some(Value::KvlistValue(opentelemetry_proto::tonic::common::v1::KeyValueList {
+                values: vec![kv("value", Value::BoolValue(true))],
+            })),
+        };
+        let cases = vec![
+            Case { name: "v1.34 result.variant wins", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("true")), kv("feature_flag.result.variant", s("on")), kv("feature_flag.variant", s("old"))], body: None, variant: Some("on"), error: None },
+            Case { name: "pre-1.32 variant", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.variant", s("blue"))], body: None, variant: Some("blue"), error: None },
+            Case { name: "python json-quoted value", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("\"#c05543\""))], body: None, variant: Some("#c05543"), error: None },
+            Case { name: "python bool value as string", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("true"))], body: None, variant: Some("true"), error: None },
+            Case { name: "node native bool value", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::BoolValue(false))], body: None, variant: Some("false"), error: None },
+            Case { name: "int value", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::IntValue(5))], body: None, variant: Some("5"), error: None },
+            Case { name: "log body value (v1.29-1.33)", attrs: vec![kv("feature_flag.key", s("f"))], body: Some(body_value), variant: Some("true"), error: None },
+            Case { name: "evaluation error by error.type", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::BoolValue(false)), kv("feature_flag.result.reason", s("error")), kv("error.type", s("flag_not_found"))], body: None, variant: Some("false"), error: Some("flag_not_found") },
+            Case { name: "evaluation error by old reason", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.evaluation.reason", s("ERROR"))], body: None, variant: None, error: Some("general") },
+            Case { name: "old java key name", attrs: vec![kv("feature_flag.flag_key", s("f")), kv("feature_flag.variant", s("on"))], body: None, variant: Some("on"), error: None },
+        ];
+        for case in cases {
+            let got = evaluation(&case.attrs, case.body.as_ref()).unwrap_or_else(|| panic!("{}: no evaluation", case.name));
+            assert_eq!(got.key, "f", "{}", case.name);
+            assert_eq!(got.variant.as_deref(), case.variant, "{}", case.name);
+            assert_eq!(got.error_type.as_deref(), case.error, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn no_key_is_no_evaluation() {
+        assert_eq!(evaluation(&[kv("feature_flag.variant", s("on"))], None), None);
+        assert_eq!(evaluation(&[kv("feature_flag.key", s(""))], None), None);
+        assert_eq!(evaluation(&[kv("feature_flag.key", Value::IntValue(3))], None), None);
+    }
+
+    #[test]
+    fn set_id_namespaces() {
+        let got = evaluation(&[kv("feature_flag.key", s("f")), kv("feature_flag.set.id", s("shop"))], None).unwrap();
+        assert_eq!(got.set_id.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn prefixed_attributes() {
+        let mut out = Vec::new();
+        let attrs = vec![kv("app.flags.checkout-v2", s("on")), kv("app.flags.", s("x")), kv("other", s("y"))];
+        prefixed_evaluations(&attrs, &["app.flags.".to_owned()], &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key, "checkout-v2");
+        assert_eq!(out[0].variant.as_deref(), Some("on"));
+    }
+}

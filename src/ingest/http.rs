@@ -1,0 +1,160 @@
+//! OTLP/HTTP: `POST /v1/traces` and `/v1/logs`, protobuf or JSON by Content-Type, gzip request
+//! bodies, the body limit applied after decompression (a gzip bomb gets 413), and replies in the
+//! request's encoding (error bodies are `google.rpc.Status`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
+use prost::Message;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use super::{Accepted, Ingest, IngestError, Transport};
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => PROTOBUF,
+            Encoding::Json => JSON,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ingest: Arc<Ingest>,
+    max_body: usize,
+}
+
+/// Builds the OTLP/HTTP router. `max_body` bounds the decompressed body.
+pub fn router(ingest: Arc<Ingest>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/logs", post(logs))
+        .with_state(HttpState { ingest, max_body })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestDecompressionLayer::new().gzip(true).pass_through_unaccepted(false))
+}
+
+fn media_type(headers: &HeaderMap) -> Result<Encoding, IngestError> {
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        PROTOBUF => Ok(Encoding::Protobuf),
+        JSON => Ok(Encoding::Json),
+        _ => Err(IngestError::UnsupportedMediaType(raw.to_owned())),
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Bytes, IngestError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => IngestError::TooLarge { limit: max_body },
+        _ => IngestError::Invalid(rejection.body_text()),
+    })
+}
+
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, IngestError> {
+    match encoding {
+        Encoding::Protobuf => T::decode(body).map_err(|e| IngestError::Invalid(e.to_string())),
+        Encoding::Json => serde_json::from_slice(body).map_err(|e| IngestError::Invalid(e.to_string())),
+    }
+}
+
+async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = (|| {
+        let encoding = media_type(&headers)?;
+        let body = body_bytes(body, state.max_body)?;
+        let request: ExportTraceServiceRequest = decode(encoding, &body)?;
+        let accepted = state.ingest.accept_traces(&request, Transport::Http)?;
+        Ok((encoding, accepted))
+    })();
+    match result {
+        Ok((encoding, Accepted { rejected, message })) => {
+            let partial = (rejected > 0 || !message.is_empty()).then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: message.clone() });
+            match encoding {
+                Encoding::Protobuf => ok(encoding, ExportTraceServiceResponse { partial_success: partial }.encode_to_vec()),
+                Encoding::Json => ok(encoding, json_partial("rejectedSpans", rejected, &message)),
+            }
+        }
+        Err(error) => {
+            state.ingest.count_refused("traces", Transport::Http, &error);
+            to_response(error, media_type(&headers).unwrap_or(Encoding::Json))
+        }
+    }
+}
+
+async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = (|| {
+        let encoding = media_type(&headers)?;
+        let body = body_bytes(body, state.max_body)?;
+        let request: ExportLogsServiceRequest = decode(encoding, &body)?;
+        let accepted = state.ingest.accept_logs(&request, Transport::Http)?;
+        Ok((encoding, accepted))
+    })();
+    match result {
+        Ok((encoding, Accepted { rejected, message })) => {
+            let partial = (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message.clone() });
+            match encoding {
+                Encoding::Protobuf => ok(encoding, ExportLogsServiceResponse { partial_success: partial }.encode_to_vec()),
+                Encoding::Json => ok(encoding, json_partial("rejectedLogRecords", rejected, &message)),
+            }
+        }
+        Err(error) => {
+            state.ingest.count_refused("logs", Transport::Http, &error);
+            to_response(error, media_type(&headers).unwrap_or(Encoding::Json))
+        }
+    }
+}
+
+/// OTLP/JSON response body: `{}` on full success (not `{"partialSuccess":null}`), int64 as a string.
+fn json_partial(field: &str, rejected: i64, message: &str) -> Vec<u8> {
+    if rejected == 0 && message.is_empty() {
+        return b"{}".to_vec();
+    }
+    let mut partial = serde_json::Map::new();
+    partial.insert(field.to_owned(), serde_json::Value::String(rejected.to_string()));
+    partial.insert("errorMessage".to_owned(), serde_json::Value::String(message.to_owned()));
+    serde_json::json!({ "partialSuccess": partial }).to_string().into_bytes()
+}
+
+fn ok(encoding: Encoding, body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+/// Maps an ingest error to its HTTP response: the status code, `Retry-After` when retryable,
+/// and a `google.rpc.Status` body in the request's encoding.
+fn to_response(error: IngestError, encoding: Encoding) -> Response {
+    let (status, retry_after) = match &error {
+        IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, None),
+        IngestError::Overloaded { retry_after } => (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)),
+        IngestError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+        IngestError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
+    };
+    let message = error.to_string();
+    let body = match encoding {
+        Encoding::Protobuf => tonic_types::pb::Status { code: 0, message, details: vec![] }.encode_to_vec(),
+        Encoding::Json => serde_json::json!({ "message": message }).to_string().into_bytes(),
+    };
+    let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

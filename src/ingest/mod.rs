@@ -1,0 +1,125 @@
+//! Ingest: the OTLP receivers. gRPC ([`grpc`]) and HTTP ([`http`]) decode their transport's
+//! encoding and call one [`Ingest::accept_traces`] / [`Ingest::accept_logs`], which converts the
+//! request ([`otlp`], [`extract`]) and hands the batch to the pipeline.
+//!
+//! Backpressure: the pipeline queue is bounded (`ingest.queue_capacity` batches). When it is
+//! full, the request is refused with a retryable error carrying a retry delay (gRPC UNAVAILABLE
+//! + RetryInfo, HTTP 503 + Retry-After). Nothing accepted is ever dropped silently.
+
+pub mod extract;
+pub mod grpc;
+pub mod http;
+pub mod otlp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::sync::mpsc;
+
+use crate::model::Batch;
+use crate::telemetry::Metrics;
+pub use otlp::ExtractOptions;
+
+/// Why an OTLP request was not accepted. Mapped outward once per transport
+/// (`grpc::to_status`, `http::to_response`).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The payload cannot be decoded: 400 / INVALID_ARGUMENT, never retried.
+    #[error("invalid OTLP payload: {0}")]
+    Invalid(String),
+    /// The pipeline queue is full: 503 / UNAVAILABLE with a retry delay.
+    #[error("pipeline queue is full, retry after {retry_after:?}")]
+    Overloaded { retry_after: Duration },
+    /// The daemon is shutting down: 503 / UNAVAILABLE, retryable.
+    #[error("flagguard is shutting down")]
+    ShuttingDown,
+    #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("request body exceeds {limit} bytes after decompression")]
+    TooLarge { limit: usize },
+}
+
+/// What a caller is told about an accepted request.
+#[derive(Debug, Default, PartialEq)]
+pub struct Accepted {
+    pub rejected: i64,
+    /// Empty when everything was usable.
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// The one entry point both transports call.
+pub struct Ingest {
+    tx: mpsc::Sender<Batch>,
+    options: ExtractOptions,
+    retry_after: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    pub fn new(tx: mpsc::Sender<Batch>, options: ExtractOptions, retry_after: Duration, metrics: Arc<Metrics>) -> Self {
+        Ingest { tx, options, retry_after, metrics }
+    }
+
+    pub fn accept_traces(&self, request: &ExportTraceServiceRequest, transport: Transport) -> Result<Accepted, IngestError> {
+        let converted = otlp::convert_traces(request, &self.options);
+        self.accept(converted, "traces", transport)
+    }
+
+    pub fn accept_logs(&self, request: &ExportLogsServiceRequest, transport: Transport) -> Result<Accepted, IngestError> {
+        let converted = otlp::convert_logs(request);
+        self.accept(converted, "logs", transport)
+    }
+
+    /// Records a request refused before conversion (decode errors, size, media type).
+    pub fn count_refused(&self, signal: &'static str, transport: Transport, error: &IngestError) {
+        let result = match error {
+            IngestError::Overloaded { .. } | IngestError::ShuttingDown => "overloaded",
+            _ => "invalid",
+        };
+        Metrics::count(&self.metrics.otlp_requests, &[("transport", transport.label()), ("signal", signal), ("result", result)]);
+    }
+
+    fn accept(&self, converted: otlp::Converted, signal: &'static str, transport: Transport) -> Result<Accepted, IngestError> {
+        let accepted = Accepted { rejected: converted.rejected, message: converted.message() };
+        let batch = converted.batch;
+        let useful = !batch.evaluations.is_empty() || !batch.outcomes.is_empty();
+        let (spans, logs, evaluations, outcomes) = (batch.spans_seen, batch.logs_seen, batch.evaluations.len(), batch.outcomes.len());
+        if useful {
+            let sent = self.tx.try_send(batch);
+            self.metrics.queue_depth.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+            if let Err(e) = sent {
+                let error = match e {
+                    mpsc::error::TrySendError::Full(_) => IngestError::Overloaded { retry_after: self.retry_after },
+                    mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+                };
+                self.count_refused(signal, transport, &error);
+                return Err(error);
+            }
+        }
+        let result = if accepted.rejected > 0 { "partial" } else { "ok" };
+        Metrics::count(&self.metrics.otlp_requests, &[("transport", transport.label()), ("signal", signal), ("result", result)]);
+        self.metrics.spans_received.inc_by(spans);
+        self.metrics.log_records_received.inc_by(logs);
+        self.metrics.items_rejected.inc_by(accepted.rejected as u64);
+        self.metrics.evaluations.inc_by(evaluations as u64);
+        self.metrics.outcomes.inc_by(outcomes as u64);
+        Ok(accepted)
+    }
+}

@@ -1,0 +1,33 @@
+//! flagguard: progressive delivery's kill switch, driven by OpenTelemetry.
+//!
+//! # Layout
+//!
+//! Data flows top to bottom; each module owns one stage of the pipeline.
+//!
+//! - [`ingest`]    — OTLP gRPC and HTTP receivers; decode, validate, extract flag evaluations
+//!   and request outcomes (the only module that names OTLP types).
+//! - [`correlate`] — the trace join: evaluations + entry-span outcomes → observations per cohort.
+//! - [`aggregate`] — per-series windows (counts + hdrhistogram latency), snapshots for readers.
+//! - [`rules`]     — rule files → validated rules; pure evaluation to verdicts; the engine that
+//!   applies `for`, cooldown and blast-radius guards and decides actions.
+//! - [`act`]       — actuators (one per flag system), the outbox executor with retries.
+//! - [`store`]     — SQLite: audit log, action outbox, rule state.
+//! - [`api`]       — the admin HTTP API and `/metrics`.
+//! - [`config`]    — the TOML file shape and its validated form.
+//! - [`app`]       — the only wiring: channels, tasks, shutdown.
+//! - [`model`], [`time`], [`telemetry`] — shared vocabulary, injected time, metrics and logs.
+//! - [`cli`]       — the `check` and `demo` commands.
+
+pub mod act;
+pub mod aggregate;
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod correlate;
+pub mod ingest;
+pub mod model;
+pub mod rules;
+pub mod store;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,134 @@
+//! flagguard's own telemetry: log setup (text or JSON through tracing-subscriber) and the
+//! Prometheus metrics every stage counts into. Stages never log per span; they count here.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every counter and gauge flagguard exports on `/metrics`. Cheap to update (atomics), shared by
+/// `Arc`; no stage reads another stage's numbers from here.
+pub struct Metrics {
+    registry: Registry,
+    /// OTLP requests by transport, signal and result (ok, partial, invalid, overloaded).
+    pub otlp_requests: Family<Labels, Counter>,
+    pub spans_received: Counter,
+    pub log_records_received: Counter,
+    /// Spans and log records rejected through partial success or a 400.
+    pub items_rejected: Counter,
+    pub evaluations: Counter,
+    /// Flag evaluations that themselves failed (`error.type`); never request errors.
+    pub evaluation_errors: Counter,
+    /// Evaluations without a variant: counted, never a cohort.
+    pub evaluations_without_variant: Counter,
+    pub outcomes: Counter,
+    /// Batches waiting between ingest and the pipeline.
+    pub queue_depth: Gauge,
+    pub traces_in_flight: Gauge,
+    /// Traces leaving the correlator, by reason (idle, capacity).
+    pub traces_evicted: Family<Labels, Counter>,
+    /// Outcomes by attribution (flagged, unflagged, late, duplicate, mixed).
+    pub attribution: Family<Labels, Counter>,
+    pub series: Gauge,
+    pub series_overflow: Counter,
+    /// Current verdicts by kind over all rule slices.
+    pub verdicts: Family<Labels, Gauge>,
+    /// Actions by kind and state transition.
+    pub actions: Family<Labels, Counter>,
+    pub actuator_errors: Family<Labels, Counter>,
+    pub rules_loaded: Gauge,
+    pub rule_reloads: Family<Labels, Counter>,
+    /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
+    pub rules_stale: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flagguard");
+        let m = Metrics {
+            otlp_requests: Family::default(),
+            spans_received: Counter::default(),
+            log_records_received: Counter::default(),
+            items_rejected: Counter::default(),
+            evaluations: Counter::default(),
+            evaluation_errors: Counter::default(),
+            evaluations_without_variant: Counter::default(),
+            outcomes: Counter::default(),
+            queue_depth: Gauge::default(),
+            traces_in_flight: Gauge::default(),
+            traces_evicted: Family::default(),
+            attribution: Family::default(),
+            series: Gauge::default(),
+            series_overflow: Counter::default(),
+            verdicts: Family::default(),
+            actions: Family::default(),
+            actuator_errors: Family::default(),
+            rules_loaded: Gauge::default(),
+            rule_reloads: Family::default(),
+            rules_stale: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("otlp_requests", "OTLP export requests by transport, signal and result", m.otlp_requests.clone());
+        registry.register("spans_received", "Spans accepted", m.spans_received.clone());
+        registry.register("log_records_received", "Log records accepted", m.log_records_received.clone());
+        registry.register("items_rejected", "Spans and log records rejected as invalid", m.items_rejected.clone());
+        registry.register("flag_evaluations", "Flag evaluations found in telemetry", m.evaluations.clone());
+        registry.register("flag_evaluation_errors", "Flag evaluations that failed (error.type), not request errors", m.evaluation_errors.clone());
+        registry.register("flag_evaluations_without_variant", "Flag evaluations with no variant or value", m.evaluations_without_variant.clone());
+        registry.register("request_outcomes", "Entry-span outcomes seen", m.outcomes.clone());
+        registry.register("ingest_queue_depth", "Batches queued between ingest and the pipeline", m.queue_depth.clone());
+        registry.register("traces_in_flight", "Traces held by the correlator", m.traces_in_flight.clone());
+        registry.register("traces_evicted", "Traces evicted from the correlator by reason", m.traces_evicted.clone());
+        registry.register("attribution", "Request outcomes by attribution", m.attribution.clone());
+        registry.register("series", "Active series (flag x variant x service x environment x region)", m.series.clone());
+        registry.register("series_overflow", "Observations dropped because the series cap was reached", m.series_overflow.clone());
+        registry.register("verdicts", "Current verdicts over all rule slices", m.verdicts.clone());
+        registry.register("actions", "Action state transitions by kind and state", m.actions.clone());
+        registry.register("actuator_errors", "Actuator call failures by actuator and class", m.actuator_errors.clone());
+        registry.register("rules_loaded", "Rules in the active rule set", m.rules_loaded.clone());
+        registry.register("rule_reloads", "Rule reloads by result", m.rule_reloads.clone());
+        registry.register("rules_stale", "Rules whose guarded flag sent no telemetry for longer than stale_after", m.rules_stale.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) {
+        family.get_or_create(&labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` wins over `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
