@@ -6,6 +6,8 @@
 //! - a level-0 bucket is added into its level-1 bucket when it closes, a level-1 bucket into
 //!   its level-2 bucket when it is complete; so every point of data is in exactly one bucket of
 //!   each level that still retains its time;
+//! - levels 0 and 1 drop old buckets a whole coarser bucket at a time, so each level holds
+//!   complete coarser-bucket ranges from its oldest bucket on;
 //! - a query reads level 0 for the recent part and coarser levels only for whole, complete
 //!   coarser buckets older than that, so nothing is counted twice. A window is widened to bucket
 //!   boundaries (it covers at least what was asked, at most one bucket more).
@@ -19,7 +21,7 @@ use super::latency::{self, Latency};
 use crate::time::Timestamp;
 
 /// (bucket width in ms, buckets kept) per level, finest first.
-pub const LEVELS: [(u64, usize); 3] = [(5_000, 24), (60_000, 60), (600_000, 36)];
+pub const LEVELS: [(u64, usize); 3] = [(5_000, 36), (60_000, 70), (600_000, 36)];
 
 /// Counts and latency of one bucket (or of a merged range).
 #[derive(Clone, Debug, Default)]
@@ -114,10 +116,6 @@ fn floor(t: u64, width: u64) -> u64 {
     t - t % width
 }
 
-fn ceil(t: u64, width: u64) -> u64 {
-    floor(t + width - 1, width)
-}
-
 impl Window {
     pub fn new() -> Self {
         Window::default()
@@ -186,11 +184,18 @@ impl Window {
             add_to_level(&mut self.levels[2], floor(start, w2), &stats);
         }
         self.cascaded_1 = self.cascaded_1.max(complete_before);
-        for (level, &(width, keep)) in LEVELS.iter().enumerate() {
+        // Levels 0 and 1 drop whole buckets of the next level, so that each holds complete
+        // coarser buckets from its oldest one on.
+        for level in 0..3 {
+            let keep = LEVELS[level].1;
+            let group = LEVELS.get(level + 1).map_or(LEVELS[level].0, |l| l.0);
             while self.levels[level].len() > keep {
-                if let Some(dropped) = self.levels[level].pop_front() {
-                    self.dropped_before[level] = dropped.start + width;
+                let Some(front) = self.levels[level].front() else { break };
+                let end = floor(front.start, group) + group;
+                while self.levels[level].front().is_some_and(|b| b.start < end) {
+                    self.levels[level].pop_front();
                 }
+                self.dropped_before[level] = end;
             }
         }
     }
@@ -225,8 +230,8 @@ impl Window {
     fn level_ranges(&self) -> [(u64, u64); 3] {
         let (w1, w2) = (LEVELS[1].0, LEVELS[2].0);
         let oldest = |level: usize| self.levels[level].front().map(|b| b.start);
-        let l0_lo = oldest(0).map_or(u64::MAX, |o| ceil(o, w1)).min(floor(self.advanced_to, w1));
-        let l1_lo = oldest(1).map_or(u64::MAX, |o| ceil(o, w2)).min(floor(self.advanced_to, w2)).min(floor(l0_lo, w2));
+        let l0_lo = oldest(0).map_or(u64::MAX, |o| floor(o, w1)).min(floor(self.advanced_to, w1));
+        let l1_lo = oldest(1).map_or(u64::MAX, |o| floor(o, w2)).min(floor(self.advanced_to, w2)).min(floor(l0_lo, w2));
         [(l0_lo, u64::MAX), (l1_lo, l0_lo), (0, l1_lo)]
     }
 

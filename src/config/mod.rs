@@ -1,0 +1,210 @@
+//! Configuration: one TOML file plus `FLAGGUARD_*` environment overrides (the `config` crate
+//! merges the sources; `FLAGGUARD_API__LISTEN` sets `api.listen`). [`Config::load`] validates
+//! everything and reports every error at once.
+
+pub mod file;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+pub use file::{ActuatorConfig, ConfigFile, FlagdConfig, WebhookConfig};
+
+/// Why the configuration cannot be used (exit code 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: ConfigFile,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+}
+
+impl Config {
+    /// Loads `path` (if any) and the environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(config::Environment::with_prefix("FLAGGUARD").prefix_separator("_").separator("__").try_parsing(true));
+        let merged = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let file: ConfigFile = merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
+        Config::validate(file)
+    }
+
+    /// Validates a parsed file, collecting every error.
+    pub fn validate(mut file: ConfigFile) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let mut addr = |field: &str, value: &str| match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(format!("{field}: {value:?} is not a socket address ({e})"));
+                None
+            }
+        };
+        let grpc = addr("otlp.grpc_listen", &file.otlp.grpc_listen);
+        let http = addr("otlp.http_listen", &file.otlp.http_listen);
+        let api = addr("api.listen", &file.api.listen);
+        if file.otlp.max_body_bytes < 1024 {
+            errors.push("otlp.max_body_bytes: must be at least 1024".into());
+        }
+        if file.otlp.queue_capacity == 0 {
+            errors.push("otlp.queue_capacity: must be at least 1".into());
+        }
+        if file.correlate.max_traces == 0 {
+            errors.push("correlate.max_traces: must be at least 1".into());
+        }
+        if file.aggregate.max_series == 0 {
+            errors.push("aggregate.max_series: must be at least 1".into());
+        }
+        let tick = file.aggregate.tick.as_millis();
+        if !(10..=1000).contains(&tick) {
+            errors.push(format!("aggregate.tick: must be between 10ms and 1s, got {tick}ms"));
+        }
+        if file.aggregate.snapshot_interval < file.aggregate.tick {
+            errors.push("aggregate.snapshot_interval: must not be shorter than aggregate.tick".into());
+        }
+        if file.act.max_attempts == 0 {
+            errors.push("act.max_attempts: must be at least 1".into());
+        }
+        if file.act.initial_backoff.is_zero() || file.act.max_backoff < file.act.initial_backoff {
+            errors.push("act.initial_backoff / act.max_backoff: need 0 < initial_backoff <= max_backoff".into());
+        }
+        if let Some(url) = &file.act.notify_url {
+            if let Err(e) = reqwest::Url::parse(url) {
+                errors.push(format!("act.notify_url: {url:?} is not a URL ({e})"));
+            }
+        }
+        for (name, actuator) in file.actuators.iter_mut() {
+            let field = format!("actuators.{name}");
+            match actuator {
+                ActuatorConfig::Webhook(w) => {
+                    if http::Method::from_bytes(w.method.as_bytes()).is_err() {
+                        errors.push(format!("{field}.method: {:?} is not an HTTP method", w.method));
+                    }
+                    match expand_env(&w.url) {
+                        Ok(url) => {
+                            if let Err(e) = reqwest::Url::parse(&url.replace(['{', '}'], "")) {
+                                errors.push(format!("{field}.url: {url:?} is not a URL ({e})"));
+                            }
+                            w.url = url;
+                        }
+                        Err(var) => errors.push(format!("{field}.url: environment variable {var} is not set")),
+                    }
+                    for (header, value) in w.headers.iter_mut() {
+                        match expand_env(value) {
+                            Ok(v) => *value = v,
+                            Err(var) => errors.push(format!("{field}.headers.{header}: environment variable {var} is not set")),
+                        }
+                        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                            errors.push(format!("{field}.headers.{header}: not a valid header name"));
+                        }
+                    }
+                    if let Some(body) = &w.body {
+                        if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+                            errors.push(format!("{field}.body: not valid JSON ({e})"));
+                        }
+                    }
+                }
+                ActuatorConfig::Flagd(f) => {
+                    if f.path.as_os_str().is_empty() {
+                        errors.push(format!("{field}.path: must not be empty"));
+                    }
+                }
+            }
+        }
+        match (grpc, http, api, errors.is_empty()) {
+            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => Ok(Config { file, grpc_listen, http_listen, api_listen }),
+            _ => Err(ConfigError::Invalid(errors)),
+        }
+    }
+
+    /// Names of the configured actuators.
+    pub fn actuator_names(&self) -> std::collections::BTreeSet<String> {
+        self.file.actuators.keys().cloned().collect()
+    }
+}
+
+/// Replaces `${VAR}` with the environment variable's value; returns the missing name.
+pub fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&std::env::var(name).map_err(|_| name.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::validate(ConfigFile::default()).unwrap();
+        assert_eq!(config.grpc_listen.port(), 4317);
+        assert_eq!(config.http_listen.port(), 4318);
+        assert!(config.api_listen.ip().is_loopback(), "API binds loopback until access control exists");
+        assert!(config.file.actuators.is_empty(), "dry-run until an actuator is configured");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let toml = r#"
+            [otlp]
+            grpc_listen = "nope"
+            queue_capacity = 0
+            [aggregate]
+            tick = "5s"
+            [actuators.flags]
+            type = "webhook"
+            url = "http://127.0.0.1/v1/flags/{flag}"
+            headers = { Authorization = "Bearer ${FG_TEST_SURELY_UNSET}" }
+            body = "{not json"
+        "#;
+        let file: ConfigFile = toml_from_str(toml);
+        let Err(ConfigError::Invalid(errors)) = Config::validate(file) else { panic!("must be invalid") };
+        let all = errors.join("\n");
+        for needle in ["otlp.grpc_listen", "otlp.queue_capacity", "aggregate.tick", "FG_TEST_SURELY_UNSET", "actuators.flags.body"] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[otlp]\ngrpc_lisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("grpc_lisen"), "{err}");
+    }
+
+    #[test]
+    fn env_expansion() {
+        // SAFETY: single-threaded use of a variable no other test reads.
+        unsafe { std::env::set_var("FG_TEST_TOKEN_X", "s3cret") };
+        assert_eq!(expand_env("Bearer ${FG_TEST_TOKEN_X}").unwrap(), "Bearer s3cret");
+        assert_eq!(expand_env("${NOPE_NOT_SET_123}").unwrap_err(), "NOPE_NOT_SET_123");
+    }
+
+    fn toml_from_str(s: &str) -> ConfigFile {
+        config::Config::builder().add_source(config::File::from_str(s, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap()
+    }
+}

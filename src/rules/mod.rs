@@ -1,0 +1,286 @@
+//! Rules: YAML files written by SREs ([`file`] is their shape) validated into [`Rule`]s with
+//! errors that name file, line and field; [`evaluate`] judges one slice (pure); [`engine`]
+//! keeps per-slice state (`for`, cooldown, blast radius, staleness) and decides actions.
+//!
+//! A rule set is all-or-nothing: an invalid reload keeps the previous set and says why.
+
+pub mod engine;
+pub mod evaluate;
+pub mod file;
+pub mod locate;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+
+use crate::model::{Dimension, Dims};
+pub use file::Mode;
+use file::{ConditionShape, RuleFileShape, RuleShape};
+
+/// One problem in one rule file, printed `file:line: field: message` like `promtool check rules`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A condition that breaches a slice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// errors / requests > threshold.
+    ErrorRateAbove(f64),
+    /// latency quantile (ms) > threshold.
+    LatencyAbove { quantile: f64, above_ms: f64 },
+}
+
+impl Condition {
+    pub fn describe(&self) -> String {
+        match self {
+            Condition::ErrorRateAbove(t) => format!("error_rate > {t}"),
+            Condition::LatencyAbove { quantile, above_ms } => format!("p{} > {above_ms}ms", quantile * 100.0),
+        }
+    }
+}
+
+/// `where`: only series whose judged slice has these values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, dims: &Dims) -> bool {
+        let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        ok(&self.service, &dims.service) && ok(&self.environment, &dims.environment) && ok(&self.region, &dims.region)
+    }
+
+    pub fn get(&self, dim: Dimension) -> Option<&str> {
+        match dim {
+            Dimension::Service => self.service.as_deref(),
+            Dimension::Environment => self.environment.as_deref(),
+            Dimension::Region => self.region.as_deref(),
+        }
+    }
+}
+
+/// A validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub flag_pattern: String,
+    pub flag: GlobMatcher,
+    pub treatment: Vec<String>,
+    pub control: Option<String>,
+    pub filter: Filter,
+    pub per: Vec<Dimension>,
+    pub when: Vec<Condition>,
+    pub window: Duration,
+    pub min_samples: u64,
+    pub for_: Duration,
+    /// Actuator name; `None` = observe only.
+    pub kill: Option<String>,
+    pub cooldown: Duration,
+    pub mode: Mode,
+}
+
+/// All loaded rules.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    /// The files they came from.
+    pub files: Vec<PathBuf>,
+}
+
+/// Loads every `*.yaml` / `*.yml` in `dir` (sorted), validating names unique across files and
+/// `enforce` actions against the configured actuators. Returns every error found.
+pub fn load_dir(dir: &Path, actuators: &BTreeSet<String>) -> Result<RuleSet, Vec<RuleError>> {
+    let mut paths = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(vec![RuleError { file: dir.into(), line: None, field: String::new(), message: e.to_string() }]),
+    };
+    paths.sort();
+    load_files(&paths, actuators)
+}
+
+/// Loads the given files as one rule set.
+pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<RuleSet, Vec<RuleError>> {
+    let mut set = RuleSet::default();
+    let mut errors = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
+    for path in paths {
+        let source = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(RuleError { file: path.clone(), line: None, field: String::new(), message: e.to_string() });
+                continue;
+            }
+        };
+        match parse(path, &source, actuators) {
+            Ok(rules) => {
+                for rule in rules {
+                    if !names.insert(rule.name.clone()) {
+                        errors.push(RuleError { file: path.clone(), line: rule.line, field: "name".into(), message: format!("rule name {:?} is used twice", rule.name) });
+                    }
+                    set.rules.push(rule);
+                }
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+        set.files.push(path.clone());
+    }
+    if errors.is_empty() { Ok(set) } else { Err(errors) }
+}
+
+/// Parses and validates one file's text.
+pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let shape: RuleFileShape = match serde_yaml::from_str(source) {
+        Ok(s) => s,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            let message = e.to_string();
+            // serde_yaml appends " at line N column M"; the line is already in front.
+            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            return Err(vec![RuleError { file: path.into(), line, field: String::new(), message }]);
+        }
+    };
+    let lines = locate::lines(source);
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    for (i, shape) in shape.rules.into_iter().enumerate() {
+        let mut err = |field: &str, message: String| {
+            let path_str = format!("rules[{i}].{field}");
+            errors.push(RuleError { file: path.into(), line: locate::line_of(&lines, &path_str), field: path_str, message });
+        };
+        if let Some(rule) = validate(shape, &mut err, actuators) {
+            rules.push(Rule { file: path.into(), line: locate::line_of(&lines, &format!("rules[{i}]")), ..rule });
+        }
+    }
+    if errors.is_empty() { Ok(rules) } else { Err(errors) }
+}
+
+fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BTreeSet<String>) -> Option<Rule> {
+    let mut ok = true;
+    let mut fail = |field: &str, message: String| {
+        ok = false;
+        err(field, message);
+    };
+    if shape.name.trim().is_empty() {
+        fail("name", "must not be empty".into());
+    }
+    let flag = match Glob::new(&shape.flag) {
+        Ok(g) if !shape.flag.is_empty() => Some(g.compile_matcher()),
+        Ok(_) => {
+            fail("flag", "must not be empty".into());
+            None
+        }
+        Err(e) => {
+            fail("flag", format!("invalid glob: {e}"));
+            None
+        }
+    };
+    let treatment = shape.treatment.into_vec();
+    if treatment.is_empty() || treatment.iter().any(|t| t.is_empty()) {
+        fail("treatment", "must name at least one variant".into());
+    }
+    if let Some(control) = &shape.control {
+        if treatment.contains(control) {
+            fail("control", format!("variant {control:?} cannot be both treatment and control"));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, dim) in shape.per.iter().enumerate() {
+        if !seen.insert(*dim) {
+            fail(&format!("per[{i}]"), "dimension listed twice".into());
+        }
+    }
+    if shape.when.is_empty() {
+        fail("when", "needs at least one condition".into());
+    }
+    let mut when = Vec::new();
+    for (i, condition) in shape.when.iter().enumerate() {
+        match condition {
+            ConditionShape { error_rate: Some(e), latency: None } => {
+                if !(0.0..1.0).contains(&e.above) {
+                    fail(&format!("when[{i}].error_rate.above"), format!("must be in [0, 1), got {}", e.above));
+                }
+                when.push(Condition::ErrorRateAbove(e.above));
+            }
+            ConditionShape { latency: Some(l), error_rate: None } => {
+                if !(l.quantile > 0.0 && l.quantile < 1.0) {
+                    fail(&format!("when[{i}].latency.quantile"), format!("must be in (0, 1), got {}", l.quantile));
+                }
+                if l.above_ms <= 0.0 || !l.above_ms.is_finite() {
+                    fail(&format!("when[{i}].latency.above_ms"), format!("must be positive, got {}", l.above_ms));
+                }
+                when.push(Condition::LatencyAbove { quantile: l.quantile, above_ms: l.above_ms });
+            }
+            _ => fail(&format!("when[{i}]"), "each condition needs exactly one of error_rate, latency".into()),
+        }
+    }
+    if shape.window < Duration::from_secs(10) || shape.window > Duration::from_secs(6 * 3600) {
+        fail("window", format!("must be between 10s and 6h, got {}", humantime::format_duration(shape.window)));
+    }
+    if shape.min_samples == 0 {
+        fail("min_samples", "must be at least 1".into());
+    }
+    let kill = shape.action.map(|a| a.kill);
+    if let Some(name) = &kill {
+        if shape.mode == Mode::Enforce && !actuators.contains(name) {
+            let known = if actuators.is_empty() { "none is configured".to_owned() } else { format!("configured: {}", actuators.iter().cloned().collect::<Vec<_>>().join(", ")) };
+            fail("action.kill", format!("enforce rule names actuator {name:?}, which is not configured ({known})"));
+        }
+    } else if shape.mode == Mode::Enforce {
+        fail("action", "an enforce rule needs an action (or use mode: dry_run)".into());
+    }
+    let filter = Filter { service: shape.filter.service, environment: shape.filter.environment, region: shape.filter.region };
+    if !ok {
+        return None;
+    }
+    Some(Rule {
+        name: shape.name,
+        file: PathBuf::new(),
+        line: None,
+        flag_pattern: shape.flag,
+        flag: flag?,
+        treatment,
+        control: shape.control,
+        filter,
+        per: shape.per,
+        when,
+        window: shape.window,
+        min_samples: shape.min_samples,
+        for_: shape.for_,
+        kill,
+        cooldown: shape.cooldown,
+        mode: shape.mode,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! The on-disk shape of `flagguard.toml` (serde, unknown fields refused). Every field has a
+//! default that lets `flagguard serve` run on a fresh machine. Validation is in `super`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::LogFormat;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Directory for the SQLite store (created if missing). Default `data`.
+    pub data_dir: PathBuf,
+    /// Directory of rule files (`*.yaml`, `*.yml`). Default `rules`.
+    pub rules_dir: PathBuf,
+    pub otlp: OtlpConfig,
+    pub correlate: CorrelateConfig,
+    pub aggregate: AggregateConfig,
+    pub rules: RulesConfig,
+    pub act: ActConfig,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+    /// Flag systems flagguard may act on, by name (rules refer to them: `action: { kill: NAME }`).
+    /// None by default: every action is then dry-run.
+    pub actuators: BTreeMap<String, ActuatorConfig>,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            data_dir: "data".into(),
+            rules_dir: "rules".into(),
+            otlp: OtlpConfig::default(),
+            correlate: CorrelateConfig::default(),
+            aggregate: AggregateConfig::default(),
+            rules: RulesConfig::default(),
+            act: ActConfig::default(),
+            api: ApiConfig::default(),
+            log: LogConfig::default(),
+            actuators: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[otlp]`: the receivers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/gRPC listen address. Default `127.0.0.1:4317` (use `0.0.0.0:4317` to receive from
+    /// other hosts).
+    pub grpc_listen: String,
+    /// OTLP/HTTP listen address. Default `127.0.0.1:4318`.
+    pub http_listen: String,
+    /// Largest request body after decompression, bytes. Default 20 MiB (the Collector's).
+    pub max_body_bytes: usize,
+    /// Batches queued between the receivers and the pipeline. Default 1024. When full, callers
+    /// get a retryable UNAVAILABLE / 503 with `retry_after`.
+    pub queue_capacity: usize,
+    /// Retry delay suggested to callers when the queue is full. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Span attribute prefixes that carry flag evaluations as `PREFIX<flag-key> = <variant>`
+    /// (e.g. `app.flags.`). Default none.
+    pub flag_attribute_prefixes: Vec<String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            grpc_listen: "127.0.0.1:4317".into(),
+            http_listen: "127.0.0.1:4318".into(),
+            max_body_bytes: 20 * 1024 * 1024,
+            queue_capacity: 1024,
+            retry_after: Duration::from_secs(1),
+            flag_attribute_prefixes: Vec::new(),
+        }
+    }
+}
+
+/// `[correlate]`: the trace join.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelateConfig {
+    /// A trace with no new span or evaluation for this long is evicted. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub trace_idle: Duration,
+    /// After eviction, late spans are still attributed for this long. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+    /// Most live traces held; the oldest is evicted early (and counted). Default 200000.
+    pub max_traces: usize,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        CorrelateConfig { trace_idle: Duration::from_secs(30), tombstone_ttl: Duration::from_secs(120), max_traces: 200_000 }
+    }
+}
+
+/// `[aggregate]`: windows and snapshots.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// Most series (flag × variant × service × environment × region). Default 50000; beyond,
+    /// observations are counted as overflow.
+    pub max_series: usize,
+    /// How often changed series are re-evaluated by the rules. Default `100ms`.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// How often the API snapshot is rebuilt (and every rule slice re-evaluated). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig { max_series: 50_000, tick: Duration::from_millis(100), snapshot_interval: Duration::from_secs(1) }
+    }
+}
+
+/// `[rules]`: rule loading and the guards that keep flagguard from doing harm.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// How often the rules directory is checked for changes. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// A rule whose guarded flag sent no telemetry for this long is reported stale. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// Most distinct flags automatically killed per (service, environment) within
+    /// `incident_window`; more breaching at once is an incident: notify, do not kill. Default 1.
+    pub max_concurrent_kills: usize,
+    /// See `max_concurrent_kills`. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub incident_window: Duration,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            reload_interval: Duration::from_secs(2),
+            stale_after: Duration::from_secs(300),
+            max_concurrent_kills: 1,
+            incident_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[act]`: how actions are carried out.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActConfig {
+    /// Attempts per action before it is escalated. Default 8.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter. Default `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Cap on the retry delay (also caps a provider's Retry-After). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Timeout of one call to a flag system. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Slack-compatible webhook (`{"text": …}`) told of every automatic action, escalation and
+    /// incident. Default none.
+    pub notify_url: Option<String>,
+}
+
+impl Default for ActConfig {
+    fn default() -> Self {
+        ActConfig {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            notify_url: None,
+        }
+    }
+}
+
+/// `[api]`: the admin API.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address. Default `127.0.0.1:8080` (loopback until access control exists).
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// Level filter (`RUST_LOG` wins). Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// `[actuators.NAME]`: one flag system.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ActuatorConfig {
+    /// Any HTTP API: method, URL and JSON body templates.
+    Webhook(WebhookConfig),
+    /// A flagd flag-definition file, rewritten atomically.
+    Flagd(FlagdConfig),
+}
+
+/// A generic webhook. Placeholders `{flag}`, `{variant}`, `{control}`, `{rule}`, `{environment}`,
+/// `{region}`, `{service}`, `{action}` are replaced in the URL (percent-encoded) and in the
+/// body's strings; a body string that is exactly `"{evidence}"` becomes the decision record.
+/// `${VAR}` in headers and URL is read from the environment at start (missing → config error).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// HTTP method. Default `POST`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body template for a kill. Default `{"flag":"{flag}","enabled":false,"rule":"{rule}","evidence":"{evidence}"}`.
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+/// A flagd file. A kill sets `defaultVariant` to the rule's control variant (else
+/// `off_variant`) and removes `targeting`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagdConfig {
+    pub path: PathBuf,
+    /// Variant served after a kill when the rule names no control. Default `off`.
+    #[serde(default = "default_off")]
+    pub off_variant: String,
+}
+
+fn default_off() -> String {
+    "off".into()
+}

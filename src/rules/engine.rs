@@ -1,0 +1,362 @@
+//! The rule engine: groups series into rule slices, judges them ([`super::evaluate`]), and keeps
+//! per-slice state to decide actions.
+//!
+//! Invariants:
+//! - a slice fires only after being Breached continuously for the rule's `for` (only Healthy
+//!   resets the clock; Inconclusive and NoData pause it), and not again within its cooldown;
+//! - cooldowns survive restarts (the caller loads and stores `last_fired`);
+//! - more than `max_concurrent_kills` distinct flags breaching in one (service, environment)
+//!   within `incident_window` is an incident: every one of them becomes a notification, none a
+//!   kill; the same when the baseline breaches too;
+//! - a rule whose flag sent no telemetry for `stale_after` is reported stale.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::evaluate::{BaselineKind, Verdict, judge};
+use super::{Mode, Rule, RuleSet};
+use crate::aggregate::snapshot::VerdictView;
+use crate::aggregate::{Aggregator, Summary, Window};
+use crate::model::{Dimension, FlagKey, SeriesKey};
+use crate::time::Timestamp;
+
+/// Guards from `[rules]` in the configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub stale_after: Duration,
+    pub max_concurrent_kills: usize,
+    pub incident_window: Duration,
+}
+
+/// What the engine decided for a slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// Kill the flag (or the slice) through the rule's actuator.
+    Kill,
+    /// A service-wide problem: notify, do not kill.
+    Incident,
+}
+
+/// A decided action with its decision record.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub kind: DecisionKind,
+    pub rule: String,
+    pub mode: Mode,
+    pub actuator: Option<String>,
+    pub flag: String,
+    pub treatment: Vec<String>,
+    pub control: Option<String>,
+    /// The slice judged: dimension values from `per` (and `where`).
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub region: Option<String>,
+    /// Stable identity of the slice (`rule/flag/dim=value…`): cooldown key.
+    pub slice_key: String,
+    pub record: Value,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SliceKey {
+    rule: usize,
+    flag: FlagKey,
+    values: Vec<(Dimension, Arc<str>)>,
+}
+
+struct SliceState {
+    verdict: Verdict,
+    since: Timestamp,
+    breached_since: Option<Timestamp>,
+    incident_since: Option<Timestamp>,
+    record: Value,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Treatment,
+    Control,
+}
+
+/// Per-slice state across evaluations.
+pub struct RuleEngine {
+    rules: Arc<RuleSet>,
+    settings: EngineSettings,
+    slices: HashMap<SliceKey, SliceState>,
+    flag_matches: HashMap<(usize, FlagKey), bool>,
+    last_fired: HashMap<String, Timestamp>,
+    /// (service, environment, flag, at) of recent automatic kills, for the incident limit.
+    recent_kills: Vec<(String, String, String, Timestamp)>,
+    rule_last_data: HashMap<String, Timestamp>,
+    started: Timestamp,
+}
+
+fn dim_name(d: Dimension) -> &'static str {
+    match d {
+        Dimension::Service => "service",
+        Dimension::Environment => "environment",
+        Dimension::Region => "region",
+    }
+}
+
+impl RuleEngine {
+    pub fn new(rules: Arc<RuleSet>, settings: EngineSettings, last_fired: HashMap<String, Timestamp>, now: Timestamp) -> Self {
+        RuleEngine { rules, settings, slices: HashMap::new(), flag_matches: HashMap::new(), last_fired, recent_kills: Vec::new(), rule_last_data: HashMap::new(), started: now }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Swaps in a new rule set; slice state of rules that kept their name survives.
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
+        let old: Vec<String> = self.rules.rules.iter().map(|r| r.name.clone()).collect();
+        let index: HashMap<&str, usize> = rules.rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+        let slices = std::mem::take(&mut self.slices);
+        for (key, state) in slices {
+            if let Some(&i) = index.get(old[key.rule].as_str()) {
+                self.slices.insert(SliceKey { rule: i, ..key }, state);
+            }
+        }
+        self.flag_matches.clear();
+        self.rules = rules;
+    }
+
+    fn matches(&mut self, rule: usize, flag: &FlagKey) -> bool {
+        if let Some(&m) = self.flag_matches.get(&(rule, flag.clone())) {
+            return m;
+        }
+        let m = self.rules.rules[rule].flag.is_match(flag.as_str());
+        self.flag_matches.insert((rule, flag.clone()), m);
+        m
+    }
+
+    /// Judges slices and returns the decisions due. With `changed`, only slices containing a
+    /// changed series are judged (the fast tick); without, all of them (the slow tick, which
+    /// also lets windows slide and finds stale rules).
+    pub fn evaluate(&mut self, aggregator: &Aggregator, changed: Option<&HashSet<SeriesKey>>, now: Timestamp) -> Vec<Decision> {
+        let rules = self.rules.clone();
+        let mut candidates = Vec::new();
+        for (ri, rule) in rules.rules.iter().enumerate() {
+            let mut members: Vec<(SliceKey, &Window, Role)> = Vec::new();
+            let mut dirty: HashSet<SliceKey> = HashSet::new();
+            for (key, window) in aggregator.series() {
+                if !self.matches(ri, &key.flag) || !rule.filter.matches(&key.dims) {
+                    continue;
+                }
+                let role = if rule.treatment.iter().any(|t| t == key.variant.as_str()) {
+                    Role::Treatment
+                } else if rule.control.as_deref() == Some(key.variant.as_str()) {
+                    Role::Control
+                } else {
+                    continue;
+                };
+                let last = self.rule_last_data.entry(rule.name.clone()).or_default();
+                *last = (*last).max(window.last_record());
+                let slice = SliceKey { rule: ri, flag: key.flag.clone(), values: rule.per.iter().map(|d| (*d, Arc::from(key.dims.get(*d)))).collect() };
+                if changed.is_none_or(|c| c.contains(key)) {
+                    dirty.insert(slice.clone());
+                }
+                members.push((slice, window, role));
+            }
+            let since = now.sub(rule.window);
+            let mut sums: HashMap<SliceKey, (Summary, Summary)> = HashMap::new();
+            for (slice, window, role) in members {
+                if !dirty.contains(&slice) {
+                    continue;
+                }
+                let entry = sums.entry(slice).or_insert_with(|| (Summary::empty(since), Summary::empty(since)));
+                let s = window.summary_since(since);
+                match role {
+                    Role::Treatment => entry.0.add(&s),
+                    Role::Control => entry.1.add(&s),
+                }
+            }
+            // Slices known before but with no series left in the window.
+            if changed.is_none() {
+                for key in self.slices.keys().filter(|k| k.rule == ri) {
+                    sums.entry(key.clone()).or_insert_with(|| (Summary::empty(since), Summary::empty(since)));
+                }
+            }
+            for (slice, (treatment, control)) in sums {
+                if let Some(decision) = self.judge_slice(rule, slice, &treatment, &control, aggregator, now) {
+                    candidates.push(decision);
+                }
+            }
+        }
+        self.limit_concurrent_kills(candidates, now)
+    }
+
+    fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, treatment: &Summary, control: &Summary, aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
+        let mut judgement = if rule.control.is_some() {
+            judge(rule, treatment, Some((BaselineKind::Control, control)))
+        } else {
+            judge(rule, treatment, None)
+        };
+        if judgement.verdict == Verdict::Breached && rule.control.is_none() {
+            let baseline = self.unflagged_baseline(rule, &slice, aggregator, now.sub(rule.window));
+            judgement = judge(rule, treatment, Some((BaselineKind::Unflagged, &baseline)));
+        }
+        let state = self.slices.entry(slice.clone()).or_insert_with(|| SliceState {
+            verdict: Verdict::NoData,
+            since: now,
+            breached_since: None,
+            incident_since: None,
+            record: Value::Null,
+            mode: rule.mode,
+        });
+        if state.verdict.label() != judgement.verdict.label() {
+            state.since = now;
+        }
+        state.verdict = judgement.verdict.clone();
+        state.record = judgement.record.clone();
+        state.mode = rule.mode;
+        match judgement.verdict {
+            Verdict::Breached => {
+                state.breached_since.get_or_insert(now);
+                state.incident_since = None;
+            }
+            Verdict::Healthy => {
+                state.breached_since = None;
+                state.incident_since = None;
+            }
+            _ if judgement.incident => {
+                state.incident_since.get_or_insert(now);
+                state.breached_since = None;
+            }
+            _ => {}
+        }
+        let kind = match (state.breached_since, state.incident_since) {
+            (Some(t), _) if now.since(t) >= rule.for_ => DecisionKind::Kill,
+            (_, Some(t)) if now.since(t) >= rule.for_ => DecisionKind::Incident,
+            _ => return None,
+        };
+        rule.kill.as_ref()?;
+        let slice_key = self.slice_id(rule, &slice);
+        if self.last_fired.get(&slice_key).is_some_and(|&t| now < t.add(rule.cooldown)) {
+            return None;
+        }
+        let value = |d: Dimension| slice.values.iter().find(|(k, _)| *k == d).map(|(_, v)| v.to_string()).or_else(|| rule.filter.get(d).map(str::to_owned));
+        let mut record = judgement.record;
+        record["for"] = Value::String(humantime::format_duration(rule.for_).to_string());
+        record["slice"] = Value::String(slice_key.clone());
+        Some(Decision {
+            kind,
+            rule: rule.name.clone(),
+            mode: rule.mode,
+            actuator: rule.kill.clone(),
+            flag: slice.flag.to_string(),
+            treatment: rule.treatment.clone(),
+            control: rule.control.clone(),
+            service: value(Dimension::Service),
+            environment: value(Dimension::Environment),
+            region: value(Dimension::Region),
+            slice_key,
+            record,
+            at: now,
+        })
+    }
+
+    fn unflagged_baseline(&self, rule: &Rule, slice: &SliceKey, aggregator: &Aggregator, since: Timestamp) -> Summary {
+        let mut total = Summary::empty(since);
+        for (dims, window) in aggregator.unflagged_iter() {
+            if rule.filter.matches(dims) && slice.values.iter().all(|(d, v)| dims.get(*d) == &**v) {
+                total.add(&window.summary_since(since));
+            }
+        }
+        total
+    }
+
+    fn slice_id(&self, rule: &Rule, slice: &SliceKey) -> String {
+        let mut id = format!("{}/{}", rule.name, slice.flag);
+        for (d, v) in &slice.values {
+            id.push_str(&format!("/{}={}", dim_name(*d), v));
+        }
+        id
+    }
+
+    /// Applies the concurrent-kill limit per (service, environment) and records what fires.
+    fn limit_concurrent_kills(&mut self, candidates: Vec<Decision>, now: Timestamp) -> Vec<Decision> {
+        let window_start = now.sub(self.settings.incident_window);
+        self.recent_kills.retain(|k| k.3 >= window_start);
+        let group = |d: &Decision| (d.service.clone().unwrap_or_else(|| "*".into()), d.environment.clone().unwrap_or_else(|| "*".into()));
+        let mut flags_per_group: HashMap<(String, String), HashSet<String>> = HashMap::new();
+        for (service, env, flag, _) in &self.recent_kills {
+            flags_per_group.entry((service.clone(), env.clone())).or_default().insert(flag.clone());
+        }
+        for d in candidates.iter().filter(|d| d.kind == DecisionKind::Kill && d.mode == Mode::Enforce) {
+            flags_per_group.entry(group(d)).or_default().insert(d.flag.clone());
+        }
+        let mut out = Vec::new();
+        for mut d in candidates {
+            if d.kind == DecisionKind::Kill && d.mode == Mode::Enforce {
+                let g = group(&d);
+                let flags = &flags_per_group[&g];
+                if flags.len() > self.settings.max_concurrent_kills {
+                    d.kind = DecisionKind::Incident;
+                    let mut names: Vec<&String> = flags.iter().collect();
+                    names.sort();
+                    d.record["incident"] = Value::String(format!(
+                        "{} flags breaching in service {} / environment {} within {}: {:?} — an incident, not a flag; not killing (max_concurrent_kills = {})",
+                        flags.len(), g.0, g.1, humantime::format_duration(self.settings.incident_window), names, self.settings.max_concurrent_kills
+                    ));
+                } else {
+                    self.recent_kills.push((g.0, g.1, d.flag.clone(), now));
+                }
+            }
+            self.last_fired.insert(d.slice_key.clone(), now);
+            out.push(d);
+        }
+        out
+    }
+
+    /// Current verdicts for the API.
+    pub fn views(&self) -> Vec<VerdictView> {
+        let mut views: Vec<VerdictView> = self
+            .slices
+            .iter()
+            .map(|(key, s)| {
+                let rule = &self.rules.rules[key.rule];
+                VerdictView {
+                    rule: rule.name.clone(),
+                    flag: key.flag.to_string(),
+                    slice: key.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(","),
+                    verdict: s.verdict.label().into(),
+                    reason: s.verdict.reason().map(str::to_owned),
+                    since: s.since.rfc3339(),
+                    mode: s.mode.as_str().into(),
+                    evidence: s.record.clone(),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.rule, &a.flag, &a.slice).cmp(&(&b.rule, &b.flag, &b.slice)));
+        views
+    }
+
+    /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
+    pub fn stale_rules(&self, now: Timestamp) -> Vec<String> {
+        self.rules
+            .rules
+            .iter()
+            .filter(|r| {
+                let last = self.rule_last_data.get(&r.name).copied().unwrap_or(self.started).max(self.started);
+                now.since(last) > self.settings.stale_after
+            })
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Forgets slice state and cooldowns of `flag` (after a restore: pre-kill evidence must not
+    /// re-kill at once).
+    pub fn forget_flag(&mut self, flag: &str) {
+        self.slices.retain(|k, _| k.flag.as_str() != flag);
+        self.last_fired.retain(|k, _| k.split('/').nth(1) != Some(flag));
+    }
+}
+
+#[cfg(test)]
+mod tests;

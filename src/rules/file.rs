@@ -1,0 +1,128 @@
+//! The on-disk shape of a rule file (serde, unknown fields refused). See the README's rule
+//! reference; validation into [`super::Rule`] is in `super`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::Dimension;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFileShape {
+    #[serde(default)]
+    pub rules: Vec<RuleShape>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleShape {
+    pub name: String,
+    /// Flag key or glob (`checkout-*`); a `set/key` form matches namespaced flags.
+    pub flag: String,
+    /// Variant(s) guarded.
+    pub treatment: OneOrMany,
+    /// The variant compared against (and served after a kill).
+    #[serde(default)]
+    pub control: Option<String>,
+    #[serde(default, rename = "where")]
+    pub filter: WhereShape,
+    #[serde(default)]
+    pub per: Vec<Dimension>,
+    pub when: Vec<ConditionShape>,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_: Duration,
+    #[serde(default)]
+    pub action: Option<ActionShape>,
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+fn default_min_samples() -> u64 {
+    100
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+#[derive(Debug, Default, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WhereShape {
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub region: Option<String>,
+}
+
+/// One condition: exactly one of its fields is set (`- error_rate: { above: 0.05 }`).
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionShape {
+    #[serde(default)]
+    pub error_rate: Option<ErrorRateShape>,
+    #[serde(default)]
+    pub latency: Option<LatencyShape>,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRateShape {
+    /// Breached when errors / requests is above this (0–1).
+    pub above: f64,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyShape {
+    /// Quantile in (0, 1), e.g. 0.95.
+    pub quantile: f64,
+    /// Breached when the quantile is above this many milliseconds.
+    pub above_ms: f64,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActionShape {
+    /// Name of the actuator (`[actuators.NAME]`) that kills the flag.
+    pub kill: String,
+}
+
+/// `enforce` calls the flag system; `dry_run` (default) records what would have been done.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    DryRun,
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry_run",
+            Mode::Enforce => "enforce",
+        }
+    }
+}

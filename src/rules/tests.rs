@@ -1,0 +1,63 @@
+use super::*;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules")
+}
+
+fn actuators() -> BTreeSet<String> {
+    ["flagserver".to_owned()].into()
+}
+
+/// Every fixture: good ones load, bad_ and typo_ ones fail with the expected messages, which are
+/// listed in the fixture's first comment lines (`# expect: …`).
+#[test]
+fn fixtures_load_or_fail_as_documented() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let source = std::fs::read_to_string(&path).unwrap();
+        let expected: Vec<&str> = source.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+        let result = load_files(std::slice::from_ref(&path), &actuators());
+        if name.starts_with("good") {
+            let set = result.unwrap_or_else(|e| panic!("{name} must load: {e:?}"));
+            assert!(!set.rules.is_empty(), "{name}");
+        } else {
+            let errors = result.expect_err(&name);
+            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            assert!(!expected.is_empty(), "{name} lacks # expect: lines");
+            assert_eq!(text.len(), expected.len(), "{name}: got {text:#?}");
+            for (got, want) in text.iter().zip(&expected) {
+                assert!(got.ends_with(want), "{name}:\n got  {got}\n want …{want}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "fixtures missing");
+}
+
+#[test]
+fn names_must_be_unique_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "rules:\n  - name: same\n    flag: f\n    treatment: on\n    when: [ { error_rate: { above: 0.1 } } ]\n    window: 1m\n";
+    std::fs::write(dir.path().join("a.yaml"), rule).unwrap();
+    std::fs::write(dir.path().join("b.yml"), rule).unwrap();
+    std::fs::write(dir.path().join("ignored.txt"), "not yaml").unwrap();
+    let errors = load_dir(dir.path(), &actuators()).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].to_string().contains("used twice"));
+}
+
+#[test]
+fn missing_dir_is_an_empty_set() {
+    let set = load_dir(Path::new("/nonexistent/flagguard/rules"), &actuators()).unwrap();
+    assert!(set.rules.is_empty());
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let set = load_dir(&dir, &BTreeSet::new()).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(!set.rules.is_empty());
+}
