@@ -1,0 +1,236 @@
+//! The only wiring: binds the listeners, builds every stage from the validated [`Config`],
+//! connects them with bounded channels and a `watch`, spawns the tasks, and shuts them down in
+//! order — stop listeners, drain ingest, judge once more, let in-flight actions finish (the
+//! outbox keeps the rest) — within a grace period.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::act::executor::{Executor, ExecutorSettings};
+use crate::act::flagd::FlagdFile;
+use crate::act::notify::{NOTIFIER, Notifier};
+use crate::act::webhook::Webhook;
+use crate::act::Actuator;
+use crate::aggregate::Aggregator;
+use crate::aggregate::snapshot::Snapshot;
+use crate::api::{ApiState, router};
+use crate::config::{ActuatorConfig, Config};
+use crate::correlate::{CorrelateSettings, Correlator};
+use crate::ingest::{ExtractOptions, Ingest};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::rules::engine::{EngineSettings, RuleEngine};
+use crate::store::{AuditEntry, Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::time::Clock;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("invalid rules:\n  {}", .0.join("\n  "))]
+    Rules(Vec<String>),
+    #[error("actuator {name}: {message}")]
+    Actuator { name: String, message: String },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+}
+
+/// The addresses actually bound (port 0 in the configuration picks a free port).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Addrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// A built daemon, listeners bound, not yet running.
+pub struct App {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listeners: (TcpListener, TcpListener, TcpListener),
+    addrs: Addrs,
+    store: Store,
+    metrics: Arc<Metrics>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    engine: RuleEngine,
+    actuators: HashMap<String, Arc<dyn Actuator>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { what, addr, source })
+}
+
+/// The HTTP client for flag systems: rustls with the platform's roots (ring provider).
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, AppError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).user_agent(concat!("flagguard/", env!("CARGO_PKG_VERSION"))).build().map_err(|e| AppError::HttpClient(e.to_string()))
+}
+
+impl App {
+    /// Opens the store, loads the rules (invalid rules refuse to start), builds the actuators
+    /// and binds the listeners.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, AppError> {
+        let file = &config.file;
+        let store = Store::open(&file.data_dir)?;
+        let rules = crate::rules::load_dir(&file.rules_dir, &config.actuator_names()).map_err(|errors| AppError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.rules_loaded.set(rules.rules.len() as i64);
+        let client = http_client(file.act.timeout)?;
+        let mut actuators: HashMap<String, Arc<dyn Actuator>> = HashMap::new();
+        for (name, actuator) in &file.actuators {
+            let built: Arc<dyn Actuator> = match actuator {
+                ActuatorConfig::Webhook(w) => Arc::new(Webhook::new(name, w, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?),
+                ActuatorConfig::Flagd(f) => Arc::new(FlagdFile::new(f)),
+            };
+            actuators.insert(name.clone(), built);
+        }
+        if let Some(url) = &file.act.notify_url {
+            actuators.insert(NOTIFIER.into(), Arc::new(Notifier::new(url, client.clone())));
+        }
+        let now = clock.now();
+        let engine = RuleEngine::new(
+            Arc::new(rules),
+            EngineSettings { stale_after: file.rules.stale_after, max_concurrent_kills: file.rules.max_concurrent_kills, incident_window: file.rules.incident_window },
+            store.last_fired()?,
+            now,
+        );
+        let grpc = bind("OTLP gRPC", config.grpc_listen).await?;
+        let http = bind("OTLP HTTP", config.http_listen).await?;
+        let api = bind("API", config.api_listen).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let addrs = Addrs { grpc: local(&grpc, config.grpc_listen), http: local(&http, config.http_listen), api: local(&api, config.api_listen) };
+        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators })
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops in order within the grace period.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators } = self;
+        let file = &config.file;
+        let (grpc_listener, http_listener, api_listener) = listeners;
+        let (batch_tx, batch_rx) = mpsc::channel(file.otlp.queue_capacity);
+        let (command_tx, command_rx) = mpsc::channel(16);
+        let ready = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let ingest = Arc::new(Ingest::new(batch_tx, ExtractOptions { flag_attribute_prefixes: file.otlp.flag_attribute_prefixes.clone() }, file.otlp.retry_after, metrics.clone()));
+
+        let _ = store.audit(&AuditEntry {
+            at: clock.now(),
+            actor: "system".into(),
+            kind: "started".into(),
+            after: Some(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listen": addrs, "config": file.redacted(), "rules": engine.rules().rules.len() })),
+            ..AuditEntry::default()
+        });
+
+        let listeners_stop = shutdown.child_token();
+        let grpc_routes = crate::ingest::grpc::router(ingest.clone(), file.otlp.max_body_bytes);
+        let grpc_stop = listeners_stop.clone();
+        let grpc_task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            let served = tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "OTLP gRPC server failed");
+            }
+        });
+        let http_app = crate::ingest::http::router(ingest.clone(), file.otlp.max_body_bytes);
+        let http_stop = listeners_stop.clone();
+        let http_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, http_app).with_graceful_shutdown(http_stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "OTLP HTTP server failed");
+            }
+        });
+        drop(ingest);
+        let api_app = router(ApiState { snapshots, store: store.clone(), metrics: metrics.clone(), commands: command_tx, ready: ready.clone() });
+        let api_stop = CancellationToken::new();
+        let api_stop_signal = api_stop.clone();
+        let api_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(api_listener, api_app).with_graceful_shutdown(api_stop_signal.cancelled_owned()).await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+
+        let pipeline = Pipeline::new(
+            Correlator::new(CorrelateSettings { trace_idle: file.correlate.trace_idle, tombstone_ttl: file.correlate.tombstone_ttl, max_traces: file.correlate.max_traces }),
+            Aggregator::new(file.aggregate.max_series),
+            engine,
+            store.clone(),
+            metrics.clone(),
+            clock.clone(),
+            wake.clone(),
+            snapshot_tx,
+            PipelineSettings {
+                tick: file.aggregate.tick,
+                snapshot_interval: file.aggregate.snapshot_interval,
+                reload_interval: file.rules.reload_interval,
+                rules_dir: file.rules_dir.clone(),
+                actuators: config.actuator_names(),
+                notify: file.act.notify_url.is_some(),
+            },
+        );
+        let pipeline_stop = CancellationToken::new();
+        let pipeline_task = tokio::spawn(pipeline.run(batch_rx, command_rx, pipeline_stop.clone()));
+
+        let executor = Arc::new(Executor {
+            store: store.clone(),
+            actuators,
+            settings: ExecutorSettings {
+                max_attempts: file.act.max_attempts,
+                initial_backoff: file.act.initial_backoff,
+                max_backoff: file.act.max_backoff,
+                timeout: file.act.timeout,
+                notify: file.act.notify_url.is_some(),
+            },
+            metrics: metrics.clone(),
+            wake,
+            clock: clock.clone(),
+        });
+        let executor_stop = CancellationToken::new();
+        let executor_task = tokio::spawn(executor.run(executor_stop.clone(), grace));
+
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(grpc = %addrs.grpc, http = %addrs.http, api = %addrs.api, rules = %file.rules_dir.display(), "flagguard is running");
+        shutdown.cancelled().await;
+
+        tracing::info!("shutting down: stopping listeners");
+        ready.store(false, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = tokio::time::timeout_at(deadline, async {
+            let _ = grpc_task.await;
+            let _ = http_task.await;
+        })
+        .await;
+        tracing::info!("draining the pipeline");
+        pipeline_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline, pipeline_task).await;
+        tracing::info!("finishing in-flight actions");
+        executor_stop.cancel();
+        let _ = executor_task.await;
+        api_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
+        let _ = store.audit(&AuditEntry { at: clock.now(), actor: "system".into(), kind: "stopped".into(), ..AuditEntry::default() });
+        tracing::info!("stopped");
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`store`]     — SQLite: audit log, action outbox, rule state.
 //! - [`api`]       — the admin HTTP API and `/metrics`.
 //! - [`config`]    — the TOML file shape and its validated form.
+//! - [`pipeline`]  — the async shell around correlate → aggregate → rules (one task).
 //! - [`app`]       — the only wiring: channels, tasks, shutdown.
 //! - [`model`], [`time`], [`telemetry`] — shared vocabulary, injected time, metrics and logs.
 //! - [`cli`]       — the `check` and `demo` commands.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod correlate;
 pub mod ingest;
 pub mod model;
+pub mod pipeline;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

@@ -1,1 +1,113 @@
-fn main() {}
+//! flagguard's binary: flags → logging → `Config::load` → `App::build` → run until a signal →
+//! ordered shutdown → exit code.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use flagguard::app::App;
+use flagguard::config::{Config, ConfigError};
+use flagguard::time::SystemClock;
+
+#[derive(Parser)]
+#[command(name = "flagguard", version, about = "Kills a feature flag's bad cohort within a second of the evidence, from OpenTelemetry traces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the daemon (OTLP gRPC 4317, OTLP HTTP 4318, API 8080 by default).
+    Serve {
+        /// Configuration file (TOML). Without it, defaults plus FLAGGUARD_* variables.
+        #[arg(long, short, env = "FLAGGUARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// How long shutdown may take before in-flight work is left to the outbox.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Validates the configuration and the rule files (exit 0 valid, 1 invalid rules, 64 bad config).
+    Check {
+        #[arg(long, short, env = "FLAGGUARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Rules directory (default: the configuration's rules_dir).
+        rules: Option<PathBuf>,
+    },
+    /// Runs a whole rollback on embedded defaults: traffic, a regression, the rule, the kill.
+    Demo {
+        /// Keep the demo's working directory (flag file, rules, database) and print its path.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
+        Command::Serve { config, grace } => serve(config, grace),
+        Command::Demo { keep } => runtime().block_on(flagguard::cli::demo::run(keep)),
+    };
+    std::process::exit(code);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Building a multi-thread runtime only fails when the OS refuses threads: nothing to do then.
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the OS must allow creating the runtime's threads")
+}
+
+fn serve(config_path: Option<PathBuf>, grace: Duration) -> i32 {
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e @ (ConfigError::Load(_) | ConfigError::Invalid(_))) => {
+            eprintln!("{e}");
+            return 64;
+        }
+    };
+    flagguard::telemetry::init_logging(config.file.log.format, &config.file.log.level);
+    runtime().block_on(async move {
+        let app = match App::build(config, Arc::new(SystemClock)).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("flagguard: {e}");
+                return match e {
+                    flagguard::app::AppError::Rules(_) => 64,
+                    _ => 70,
+                };
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        app.run(shutdown, grace).await;
+        0
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Actions by kind and state transition.
     pub actions: Family<Labels, Counter>,
     pub actuator_errors: Family<Labels, Counter>,
+    /// Actions waiting in the outbox.
+    pub actions_pending: Gauge,
     pub rules_loaded: Gauge,
     pub rule_reloads: Family<Labels, Counter>,
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
@@ -66,6 +68,7 @@ impl Metrics {
             verdicts: Family::default(),
             actions: Family::default(),
             actuator_errors: Family::default(),
+            actions_pending: Gauge::default(),
             rules_loaded: Gauge::default(),
             rule_reloads: Family::default(),
             rules_stale: Gauge::default(),
@@ -88,6 +91,7 @@ impl Metrics {
         registry.register("verdicts", "Current verdicts over all rule slices", m.verdicts.clone());
         registry.register("actions", "Action state transitions by kind and state", m.actions.clone());
         registry.register("actuator_errors", "Actuator call failures by actuator and class", m.actuator_errors.clone());
+        registry.register("actions_pending", "Actions waiting in the outbox", m.actions_pending.clone());
         registry.register("rules_loaded", "Rules in the active rule set", m.rules_loaded.clone());
         registry.register("rule_reloads", "Rule reloads by result", m.rule_reloads.clone());
         registry.register("rules_stale", "Rules whose guarded flag sent no telemetry for longer than stale_after", m.rules_stale.clone());

@@ -68,6 +68,7 @@ pub struct Snapshot {
     pub series: Vec<SeriesView>,
     pub unflagged: Vec<SeriesView>,
     pub verdicts: Vec<VerdictView>,
+    pub rules: RulesView,
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
     pub stale_rules: Vec<String>,
     pub traces_in_flight: usize,
@@ -99,6 +100,65 @@ impl Snapshot {
             series_count: aggregator.series_count(),
             window_bytes: aggregator.bytes(),
             ..Snapshot::default()
+        }
+    }
+}
+
+/// One loaded rule as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleView {
+    pub name: String,
+    pub file: String,
+    pub line: Option<usize>,
+    pub flag: String,
+    pub treatment: Vec<String>,
+    pub control: Option<String>,
+    pub conditions: Vec<String>,
+    pub window: String,
+    pub min_samples: u64,
+    #[serde(rename = "for")]
+    pub for_: String,
+    pub cooldown: String,
+    pub action: Option<String>,
+    pub mode: String,
+}
+
+/// The rule set's state: what is loaded, and why the last reload failed (if it did).
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct RulesView {
+    pub loaded_at: String,
+    pub files: Vec<String>,
+    pub rules: Vec<RuleView>,
+    /// Errors of the last failed reload; the previous set stays active.
+    pub last_error: Option<Vec<String>>,
+}
+
+impl RulesView {
+    pub fn of(set: &crate::rules::RuleSet, loaded_at: Timestamp, last_error: Option<Vec<String>>) -> RulesView {
+        let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        RulesView {
+            loaded_at: loaded_at.rfc3339(),
+            files: set.files.iter().map(|f| f.display().to_string()).collect(),
+            rules: set
+                .rules
+                .iter()
+                .map(|r| RuleView {
+                    name: r.name.clone(),
+                    file: r.file.display().to_string(),
+                    line: r.line,
+                    flag: r.flag_pattern.clone(),
+                    treatment: r.treatment.clone(),
+                    control: r.control.clone(),
+                    conditions: r.when.iter().map(|c| c.describe()).collect(),
+                    window: d(r.window),
+                    min_samples: r.min_samples,
+                    for_: d(r.for_),
+                    cooldown: d(r.cooldown),
+                    action: r.kill.clone(),
+                    mode: r.mode.as_str().into(),
+                })
+                .collect(),
+            last_error,
         }
     }
 }

@@ -1,0 +1,143 @@
+//! The admin API (axum): cohorts, rules, verdicts, actions, audit, rule reload, health and
+//! Prometheus metrics. Handlers read the pipeline's latest snapshot (a `watch`) and the store;
+//! they never touch the pipeline's state. Binds loopback by default until access control exists.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::aggregate::snapshot::Snapshot;
+use crate::pipeline::Command;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Why an API call failed; mapped to a response in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("invalid rules")]
+    InvalidRules(Vec<String>),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": self.to_string() })),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": self.to_string() })),
+            ApiError::InvalidRules(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid rules; the previous rules stay active", "errors": errors })),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({ "error": self.to_string() })),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub commands: mpsc::Sender<Command>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Builds the API router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/cohorts", get(cohorts))
+        .route("/v1/rules", get(rules))
+        .route("/v1/rules/reload", post(reload))
+        .route("/v1/verdicts", get(verdicts))
+        .route("/v1/actions", get(actions))
+        .route("/v1/actions/{id}", get(action))
+        .route("/v1/audit", get(audit))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) { "ready".into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let store = s.store.clone();
+    if let Ok(Ok(pending)) = tokio::task::spawn_blocking(move || store.pending_count()).await {
+        s.metrics.actions_pending.set(pending as i64);
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
+}
+
+#[derive(Deserialize)]
+struct CohortQuery {
+    flag: Option<String>,
+}
+
+async fn cohorts(State(s): State<ApiState>, Query(q): Query<CohortQuery>) -> Response {
+    let snap = s.snapshots.borrow().clone();
+    let series: Vec<_> = snap.series.iter().filter(|v| q.flag.as_deref().is_none_or(|f| v.flag == f)).collect();
+    Json(json!({ "at": snap.at, "series": series, "unflagged": snap.unflagged, "series_count": snap.series_count, "traces_in_flight": snap.traces_in_flight, "window_bytes": snap.window_bytes })).into_response()
+}
+
+async fn rules(State(s): State<ApiState>) -> Response {
+    let snap = s.snapshots.borrow().clone();
+    Json(json!({ "rules": snap.rules, "stale_rules": snap.stale_rules })).into_response()
+}
+
+async fn verdicts(State(s): State<ApiState>) -> Response {
+    let snap = s.snapshots.borrow().clone();
+    Json(json!({ "at": snap.at, "verdicts": snap.verdicts, "stale_rules": snap.stale_rules })).into_response()
+}
+
+async fn reload(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    s.commands.send(Command::ReloadRules { actor: "api".into(), reply }).await.map_err(|_| ApiError::Unavailable("pipeline is shutting down".into()))?;
+    match answer.await {
+        Ok(Ok(n)) => Ok(Json(json!({ "rules": n })).into_response()),
+        Ok(Err(errors)) => Err(ApiError::InvalidRules(errors)),
+        Err(_) => Err(ApiError::Unavailable("pipeline is shutting down".into())),
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<u32>,
+    before: Option<i64>,
+    kind: Option<String>,
+}
+
+async fn actions(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(100).min(1000);
+    let store = s.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.actions(limit)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    Ok(Json(json!({ "actions": rows })).into_response())
+}
+
+async fn action(State(s): State<ApiState>, axum::extract::Path(id): axum::extract::Path<i64>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let row = tokio::task::spawn_blocking(move || store.action(id)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    row.map(|r| Json(r).into_response()).ok_or_else(|| ApiError::NotFound(format!("no action {id}")))
+}
+
+async fn audit(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(100).min(1000);
+    let store = s.store.clone();
+    let records = tokio::task::spawn_blocking(move || store.audit_log(limit, p.before, p.kind.as_deref())).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let next = records.last().map(|r| r.id);
+    Ok(Json(json!({ "audit": records, "next_before": next })).into_response())
+}

@@ -1,0 +1,6 @@
+//! Commands other than `serve`: `check` (validate config and rules, like promtool) and `demo`
+//! (a whole rollback on embedded defaults), plus the synthetic traffic the demo drives.
+
+pub mod check;
+pub mod demo;
+pub mod traffic;

@@ -46,6 +46,25 @@ impl Default for ConfigFile {
     }
 }
 
+impl ConfigFile {
+    /// A copy safe to log or audit: header values and notification URLs (which carry secrets)
+    /// are replaced.
+    pub fn redacted(&self) -> ConfigFile {
+        let mut copy = self.clone();
+        for actuator in copy.actuators.values_mut() {
+            if let ActuatorConfig::Webhook(w) = actuator {
+                for value in w.headers.values_mut() {
+                    *value = "<redacted>".into();
+                }
+            }
+        }
+        if copy.act.notify_url.is_some() {
+            copy.act.notify_url = Some("<redacted>".into());
+        }
+        copy
+    }
+}
+
 /// `[otlp]`: the receivers.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

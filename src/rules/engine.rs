@@ -54,6 +54,8 @@ pub struct Decision {
     pub service: Option<String>,
     pub environment: Option<String>,
     pub region: Option<String>,
+    /// The dimensions the rule sliced by (`per`), as (name, value): what a kill is limited to.
+    pub scope: Vec<(String, String)>,
     /// Stable identity of the slice (`rule/flag/dim=value…`): cooldown key.
     pub slice_key: String,
     pub record: Value,
@@ -255,6 +257,7 @@ impl RuleEngine {
             service: value(Dimension::Service),
             environment: value(Dimension::Environment),
             region: value(Dimension::Region),
+            scope: slice.values.iter().map(|(d, v)| (dim_name(*d).to_owned(), v.to_string())).collect(),
             slice_key,
             record,
             at: now,

@@ -1,0 +1,293 @@
+//! The store: one SQLite file (rusqlite, bundled) holding the audit log, the action outbox and
+//! rule state. Every call is synchronous and short; async callers use `spawn_blocking`.
+//!
+//! Invariants:
+//! - an action is written to the outbox (with its "decided" audit record, in one transaction)
+//!   before any call to a flag system; restart resumes every pending action;
+//! - at most one pending action per target: a repeated trigger joins it (`triggers` + 1);
+//! - a terminal state (confirmed, escalated) is written together with its audit record, so an
+//!   action is audited once per transition even across crashes;
+//! - the audit log is append-only; schema changes are numbered migrations (`user_version`).
+
+pub mod migrations;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::time::Timestamp;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("database schema version {found} is newer than this flagguard ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+/// One audit record to append.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    /// Who: `rule:NAME`, `api`, `system`.
+    pub actor: String,
+    /// What: `kill_decided`, `kill_confirmed`, `kill_escalated`, `kill_dry_run`, `incident`,
+    /// `rules_reloaded`, …
+    pub kind: String,
+    pub rule: Option<String>,
+    pub action_id: Option<i64>,
+    pub target: Option<String>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// An audit record as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub kind: String,
+    pub rule: Option<String>,
+    pub action_id: Option<i64>,
+    pub target: Option<String>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRow {
+    pub id: i64,
+    pub created: String,
+    pub target: String,
+    pub kind: String,
+    pub state: String,
+    /// The serialised request (`act::ActionRequest`).
+    pub request: serde_json::Value,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    pub triggers: u32,
+    pub idempotency_key: String,
+}
+
+/// Whether a submitted action was new or joined an open one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    New(i64),
+    Joined(i64),
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn json(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().map(|v| v.to_string())
+}
+
+fn parse(v: Option<String>) -> Option<serde_json::Value> {
+    v.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+impl Store {
+    /// Opens (creating and migrating) `data_dir/flagguard.db`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
+        let conn = Connection::open(data_dir.join("flagguard.db"))?;
+        Store::init(conn)
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert_audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<i64> {
+        conn.execute(
+            "INSERT INTO audit (at_ms, actor, kind, rule, action_id, target, before, after, evidence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![e.at.as_millis() as i64, e.actor, e.kind, e.rule, e.action_id, e.target, json(&e.before), json(&e.after), json(&e.evidence)],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Appends one audit record.
+    pub fn audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
+        Ok(Store::insert_audit(&self.lock(), entry)?)
+    }
+
+    /// Writes an action to the outbox (or joins the pending one for the same target), with its
+    /// audit record, and remembers when the slice fired — in one transaction.
+    pub fn submit(&self, target: &str, kind: &str, request: &serde_json::Value, idempotency_key: &str, slice_key: &str, audit: &AuditEntry) -> Result<Submitted, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = audit.at.as_millis() as i64;
+        tx.execute("INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms", params![slice_key, now])?;
+        let open: Option<i64> = tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| r.get(0)).optional()?;
+        let submitted = match open {
+            Some(id) => {
+                tx.execute("UPDATE outbox SET triggers = triggers + 1, updated_ms = ?2 WHERE id = ?1", params![id, now])?;
+                Store::insert_audit(&tx, &AuditEntry { kind: format!("{kind}_joined"), action_id: Some(id), ..audit.clone() })?;
+                Submitted::Joined(id)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5)",
+                    params![now, target, kind, request.to_string(), idempotency_key],
+                )?;
+                let id = tx.last_insert_rowid();
+                Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
+                Submitted::New(id)
+            }
+        };
+        tx.commit()?;
+        Ok(submitted)
+    }
+
+    /// Remembers that a slice fired without an outbox entry (dry-run, incidents).
+    pub fn record_fired(&self, slice_key: &str, at: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms", params![slice_key, at.as_millis() as i64])?;
+        Store::insert_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// When each slice last fired (cooldowns across restarts).
+    pub fn last_fired(&self) -> Result<HashMap<String, Timestamp>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT slice, last_fired_ms FROM rule_state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, Timestamp(r.get::<_, i64>(1)? as u64))))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
+        Ok(ActionRow {
+            id: r.get(0)?,
+            created: Timestamp(r.get::<_, i64>(1)? as u64).rfc3339(),
+            target: r.get(2)?,
+            kind: r.get(3)?,
+            state: r.get(4)?,
+            request: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or(serde_json::Value::Null),
+            attempts: r.get(6)?,
+            next_attempt_ms: r.get::<_, i64>(7)? as u64,
+            last_error: r.get(8)?,
+            triggers: r.get(9)?,
+            idempotency_key: r.get(10)?,
+        })
+    }
+
+    const ROW: &'static str = "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key FROM outbox";
+
+    /// Pending actions due at `now`, oldest first.
+    pub fn due(&self, now: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{} WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY id", Store::ROW))?;
+        let rows = stmt.query_map(params![now.as_millis() as i64], Store::row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the next pending action is due.
+    pub fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let conn = self.lock();
+        let next: Option<i64> = conn.query_row("SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))?;
+        Ok(next.map(|n| Timestamp(n as u64)))
+    }
+
+    /// Records a failed attempt to retry at `next`.
+    pub fn reschedule(&self, id: i64, attempts: u32, next: Timestamp, error: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4, updated_ms = ?5 WHERE id = ?1 AND state = 'pending'",
+            params![id, attempts, next.as_millis() as i64, error, now.as_millis() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Moves an action to a terminal state together with its audit record.
+    pub fn finish(&self, id: i64, state: &str, attempts: u32, error: Option<&str>, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE outbox SET state = ?2, attempts = ?3, last_error = COALESCE(?4, last_error), updated_ms = ?5 WHERE id = ?1 AND state = 'pending'",
+            params![id, state, attempts, error, audit.at.as_millis() as i64],
+        )?;
+        if changed == 1 {
+            Store::insert_audit(&tx, audit)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Most recent actions first.
+    pub fn actions(&self, limit: u32) -> Result<Vec<ActionRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{} ORDER BY id DESC LIMIT ?1", Store::ROW))?;
+        let rows = stmt.query_map(params![limit], Store::row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn action(&self, id: i64) -> Result<Option<ActionRow>, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row(&format!("{} WHERE id = ?1", Store::ROW), params![id], Store::row).optional()?)
+    }
+
+    /// Audit records, newest first, optionally before an id (pagination) and of one kind.
+    pub fn audit_log(&self, limit: u32, before_id: Option<i64>, kind: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit \
+             WHERE (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit, before_id, kind], |r| {
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                at: Timestamp(r.get::<_, i64>(1)? as u64).rfc3339(),
+                actor: r.get(2)?,
+                kind: r.get(3)?,
+                rule: r.get(4)?,
+                action_id: r.get(5)?,
+                target: r.get(6)?,
+                before: parse(r.get(7)?),
+                after: parse(r.get(8)?),
+                evidence: parse(r.get(9)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Pending actions (for /readyz and /metrics).
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests;

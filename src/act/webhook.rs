@@ -1,0 +1,165 @@
+//! The generic webhook actuator: any HTTP API, described by method, URL, headers (secrets from
+//! the environment, expanded at start) and a JSON body template. It expresses the classic
+//! `POST …/v1/flags/checkout-v2 {"rollout_percentage": 0, "enabled": false}` with a bearer token.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::retry::parse_retry_after;
+use super::{ActError, ActionRequest, Actuator, Applied};
+use crate::config::WebhookConfig;
+
+/// The default kill body when none is configured.
+pub const DEFAULT_BODY: &str = r#"{"flag":"{flag}","variant":"{variant}","control":"{control}","enabled":false,"rule":"{rule}","environment":"{environment}","region":"{region}","evidence":"{evidence}"}"#;
+
+pub struct Webhook {
+    name: String,
+    method: reqwest::Method,
+    url: String,
+    headers: BTreeMap<String, String>,
+    body: Value,
+    client: reqwest::Client,
+}
+
+impl Webhook {
+    pub fn new(name: &str, config: &WebhookConfig, client: reqwest::Client) -> Result<Webhook, String> {
+        let method = reqwest::Method::from_bytes(config.method.as_bytes()).map_err(|e| e.to_string())?;
+        let body = serde_json::from_str(config.body.as_deref().unwrap_or(DEFAULT_BODY)).map_err(|e| e.to_string())?;
+        Ok(Webhook { name: name.into(), method, url: config.url.clone(), headers: config.headers.clone(), body, client })
+    }
+}
+
+/// The placeholder values of a request.
+pub fn placeholders(request: &ActionRequest) -> Vec<(&'static str, String)> {
+    vec![
+        ("flag", request.flag.clone()),
+        ("variant", request.treatment.join(",")),
+        ("control", request.control.clone().unwrap_or_default()),
+        ("rule", request.rule.clone()),
+        ("environment", request.environment.clone().unwrap_or_default()),
+        ("region", request.region.clone().unwrap_or_default()),
+        ("service", request.service.clone().unwrap_or_default()),
+        ("action", "kill".into()),
+    ]
+}
+
+fn substitute(template: &str, values: &[(&'static str, String)], encode: bool) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in values {
+        let value = if encode { percent_encode(value) } else { value.clone() };
+        out = out.replace(&format!("{{{name}}}"), &value);
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Renders the body template: placeholders in strings, `"{evidence}"` → the decision record.
+pub fn render(template: &Value, values: &[(&'static str, String)], evidence: &Value) -> Value {
+    match template {
+        Value::String(s) if s == "{evidence}" => evidence.clone(),
+        Value::String(s) => Value::String(substitute(s, values, false)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| render(v, values, evidence)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), render(v, values, evidence))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Classifies an HTTP status: 2xx ok; 408, 425, 429, 5xx transient; other 4xx permanent.
+pub fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &str) -> Result<(), ActError> {
+    let snippet: String = body.chars().take(300).collect();
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        408 | 425 | 429 | 500..=599 => Err(ActError::Transient { message: format!("HTTP {status}: {snippet}"), retry_after }),
+        _ => Err(ActError::Permanent(format!("HTTP {status}: {snippet}"))),
+    }
+}
+
+/// Maps a transport error: timeouts and connection failures are transient.
+pub fn transport_error(e: reqwest::Error) -> ActError {
+    if e.is_builder() {
+        ActError::Permanent(format!("bad request: {e}"))
+    } else {
+        ActError::transient(format!("{e}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Actuator for Webhook {
+    async fn kill(&self, request: &ActionRequest, idempotency_key: &str) -> Result<Applied, ActError> {
+        let values = placeholders(request);
+        let url = substitute(&self.url, &values, true);
+        let body = render(&self.body, &values, &request.evidence);
+        let mut call = self.client.request(self.method.clone(), &url).header("Idempotency-Key", idempotency_key).json(&body);
+        for (name, value) in &self.headers {
+            call = call.header(name, value);
+        }
+        let response = call.send().await.map_err(transport_error)?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()));
+        let text = response.text().await.unwrap_or_default();
+        classify(status, retry_after, &text)?;
+        let reply = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.chars().take(1000).collect()));
+        Ok(Applied { before: None, after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": url, "status": status.as_u16(), "response": reply })) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::ActionKind;
+
+    fn request() -> ActionRequest {
+        ActionRequest {
+            kind: ActionKind::Kill,
+            actuator: "flags".into(),
+            flag: "checkout v2".into(),
+            treatment: vec!["on".into()],
+            control: Some("off".into()),
+            rule: "r".into(),
+            service: Some("payments".into()),
+            environment: Some("production".into()),
+            region: None,
+            scope: vec![],
+            evidence: json!({"verdict": "breached"}),
+            text: None,
+        }
+    }
+
+    #[test]
+    fn the_seed_call_is_expressible() {
+        let template: Value = serde_json::from_str(r#"{"rollout_percentage": 0, "enabled": false}"#).unwrap();
+        let body = render(&template, &placeholders(&request()), &json!({}));
+        assert_eq!(body, json!({"rollout_percentage": 0, "enabled": false}));
+        assert_eq!(substitute("http://h/v1/flags/{flag}", &placeholders(&request()), true), "http://h/v1/flags/checkout%20v2");
+    }
+
+    #[test]
+    fn default_body_carries_the_evidence() {
+        let template: Value = serde_json::from_str(DEFAULT_BODY).unwrap();
+        let r = request();
+        let body = render(&template, &placeholders(&r), &r.evidence);
+        assert_eq!(body["flag"], "checkout v2");
+        assert_eq!(body["control"], "off");
+        assert_eq!(body["evidence"]["verdict"], "breached");
+    }
+
+    #[test]
+    fn status_classes() {
+        use reqwest::StatusCode as S;
+        assert!(classify(S::OK, None, "").is_ok());
+        assert!(matches!(classify(S::SERVICE_UNAVAILABLE, None, ""), Err(ActError::Transient { .. })));
+        assert!(matches!(classify(S::TOO_MANY_REQUESTS, Some(Duration::from_secs(2)), ""), Err(ActError::Transient { retry_after: Some(_), .. })));
+        assert!(matches!(classify(S::UNAUTHORIZED, None, ""), Err(ActError::Permanent(_))));
+        assert!(matches!(classify(S::NOT_FOUND, None, ""), Err(ActError::Permanent(_))));
+    }
+}

@@ -1,0 +1,234 @@
+//! The pipeline shell: one task that owns the correlator, the windows and the rule engine
+//! (sync cores) and feeds them from one `select!` — batches from ingest, a short tick for
+//! changed series, a slow tick for every slice, snapshots and rule reloads — so nothing in the
+//! hot path takes a lock. Decisions are written to the outbox here, synchronously, before the
+//! executor is woken: a decided kill is durable before anything else happens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregator;
+use crate::aggregate::snapshot::{RulesView, Snapshot};
+use crate::correlate::{CorrelateCounts, Correlator};
+use crate::model::Batch;
+use crate::rules::engine::RuleEngine;
+use crate::store::{AuditEntry, Store};
+use crate::telemetry::Metrics;
+use crate::time::{Clock, Timestamp};
+
+/// Requests to the pipeline from the API.
+pub enum Command {
+    /// Reload the rules now; answers the number of rules or every error.
+    ReloadRules { actor: String, reply: oneshot::Sender<Result<usize, Vec<String>>> },
+}
+
+/// Pipeline timing and rule-loading settings.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub tick: Duration,
+    pub snapshot_interval: Duration,
+    pub reload_interval: Duration,
+    pub rules_dir: PathBuf,
+    pub actuators: std::collections::BTreeSet<String>,
+    pub notify: bool,
+}
+
+pub struct Pipeline {
+    pub correlator: Correlator,
+    pub aggregator: Aggregator,
+    pub engine: RuleEngine,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub wake_executor: Arc<Notify>,
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    pub settings: PipelineSettings,
+    pub rules_view: RulesView,
+    counted: CorrelateCounts,
+    rules_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
+}
+
+/// Lists rule files with their modification time and size, to notice edits.
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, SystemTime, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter_map(|e| {
+            // Follow symlinks (Kubernetes ConfigMaps swap a symlinked directory).
+            let meta = std::fs::metadata(e.path()).ok()?;
+            Some((e.path(), meta.modified().ok()?, meta.len()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        correlator: Correlator,
+        aggregator: Aggregator,
+        engine: RuleEngine,
+        store: Store,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        wake_executor: Arc<Notify>,
+        snapshots: watch::Sender<Arc<Snapshot>>,
+        settings: PipelineSettings,
+    ) -> Pipeline {
+        let rules_view = RulesView::of(engine.rules(), clock.now(), None);
+        let rules_fingerprint = fingerprint(&settings.rules_dir);
+        Pipeline { correlator, aggregator, engine, store, metrics, clock, wake_executor, snapshots, settings, rules_view, counted: CorrelateCounts::default(), rules_fingerprint }
+    }
+
+    /// Runs until `shutdown`; then drains the batches already queued, judges once more and
+    /// publishes a last snapshot.
+    pub async fn run(mut self, mut batches: mpsc::Receiver<Batch>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_full = Timestamp(0);
+        let mut last_reload_check = self.clock.now();
+        loop {
+            tokio::select! {
+                batch = batches.recv() => match batch {
+                    Some(batch) => self.ingest(batch),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = self.clock.now();
+                    let full = now.since(last_full) >= self.settings.snapshot_interval;
+                    self.on_tick(now, full);
+                    if full {
+                        last_full = now;
+                    }
+                    if now.since(last_reload_check) >= self.settings.reload_interval {
+                        last_reload_check = now;
+                        let current = fingerprint(&self.settings.rules_dir);
+                        if current != self.rules_fingerprint {
+                            self.rules_fingerprint = current;
+                            let _ = self.reload("system:file-watch");
+                        }
+                    }
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::ReloadRules { actor, reply } => {
+                        self.rules_fingerprint = fingerprint(&self.settings.rules_dir);
+                        let _ = reply.send(self.reload(&actor));
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        batches.close();
+        while let Some(batch) = batches.recv().await {
+            self.ingest(batch);
+        }
+        self.on_tick(self.clock.now(), true);
+    }
+
+    /// Feeds one batch through the correlator into the windows.
+    pub fn ingest(&mut self, batch: Batch) {
+        let now = self.clock.now();
+        for evaluation in &batch.evaluations {
+            self.correlator.evaluation(evaluation, now, &mut self.aggregator);
+        }
+        for outcome in batch.outcomes {
+            self.correlator.outcome(outcome, now, &mut self.aggregator);
+        }
+    }
+
+    /// Evicts idle traces, judges changed slices (all of them when `full`), submits decisions,
+    /// and when `full` publishes a snapshot.
+    pub fn on_tick(&mut self, now: Timestamp, full: bool) {
+        self.correlator.evict_idle(now, &mut self.aggregator);
+        let changed = self.aggregator.take_changed();
+        if full || !changed.is_empty() {
+            let decisions = self.engine.evaluate(&self.aggregator, (!full).then_some(&changed), now);
+            let mut wake = false;
+            for decision in &decisions {
+                tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");
+                match crate::act::submit(&self.store, decision, self.settings.notify) {
+                    Ok(queued) => wake |= queued,
+                    // The slice stays breached and fires again on the next tick: not lost.
+                    Err(e) => tracing::error!(error = %e, rule = %decision.rule, "cannot write the decision to the store; will retry"),
+                }
+            }
+            if wake {
+                self.wake_executor.notify_one();
+            }
+        }
+        if full {
+            self.aggregator.drop_idle(now);
+            self.publish(now);
+        }
+    }
+
+    fn publish(&mut self, now: Timestamp) {
+        let m = &self.metrics;
+        let counts = self.correlator.counts().clone();
+        let delta = |new: u64, old: u64| new.saturating_sub(old);
+        for (label, new, old) in [
+            ("flagged", counts.attributed, self.counted.attributed),
+            ("unflagged", counts.unflagged, self.counted.unflagged),
+            ("late", counts.late, self.counted.late),
+            ("duplicate", counts.duplicate, self.counted.duplicate),
+            ("mixed", counts.mixed, self.counted.mixed),
+        ] {
+            m.attribution.get_or_create(&vec![("attribution", label.to_owned())]).inc_by(delta(new, old));
+        }
+        m.traces_evicted.get_or_create(&vec![("reason", "idle".to_owned())]).inc_by(delta(counts.evicted_idle, self.counted.evicted_idle));
+        m.traces_evicted.get_or_create(&vec![("reason", "capacity".to_owned())]).inc_by(delta(counts.evicted_capacity, self.counted.evicted_capacity));
+        m.evaluation_errors.inc_by(delta(counts.evaluation_errors, self.counted.evaluation_errors));
+        m.evaluations_without_variant.inc_by(delta(counts.without_variant, self.counted.without_variant));
+        m.series_overflow.inc_by(self.aggregator.overflow().saturating_sub(m.series_overflow.get()));
+        self.counted = counts;
+        m.traces_in_flight.set(self.correlator.live_traces() as i64);
+        m.series.set(self.aggregator.series_count() as i64);
+        let mut snapshot = Snapshot::build(&self.aggregator, now);
+        snapshot.verdicts = self.engine.views();
+        for label in ["healthy", "breached", "inconclusive", "no_data"] {
+            let n = snapshot.verdicts.iter().filter(|v| v.verdict == label).count();
+            m.verdicts.get_or_create(&vec![("verdict", label.to_owned())]).set(n as i64);
+        }
+        snapshot.stale_rules = self.engine.stale_rules(now);
+        m.rules_stale.set(snapshot.stale_rules.len() as i64);
+        snapshot.rules = self.rules_view.clone();
+        snapshot.traces_in_flight = self.correlator.live_traces();
+        self.snapshots.send_replace(Arc::new(snapshot));
+    }
+
+    /// Reloads the rules directory; an invalid set keeps the current one and says why.
+    pub fn reload(&mut self, actor: &str) -> Result<usize, Vec<String>> {
+        let now = self.clock.now();
+        match crate::rules::load_dir(&self.settings.rules_dir, &self.settings.actuators) {
+            Ok(set) => {
+                let n = set.rules.len();
+                let before: Vec<String> = self.engine.rules().rules.iter().map(|r| r.name.clone()).collect();
+                let after: Vec<String> = set.rules.iter().map(|r| r.name.clone()).collect();
+                self.engine.replace_rules(Arc::new(set));
+                self.rules_view = RulesView::of(self.engine.rules(), now, None);
+                Metrics::count(&self.metrics.rule_reloads, &[("result", "ok")]);
+                self.metrics.rules_loaded.set(n as i64);
+                tracing::info!(rules = n, %actor, "rules reloaded");
+                let audit = AuditEntry { at: now, actor: actor.into(), kind: "rules_reloaded".into(), before: Some(serde_json::json!(before)), after: Some(serde_json::json!(after)), ..AuditEntry::default() };
+                if let Err(e) = self.store.audit(&audit) {
+                    tracing::error!(error = %e, "cannot audit the rule reload");
+                }
+                Ok(n)
+            }
+            Err(errors) => {
+                let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                Metrics::count(&self.metrics.rule_reloads, &[("result", "invalid")]);
+                tracing::warn!(errors = ?messages, %actor, "rule reload rejected; keeping the previous rules");
+                self.rules_view.last_error = Some(messages.clone());
+                Err(messages)
+            }
+        }
+    }
+}

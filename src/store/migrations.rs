@@ -1,0 +1,58 @@
+//! Numbered schema migrations, applied in order inside one transaction each; the applied
+//! count is SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: audit log, outbox, rule state.
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        rule TEXT,
+        action_id INTEGER,
+        target TEXT,
+        before TEXT,
+        after TEXT,
+        evidence TEXT
+    );
+    CREATE INDEX audit_kind ON audit(kind, id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_ms INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        request TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT,
+        triggers INTEGER NOT NULL DEFAULT 1,
+        updated_ms INTEGER NOT NULL,
+        idempotency_key TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX outbox_one_pending_per_target ON outbox(target) WHERE state = 'pending';
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_ms);
+    CREATE TABLE rule_state (
+        slice TEXT PRIMARY KEY,
+        last_fired_ms INTEGER NOT NULL
+    );",
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew { found: version, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

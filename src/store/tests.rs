@@ -1,0 +1,64 @@
+use super::*;
+use serde_json::json;
+
+fn decided(at: u64) -> AuditEntry {
+    AuditEntry { at: Timestamp(at), actor: "rule:r".into(), kind: "kill_decided".into(), rule: Some("r".into()), target: Some("t".into()), evidence: Some(json!({"x": 1})), ..AuditEntry::default() }
+}
+
+#[test]
+fn one_pending_action_per_target_and_triggers_join() {
+    let store = Store::in_memory().unwrap();
+    let a = store.submit("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
+    let b = store.submit("t", "kill", &json!({}), "k2", "r/f", &decided(2)).unwrap();
+    let Submitted::New(id) = a else { panic!("first is new") };
+    assert_eq!(b, Submitted::Joined(id));
+    let row = store.action(id).unwrap().unwrap();
+    assert_eq!((row.triggers, row.state.as_str(), row.idempotency_key.as_str()), (2, "pending", "k1"));
+    let other = store.submit("t2", "kill", &json!({}), "k3", "r/g", &decided(3)).unwrap();
+    assert!(matches!(other, Submitted::New(_)));
+    assert_eq!(store.last_fired().unwrap()["r/f"], Timestamp(2));
+}
+
+#[test]
+fn finishing_is_audited_once() {
+    let store = Store::in_memory().unwrap();
+    let Submitted::New(id) = store.submit("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    let confirmed = AuditEntry { kind: "kill_confirmed".into(), action_id: Some(id), ..decided(5) };
+    store.finish(id, "confirmed", 1, None, &confirmed).unwrap();
+    store.finish(id, "confirmed", 1, None, &confirmed).unwrap();
+    let log = store.audit_log(10, None, Some("kill_confirmed")).unwrap();
+    assert_eq!(log.len(), 1);
+    assert!(store.due(Timestamp(100)).unwrap().is_empty());
+    // After a terminal state, a new trigger opens a new action.
+    assert!(matches!(store.submit("t", "kill", &json!({}), "k9", "s", &decided(6)).unwrap(), Submitted::New(n) if n != id));
+}
+
+#[test]
+fn reschedule_and_due() {
+    let store = Store::in_memory().unwrap();
+    let Submitted::New(id) = store.submit("t", "kill", &json!({"a": 1}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    assert_eq!(store.due(Timestamp(1)).unwrap().len(), 1);
+    store.reschedule(id, 1, Timestamp(500), "503", Timestamp(2)).unwrap();
+    assert!(store.due(Timestamp(499)).unwrap().is_empty());
+    assert_eq!(store.next_due().unwrap(), Some(Timestamp(500)));
+    let due = store.due(Timestamp(500)).unwrap();
+    assert_eq!((due[0].attempts, due[0].last_error.as_deref(), &due[0].request), (1, Some("503"), &json!({"a": 1})));
+}
+
+#[test]
+fn reopening_keeps_everything_and_pagination_works() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..5 {
+            store.audit(&AuditEntry { at: Timestamp(i), actor: "system".into(), kind: "k".into(), ..AuditEntry::default() }).unwrap();
+        }
+        store.submit("t", "kill", &json!({}), "k", "s", &decided(9)).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let first = store.audit_log(3, None, None).unwrap();
+    assert_eq!(first.len(), 3);
+    let rest = store.audit_log(10, Some(first[2].id), None).unwrap();
+    assert_eq!(rest.len(), 3);
+    assert_eq!(store.pending_count().unwrap(), 1);
+}
