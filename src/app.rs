@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::act::Actuator;
 use crate::act::executor::{Executor, ExecutorSettings};
 use crate::act::flagd::FlagdFile;
 use crate::act::notify::{NOTIFIER, Notifier};
 use crate::act::webhook::Webhook;
-use crate::act::Actuator;
 use crate::aggregate::Aggregator;
 use crate::aggregate::snapshot::Snapshot;
 use crate::api::{ApiState, router};
@@ -74,7 +74,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
 /// The HTTP client for flag systems: rustls with the platform's roots (ring provider).
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, AppError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(timeout).user_agent(concat!("flagguard/", env!("CARGO_PKG_VERSION"))).build().map_err(|e| AppError::HttpClient(e.to_string()))
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("flagguard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AppError::HttpClient(e.to_string()))
 }
 
 impl App {
@@ -83,14 +87,17 @@ impl App {
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, AppError> {
         let file = &config.file;
         let store = Store::open(&file.data_dir)?;
-        let rules = crate::rules::load_dir(&file.rules_dir, &config.actuator_names()).map_err(|errors| AppError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
+        let rules = crate::rules::load_dir(&file.rules_dir, &config.actuator_names())
+            .map_err(|errors| AppError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
         let metrics = Arc::new(Metrics::new());
         metrics.rules_loaded.set(rules.rules.len() as i64);
         let client = http_client(file.act.timeout)?;
         let mut actuators: HashMap<String, Arc<dyn Actuator>> = HashMap::new();
         for (name, actuator) in &file.actuators {
             let built: Arc<dyn Actuator> = match actuator {
-                ActuatorConfig::Webhook(w) => Arc::new(Webhook::new(name, w, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?),
+                ActuatorConfig::Webhook(w) => {
+                    Arc::new(Webhook::new(name, w, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
+                }
                 ActuatorConfig::Flagd(f) => Arc::new(FlagdFile::new(f)),
             };
             actuators.insert(name.clone(), built);
@@ -101,7 +108,11 @@ impl App {
         let now = clock.now();
         let engine = RuleEngine::new(
             Arc::new(rules),
-            EngineSettings { stale_after: file.rules.stale_after, max_concurrent_kills: file.rules.max_concurrent_kills, incident_window: file.rules.incident_window },
+            EngineSettings {
+                stale_after: file.rules.stale_after,
+                max_concurrent_kills: file.rules.max_concurrent_kills,
+                incident_window: file.rules.incident_window,
+            },
             store.last_fired()?,
             now,
         );
@@ -135,13 +146,20 @@ impl App {
         let (command_tx, command_rx) = mpsc::channel(16);
         let ready = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
-        let ingest = Arc::new(Ingest::new(batch_tx, ExtractOptions { flag_attribute_prefixes: file.otlp.flag_attribute_prefixes.clone() }, file.otlp.retry_after, metrics.clone()));
+        let ingest = Arc::new(Ingest::new(
+            batch_tx,
+            ExtractOptions { flag_attribute_prefixes: file.otlp.flag_attribute_prefixes.clone() },
+            file.otlp.retry_after,
+            metrics.clone(),
+        ));
 
         let _ = store.audit(&AuditEntry {
             at: clock.now(),
             actor: "system".into(),
             kind: "started".into(),
-            after: Some(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listen": addrs, "config": file.redacted(), "rules": engine.rules().rules.len() })),
+            after: Some(
+                serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listen": addrs, "config": file.redacted(), "rules": engine.rules().rules.len() }),
+            ),
             ..AuditEntry::default()
         });
 
@@ -173,7 +191,11 @@ impl App {
         });
 
         let pipeline = Pipeline::new(
-            Correlator::new(CorrelateSettings { trace_idle: file.correlate.trace_idle, tombstone_ttl: file.correlate.tombstone_ttl, max_traces: file.correlate.max_traces }),
+            Correlator::new(CorrelateSettings {
+                trace_idle: file.correlate.trace_idle,
+                tombstone_ttl: file.correlate.tombstone_ttl,
+                max_traces: file.correlate.max_traces,
+            }),
             Aggregator::new(file.aggregate.max_series),
             engine,
             store.clone(),

@@ -84,7 +84,20 @@ impl Pipeline {
     ) -> Pipeline {
         let rules_view = RulesView::of(engine.rules(), clock.now(), None);
         let rules_fingerprint = fingerprint(&settings.rules_dir);
-        Pipeline { correlator, aggregator, engine, store, metrics, clock, wake_executor, snapshots, settings, rules_view, counted: CorrelateCounts::default(), rules_fingerprint }
+        Pipeline {
+            correlator,
+            aggregator,
+            engine,
+            store,
+            metrics,
+            clock,
+            wake_executor,
+            snapshots,
+            settings,
+            rules_view,
+            counted: CorrelateCounts::default(),
+            rules_fingerprint,
+        }
     }
 
     /// Runs until `shutdown`; then drains the batches already queued, judges once more and
@@ -216,7 +229,14 @@ impl Pipeline {
                 Metrics::count(&self.metrics.rule_reloads, &[("result", "ok")]);
                 self.metrics.rules_loaded.set(n as i64);
                 tracing::info!(rules = n, %actor, "rules reloaded");
-                let audit = AuditEntry { at: now, actor: actor.into(), kind: "rules_reloaded".into(), before: Some(serde_json::json!(before)), after: Some(serde_json::json!(after)), ..AuditEntry::default() };
+                let audit = AuditEntry {
+                    at: now,
+                    actor: actor.into(),
+                    kind: "rules_reloaded".into(),
+                    before: Some(serde_json::json!(before)),
+                    after: Some(serde_json::json!(after)),
+                    ..AuditEntry::default()
+                };
                 if let Err(e) = self.store.audit(&audit) {
                     tracing::error!(error = %e, "cannot audit the rule reload");
                 }

@@ -119,10 +119,15 @@ impl Executor {
                 return;
             }
         }
-        self.finish(&row, Some(&request), attempt, result.map_err(|e| match e {
-            ActError::Transient { message, .. } => ActError::Permanent(format!("gave up after {attempt} attempts: {message}")),
-            permanent => permanent,
-        }))
+        self.finish(
+            &row,
+            Some(&request),
+            attempt,
+            result.map_err(|e| match e {
+                ActError::Transient { message, .. } => ActError::Permanent(format!("gave up after {attempt} attempts: {message}")),
+                permanent => permanent,
+            }),
+        )
         .await;
     }
 
@@ -173,7 +178,9 @@ impl Executor {
         let store = self.store.clone();
         let id = row.id;
         let notify_text = match (request, &result) {
-            (Some(r), Ok(_)) if r.kind == ActionKind::Kill => Some(format!("flagguard killed {} (action {id}, confirmed after {attempts} attempt(s))", describe(r))),
+            (Some(r), Ok(_)) if r.kind == ActionKind::Kill => {
+                Some(format!("flagguard killed {} (action {id}, confirmed after {attempts} attempt(s))", describe(r)))
+            }
             (Some(r), Err(e)) if r.kind == ActionKind::Kill => Some(format!("ESCALATION: flagguard could not kill {} (action {id}): {e}", describe(r))),
             _ => None,
         };

@@ -30,10 +30,8 @@ fn file_key(flag: &str) -> &str {
 
 /// Returns the killed definition of `flag` in `doc` (and whether anything changed).
 pub fn killed(doc: &mut Value, flag: &str, off: &str) -> Result<(Value, bool), ActError> {
-    let def = doc
-        .get_mut("flags")
-        .and_then(|f| f.get_mut(file_key(flag)))
-        .ok_or_else(|| ActError::Permanent(format!("flag {flag:?} is not in the flagd file")))?;
+    let def =
+        doc.get_mut("flags").and_then(|f| f.get_mut(file_key(flag))).ok_or_else(|| ActError::Permanent(format!("flag {flag:?} is not in the flagd file")))?;
     let before = def.clone();
     if def.get("variants").and_then(|v| v.get(off)).is_none() {
         return Err(ActError::Permanent(format!("flag {flag:?} has no variant {off:?} to serve after a kill")));
@@ -47,7 +45,9 @@ pub fn killed(doc: &mut Value, flag: &str, off: &str) -> Result<(Value, bool), A
 }
 
 fn is_killed(doc: &Value, flag: &str, off: &str) -> bool {
-    doc.get("flags").and_then(|f| f.get(file_key(flag))).is_some_and(|d| d.get("defaultVariant").and_then(Value::as_str) == Some(off) && d.get("targeting").is_none())
+    doc.get("flags")
+        .and_then(|f| f.get(file_key(flag)))
+        .is_some_and(|d| d.get("defaultVariant").and_then(Value::as_str) == Some(off) && d.get("targeting").is_none())
 }
 
 #[async_trait::async_trait]
@@ -55,7 +55,10 @@ impl Actuator for FlagdFile {
     async fn kill(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
         if !request.scope.is_empty() {
             let scope: Vec<String> = request.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            return Err(ActError::Permanent(format!("a flagd file cannot express the slice {}; kill the whole flag with a rule without `per`", scope.join(","))));
+            return Err(ActError::Permanent(format!(
+                "a flagd file cannot express the slice {}; kill the whole flag with a rule without `per`",
+                scope.join(",")
+            )));
         }
         let off = request.control.clone().unwrap_or_else(|| self.off_variant.clone());
         let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| ActError::transient(format!("read {}: {e}", self.path.display())))?;

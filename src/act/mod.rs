@@ -122,7 +122,8 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
     let summary = match (decision.kind, decision.mode) {
         (DecisionKind::Kill, Mode::Enforce) => {
             let key = idempotency_key(&target, decision.at);
-            let submitted = store.submit(&target, "kill", &serde_json::to_value(&request).unwrap_or(Value::Null), &key, &decision.slice_key, &audit("kill_decided"))?;
+            let submitted =
+                store.submit(&target, "kill", &serde_json::to_value(&request).unwrap_or(Value::Null), &key, &decision.slice_key, &audit("kill_decided"))?;
             queued = true;
             match submitted {
                 Submitted::New(id) => format!("flagguard is killing {} (action {id}, rule {})", describe(&request), decision.rule),
@@ -135,7 +136,12 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
         }
         (DecisionKind::Incident, _) => {
             store.record_fired(&decision.slice_key, decision.at, &audit("incident"))?;
-            let why = decision.record.get("incident").and_then(Value::as_str).or_else(|| decision.record.get("reason").and_then(Value::as_str)).unwrap_or("baseline breaching too");
+            let why = decision
+                .record
+                .get("incident")
+                .and_then(Value::as_str)
+                .or_else(|| decision.record.get("reason").and_then(Value::as_str))
+                .unwrap_or("baseline breaching too");
             format!("incident, not killing {}: {why}", describe(&request))
         }
     };
@@ -148,9 +154,16 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
 
 /// A human-readable target: `checkout-v2=on in payments/production/region=eu-west via flags`.
 pub fn describe(request: &ActionRequest) -> String {
-    let mut where_ = vec![request.service.clone().unwrap_or_else(|| "all services".into()), request.environment.clone().unwrap_or_else(|| "all environments".into())];
+    let mut where_ =
+        vec![request.service.clone().unwrap_or_else(|| "all services".into()), request.environment.clone().unwrap_or_else(|| "all environments".into())];
     where_.extend(request.scope.iter().filter(|(k, _)| k != "service" && k != "environment").map(|(k, v)| format!("{k}={v}")));
-    format!("{}={} in {} via {}", request.flag, request.treatment.join("|"), where_.join("/"), if request.actuator.is_empty() { "(none)" } else { &request.actuator })
+    format!(
+        "{}={} in {} via {}",
+        request.flag,
+        request.treatment.join("|"),
+        where_.join("/"),
+        if request.actuator.is_empty() { "(none)" } else { &request.actuator }
+    )
 }
 
 /// A stable key sent to flag systems that support idempotency (`Idempotency-Key`).

@@ -29,7 +29,14 @@ pub fn enqueue(store: &Store, text: &str, evidence: &Value, at: Timestamp) -> Re
     };
     // Each notification is its own target: notifications never join one another.
     let target = format!("{NOTIFIER}|{}|{}", at.as_millis(), super::idempotency_key(text, at));
-    let audit = AuditEntry { at, actor: "system".into(), kind: "notification_queued".into(), target: Some(target.clone()), after: Some(json!({ "text": text })), ..AuditEntry::default() };
+    let audit = AuditEntry {
+        at,
+        actor: "system".into(),
+        kind: "notification_queued".into(),
+        target: Some(target.clone()),
+        after: Some(json!({ "text": text })),
+        ..AuditEntry::default()
+    };
     store.submit(&target, "notify", &serde_json::to_value(&request).unwrap_or(Value::Null), &target, &format!("notify/{target}"), &audit)?;
     Ok(())
 }
@@ -49,7 +56,8 @@ impl Notifier {
 impl Actuator for Notifier {
     async fn kill(&self, request: &ActionRequest, idempotency_key: &str) -> Result<Applied, ActError> {
         let body = json!({ "text": request.text, "flagguard": request.evidence });
-        let response = self.client.post(&self.url).header("Idempotency-Key", idempotency_key).json(&body).send().await.map_err(super::webhook::transport_error)?;
+        let response =
+            self.client.post(&self.url).header("Idempotency-Key", idempotency_key).json(&body).send().await.map_err(super::webhook::transport_error)?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         super::webhook::classify(status, None, &text)?;

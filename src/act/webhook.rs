@@ -86,11 +86,7 @@ pub fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body
 
 /// Maps a transport error: timeouts and connection failures are transient.
 pub fn transport_error(e: reqwest::Error) -> ActError {
-    if e.is_builder() {
-        ActError::Permanent(format!("bad request: {e}"))
-    } else {
-        ActError::transient(format!("{e}"))
-    }
+    if e.is_builder() { ActError::Permanent(format!("bad request: {e}")) } else { ActError::transient(format!("{e}")) }
 }
 
 #[async_trait::async_trait]
@@ -109,7 +105,10 @@ impl Actuator for Webhook {
         let text = response.text().await.unwrap_or_default();
         classify(status, retry_after, &text)?;
         let reply = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.chars().take(1000).collect()));
-        Ok(Applied { before: None, after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": url, "status": status.as_u16(), "response": reply })) })
+        Ok(Applied {
+            before: None,
+            after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": url, "status": status.as_u16(), "response": reply })),
+        })
     }
 }
 

@@ -93,14 +93,7 @@ impl Snapshot {
         series.sort_by(|a, b| (&a.flag, &a.variant, &a.service, &a.environment, &a.region).cmp(&(&b.flag, &b.variant, &b.service, &b.environment, &b.region)));
         let mut unflagged: Vec<SeriesView> = aggregator.unflagged_iter().map(|(d, w)| view(String::new(), String::new(), d, w)).collect();
         unflagged.sort_by(|a, b| (&a.service, &a.environment, &a.region).cmp(&(&b.service, &b.environment, &b.region)));
-        Snapshot {
-            at: now.rfc3339(),
-            series,
-            unflagged,
-            series_count: aggregator.series_count(),
-            window_bytes: aggregator.bytes(),
-            ..Snapshot::default()
-        }
+        Snapshot { at: now.rfc3339(), series, unflagged, series_count: aggregator.series_count(), window_bytes: aggregator.bytes(), ..Snapshot::default() }
     }
 }
 

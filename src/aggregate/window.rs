@@ -175,11 +175,8 @@ impl Window {
         // Level-1 buckets that ended by `target` are complete: add them to level 2 once.
         let (w2, _) = LEVELS[2];
         let complete_before = floor(target, w1);
-        let pending: Vec<(u64, Stats)> = self.levels[1]
-            .iter()
-            .filter(|b| b.start >= self.cascaded_1 && b.start < complete_before)
-            .map(|b| (b.start, b.stats.clone()))
-            .collect();
+        let pending: Vec<(u64, Stats)> =
+            self.levels[1].iter().filter(|b| b.start >= self.cascaded_1 && b.start < complete_before).map(|b| (b.start, b.stats.clone())).collect();
         for (start, stats) in pending {
             add_to_level(&mut self.levels[2], floor(start, w2), &stats);
         }
@@ -257,11 +254,7 @@ impl Window {
 
     /// Approximate heap bytes held (for the memory report).
     pub fn bytes(&self) -> usize {
-        self.levels
-            .iter()
-            .flat_map(|l| l.iter())
-            .map(|b| std::mem::size_of::<Bucket>() + b.stats.latency.as_ref().map_or(0, Latency::bytes))
-            .sum()
+        self.levels.iter().flat_map(|l| l.iter()).map(|b| std::mem::size_of::<Bucket>() + b.stats.latency.as_ref().map_or(0, Latency::bytes)).sum()
     }
 }
 

@@ -38,7 +38,9 @@ impl IntoResponse for ApiError {
         let (status, body) = match &self {
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": self.to_string() })),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": self.to_string() })),
-            ApiError::InvalidRules(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid rules; the previous rules stay active", "errors": errors })),
+            ApiError::InvalidRules(errors) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid rules; the previous rules stay active", "errors": errors }))
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({ "error": self.to_string() })),
         };
         (status, Json(body)).into_response()
@@ -137,7 +139,8 @@ async fn action(State(s): State<ApiState>, axum::extract::Path(id): axum::extrac
 async fn audit(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {
     let limit = p.limit.unwrap_or(100).min(1000);
     let store = s.store.clone();
-    let records = tokio::task::spawn_blocking(move || store.audit_log(limit, p.before, p.kind.as_deref())).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let records =
+        tokio::task::spawn_blocking(move || store.audit_log(limit, p.before, p.kind.as_deref())).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
     let next = records.last().map(|r| r.id);
     Ok(Json(json!({ "audit": records, "next_before": next })).into_response())
 }

@@ -20,7 +20,15 @@ pub fn run(config_path: Option<&Path>, rules_dir: Option<PathBuf>) -> i32 {
             println!("{}: {} rule(s) in {} file(s) OK", dir.display(), set.rules.len(), set.files.len());
             for rule in &set.rules {
                 let action = rule.kill.as_deref().map_or("observe only".to_owned(), |a| format!("kill via {a}"));
-                println!("  {} ({}): flag {} treatment {} — {}, {}", rule.name, rule.mode.as_str(), rule.flag_pattern, rule.treatment.join("|"), action, rule.when.iter().map(|c| c.describe()).collect::<Vec<_>>().join(" or "));
+                println!(
+                    "  {} ({}): flag {} treatment {} — {}, {}",
+                    rule.name,
+                    rule.mode.as_str(),
+                    rule.flag_pattern,
+                    rule.treatment.join("|"),
+                    action,
+                    rule.when.iter().map(|c| c.describe()).collect::<Vec<_>>().join(" or ")
+                );
             }
             if config.file.actuators.is_empty() {
                 println!("note: no actuators configured: every action is dry-run");

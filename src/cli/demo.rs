@@ -55,11 +55,7 @@ fn serve(path: &Path, user: u64) -> String {
     let doc: Value = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
     let def = &doc["flags"][FLAG];
     let default = def["defaultVariant"].as_str().unwrap_or("off").to_owned();
-    if def.get("targeting").is_some() {
-        if traffic::split(FLAG, user, 50) { "on".into() } else { "off".into() }
-    } else {
-        default
-    }
+    if def.get("targeting").is_some() { if traffic::split(FLAG, user, 50) { "on".into() } else { "off".into() } } else { default }
 }
 
 fn pct(v: &Value) -> String {
@@ -157,7 +153,13 @@ async fn run_inner(keep: bool) -> Result<(), String> {
             let event = if killed_at.is_some() { format!("on served to {}% of users", on_served * 100 / per_tick) } else { String::new() };
             println!(
                 "  {:>6.1}s  {:<40} {:>9} {:>7}   {:>9} {:>7}   {}{}",
-                elapsed.as_secs_f64(), event, t["requests"].as_u64().unwrap_or(0), pct(&t["error_rate"]), b["requests"].as_u64().unwrap_or(0), pct(&b["error_rate"]), label,
+                elapsed.as_secs_f64(),
+                event,
+                t["requests"].as_u64().unwrap_or(0),
+                pct(&t["error_rate"]),
+                b["requests"].as_u64().unwrap_or(0),
+                pct(&b["error_rate"]),
+                label,
                 verdict.and_then(|v| v.reason.clone()).map(|r| format!(" ({r})")).unwrap_or_default()
             );
             last_verdict = label;
@@ -171,7 +173,10 @@ async fn run_inner(keep: bool) -> Result<(), String> {
                 "kill_confirmed" => {
                     killed_at = Some(elapsed);
                     let had_targeting = record.before.as_ref().is_some_and(|b| b.get("targeting").is_some());
-                    Some(format!("✔ kill confirmed: flags.json now serves {FLAG}=off to everyone{}", if had_targeting { " (50/50 targeting removed)" } else { "" }))
+                    Some(format!(
+                        "✔ kill confirmed: flags.json now serves {FLAG}=off to everyone{}",
+                        if had_targeting { " (50/50 targeting removed)" } else { "" }
+                    ))
                 }
                 "kill_escalated" => {
                     result = Err(format!("kill escalated: {:?}", record.after));
@@ -190,7 +195,10 @@ async fn run_inner(keep: bool) -> Result<(), String> {
             if on_served == 0 && elapsed >= at + Duration::from_secs(2) {
                 let detection = at.saturating_sub(REGRESSION_AT);
                 println!("\n  checkout-v2=on is off for everyone; its traffic drained to 0.");
-                println!("  regression → confirmed kill: {:.1} s (window 30 s, min_samples 50, for 2 s; in production add the SDK's export delay)", detection.as_secs_f64());
+                println!(
+                    "  regression → confirmed kill: {:.1} s (window 30 s, min_samples 50, for 2 s; in production add the SDK's export delay)",
+                    detection.as_secs_f64()
+                );
                 println!("  audit log: GET http://{}/v1/audit while the daemon runs; here: {} records", addrs.api, seen_audit);
                 result = Ok(());
                 break;

@@ -24,7 +24,13 @@ fn dims(service: &str) -> Dims {
     Dims { service: service.into(), environment: "prod".into(), region: "eu".into() }
 }
 fn eval(trace: u8, flag: &str, variant: &str) -> Evaluation {
-    Evaluation { trace: Some(TraceId([trace; 16])), flag: FlagKey(flag.into()), variant: Some(Variant(variant.into())), error_type: None, dims: dims("checkout") }
+    Evaluation {
+        trace: Some(TraceId([trace; 16])),
+        flag: FlagKey(flag.into()),
+        variant: Some(Variant(variant.into())),
+        error_type: None,
+        dims: dims("checkout"),
+    }
 }
 fn outcome(trace: u8, span: u8, service: &str, error: bool) -> Outcome {
     Outcome { trace: TraceId([trace; 16]), span: SpanId([span; 8]), dims: dims(service), error, latency_us: 1000 }

@@ -77,9 +77,8 @@ pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEval
         .or_else(|| attr(attrs, "feature_flag.result.value").and_then(stringify))
         .or_else(|| body.and_then(body_value).and_then(stringify));
     let reason = attr_str(attrs, "feature_flag.result.reason").or_else(|| attr_str(attrs, "feature_flag.evaluation.reason"));
-    let error_type = attr_str(attrs, "error.type")
-        .map(str::to_owned)
-        .or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
+    let error_type =
+        attr_str(attrs, "error.type").map(str::to_owned).or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
     Some(RawEvaluation {
         key: key.to_owned(),
         set_id: attr_str(attrs, "feature_flag.set.id").filter(|s| !s.is_empty()).map(str::to_owned),
@@ -135,21 +134,89 @@ mod tests {
             error: Option<&'static str>,
         }
         let body_value = AnyValue {
-            value: Some(Value::KvlistValue(opentelemetry_proto::tonic::common::v1::KeyValueList {
-                values: vec![kv("value", Value::BoolValue(true))],
-            })),
+            value: Some(Value::KvlistValue(opentelemetry_proto::tonic::common::v1::KeyValueList { values: vec![kv("value", Value::BoolValue(true))] })),
         };
         let cases = vec![
-            Case { name: "v1.34 result.variant wins", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("true")), kv("feature_flag.result.variant", s("on")), kv("feature_flag.variant", s("old"))], body: None, variant: Some("on"), error: None },
-            Case { name: "pre-1.32 variant", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.variant", s("blue"))], body: None, variant: Some("blue"), error: None },
-            Case { name: "python json-quoted value", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("\"#c05543\""))], body: None, variant: Some("#c05543"), error: None },
-            Case { name: "python bool value as string", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("true"))], body: None, variant: Some("true"), error: None },
-            Case { name: "node native bool value", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::BoolValue(false))], body: None, variant: Some("false"), error: None },
-            Case { name: "int value", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::IntValue(5))], body: None, variant: Some("5"), error: None },
-            Case { name: "log body value (v1.29-1.33)", attrs: vec![kv("feature_flag.key", s("f"))], body: Some(body_value), variant: Some("true"), error: None },
-            Case { name: "evaluation error by error.type", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::BoolValue(false)), kv("feature_flag.result.reason", s("error")), kv("error.type", s("flag_not_found"))], body: None, variant: Some("false"), error: Some("flag_not_found") },
-            Case { name: "evaluation error by old reason", attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.evaluation.reason", s("ERROR"))], body: None, variant: None, error: Some("general") },
-            Case { name: "old java key name", attrs: vec![kv("feature_flag.flag_key", s("f")), kv("feature_flag.variant", s("on"))], body: None, variant: Some("on"), error: None },
+            Case {
+                name: "v1.34 result.variant wins",
+                attrs: vec![
+                    kv("feature_flag.key", s("f")),
+                    kv("feature_flag.result.value", s("true")),
+                    kv("feature_flag.result.variant", s("on")),
+                    kv("feature_flag.variant", s("old")),
+                ],
+                body: None,
+                variant: Some("on"),
+                error: None,
+            },
+            Case {
+                name: "pre-1.32 variant",
+                attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.variant", s("blue"))],
+                body: None,
+                variant: Some("blue"),
+                error: None,
+            },
+            Case {
+                name: "python json-quoted value",
+                attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("\"#c05543\""))],
+                body: None,
+                variant: Some("#c05543"),
+                error: None,
+            },
+            Case {
+                name: "python bool value as string",
+                attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", s("true"))],
+                body: None,
+                variant: Some("true"),
+                error: None,
+            },
+            Case {
+                name: "node native bool value",
+                attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::BoolValue(false))],
+                body: None,
+                variant: Some("false"),
+                error: None,
+            },
+            Case {
+                name: "int value",
+                attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.result.value", Value::IntValue(5))],
+                body: None,
+                variant: Some("5"),
+                error: None,
+            },
+            Case {
+                name: "log body value (v1.29-1.33)",
+                attrs: vec![kv("feature_flag.key", s("f"))],
+                body: Some(body_value),
+                variant: Some("true"),
+                error: None,
+            },
+            Case {
+                name: "evaluation error by error.type",
+                attrs: vec![
+                    kv("feature_flag.key", s("f")),
+                    kv("feature_flag.result.value", Value::BoolValue(false)),
+                    kv("feature_flag.result.reason", s("error")),
+                    kv("error.type", s("flag_not_found")),
+                ],
+                body: None,
+                variant: Some("false"),
+                error: Some("flag_not_found"),
+            },
+            Case {
+                name: "evaluation error by old reason",
+                attrs: vec![kv("feature_flag.key", s("f")), kv("feature_flag.evaluation.reason", s("ERROR"))],
+                body: None,
+                variant: None,
+                error: Some("general"),
+            },
+            Case {
+                name: "old java key name",
+                attrs: vec![kv("feature_flag.flag_key", s("f")), kv("feature_flag.variant", s("on"))],
+                body: None,
+                variant: Some("on"),
+                error: None,
+            },
         ];
         for case in cases {
             let got = evaluation(&case.attrs, case.body.as_ref()).unwrap_or_else(|| panic!("{}: no evaluation", case.name));

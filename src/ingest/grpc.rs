@@ -48,7 +48,8 @@ impl TraceService for GrpcTraces {
 impl LogsService for GrpcLogs {
     async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let Accepted { rejected, message } = self.0.accept_logs(request.get_ref(), Transport::Grpc).map_err(to_status)?;
-        let partial_success = (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
+        let partial_success =
+            (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
         Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }

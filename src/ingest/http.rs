@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
@@ -109,7 +109,8 @@ async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Result<B
     })();
     match result {
         Ok((encoding, Accepted { rejected, message })) => {
-            let partial = (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message.clone() });
+            let partial =
+                (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message.clone() });
             match encoding {
                 Encoding::Protobuf => ok(encoding, ExportLogsServiceResponse { partial_success: partial }.encode_to_vec()),
                 Encoding::Json => ok(encoding, json_partial("rejectedLogRecords", rejected, &message)),

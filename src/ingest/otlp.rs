@@ -61,9 +61,7 @@ impl Converted {
 pub fn resource_dims(resource: Option<&Resource>) -> Dims {
     let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
     let get = |name: &str| -> Arc<str> { extract::attr_str(attrs, name).unwrap_or("").into() };
-    let environment = extract::attr_str(attrs, "deployment.environment.name")
-        .or_else(|| extract::attr_str(attrs, "deployment.environment"))
-        .unwrap_or("");
+    let environment = extract::attr_str(attrs, "deployment.environment.name").or_else(|| extract::attr_str(attrs, "deployment.environment")).unwrap_or("");
     Dims { service: get("service.name"), environment: environment.into(), region: get("cloud.region") }
 }
 
@@ -152,9 +150,7 @@ pub fn is_entry(span: &Span) -> bool {
     match kind {
         SpanKind::Server | SpanKind::Consumer => true,
         SpanKind::Client | SpanKind::Producer => false,
-        SpanKind::Internal | SpanKind::Unspecified => {
-            span.name != EVENT_NEW && (span.parent_span_id.is_empty() || span.flags & FLAG_PARENT_IS_REMOTE != 0)
-        }
+        SpanKind::Internal | SpanKind::Unspecified => span.name != EVENT_NEW && (span.parent_span_id.is_empty() || span.flags & FLAG_PARENT_IS_REMOTE != 0),
     }
 }
 
@@ -222,7 +218,15 @@ mod tests {
         KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
     }
     fn span(kind: SpanKind, parent: &[u8]) -> Span {
-        Span { trace_id: vec![1; 16], span_id: vec![2; 8], parent_span_id: parent.to_vec(), kind: kind as i32, start_time_unix_nano: 1_000_000, end_time_unix_nano: 5_000_000, ..Default::default() }
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            parent_span_id: parent.to_vec(),
+            kind: kind as i32,
+            start_time_unix_nano: 1_000_000,
+            end_time_unix_nano: 5_000_000,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -259,7 +263,10 @@ mod tests {
     fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(Resource { attributes: vec![kv("service.name", "checkout"), kv("deployment.environment", "prod"), kv("cloud.region", "eu-west")], ..Default::default() }),
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "checkout"), kv("deployment.environment", "prod"), kv("cloud.region", "eu-west")],
+                    ..Default::default()
+                }),
                 scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
                 ..Default::default()
             }],

@@ -107,7 +107,16 @@ fn dim_name(d: Dimension) -> &'static str {
 
 impl RuleEngine {
     pub fn new(rules: Arc<RuleSet>, settings: EngineSettings, last_fired: HashMap<String, Timestamp>, now: Timestamp) -> Self {
-        RuleEngine { rules, settings, slices: HashMap::new(), flag_matches: HashMap::new(), last_fired, recent_kills: Vec::new(), rule_last_data: HashMap::new(), started: now }
+        RuleEngine {
+            rules,
+            settings,
+            slices: HashMap::new(),
+            flag_matches: HashMap::new(),
+            last_fired,
+            recent_kills: Vec::new(),
+            rule_last_data: HashMap::new(),
+            started: now,
+        }
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -193,12 +202,16 @@ impl RuleEngine {
         self.limit_concurrent_kills(candidates, now)
     }
 
-    fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, treatment: &Summary, control: &Summary, aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
-        let mut judgement = if rule.control.is_some() {
-            judge(rule, treatment, Some((BaselineKind::Control, control)))
-        } else {
-            judge(rule, treatment, None)
-        };
+    fn judge_slice(
+        &mut self,
+        rule: &Rule,
+        slice: SliceKey,
+        treatment: &Summary,
+        control: &Summary,
+        aggregator: &Aggregator,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        let mut judgement = if rule.control.is_some() { judge(rule, treatment, Some((BaselineKind::Control, control))) } else { judge(rule, treatment, None) };
         if judgement.verdict == Verdict::Breached && rule.control.is_none() {
             let baseline = self.unflagged_baseline(rule, &slice, aggregator, now.sub(rule.window));
             judgement = judge(rule, treatment, Some((BaselineKind::Unflagged, &baseline)));
@@ -305,7 +318,12 @@ impl RuleEngine {
                     names.sort();
                     d.record["incident"] = Value::String(format!(
                         "{} flags breaching in service {} / environment {} within {}: {:?} — an incident, not a flag; not killing (max_concurrent_kills = {})",
-                        flags.len(), g.0, g.1, humantime::format_duration(self.settings.incident_window), names, self.settings.max_concurrent_kills
+                        flags.len(),
+                        g.0,
+                        g.1,
+                        humantime::format_duration(self.settings.incident_window),
+                        names,
+                        self.settings.max_concurrent_kills
                     ));
                 } else {
                     self.recent_kills.push((g.0, g.1, d.flag.clone(), now));

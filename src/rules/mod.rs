@@ -117,10 +117,9 @@ pub struct RuleSet {
 /// `enforce` actions against the configured actuators. Returns every error found.
 pub fn load_dir(dir: &Path, actuators: &BTreeSet<String>) -> Result<RuleSet, Vec<RuleError>> {
     let mut paths = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect::<Vec<_>>(),
+        Ok(entries) => {
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect::<Vec<_>>()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(vec![RuleError { file: dir.into(), line: None, field: String::new(), message: e.to_string() }]),
     };
@@ -145,7 +144,12 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
             Ok(rules) => {
                 for rule in rules {
                     if !names.insert(rule.name.clone()) {
-                        errors.push(RuleError { file: path.clone(), line: rule.line, field: "name".into(), message: format!("rule name {:?} is used twice", rule.name) });
+                        errors.push(RuleError {
+                            file: path.clone(),
+                            line: rule.line,
+                            field: "name".into(),
+                            message: format!("rule name {:?} is used twice", rule.name),
+                        });
                     }
                     set.rules.push(rule);
                 }
@@ -252,7 +256,11 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
     let kill = shape.action.map(|a| a.kill);
     if let Some(name) = &kill {
         if shape.mode == Mode::Enforce && !actuators.contains(name) {
-            let known = if actuators.is_empty() { "none is configured".to_owned() } else { format!("configured: {}", actuators.iter().cloned().collect::<Vec<_>>().join(", ")) };
+            let known = if actuators.is_empty() {
+                "none is configured".to_owned()
+            } else {
+                format!("configured: {}", actuators.iter().cloned().collect::<Vec<_>>().join(", "))
+            };
             fail("action.kill", format!("enforce rule names actuator {name:?}, which is not configured ({known})"));
         }
     } else if shape.mode == Mode::Enforce {

@@ -144,11 +144,22 @@ impl Store {
 
     /// Writes an action to the outbox (or joins the pending one for the same target), with its
     /// audit record, and remembers when the slice fired — in one transaction.
-    pub fn submit(&self, target: &str, kind: &str, request: &serde_json::Value, idempotency_key: &str, slice_key: &str, audit: &AuditEntry) -> Result<Submitted, StoreError> {
+    pub fn submit(
+        &self,
+        target: &str,
+        kind: &str,
+        request: &serde_json::Value,
+        idempotency_key: &str,
+        slice_key: &str,
+        audit: &AuditEntry,
+    ) -> Result<Submitted, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let now = audit.at.as_millis() as i64;
-        tx.execute("INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms", params![slice_key, now])?;
+        tx.execute(
+            "INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
+            params![slice_key, now],
+        )?;
         let open: Option<i64> = tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| r.get(0)).optional()?;
         let submitted = match open {
             Some(id) => {
@@ -174,7 +185,10 @@ impl Store {
     pub fn record_fired(&self, slice_key: &str, at: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute("INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms", params![slice_key, at.as_millis() as i64])?;
+        tx.execute(
+            "INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
+            params![slice_key, at.as_millis() as i64],
+        )?;
         Store::insert_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
@@ -204,7 +218,8 @@ impl Store {
         })
     }
 
-    const ROW: &'static str = "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key FROM outbox";
+    const ROW: &'static str =
+        "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key FROM outbox";
 
     /// Pending actions due at `now`, oldest first.
     pub fn due(&self, now: Timestamp) -> Result<Vec<ActionRow>, StoreError> {

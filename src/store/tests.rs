@@ -2,7 +2,15 @@ use super::*;
 use serde_json::json;
 
 fn decided(at: u64) -> AuditEntry {
-    AuditEntry { at: Timestamp(at), actor: "rule:r".into(), kind: "kill_decided".into(), rule: Some("r".into()), target: Some("t".into()), evidence: Some(json!({"x": 1})), ..AuditEntry::default() }
+    AuditEntry {
+        at: Timestamp(at),
+        actor: "rule:r".into(),
+        kind: "kill_decided".into(),
+        rule: Some("r".into()),
+        target: Some("t".into()),
+        evidence: Some(json!({"x": 1})),
+        ..AuditEntry::default()
+    }
 }
 
 #[test]

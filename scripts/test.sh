@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every flagguard test: unit, property, golden and integration tests, including the ones
+# driving the real OpenTelemetry Python and Node SDKs. Sets up what it needs first (a Python
+# virtualenv and the Node packages, pinned) — see scripts/setup-test-clients.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/setup-test-clients.sh
+cargo fmt --check
+cargo test --locked --all-targets

@@ -1,0 +1,9 @@
+//! flagguard's integration tests: one binary, one module per capability. Servers bind port 0;
+//! tests wait by polling a condition under a deadline, never by fixed sleeps.
+
+mod check_cli;
+mod node_sdk;
+mod otlp_errors;
+mod python_sdk;
+mod restart;
+mod support;

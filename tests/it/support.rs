@@ -1,0 +1,193 @@
+//! Shared test support: an in-process daemon on free ports, a recording flag server, polling
+//! helpers, and the paths of the real-SDK test clients.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as AxPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use flagguard::aggregate::snapshot::Snapshot;
+use flagguard::app::{Addrs, App};
+use flagguard::config::{ActuatorConfig, Config, ConfigFile, WebhookConfig};
+use flagguard::store::Store;
+use flagguard::time::SystemClock;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `condition` every 50 ms until it holds or `deadline` passes (then panics with `what`).
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, deadline: Duration, mut condition: F) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One call received by the flag server.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+    pub answered: u16,
+}
+
+/// A local HTTP server standing in for a flag system's API: records every call and answers
+/// with the status set in `status`.
+#[derive(Clone)]
+pub struct FlagServer {
+    pub addr: std::net::SocketAddr,
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub status: Arc<AtomicU16>,
+}
+
+impl FlagServer {
+    pub async fn start() -> FlagServer {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let state = (calls.clone(), status.clone());
+        let app = axum::Router::new().route("/v1/flags/{flag}", post(record)).route("/notify", post(record_notify)).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FlagServer { addr, calls, status }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/flags/{{flag}}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn kill_calls(&self) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.path.starts_with("/v1/flags/")).collect()
+    }
+}
+
+type ServerState = (Arc<Mutex<Vec<Call>>>, Arc<AtomicU16>);
+
+async fn record(State((calls, status)): State<ServerState>, AxPath(flag): AxPath<String>, headers: HeaderMap, body: String) -> StatusCode {
+    let answered = status.load(Ordering::SeqCst);
+    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    calls.lock().unwrap().push(Call { path: format!("/v1/flags/{flag}"), headers, body, answered });
+    StatusCode::from_u16(answered).unwrap()
+}
+
+async fn record_notify(State((calls, _)): State<ServerState>, headers: HeaderMap, body: String) -> StatusCode {
+    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    calls.lock().unwrap().push(Call { path: "/notify".into(), headers, body, answered: 200 });
+    StatusCode::OK
+}
+
+/// A daemon running in this process on free ports, with its own data and rules directories.
+pub struct Daemon {
+    pub addrs: Addrs,
+    pub store: Store,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub shutdown: CancellationToken,
+    /// Kept alive (deleted on drop) for as long as the daemon runs.
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// A config on free ports with `rules` (YAML) and a webhook actuator `flags` pointing at
+    /// `server` (bearer token from the environment), notifications to the same server.
+    pub fn config(dir: &Path, rules: &str, server: &FlagServer) -> ConfigFile {
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        std::fs::write(dir.join("rules/test.yaml"), rules).unwrap();
+        let mut file = ConfigFile { data_dir: dir.join("data"), rules_dir: dir.join("rules"), ..ConfigFile::default() };
+        file.otlp.grpc_listen = "127.0.0.1:0".into();
+        file.otlp.http_listen = "127.0.0.1:0".into();
+        file.api.listen = "127.0.0.1:0".into();
+        file.correlate.trace_idle = Duration::from_secs(3);
+        file.aggregate.snapshot_interval = Duration::from_millis(200);
+        file.act.initial_backoff = Duration::from_millis(100);
+        file.act.max_backoff = Duration::from_secs(1);
+        file.act.notify_url = Some(format!("http://{}/notify", server.addr));
+        file.actuators.insert(
+            "flags".into(),
+            ActuatorConfig::Webhook(WebhookConfig {
+                method: "POST".into(),
+                url: server.url(),
+                headers: BTreeMap::from([("Authorization".into(), "Bearer test-token-123".into())]),
+                body: Some(r#"{"rollout_percentage": 0, "enabled": false, "variant": "{variant}", "rule": "{rule}", "evidence": "{evidence}"}"#.into()),
+            }),
+        );
+        file
+    }
+
+    pub async fn start(file: ConfigFile, dir: tempfile::TempDir) -> Daemon {
+        let config = Config::validate(file).expect("test config is valid");
+        let app = App::build(config, Arc::new(SystemClock)).await.expect("daemon starts");
+        let addrs = app.addrs();
+        let store = app.store();
+        let snapshots = app.snapshots();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone(), Duration::from_secs(2)));
+        Daemon { addrs, store, snapshots, shutdown, _dir: dir, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Requests recorded for (flag, variant, service) over the last minute, all regions.
+    pub fn requests(&self, flag: &str, variant: &str, service: &str) -> (u64, u64) {
+        self.snapshot()
+            .series
+            .iter()
+            .filter(|s| s.flag == flag && s.variant == variant && s.service == service)
+            .fold((0, 0), |(r, e), s| (r + s.last_1m.requests, e + s.last_1m.errors))
+    }
+
+    pub fn audit_kinds(&self) -> Vec<String> {
+        self.store.audit_log(1000, None, None).unwrap().into_iter().map(|r| r.kind).collect()
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python interpreter of the test-client virtualenv (`scripts/setup-test-clients.sh`).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("FLAGGUARD_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join("target/test-clients/venv/bin/python"));
+    assert!(path.exists(), "{} is missing: run scripts/test.sh (or scripts/setup-test-clients.sh) first", path.display());
+    path
+}
+
+/// Checks that the Node test client's packages are installed.
+pub fn node_client() -> PathBuf {
+    let dir = repo().join("tests/clients/node");
+    assert!(
+        dir.join("node_modules/@openfeature/open-telemetry-hooks").exists(),
+        "Node test client packages are missing: run scripts/test.sh (or scripts/setup-test-clients.sh) first"
+    );
+    dir.join("traffic.mjs")
+}
+
+/// Runs a test client to completion and returns its JSON summary line.
+pub async fn run_client(program: &Path, args: &[&str]) -> serde_json::Value {
+    let output = tokio::process::Command::new(program).args(args).kill_on_drop(true).output().await.expect("test client starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "client {program:?} {args:?} failed ({}):\n{stdout}\n{stderr}", output.status);
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad summary {last:?}: {e}"))
+}
+
+pub fn python_client() -> PathBuf {
+    repo().join("tests/clients/python/traffic.py")
+}
