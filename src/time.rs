@@ -20,12 +20,12 @@ impl Timestamp {
     }
 
     /// Returns the time `d` later.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.as_millis() as u64))
     }
 
     /// Returns the time `d` earlier (saturating at the epoch).
-    pub fn sub(self, d: Duration) -> Self {
+    pub fn minus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_sub(d.as_millis() as u64))
     }
 

@@ -111,7 +111,7 @@ impl Executor {
                 let store = self.store.clone();
                 let message = message.clone();
                 let id = row.id;
-                let saved = tokio::task::spawn_blocking(move || store.reschedule(id, attempt, now.add(delay), &message, now)).await;
+                let saved = tokio::task::spawn_blocking(move || store.reschedule(id, attempt, now.plus(delay), &message, now)).await;
                 if !matches!(saved, Ok(Ok(()))) {
                     tracing::error!(action = row.id, "cannot reschedule; the action stays due");
                 }

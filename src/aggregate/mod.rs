@@ -64,7 +64,7 @@ impl Aggregator {
 
     /// Drops series idle for longer than [`SERIES_IDLE`].
     pub fn drop_idle(&mut self, now: Timestamp) {
-        let cutoff = now.sub(SERIES_IDLE);
+        let cutoff = now.minus(SERIES_IDLE);
         self.series.retain(|_, w| w.last_record() >= cutoff);
         self.unflagged.retain(|_, w| w.last_record() >= cutoff);
     }

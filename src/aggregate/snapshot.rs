@@ -85,8 +85,8 @@ impl Snapshot {
             service: dims.service.to_string(),
             environment: dims.environment.to_string(),
             region: dims.region.to_string(),
-            last_1m: (&w.summary_since(now.sub(std::time::Duration::from_secs(60)))).into(),
-            last_5m: (&w.summary_since(now.sub(std::time::Duration::from_secs(300)))).into(),
+            last_1m: (&w.summary_since(now.minus(std::time::Duration::from_secs(60)))).into(),
+            last_5m: (&w.summary_since(now.minus(std::time::Duration::from_secs(300)))).into(),
             last_seen: w.last_record().rfc3339(),
         };
         let mut series: Vec<SeriesView> = aggregator.series().map(|(k, w)| view(k.flag.to_string(), k.variant.to_string(), &k.dims, w)).collect();

@@ -183,9 +183,8 @@ impl Window {
         self.cascaded_1 = self.cascaded_1.max(complete_before);
         // Levels 0 and 1 drop whole buckets of the next level, so that each holds complete
         // coarser buckets from its oldest one on.
-        for level in 0..3 {
-            let keep = LEVELS[level].1;
-            let group = LEVELS.get(level + 1).map_or(LEVELS[level].0, |l| l.0);
+        for (level, &(width, keep)) in LEVELS.iter().enumerate() {
+            let group = LEVELS.get(level + 1).map_or(width, |l| l.0);
             while self.levels[level].len() > keep {
                 let Some(front) = self.levels[level].front() else { break };
                 let end = floor(front.start, group) + group;

@@ -102,7 +102,7 @@ async fn run_inner(keep: bool) -> Result<(), String> {
     println!("  rule:      kill {FLAG}=on when payments' error rate in production exceeds 5% over 30s");
     println!("             (at least 50 requests, breached for 2s; the control arm off must be healthy)");
     println!("  traffic:   {REQUESTS_PER_SECOND} requests/s, frontend -> checkout (evaluates {FLAG}) -> payments\n");
-    println!("  {:>7}  {:<40} {:>9} {:>7}   {:>9} {:>7}   {}", "time", "event", "on: reqs", "errors", "off: reqs", "errors", "verdict");
+    println!("  {:>7}  {:<40} {:>9} {:>7}   {:>9} {:>7}   verdict", "time", "event", "on: reqs", "errors", "off: reqs", "errors");
 
     let mut client = TraceServiceClient::connect(format!("http://{}", addrs.grpc)).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
@@ -191,18 +191,19 @@ async fn run_inner(keep: bool) -> Result<(), String> {
         if result.as_ref().is_err_and(|e| e.starts_with("kill escalated")) {
             break;
         }
-        if let Some(at) = killed_at {
-            if on_served == 0 && elapsed >= at + Duration::from_secs(2) {
-                let detection = at.saturating_sub(REGRESSION_AT);
-                println!("\n  checkout-v2=on is off for everyone; its traffic drained to 0.");
-                println!(
-                    "  regression → confirmed kill: {:.1} s (window 30 s, min_samples 50, for 2 s; in production add the SDK's export delay)",
-                    detection.as_secs_f64()
-                );
-                println!("  audit log: GET http://{}/v1/audit while the daemon runs; here: {} records", addrs.api, seen_audit);
-                result = Ok(());
-                break;
-            }
+        if let Some(at) = killed_at
+            && on_served == 0
+            && elapsed >= at + Duration::from_secs(2)
+        {
+            let detection = at.saturating_sub(REGRESSION_AT);
+            println!("\n  checkout-v2=on is off for everyone; its traffic drained to 0.");
+            println!(
+                "  regression → confirmed kill: {:.1} s (window 30 s, min_samples 50, for 2 s; in production add the SDK's export delay)",
+                detection.as_secs_f64()
+            );
+            println!("  audit log: GET http://{}/v1/audit while the daemon runs; here: {} records", addrs.api, seen_audit);
+            result = Ok(());
+            break;
         }
         tokio::time::sleep(tick).await;
     }

@@ -78,10 +78,10 @@ impl Config {
         if file.act.initial_backoff.is_zero() || file.act.max_backoff < file.act.initial_backoff {
             errors.push("act.initial_backoff / act.max_backoff: need 0 < initial_backoff <= max_backoff".into());
         }
-        if let Some(url) = &file.act.notify_url {
-            if let Err(e) = reqwest::Url::parse(url) {
-                errors.push(format!("act.notify_url: {url:?} is not a URL ({e})"));
-            }
+        if let Some(url) = &file.act.notify_url
+            && let Err(e) = reqwest::Url::parse(url)
+        {
+            errors.push(format!("act.notify_url: {url:?} is not a URL ({e})"));
         }
         for (name, actuator) in file.actuators.iter_mut() {
             let field = format!("actuators.{name}");
@@ -108,10 +108,10 @@ impl Config {
                             errors.push(format!("{field}.headers.{header}: not a valid header name"));
                         }
                     }
-                    if let Some(body) = &w.body {
-                        if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
-                            errors.push(format!("{field}.body: not valid JSON ({e})"));
-                        }
+                    if let Some(body) = &w.body
+                        && let Err(e) = serde_json::from_str::<serde_json::Value>(body)
+                    {
+                        errors.push(format!("{field}.body: not valid JSON ({e})"));
                     }
                 }
                 ActuatorConfig::Flagd(f) => {

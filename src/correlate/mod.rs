@@ -184,7 +184,7 @@ impl Correlator {
     ) -> &'a mut TraceState {
         traces.entry(trace).or_insert_with(|| {
             *live += 1;
-            deadlines.push(Reverse((now.add(trace_idle), trace)));
+            deadlines.push(Reverse((now.plus(trace_idle), trace)));
             TraceState::new(now)
         })
     }
@@ -219,7 +219,7 @@ impl Correlator {
             }
             return;
         }
-        let idle_deadline = state.last_seen.add(self.settings.trace_idle);
+        let idle_deadline = state.last_seen.plus(self.settings.trace_idle);
         if idle_deadline > now && !force {
             self.deadlines.push(Reverse((idle_deadline, trace)));
             return;
@@ -238,7 +238,7 @@ impl Correlator {
             self.traces.remove(&trace);
             return;
         }
-        let until = now.add(self.settings.tombstone_ttl);
+        let until = now.plus(self.settings.tombstone_ttl);
         state.seen.extend(state.outcomes.drain(..).map(|o| o.span));
         state.outcomes.shrink_to_fit();
         state.tombstone_until = Some(until);

@@ -55,10 +55,12 @@ pub fn stringify(value: &AnyValue) -> Option<String> {
 
 /// Python's hook sends `json.dumps(value)`: `'"#c05543"'` → `#c05543`. Other strings pass.
 fn unquote_json(s: &str) -> String {
-    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
-        if let Ok(serde_json::Value::String(inner)) = serde_json::from_str::<serde_json::Value>(s) {
-            return inner;
-        }
+    if s.len() >= 2
+        && s.starts_with('"')
+        && s.ends_with('"')
+        && let Ok(serde_json::Value::String(inner)) = serde_json::from_str::<serde_json::Value>(s)
+    {
+        return inner;
     }
     s.to_owned()
 }

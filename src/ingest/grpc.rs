@@ -39,7 +39,7 @@ pub struct GrpcLogs(pub Arc<Ingest>);
 impl TraceService for GrpcTraces {
     async fn export(&self, request: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let Accepted { rejected, message } = self.0.accept_traces(request.get_ref(), Transport::Grpc).map_err(to_status)?;
-        let partial_success = (rejected > 0 || !message.is_empty()).then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
+        let partial_success = (rejected > 0 || !message.is_empty()).then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
         Ok(Response::new(ExportTraceServiceResponse { partial_success }))
     }
 }
@@ -49,7 +49,7 @@ impl LogsService for GrpcLogs {
     async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let Accepted { rejected, message } = self.0.accept_logs(request.get_ref(), Transport::Grpc).map_err(to_status)?;
         let partial_success =
-            (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
+            (rejected > 0 || !message.is_empty()).then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
         Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }

@@ -129,16 +129,16 @@ pub fn convert_traces(request: &ExportTraceServiceRequest, options: &ExtractOpti
 /// evaluation span, and configured prefixed attributes.
 fn span_evaluations(span: &Span, options: &ExtractOptions, out: &mut Vec<RawEvaluation>) {
     for event in &span.events {
-        if event.name == EVENT_NEW || event.name == EVENT_OLD {
-            if let Some(raw) = extract::evaluation(&event.attributes, None) {
-                out.push(raw);
-            }
-        }
-    }
-    if span.name == EVENT_NEW {
-        if let Some(raw) = extract::evaluation(&span.attributes, None) {
+        if (event.name == EVENT_NEW || event.name == EVENT_OLD)
+            && let Some(raw) = extract::evaluation(&event.attributes, None)
+        {
             out.push(raw);
         }
+    }
+    if span.name == EVENT_NEW
+        && let Some(raw) = extract::evaluation(&span.attributes, None)
+    {
+        out.push(raw);
     }
     extract::prefixed_evaluations(&span.attributes, &options.flag_attribute_prefixes, out);
 }

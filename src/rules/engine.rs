@@ -174,7 +174,7 @@ impl RuleEngine {
                 }
                 members.push((slice, window, role));
             }
-            let since = now.sub(rule.window);
+            let since = now.minus(rule.window);
             let mut sums: HashMap<SliceKey, (Summary, Summary)> = HashMap::new();
             for (slice, window, role) in members {
                 if !dirty.contains(&slice) {
@@ -213,7 +213,7 @@ impl RuleEngine {
     ) -> Option<Decision> {
         let mut judgement = if rule.control.is_some() { judge(rule, treatment, Some((BaselineKind::Control, control))) } else { judge(rule, treatment, None) };
         if judgement.verdict == Verdict::Breached && rule.control.is_none() {
-            let baseline = self.unflagged_baseline(rule, &slice, aggregator, now.sub(rule.window));
+            let baseline = self.unflagged_baseline(rule, &slice, aggregator, now.minus(rule.window));
             judgement = judge(rule, treatment, Some((BaselineKind::Unflagged, &baseline)));
         }
         let state = self.slices.entry(slice.clone()).or_insert_with(|| SliceState {
@@ -252,7 +252,7 @@ impl RuleEngine {
         };
         rule.kill.as_ref()?;
         let slice_key = self.slice_id(rule, &slice);
-        if self.last_fired.get(&slice_key).is_some_and(|&t| now < t.add(rule.cooldown)) {
+        if self.last_fired.get(&slice_key).is_some_and(|&t| now < t.plus(rule.cooldown)) {
             return None;
         }
         let value = |d: Dimension| slice.values.iter().find(|(k, _)| *k == d).map(|(_, v)| v.to_string()).or_else(|| rule.filter.get(d).map(str::to_owned));
@@ -297,7 +297,7 @@ impl RuleEngine {
 
     /// Applies the concurrent-kill limit per (service, environment) and records what fires.
     fn limit_concurrent_kills(&mut self, candidates: Vec<Decision>, now: Timestamp) -> Vec<Decision> {
-        let window_start = now.sub(self.settings.incident_window);
+        let window_start = now.minus(self.settings.incident_window);
         self.recent_kills.retain(|k| k.3 >= window_start);
         let group = |d: &Decision| (d.service.clone().unwrap_or_else(|| "*".into()), d.environment.clone().unwrap_or_else(|| "*".into()));
         let mut flags_per_group: HashMap<(String, String), HashSet<String>> = HashMap::new();

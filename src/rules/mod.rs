@@ -212,10 +212,10 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
     if treatment.is_empty() || treatment.iter().any(|t| t.is_empty()) {
         fail("treatment", "must name at least one variant".into());
     }
-    if let Some(control) = &shape.control {
-        if treatment.contains(control) {
-            fail("control", format!("variant {control:?} cannot be both treatment and control"));
-        }
+    if let Some(control) = &shape.control
+        && treatment.contains(control)
+    {
+        fail("control", format!("variant {control:?} cannot be both treatment and control"));
     }
     let mut seen = HashSet::new();
     for (i, dim) in shape.per.iter().enumerate() {

@@ -25,10 +25,10 @@ fn spawn(config: &std::path::Path) -> (Child, SocketAddr) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "flagguard is running" {
-                    let _ = tx.send(v["grpc"].as_str().unwrap_or_default().to_owned());
-                }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "flagguard is running"
+            {
+                let _ = tx.send(v["grpc"].as_str().unwrap_or_default().to_owned());
             }
         }
     });

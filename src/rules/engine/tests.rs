@@ -48,13 +48,13 @@ fn fires_after_for_once_per_cooldown_and_only_in_the_bad_region() {
     feed(&mut agg, "checkout-v2", "on", "eu-west", 100, 40, t0);
     feed(&mut agg, "checkout-v2", "on", "us-east", 100, 0, t0);
     assert!(engine.evaluate(&agg, None, t0).is_empty(), "breached, but not for 10s yet");
-    let t1 = t0.add(Duration::from_secs(10));
+    let t1 = t0.plus(Duration::from_secs(10));
     let decisions = engine.evaluate(&agg, None, t1);
     assert_eq!(decisions.len(), 1);
     let d = &decisions[0];
     assert_eq!((d.kind, d.region.as_deref(), d.service.as_deref()), (DecisionKind::Kill, Some("eu-west"), Some("payments")));
     assert_eq!(d.slice_key, "r/checkout-v2/region=eu-west");
-    assert!(engine.evaluate(&agg, None, t1.add(Duration::from_secs(5))).is_empty(), "cooldown");
+    assert!(engine.evaluate(&agg, None, t1.plus(Duration::from_secs(5))).is_empty(), "cooldown");
     let views = engine.views();
     assert_eq!(views.iter().filter(|v| v.verdict == "breached").count(), 1);
     assert_eq!(views.iter().filter(|v| v.verdict == "healthy").count(), 1);
@@ -70,11 +70,11 @@ fn healthy_resets_the_for_clock() {
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
     assert!(engine.evaluate(&agg, None, t0).is_empty());
     // The bad minute slides out; fresh healthy data comes in.
-    let t1 = t0.add(Duration::from_secs(70));
+    let t1 = t0.plus(Duration::from_secs(70));
     feed(&mut agg, "f", "off", "eu", 100, 0, t1);
     feed(&mut agg, "f", "on", "eu", 100, 0, t1);
     assert!(engine.evaluate(&agg, None, t1).is_empty());
-    let t2 = t1.add(Duration::from_secs(1));
+    let t2 = t1.plus(Duration::from_secs(1));
     feed(&mut agg, "f", "on", "eu", 100, 100, t2);
     assert!(engine.evaluate(&agg, None, t2).is_empty(), "the for clock restarted at t2");
 }
@@ -90,7 +90,7 @@ fn several_flags_breaching_in_one_service_is_an_incident() {
         feed(&mut agg, flag, "on", "eu", 100, 50, t0);
     }
     engine.evaluate(&agg, None, t0);
-    let decisions = engine.evaluate(&agg, None, t0.add(Duration::from_secs(10)));
+    let decisions = engine.evaluate(&agg, None, t0.plus(Duration::from_secs(10)));
     assert_eq!(decisions.len(), 2);
     assert!(decisions.iter().all(|d| d.kind == DecisionKind::Incident), "{decisions:#?}");
 }
@@ -104,7 +104,7 @@ fn control_breaching_too_is_an_incident() {
     feed(&mut agg, "f", "off", "eu", 200, 100, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
     engine.evaluate(&agg, None, t0);
-    let decisions = engine.evaluate(&agg, None, t0.add(Duration::from_secs(10)));
+    let decisions = engine.evaluate(&agg, None, t0.plus(Duration::from_secs(10)));
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].kind, DecisionKind::Incident);
 }
@@ -119,7 +119,7 @@ fn cooldown_survives_a_restart() {
     feed(&mut agg, "f", "off", "eu", 200, 0, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
     engine.evaluate(&agg, None, t0);
-    assert!(engine.evaluate(&agg, None, t0.add(Duration::from_secs(30))).is_empty());
+    assert!(engine.evaluate(&agg, None, t0.plus(Duration::from_secs(30))).is_empty());
 }
 
 #[test]
@@ -129,6 +129,6 @@ fn stale_rules_are_reported() {
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     engine.evaluate(&agg, None, t0);
-    assert!(engine.stale_rules(t0.add(Duration::from_secs(60))).is_empty());
-    assert_eq!(engine.stale_rules(t0.add(Duration::from_secs(301))), vec!["r".to_owned()]);
+    assert!(engine.stale_rules(t0.plus(Duration::from_secs(60))).is_empty());
+    assert_eq!(engine.stale_rules(t0.plus(Duration::from_secs(301))), vec!["r".to_owned()]);
 }
