@@ -1,7 +1,9 @@
 //! flagguard's integration tests: one binary, one module per capability. Servers bind port 0;
 //! tests wait by polling a condition under a deadline, never by fixed sleeps.
 
+mod api;
 mod check_cli;
+mod extraction;
 mod node_sdk;
 mod otlp_errors;
 mod python_sdk;
