@@ -114,3 +114,24 @@ impl Sink for Aggregator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SpanId, TraceId};
+
+    #[test]
+    fn the_series_cap_counts_overflow_instead_of_growing() {
+        let mut agg = Aggregator::new(2);
+        let dims = Dims { service: "s".into(), environment: "e".into(), region: "r".into() };
+        let outcome = Outcome { trace: TraceId([1; 16]), span: SpanId([1; 8]), dims, error: false, latency_us: 10 };
+        for flag in ["a", "b", "c", "a"] {
+            agg.observe(&FlagKey(flag.into()), &Variant("on".into()), &outcome, Timestamp(1));
+        }
+        assert_eq!(agg.series_count(), 2);
+        assert_eq!(agg.overflow(), 1, "only the new series past the cap is refused");
+        assert_eq!(agg.take_changed().len(), 2);
+        agg.drop_idle(Timestamp(1).plus(SERIES_IDLE).plus(Duration::from_millis(1)));
+        assert_eq!(agg.series_count(), 0);
+    }
+}

@@ -15,8 +15,12 @@ fn every_sdk_shape_yields_its_evaluations() {
             "traces" => convert_traces(&serde_json::from_str(&request).unwrap(), &ExtractOptions::default()),
             _ => convert_logs(&serde_json::from_str(&request).unwrap()),
         };
-        let got: Vec<(String, Option<String>, Option<String>)> =
-            converted.batch.evaluations.iter().map(|e| (e.flag.to_string(), e.variant.as_ref().map(|v| v.to_string()), e.error_type.as_ref().map(|t| t.to_string()))).collect();
+        let got: Vec<(String, Option<String>, Option<String>)> = converted
+            .batch
+            .evaluations
+            .iter()
+            .map(|e| (e.flag.to_string(), e.variant.as_ref().map(|v| v.to_string()), e.error_type.as_ref().map(|t| t.to_string())))
+            .collect();
         let want: Vec<(String, Option<String>, Option<String>)> = serde_json::from_value(fixture["expect"].clone()).unwrap();
         assert_eq!(got, want, "{}", path.display());
         assert_eq!(converted.batch.outcomes.len() as u64, fixture["outcomes"].as_u64().unwrap(), "{}", path.display());

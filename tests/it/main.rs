@@ -1,6 +1,7 @@
 //! flagguard's integration tests: one binary, one module per capability. Servers bind port 0;
 //! tests wait by polling a condition under a deadline, never by fixed sleeps.
 
+mod actions;
 mod api;
 mod check_cli;
 mod extraction;

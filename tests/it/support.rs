@@ -43,18 +43,21 @@ pub struct FlagServer {
     pub addr: std::net::SocketAddr,
     pub calls: Arc<Mutex<Vec<Call>>>,
     pub status: Arc<AtomicU16>,
+    /// Seconds sent as `Retry-After` with non-2xx answers (0: none).
+    pub retry_after: Arc<AtomicU16>,
 }
 
 impl FlagServer {
     pub async fn start() -> FlagServer {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
-        let state = (calls.clone(), status.clone());
+        let retry_after = Arc::new(AtomicU16::new(0));
+        let state = (calls.clone(), status.clone(), retry_after.clone());
         let app = axum::Router::new().route("/v1/flags/{flag}", post(record)).route("/notify", post(record_notify)).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FlagServer { addr, calls, status }
+        FlagServer { addr, calls, status, retry_after }
     }
 
     pub fn url(&self) -> String {
@@ -70,16 +73,27 @@ impl FlagServer {
     }
 }
 
-type ServerState = (Arc<Mutex<Vec<Call>>>, Arc<AtomicU16>);
+type ServerState = (Arc<Mutex<Vec<Call>>>, Arc<AtomicU16>, Arc<AtomicU16>);
 
-async fn record(State((calls, status)): State<ServerState>, AxPath(flag): AxPath<String>, headers: HeaderMap, body: String) -> StatusCode {
+async fn record(
+    State((calls, status, retry_after)): State<ServerState>,
+    AxPath(flag): AxPath<String>,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let answered = status.load(Ordering::SeqCst);
     let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
     calls.lock().unwrap().push(Call { path: format!("/v1/flags/{flag}"), headers, body, answered });
-    StatusCode::from_u16(answered).unwrap()
+    let status = StatusCode::from_u16(answered).unwrap();
+    match retry_after.load(Ordering::SeqCst) {
+        0 => status.into_response(),
+        seconds if !status.is_success() => (status, [("retry-after", seconds.to_string())]).into_response(),
+        _ => status.into_response(),
+    }
 }
 
-async fn record_notify(State((calls, _)): State<ServerState>, headers: HeaderMap, body: String) -> StatusCode {
+async fn record_notify(State((calls, _, _)): State<ServerState>, headers: HeaderMap, body: String) -> StatusCode {
     let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
     calls.lock().unwrap().push(Call { path: "/notify".into(), headers, body, answered: 200 });
     StatusCode::OK
