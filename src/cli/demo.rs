@@ -81,10 +81,7 @@ async fn run_inner(keep: bool) -> Result<(), String> {
     std::fs::write(&flags_path, serde_json::to_vec_pretty(&flag_file()).unwrap_or_default()).map_err(|e| e.to_string())?;
     std::fs::write(root.join("rules/demo.yaml"), RULES).map_err(|e| e.to_string())?;
 
-    let mut file = ConfigFile { data_dir: root.join("data"), rules_dir: root.join("rules"), ..ConfigFile::default() };
-    file.otlp.grpc_listen = "127.0.0.1:0".into();
-    file.otlp.http_listen = "127.0.0.1:0".into();
-    file.api.listen = "127.0.0.1:0".into();
+    let mut file = ConfigFile::ephemeral(&root);
     file.correlate.trace_idle = Duration::from_secs(5);
     file.aggregate.snapshot_interval = Duration::from_millis(500);
     file.actuators.insert("flagd-demo".into(), ActuatorConfig::Flagd(FlagdConfig { path: flags_path.clone(), off_variant: "off".into() }));

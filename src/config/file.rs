@@ -47,6 +47,16 @@ impl Default for ConfigFile {
 }
 
 impl ConfigFile {
+    /// Defaults for a throw-away daemon under `dir` (demo, tests): data and rules in `dir`,
+    /// every listener on a free loopback port.
+    pub fn ephemeral(dir: &std::path::Path) -> ConfigFile {
+        let mut file = ConfigFile { data_dir: dir.join("data"), rules_dir: dir.join("rules"), ..ConfigFile::default() };
+        file.otlp.grpc_listen = "127.0.0.1:0".into();
+        file.otlp.http_listen = "127.0.0.1:0".into();
+        file.api.listen = "127.0.0.1:0".into();
+        file
+    }
+
     /// A copy safe to log or audit: header values and notification URLs (which carry secrets)
     /// are replaced.
     pub fn redacted(&self) -> ConfigFile {

@@ -76,48 +76,68 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(encoding: Encoding
     }
 }
 
-async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let result = (|| {
-        let encoding = media_type(&headers)?;
-        let body = body_bytes(body, state.max_body)?;
-        let request: ExportTraceServiceRequest = decode(encoding, &body)?;
-        let accepted = state.ingest.accept_traces(&request, Transport::Http)?;
-        Ok((encoding, accepted))
-    })();
-    match result {
-        Ok((encoding, Accepted { rejected, message })) => {
-            let partial = (rejected > 0 || !message.is_empty()).then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: message.clone() });
-            match encoding {
-                Encoding::Protobuf => ok(encoding, ExportTraceServiceResponse { partial_success: partial }.encode_to_vec()),
-                Encoding::Json => ok(encoding, json_partial("rejectedSpans", rejected, &message)),
-            }
-        }
-        Err(error) => {
-            state.ingest.count_refused("traces", Transport::Http, &error);
-            to_response(error, media_type(&headers).unwrap_or(Encoding::Json))
-        }
+/// One OTLP signal over HTTP: how to accept its request and encode its protobuf reply.
+trait Signal {
+    type Request: Message + Default + serde::de::DeserializeOwned;
+    const NAME: &'static str;
+    /// The JSON field of the partial-success count.
+    const REJECTED_FIELD: &'static str;
+    fn accept(ingest: &Ingest, request: &Self::Request) -> Result<Accepted, IngestError>;
+    fn reply(accepted: &Accepted) -> Vec<u8>;
+}
+
+struct Traces;
+struct Logs;
+
+impl Signal for Traces {
+    type Request = ExportTraceServiceRequest;
+    const NAME: &'static str = "traces";
+    const REJECTED_FIELD: &'static str = "rejectedSpans";
+    fn accept(ingest: &Ingest, request: &Self::Request) -> Result<Accepted, IngestError> {
+        ingest.accept_traces(request, Transport::Http)
+    }
+    fn reply(a: &Accepted) -> Vec<u8> {
+        let partial_success =
+            (a.rejected > 0 || !a.message.is_empty()).then(|| ExportTracePartialSuccess { rejected_spans: a.rejected, error_message: a.message.clone() });
+        ExportTraceServiceResponse { partial_success }.encode_to_vec()
     }
 }
 
-async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+impl Signal for Logs {
+    type Request = ExportLogsServiceRequest;
+    const NAME: &'static str = "logs";
+    const REJECTED_FIELD: &'static str = "rejectedLogRecords";
+    fn accept(ingest: &Ingest, request: &Self::Request) -> Result<Accepted, IngestError> {
+        ingest.accept_logs(request, Transport::Http)
+    }
+    fn reply(a: &Accepted) -> Vec<u8> {
+        let partial_success =
+            (a.rejected > 0 || !a.message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: a.rejected, error_message: a.message.clone() });
+        ExportLogsServiceResponse { partial_success }.encode_to_vec()
+    }
+}
+
+async fn traces(state: State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    export::<Traces>(state, headers, body)
+}
+
+async fn logs(state: State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    export::<Logs>(state, headers, body)
+}
+
+/// Decodes, accepts and answers one export request of signal `S`.
+fn export<S: Signal>(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let result = (|| {
         let encoding = media_type(&headers)?;
         let body = body_bytes(body, state.max_body)?;
-        let request: ExportLogsServiceRequest = decode(encoding, &body)?;
-        let accepted = state.ingest.accept_logs(&request, Transport::Http)?;
-        Ok((encoding, accepted))
+        let request: S::Request = decode(encoding, &body)?;
+        Ok((encoding, S::accept(&state.ingest, &request)?))
     })();
     match result {
-        Ok((encoding, Accepted { rejected, message })) => {
-            let partial =
-                (rejected > 0 || !message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message.clone() });
-            match encoding {
-                Encoding::Protobuf => ok(encoding, ExportLogsServiceResponse { partial_success: partial }.encode_to_vec()),
-                Encoding::Json => ok(encoding, json_partial("rejectedLogRecords", rejected, &message)),
-            }
-        }
+        Ok((Encoding::Protobuf, accepted)) => ok(Encoding::Protobuf, S::reply(&accepted)),
+        Ok((Encoding::Json, accepted)) => ok(Encoding::Json, json_partial(S::REJECTED_FIELD, accepted.rejected, &accepted.message)),
         Err(error) => {
-            state.ingest.count_refused("logs", Transport::Http, &error);
+            state.ingest.count_refused(S::NAME, Transport::Http, &error);
             to_response(error, media_type(&headers).unwrap_or(Encoding::Json))
         }
     }

@@ -116,10 +116,7 @@ impl Daemon {
     pub fn config(dir: &Path, rules: &str, server: &FlagServer) -> ConfigFile {
         std::fs::create_dir_all(dir.join("rules")).unwrap();
         std::fs::write(dir.join("rules/test.yaml"), rules).unwrap();
-        let mut file = ConfigFile { data_dir: dir.join("data"), rules_dir: dir.join("rules"), ..ConfigFile::default() };
-        file.otlp.grpc_listen = "127.0.0.1:0".into();
-        file.otlp.http_listen = "127.0.0.1:0".into();
-        file.api.listen = "127.0.0.1:0".into();
+        let mut file = ConfigFile::ephemeral(dir);
         file.correlate.trace_idle = Duration::from_secs(3);
         file.aggregate.snapshot_interval = Duration::from_millis(200);
         file.act.initial_backoff = Duration::from_millis(100);
