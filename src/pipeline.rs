@@ -49,6 +49,9 @@ pub struct Pipeline {
     pub settings: PipelineSettings,
     pub rules_view: RulesView,
     counted: CorrelateCounts,
+    queue_depth: usize,
+    /// Rules reported stale at the last snapshot (a newly stale rule is audited and notified).
+    stale: Vec<String>,
     rules_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
 }
 
@@ -95,6 +98,8 @@ impl Pipeline {
             snapshots,
             settings,
             rules_view,
+            queue_depth: 0,
+            stale: Vec::new(),
             counted: CorrelateCounts::default(),
             rules_fingerprint,
         }
@@ -110,7 +115,10 @@ impl Pipeline {
         loop {
             tokio::select! {
                 batch = batches.recv() => match batch {
-                    Some(batch) => self.ingest(batch),
+                    Some(batch) => {
+                        self.queue_depth = batches.len();
+                        self.ingest(batch);
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -168,8 +176,11 @@ impl Pipeline {
                 tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");
                 match crate::act::submit(&self.store, decision, self.settings.notify) {
                     Ok(queued) => wake |= queued,
-                    // The slice stays breached and fires again on the next tick: not lost.
-                    Err(e) => tracing::error!(error = %e, rule = %decision.rule, "cannot write the decision to the store; will retry"),
+                    // Re-armed: the slice fires again once seen Breached for `for`: not lost.
+                    Err(e) => {
+                        tracing::error!(error = %e, rule = %decision.rule, "cannot write the decision to the store; re-armed");
+                        self.engine.rearm(&decision.slice_key);
+                    }
                 }
             }
             if wake {
@@ -202,6 +213,7 @@ impl Pipeline {
         m.series_overflow.inc_by(self.aggregator.overflow().saturating_sub(m.series_overflow.get()));
         self.counted = counts;
         m.traces_in_flight.set(self.correlator.live_traces() as i64);
+        m.queue_depth.set(self.queue_depth as i64);
         m.series.set(self.aggregator.series_count() as i64);
         let mut snapshot = Snapshot::build(&self.aggregator, now);
         snapshot.verdicts = self.engine.views();
@@ -211,9 +223,38 @@ impl Pipeline {
         }
         snapshot.stale_rules = self.engine.stale_rules(now);
         m.rules_stale.set(snapshot.stale_rules.len() as i64);
+        self.report_newly_stale(&snapshot.stale_rules, now);
         snapshot.rules = self.rules_view.clone();
         snapshot.traces_in_flight = self.correlator.live_traces();
         self.snapshots.send_replace(Arc::new(snapshot));
+    }
+
+    /// Audits (and notifies) rules that just became stale: dead ingest must not quietly turn
+    /// protection off.
+    fn report_newly_stale(&mut self, stale: &[String], now: Timestamp) {
+        for rule in stale.iter().filter(|r| !self.stale.contains(r)) {
+            let text = format!("rule {rule} is stale: its flag has sent no telemetry for longer than stale_after; it cannot protect anything");
+            tracing::warn!(%rule, "rule is stale: no telemetry for its flag");
+            let evidence = serde_json::json!({ "rule": rule, "verdict": "stale" });
+            let audit = AuditEntry {
+                at: now,
+                actor: "system".into(),
+                kind: "rule_stale".into(),
+                rule: Some(rule.clone()),
+                evidence: Some(evidence.clone()),
+                ..AuditEntry::default()
+            };
+            let stored = self
+                .store
+                .audit(&audit)
+                .and_then(|_| if self.settings.notify { crate::act::notify::enqueue(&self.store, &text, &evidence, now) } else { Ok(()) });
+            if let Err(e) = stored {
+                tracing::error!(error = %e, "cannot record the stale rule");
+            } else if self.settings.notify {
+                self.wake_executor.notify_one();
+            }
+        }
+        self.stale = stale.to_vec();
     }
 
     /// Reloads the rules directory; an invalid set keeps the current one and says why.

@@ -1,6 +1,9 @@
 //! The generic webhook actuator: any HTTP API, described by method, URL, headers (secrets from
-//! the environment, expanded at start) and a JSON body template. It expresses the classic
-//! `POST …/v1/flags/checkout-v2 {"rollout_percentage": 0, "enabled": false}` with a bearer token.
+//! the environment, expanded when the actuator is built, never audited) and a JSON body
+//! template. A kill limited to a slice (`per: [region]`) needs the templates to use that
+//! dimension's placeholder; otherwise it is refused as permanent (escalated), never widened.
+//! It expresses the classic `POST …/v1/flags/checkout-v2 {"rollout_percentage": 0,
+//! "enabled": false}` with a bearer token.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +20,13 @@ pub const DEFAULT_BODY: &str = r#"{"flag":"{flag}","variant":"{variant}","contro
 pub struct Webhook {
     name: String,
     method: reqwest::Method,
+    /// The URL template with `${VAR}` expanded (may hold secrets: never audited).
     url: String,
+    /// The URL template as configured, `${VAR}` unexpanded (what the audit log shows).
+    url_unexpanded: String,
+    /// Placeholders the URL and body use: a kill scoped to a dimension the templates do not
+    /// mention cannot be expressed.
+    uses: Vec<&'static str>,
     headers: BTreeMap<String, String>,
     body: Value,
     client: reqwest::Client,
@@ -26,8 +35,18 @@ pub struct Webhook {
 impl Webhook {
     pub fn new(name: &str, config: &WebhookConfig, client: reqwest::Client) -> Result<Webhook, String> {
         let method = reqwest::Method::from_bytes(config.method.as_bytes()).map_err(|e| e.to_string())?;
-        let body = serde_json::from_str(config.body.as_deref().unwrap_or(DEFAULT_BODY)).map_err(|e| e.to_string())?;
-        Ok(Webhook { name: name.into(), method, url: config.url.clone(), headers: config.headers.clone(), body, client })
+        let body_text = config.body.as_deref().unwrap_or(DEFAULT_BODY);
+        let body = serde_json::from_str(body_text).map_err(|e| e.to_string())?;
+        let url = crate::config::expand_env(&config.url).map_err(|var| format!("environment variable {var} is not set"))?;
+        let mut headers = BTreeMap::new();
+        for (name, value) in &config.headers {
+            headers.insert(name.clone(), crate::config::expand_env(value).map_err(|var| format!("environment variable {var} is not set"))?);
+        }
+        let uses = ["service", "environment", "region"]
+            .into_iter()
+            .filter(|p| config.url.contains(&format!("{{{p}}}")) || body_text.contains(&format!("{{{p}}}")))
+            .collect();
+        Ok(Webhook { name: name.into(), method, url, url_unexpanded: config.url.clone(), uses, headers, body, client })
     }
 }
 
@@ -92,8 +111,15 @@ pub fn transport_error(e: reqwest::Error) -> ActError {
 #[async_trait::async_trait]
 impl Actuator for Webhook {
     async fn kill(&self, request: &ActionRequest, idempotency_key: &str) -> Result<Applied, ActError> {
+        if let Some((dim, value)) = request.scope.iter().find(|(dim, _)| !self.uses.contains(&dim.as_str())) {
+            return Err(ActError::Permanent(format!(
+                "webhook {} cannot express the slice {dim}={value}: its URL and body never use {{{dim}}}; a kill would hit every {dim}",
+                self.name
+            )));
+        }
         let values = placeholders(request);
         let url = substitute(&self.url, &values, true);
+        let shown_url = substitute(&self.url_unexpanded, &values, true);
         let body = render(&self.body, &values, &request.evidence);
         let mut call = self.client.request(self.method.clone(), &url).header("Idempotency-Key", idempotency_key).json(&body);
         for (name, value) in &self.headers {
@@ -107,7 +133,7 @@ impl Actuator for Webhook {
         let reply = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.chars().take(1000).collect()));
         Ok(Applied {
             before: None,
-            after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": url, "status": status.as_u16(), "response": reply })),
+            after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": shown_url, "status": status.as_u16(), "response": reply })),
         })
     }
 }
@@ -150,6 +176,29 @@ mod tests {
         assert_eq!(body["flag"], "checkout v2");
         assert_eq!(body["control"], "off");
         assert_eq!(body["evidence"]["verdict"], "breached");
+    }
+
+    #[tokio::test]
+    async fn a_slice_the_templates_cannot_express_is_refused_not_widened() {
+        let config = |url: &str| WebhookConfig { method: "POST".into(), url: url.into(), headers: BTreeMap::new(), body: Some("{}".into()) };
+        let mut scoped = request();
+        scoped.scope = vec![("region".into(), "eu-west".into())];
+        let whole = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+        let Err(ActError::Permanent(message)) = whole.kill(&scoped, "k").await else { panic!("must refuse") };
+        assert!(message.contains("region=eu-west"), "{message}");
+        let regional = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}/regions/{region}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+        assert!(regional.uses.contains(&"region"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_what_is_audited() {
+        // SAFETY: a variable no other test reads.
+        unsafe { std::env::set_var("FG_TEST_WEBHOOK_SECRET", "s3cr3t") };
+        let config =
+            WebhookConfig { method: "POST".into(), url: "http://h/hook/${FG_TEST_WEBHOOK_SECRET}/{flag}".into(), headers: BTreeMap::new(), body: None };
+        let hook = Webhook::new("w", &config, crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+        assert!(hook.url.contains("s3cr3t"));
+        assert!(!hook.url_unexpanded.contains("s3cr3t"));
     }
 
     #[test]

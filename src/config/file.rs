@@ -68,6 +68,14 @@ impl ConfigFile {
                 }
             }
         }
+        for actuator in copy.actuators.values_mut() {
+            if let ActuatorConfig::Webhook(w) = actuator {
+                // `${VAR}` references are kept unexpanded; a literal query string may hold a key.
+                if let Some((base, _)) = w.url.split_once('?') {
+                    w.url = format!("{base}?<redacted>");
+                }
+            }
+        }
         if copy.act.notify_url.is_some() {
             copy.act.notify_url = Some("<redacted>".into());
         }
@@ -186,7 +194,8 @@ impl Default for RulesConfig {
 pub struct ActConfig {
     /// Attempts per action before it is escalated. Default 8.
     pub max_attempts: u32,
-    /// First retry delay; doubles per attempt, with full jitter. Default `500ms`.
+    /// First retry delay; doubles per attempt, with equal jitter (a delay d is drawn from
+    /// [d/2, d)). Default `500ms`.
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// Cap on the retry delay (also caps a provider's Retry-After). Default `30s`.
@@ -265,7 +274,8 @@ pub struct WebhookConfig {
     pub url: String,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// JSON body template for a kill. Default `{"flag":"{flag}","enabled":false,"rule":"{rule}","evidence":"{evidence}"}`.
+    /// JSON body template for a kill. Default (`act::webhook::DEFAULT_BODY`):
+    /// `{"flag":"{flag}","variant":"{variant}","control":"{control}","enabled":false,"rule":"{rule}","environment":"{environment}","region":"{region}","evidence":"{evidence}"}`.
     #[serde(default)]
     pub body: Option<String>,
 }

@@ -34,7 +34,8 @@ impl Config {
         if let Some(path) = path {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
         }
-        builder = builder.add_source(config::Environment::with_prefix("FLAGGUARD").prefix_separator("_").separator("__").try_parsing(true));
+        builder = builder
+            .add_source(config::Environment::with_prefix("FLAGGUARD").prefix_separator("_").separator("__").try_parsing(true).source(Some(config_env())));
         let merged = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         let file: ConfigFile = merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
         Config::validate(file)
@@ -85,24 +86,27 @@ impl Config {
         }
         for (name, actuator) in file.actuators.iter_mut() {
             let field = format!("actuators.{name}");
+            if name == crate::act::notify::NOTIFIER {
+                errors.push(format!("{field}: the name {name:?} is reserved for act.notify_url"));
+            }
             match actuator {
                 ActuatorConfig::Webhook(w) => {
                     if http::Method::from_bytes(w.method.as_bytes()).is_err() {
                         errors.push(format!("{field}.method: {:?} is not an HTTP method", w.method));
                     }
+                    // Secrets stay as `${VAR}` in the configuration (which is audited); the
+                    // actuator expands them when it is built.
                     match expand_env(&w.url) {
                         Ok(url) => {
                             if let Err(e) = reqwest::Url::parse(&url.replace(['{', '}'], "")) {
-                                errors.push(format!("{field}.url: {url:?} is not a URL ({e})"));
+                                errors.push(format!("{field}.url: {:?} is not a URL ({e})", w.url));
                             }
-                            w.url = url;
                         }
                         Err(var) => errors.push(format!("{field}.url: environment variable {var} is not set")),
                     }
-                    for (header, value) in w.headers.iter_mut() {
-                        match expand_env(value) {
-                            Ok(v) => *value = v,
-                            Err(var) => errors.push(format!("{field}.headers.{header}: environment variable {var} is not set")),
+                    for (header, value) in w.headers.iter() {
+                        if let Err(var) = expand_env(value) {
+                            errors.push(format!("{field}.headers.{header}: environment variable {var} is not set"));
                         }
                         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                             errors.push(format!("{field}.headers.{header}: not a valid header name"));
@@ -131,6 +135,21 @@ impl Config {
     pub fn actuator_names(&self) -> std::collections::BTreeSet<String> {
         self.file.actuators.keys().cloned().collect()
     }
+}
+
+/// Top-level configuration keys that `FLAGGUARD_*` variables may set.
+const TOP_LEVEL: [&str; 10] = ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators"];
+
+/// The `FLAGGUARD_*` environment variables that address configuration fields. Others with the
+/// prefix (`FLAGGUARD_CONFIG`, the CLI's own; test-harness switches) are not configuration.
+fn config_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(name, _)| {
+            let Some(rest) = name.strip_prefix("FLAGGUARD_") else { return false };
+            let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+            TOP_LEVEL.contains(&first.as_str())
+        })
+        .collect()
 }
 
 /// Replaces `${VAR}` with the environment variable's value; returns the missing name.
@@ -194,6 +213,18 @@ mod tests {
         std::fs::write(&path, "[otlp]\ngrpc_lisen = \"127.0.0.1:1\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("grpc_lisen"), "{err}");
+    }
+
+    #[test]
+    fn non_config_variables_with_the_prefix_are_ignored() {
+        // SAFETY: variables no other test reads.
+        unsafe {
+            std::env::set_var("FLAGGUARD_CONFIG", "/nonexistent.toml");
+            std::env::set_var("FLAGGUARD_SKIP_NODE", "1");
+        }
+        let env = config_env();
+        assert!(!env.contains_key("FLAGGUARD_CONFIG") && !env.contains_key("FLAGGUARD_SKIP_NODE"));
+        assert!(Config::load(None).is_ok());
     }
 
     #[test]

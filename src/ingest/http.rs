@@ -72,9 +72,19 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<By
 fn decode<T: Message + Default + serde::de::DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, IngestError> {
     match encoding {
         Encoding::Protobuf => T::decode(body).map_err(|e| IngestError::Invalid(e.to_string())),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| IngestError::Invalid(e.to_string())),
+        Encoding::Json => {
+            let decoded: T = serde_json::from_slice(body).map_err(|e| IngestError::Invalid(e.to_string()))?;
+            // Unknown keys are ignored by OTLP/JSON, so proto field names decode to nothing.
+            if decoded.encoded_len() == 0 && SNAKE_CASE_KEYS.iter().any(|k| body.windows(k.len()).any(|w| w == k.as_bytes())) {
+                return Err(IngestError::Invalid("OTLP/JSON keys must be lowerCamelCase (resourceSpans, not resource_spans)".into()));
+            }
+            Ok(decoded)
+        }
     }
 }
+
+/// Top-level proto field names that mean a sender used snake_case OTLP/JSON.
+const SNAKE_CASE_KEYS: [&str; 2] = ["\"resource_spans\"", "\"resource_logs\""];
 
 /// One OTLP signal over HTTP: how to accept its request and encode its protobuf reply.
 trait Signal {

@@ -2,7 +2,7 @@
 //! encoding and call one [`Ingest::accept_traces`] / [`Ingest::accept_logs`], which converts the
 //! request ([`otlp`], [`extract`]) and hands the batch to the pipeline.
 //!
-//! Backpressure: the pipeline queue is bounded (`ingest.queue_capacity` batches). When it is
+//! Backpressure: the pipeline queue is bounded (`otlp.queue_capacity` batches). When it is
 //! full, the request is refused with a retryable error carrying a retry delay (gRPC UNAVAILABLE
 //! + RetryInfo, HTTP 503 + Retry-After). Nothing accepted is ever dropped silently.
 
@@ -103,7 +103,6 @@ impl Ingest {
         let (spans, logs, evaluations, outcomes) = (batch.spans_seen, batch.logs_seen, batch.evaluations.len(), batch.outcomes.len());
         if useful {
             let sent = self.tx.try_send(batch);
-            self.metrics.queue_depth.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
             if let Err(e) = sent {
                 let error = match e {
                     mpsc::error::TrySendError::Full(_) => IngestError::Overloaded { retry_after: self.retry_after },

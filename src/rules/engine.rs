@@ -2,8 +2,9 @@
 //! per-slice state to decide actions.
 //!
 //! Invariants:
-//! - a slice fires only after being Breached continuously for the rule's `for` (only Healthy
-//!   resets the clock; Inconclusive and NoData pause it), and not again within its cooldown;
+//! - a slice fires only while Breached, once its clock has run for the rule's `for` (Healthy
+//!   resets the clock; Inconclusive and NoData pause it but never fire), and not again within
+//!   its cooldown; firing restarts the clock, so a killed arm that drains never re-fires;
 //! - cooldowns survive restarts (the caller loads and stores `last_fired`);
 //! - more than `max_concurrent_kills` distinct flags breaching in one (service, environment)
 //!   within `incident_window` is an incident: every one of them becomes a notification, none a
@@ -245,15 +246,23 @@ impl RuleEngine {
             }
             _ => {}
         }
+        // Only a slice that is Breached (or an incident) right now fires, once its clock has
+        // run for `for`.
         let kind = match (state.breached_since, state.incident_since) {
-            (Some(t), _) if now.since(t) >= rule.for_ => DecisionKind::Kill,
-            (_, Some(t)) if now.since(t) >= rule.for_ => DecisionKind::Incident,
+            (Some(t), _) if judgement.verdict == Verdict::Breached && now.since(t) >= rule.for_ => DecisionKind::Kill,
+            (_, Some(t)) if judgement.incident && now.since(t) >= rule.for_ => DecisionKind::Incident,
             _ => return None,
         };
         rule.kill.as_ref()?;
         let slice_key = self.slice_id(rule, &slice);
         if self.last_fired.get(&slice_key).is_some_and(|&t| now < t.plus(rule.cooldown)) {
             return None;
+        }
+        // Firing restarts the `for` clock: after the cooldown, the slice fires again only if it
+        // is seen Breached anew for `for` (a drained, killed arm is NoData and never re-fires).
+        if let Some(state) = self.slices.get_mut(&slice) {
+            state.breached_since = None;
+            state.incident_since = None;
         }
         let value = |d: Dimension| slice.values.iter().find(|(k, _)| *k == d).map(|(_, v)| v.to_string()).or_else(|| rule.filter.get(d).map(str::to_owned));
         let mut record = judgement.record;
@@ -369,6 +378,12 @@ impl RuleEngine {
             })
             .map(|r| r.name.clone())
             .collect()
+    }
+
+    /// Re-arms a slice whose decision could not be stored: it may fire again as soon as it is
+    /// seen Breached for `for` again, without waiting for the cooldown.
+    pub fn rearm(&mut self, slice_key: &str) {
+        self.last_fired.remove(slice_key);
     }
 
     /// Forgets slice state and cooldowns of `flag` (after a restore: pre-kill evidence must not

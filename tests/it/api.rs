@@ -77,5 +77,10 @@ async fn a_guarded_flag_without_telemetry_is_reported_stale() {
     assert_eq!(verdicts["stale_rules"][0], "a");
     let metrics = reqwest::get(format!("http://{}/metrics", daemon.addrs.api)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("flagguard_rules_stale 1"), "{metrics}");
+    wait_until("the stale-rule notification", Duration::from_secs(10), || {
+        server.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.contains("rule a is stale")))
+    })
+    .await;
+    assert_eq!(daemon.audit_kinds().iter().filter(|k| *k == "rule_stale").count(), 1, "reported once, not every second");
     daemon.stop().await;
 }

@@ -54,6 +54,11 @@ async fn http_errors_are_clear_and_partial_success_keeps_the_rest() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("invalid OTLP payload"), "{body}");
 
+    // snake_case OTLP/JSON would silently decode to nothing: say so instead.
+    let r = http.post(&url).header("content-type", "application/json").body(r#"{"resource_spans":[{"scope_spans":[]}]}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("lowerCamelCase"));
+
     let r = http.post(&url).header("content-type", "application/x-protobuf").body(vec![0xff, 0xff, 0xff]).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let status = tonic_types::pb::Status::decode(r.bytes().await.unwrap()).expect("a google.rpc.Status in protobuf");

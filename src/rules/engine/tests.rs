@@ -132,3 +132,42 @@ fn stale_rules_are_reported() {
     assert!(engine.stale_rules(t0.plus(Duration::from_secs(60))).is_empty());
     assert_eq!(engine.stale_rules(t0.plus(Duration::from_secs(301))), vec!["r".to_owned()]);
 }
+
+#[test]
+fn a_killed_arm_that_drains_never_fires_again() {
+    let mut agg = Aggregator::new(1000);
+    let mut r = rule("r", "f", "payments");
+    r.cooldown = Duration::from_secs(60);
+    let set = Arc::new(RuleSet { rules: vec![r], files: vec![] });
+    let t0 = Timestamp(1_000_000);
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    feed(&mut agg, "f", "off", "eu", 200, 0, t0);
+    feed(&mut agg, "f", "on", "eu", 100, 50, t0);
+    engine.evaluate(&agg, None, t0);
+    assert_eq!(engine.evaluate(&agg, None, t0.plus(Duration::from_secs(10))).len(), 1);
+    // Killed: no more `on` traffic; only the control keeps arriving. Long after the cooldown,
+    // nothing fires again.
+    for s in (20..400).step_by(10) {
+        let t = t0.plus(Duration::from_secs(s));
+        feed(&mut agg, "f", "off", "eu", 10, 0, t);
+        assert!(engine.evaluate(&agg, None, t).is_empty(), "re-fired at +{s}s");
+    }
+}
+
+#[test]
+fn still_breached_after_the_cooldown_fires_again() {
+    let mut agg = Aggregator::new(1000);
+    let mut r = rule("r", "f", "payments");
+    r.cooldown = Duration::from_secs(30);
+    let set = Arc::new(RuleSet { rules: vec![r], files: vec![] });
+    let t0 = Timestamp(1_000_000);
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    let mut fired = 0;
+    for s in (0..=60).step_by(5) {
+        let t = t0.plus(Duration::from_secs(s));
+        feed(&mut agg, "f", "off", "eu", 50, 0, t);
+        feed(&mut agg, "f", "on", "eu", 50, 25, t);
+        fired += engine.evaluate(&agg, None, t).len();
+    }
+    assert_eq!(fired, 2, "at +10s, then again after the 30s cooldown and a fresh 10s `for`");
+}
