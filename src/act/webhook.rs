@@ -186,7 +186,8 @@ mod tests {
         let whole = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
         let Err(ActError::Permanent(message)) = whole.kill(&scoped, "k").await else { panic!("must refuse") };
         assert!(message.contains("region=eu-west"), "{message}");
-        let regional = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}/regions/{region}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+        let regional =
+            Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}/regions/{region}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
         assert!(regional.uses.contains(&"region"));
     }
 
