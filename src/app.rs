@@ -121,7 +121,7 @@ impl App {
         let api = bind("API", config.api_listen).await?;
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let addrs = Addrs { grpc: local(&grpc, config.grpc_listen), http: local(&http, config.http_listen), api: local(&api, config.api_listen) };
-        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot { rule_set: engine.rules().clone(), ..Snapshot::default() }));
         Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators })
     }
 
@@ -181,7 +181,16 @@ impl App {
             }
         });
         drop(ingest);
-        let api_app = router(ApiState { snapshots, store: store.clone(), metrics: metrics.clone(), commands: command_tx, ready: ready.clone() });
+        let alerts = crate::api::alerts::AlertsState {
+            routes: Arc::new(crate::api::alerts::routes(&file.alerts, clock.now())),
+            snapshots: snapshots.clone(),
+            store: store.clone(),
+            wake: wake.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            notify: file.act.notify_url.is_some(),
+        };
+        let api_app = router(ApiState { snapshots, store: store.clone(), metrics: metrics.clone(), commands: command_tx, ready: ready.clone() }, alerts);
         let api_stop = CancellationToken::new();
         let api_stop_signal = api_stop.clone();
         let api_task = tokio::spawn(async move {

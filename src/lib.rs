@@ -11,6 +11,8 @@
 //! - [`rules`]     — rule files → validated rules; pure evaluation to verdicts; the engine that
 //!   applies `for`, cooldown and blast-radius guards and decides actions.
 //! - [`act`]       — actuators (one per flag system), the outbox executor with retries.
+//! - [`alerts`]    — alert webhooks (Alertmanager, Grafana, Datadog, New Relic, Dynatrace,
+//!   PagerDuty, generic): authentication, normalisation, mapping to kill actions.
 //! - [`store`]     — SQLite: audit log, action outbox, rule state.
 //! - [`api`]       — the admin HTTP API and `/metrics`.
 //! - [`config`]    — the TOML file shape and its validated form.
@@ -21,6 +23,7 @@
 
 pub mod act;
 pub mod aggregate;
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod cli;

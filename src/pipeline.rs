@@ -225,6 +225,7 @@ impl Pipeline {
         m.rules_stale.set(snapshot.stale_rules.len() as i64);
         self.report_newly_stale(&snapshot.stale_rules, now);
         snapshot.rules = self.rules_view.clone();
+        snapshot.rule_set = self.engine.rules().clone();
         snapshot.traces_in_flight = self.correlator.live_traces();
         self.snapshots.send_replace(Arc::new(snapshot));
     }
@@ -267,6 +268,8 @@ impl Pipeline {
                 let after: Vec<String> = set.rules.iter().map(|r| r.name.clone()).collect();
                 self.engine.replace_rules(Arc::new(set));
                 self.rules_view = RulesView::of(self.engine.rules(), now, None);
+                // Publish at once: the API reads alert mappings from the snapshot.
+                self.publish(now);
                 Metrics::count(&self.metrics.rule_reloads, &[("result", "ok")]);
                 self.metrics.rules_loaded.set(n as i64);
                 tracing::info!(rules = n, %actor, "rules reloaded");

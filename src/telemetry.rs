@@ -39,6 +39,10 @@ pub struct Metrics {
     /// Actions by kind and state transition.
     pub actions: Family<Labels, Counter>,
     pub actuator_errors: Family<Labels, Counter>,
+    /// Alert webhook deliveries by source and status.
+    pub alerts_received: Family<Labels, Counter>,
+    /// Alert webhook deliveries refused by authentication, by source.
+    pub alert_auth_failures: Family<Labels, Counter>,
     /// Actions waiting in the outbox.
     pub actions_pending: Gauge,
     pub rules_loaded: Gauge,
@@ -69,6 +73,8 @@ impl Metrics {
             actions: Family::default(),
             actuator_errors: Family::default(),
             actions_pending: Gauge::default(),
+            alerts_received: Family::default(),
+            alert_auth_failures: Family::default(),
             rules_loaded: Gauge::default(),
             rule_reloads: Family::default(),
             rules_stale: Gauge::default(),
@@ -91,6 +97,8 @@ impl Metrics {
         registry.register("verdicts", "Current verdicts over all rule slices", m.verdicts.clone());
         registry.register("actions", "Action state transitions by kind and state", m.actions.clone());
         registry.register("actuator_errors", "Actuator call failures by actuator and class", m.actuator_errors.clone());
+        registry.register("alerts_received", "Alerts received through webhooks by source and status", m.alerts_received.clone());
+        registry.register("alert_auth_failures", "Alert webhook deliveries refused by authentication", m.alert_auth_failures.clone());
         registry.register("actions_pending", "Actions waiting in the outbox", m.actions_pending.clone());
         registry.register("rules_loaded", "Rules in the active rule set", m.rules_loaded.clone());
         registry.register("rule_reloads", "Rule reloads by result", m.rule_reloads.clone());

@@ -185,3 +185,21 @@ pub fn evidence_summary(evidence: &Value) -> Value {
         "baseline": evidence.pointer("/baseline/stats"),
     })
 }
+
+/// The kill an alert maps to, with its evidence (the alert and its payload's digest).
+pub fn alert_request(target: &crate::alerts::mapping::Target, alert: &crate::alerts::Alert, digest: &str) -> ActionRequest {
+    ActionRequest {
+        kind: ActionKind::Kill,
+        actuator: target.actuator.clone(),
+        flag: target.flag.clone(),
+        treatment: alert.labels.get("variant").cloned().into_iter().collect(),
+        control: None,
+        rule: format!("alert:{}", target.mapping),
+        service: alert.labels.get("service").cloned(),
+        environment: target.environment.clone(),
+        region: target.scope.iter().find(|(k, _)| k == "region").map(|(_, v)| v.clone()),
+        scope: target.scope.clone(),
+        evidence: json!({ "alert": alert, "digest": digest, "mapping": target.mapping }),
+        text: None,
+    }
+}

@@ -42,7 +42,7 @@ impl Webhook {
         for (name, value) in &config.headers {
             headers.insert(name.clone(), crate::config::expand_env(value).map_err(|var| format!("environment variable {var} is not set"))?);
         }
-        let uses = ["service", "environment", "region"]
+        let uses = ["service", "environment", "region", "cohort"]
             .into_iter()
             .filter(|p| config.url.contains(&format!("{{{p}}}")) || body_text.contains(&format!("{{{p}}}")))
             .collect();
@@ -60,6 +60,7 @@ pub fn placeholders(request: &ActionRequest) -> Vec<(&'static str, String)> {
         ("environment", request.environment.clone().unwrap_or_default()),
         ("region", request.region.clone().unwrap_or_default()),
         ("service", request.service.clone().unwrap_or_default()),
+        ("cohort", request.scope.iter().find(|(k, _)| k == "cohort").map(|(_, v)| v.clone()).unwrap_or_default()),
         ("action", "kill".into()),
     ]
 }

@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub unflagged: Vec<SeriesView>,
     pub verdicts: Vec<VerdictView>,
     pub rules: RulesView,
+    /// The active rule set itself (alert mappings are read from it by the API).
+    #[serde(skip)]
+    pub rule_set: std::sync::Arc<crate::rules::RuleSet>,
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
     pub stale_rules: Vec<String>,
     pub traces_in_flight: usize,

@@ -1,6 +1,6 @@
 //! The admin API (axum): cohorts, rules, verdicts, actions, audit, rule reload, health and
 //! Prometheus metrics. Handlers read the pipeline's latest snapshot (a `watch`) and the store;
-//! they never touch the pipeline's state. Binds loopback by default until access control exists.
+//! they never touch the pipeline's state. Alert webhooks are in [`alerts`]. Binds loopback by default until access control exists.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub mod alerts;
 
 use crate::aggregate::snapshot::Snapshot;
 use crate::pipeline::Command;
@@ -57,8 +59,11 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Builds the API router.
-pub fn router(state: ApiState) -> Router {
+/// Builds the API router; `alerts` serves `POST /v1/alerts/{source}`.
+pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
+    let max_alert_body = alerts.routes.values().map(|r| r.max_body()).max().unwrap_or(1 << 20);
+    let alert_routes =
+        Router::new().route("/v1/alerts/{source}", post(alerts::receive)).with_state(alerts).layer(axum::extract::DefaultBodyLimit::max(max_alert_body));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -71,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/actions/{id}", get(action))
         .route("/v1/audit", get(audit))
         .with_state(state)
+        .merge(alert_routes)
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

@@ -27,6 +27,9 @@ pub struct ConfigFile {
     /// Flag systems flagguard may act on, by name (rules refer to them: `action: { kill: NAME }`).
     /// None by default: every action is then dry-run.
     pub actuators: BTreeMap<String, ActuatorConfig>,
+    /// Alert webhook sources, by name (`alertmanager`, `grafana`, `datadog`, `newrelic`,
+    /// `dynatrace`, `pagerduty`, `generic`). A source without a section is disabled (404).
+    pub alerts: BTreeMap<String, AlertSourceConfig>,
 }
 
 impl Default for ConfigFile {
@@ -42,6 +45,7 @@ impl Default for ConfigFile {
             api: ApiConfig::default(),
             log: LogConfig::default(),
             actuators: BTreeMap::new(),
+            alerts: BTreeMap::new(),
         }
     }
 }
@@ -74,6 +78,14 @@ impl ConfigFile {
                 if let Some((base, _)) = w.url.split_once('?') {
                     w.url = format!("{base}?<redacted>");
                 }
+            }
+        }
+        for source in copy.alerts.values_mut() {
+            for secret in [&mut source.bearer_token, &mut source.basic_password].into_iter().flatten() {
+                *secret = "<redacted>".into();
+            }
+            for secret in source.hmac_secrets.iter_mut() {
+                *secret = "<redacted>".into();
             }
         }
         if copy.act.notify_url.is_some() {
@@ -297,4 +309,54 @@ pub struct FlagdConfig {
 
 fn default_off() -> String {
     "off".into()
+}
+
+/// `[alerts.SOURCE]`: one alert webhook route, `POST /v1/alerts/SOURCE`. At least one of
+/// `bearer_token`, `basic_user`/`basic_password` or `hmac_secrets` is required. `${VAR}` in the
+/// secrets is read from the environment at start.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSourceConfig {
+    /// Accept `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Accept `Authorization: Basic` with these credentials.
+    pub basic_user: Option<String>,
+    pub basic_password: Option<String>,
+    /// HMAC-SHA256 secrets (Grafana, PagerDuty, generic); several during rotation.
+    pub hmac_secrets: Vec<String>,
+    /// Grafana only: the timestamp header configured on the contact point (then required and
+    /// signed as `timestamp:body`). Default none.
+    pub timestamp_header: Option<String>,
+    /// Signed timestamps further than this from now are refused. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+    /// Alerts labelled `feature_flag` (and optionally `flag_environment`, `cohort`, `region`)
+    /// act without a mapping. Default false.
+    pub allow_direct: bool,
+    /// The actuator direct alerts kill through (required with `allow_direct`).
+    pub direct_actuator: Option<String>,
+    /// `dry_run` (default) or `enforce` for direct alerts.
+    pub direct_mode: crate::rules::Mode,
+    /// Largest body accepted, bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Deliveries accepted per minute on this route; beyond, 429 with Retry-After. Default 600.
+    pub rate_per_minute: u32,
+}
+
+impl Default for AlertSourceConfig {
+    fn default() -> Self {
+        AlertSourceConfig {
+            bearer_token: None,
+            basic_user: None,
+            basic_password: None,
+            hmac_secrets: Vec::new(),
+            timestamp_header: None,
+            replay_window: Duration::from_secs(300),
+            allow_direct: false,
+            direct_actuator: None,
+            direct_mode: crate::rules::Mode::DryRun,
+            max_body_bytes: 1024 * 1024,
+            rate_per_minute: 600,
+        }
+    }
 }

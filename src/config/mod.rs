@@ -7,7 +7,7 @@ pub mod file;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use file::{ActuatorConfig, ConfigFile, FlagdConfig, WebhookConfig};
+pub use file::{ActuatorConfig, AlertSourceConfig, ConfigFile, FlagdConfig, WebhookConfig};
 
 /// Why the configuration cannot be used (exit code 64).
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,46 @@ impl Config {
                     if f.path.as_os_str().is_empty() {
                         errors.push(format!("{field}.path: must not be empty"));
                     }
+                }
+            }
+        }
+        let actuator_names: Vec<String> = file.actuators.keys().cloned().collect();
+        for (name, source) in &file.alerts {
+            let field = format!("alerts.{name}");
+            let Some(kind) = crate::alerts::Source::parse(name) else {
+                errors.push(format!("{field}: unknown alert source (one of alertmanager, grafana, datadog, newrelic, dynatrace, pagerduty, generic)"));
+                continue;
+            };
+            let signs = matches!(kind, crate::alerts::Source::Grafana | crate::alerts::Source::Pagerduty | crate::alerts::Source::Generic);
+            if !source.hmac_secrets.is_empty() && !signs {
+                errors.push(format!("{field}.hmac_secrets: {name} cannot sign its webhooks; use bearer_token or basic credentials"));
+            }
+            if source.bearer_token.is_none() && source.basic_user.is_none() && source.hmac_secrets.is_empty() {
+                errors.push(format!("{field}: needs bearer_token, basic_user/basic_password or hmac_secrets (an open route would let anyone kill flags)"));
+            }
+            if source.basic_user.is_some() != source.basic_password.is_some() {
+                errors.push(format!("{field}: basic_user and basic_password go together"));
+            }
+            if source.timestamp_header.is_some() && kind != crate::alerts::Source::Grafana {
+                errors.push(format!("{field}.timestamp_header: only for grafana"));
+            }
+            for (key, value) in [("bearer_token", &source.bearer_token), ("basic_password", &source.basic_password)] {
+                if let Some(Err(var)) = value.as_deref().map(expand_env) {
+                    errors.push(format!("{field}.{key}: environment variable {var} is not set"));
+                }
+            }
+            for secret in &source.hmac_secrets {
+                if let Err(var) = expand_env(secret) {
+                    errors.push(format!("{field}.hmac_secrets: environment variable {var} is not set"));
+                }
+            }
+            if source.allow_direct {
+                match &source.direct_actuator {
+                    None => errors.push(format!("{field}.direct_actuator: required with allow_direct")),
+                    Some(a) if source.direct_mode == crate::rules::Mode::Enforce && !actuator_names.contains(a) => {
+                        errors.push(format!("{field}.direct_actuator: {a:?} is not a configured actuator"))
+                    }
+                    _ => {}
                 }
             }
         }

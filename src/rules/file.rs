@@ -12,6 +12,9 @@ use crate::model::Dimension;
 pub struct RuleFileShape {
     #[serde(default)]
     pub rules: Vec<RuleShape>,
+    /// Alert webhooks → actions (see `alerts::mapping`).
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::mapping::AlertMappingShape>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 
+use crate::alerts::mapping::{AlertMapping, AlertMappingShape};
 use crate::model::{Dimension, Dims};
 pub use file::Mode;
 use file::{ConditionShape, RuleFileShape, RuleShape};
@@ -109,6 +110,8 @@ pub struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// Alert mappings from the `alerts:` sections.
+    pub alerts: Vec<crate::alerts::mapping::AlertMapping>,
     /// The files they came from.
     pub files: Vec<PathBuf>,
 }
@@ -132,6 +135,7 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
     let mut set = RuleSet::default();
     let mut errors = Vec::new();
     let mut names: HashSet<String> = HashSet::new();
+    let mut alert_names: HashSet<String> = HashSet::new();
     for path in paths {
         let source = match std::fs::read_to_string(path) {
             Ok(s) => s,
@@ -141,7 +145,7 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
             }
         };
         match parse(path, &source, actuators) {
-            Ok(rules) => {
+            Ok((rules, alerts)) => {
                 for rule in rules {
                     if !names.insert(rule.name.clone()) {
                         errors.push(RuleError {
@@ -153,6 +157,17 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
                     }
                     set.rules.push(rule);
                 }
+                for mapping in alerts {
+                    if !alert_names.insert(mapping.name.clone()) {
+                        errors.push(RuleError {
+                            file: path.clone(),
+                            line: None,
+                            field: "alerts.name".into(),
+                            message: format!("alert mapping name {:?} is used twice", mapping.name),
+                        });
+                    }
+                    set.alerts.push(mapping);
+                }
             }
             Err(mut e) => errors.append(&mut e),
         }
@@ -161,8 +176,8 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
     if errors.is_empty() { Ok(set) } else { Err(errors) }
 }
 
-/// Parses and validates one file's text.
-pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<Vec<Rule>, Vec<RuleError>> {
+/// Parses and validates one file's text: its rules and its alert mappings.
+pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<(Vec<Rule>, Vec<AlertMapping>), Vec<RuleError>> {
     let shape: RuleFileShape = match serde_yaml::from_str(source) {
         Ok(s) => s,
         Err(e) => {
@@ -185,7 +200,38 @@ pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<
             rules.push(Rule { file: path.into(), line: locate::line_of(&lines, &format!("rules[{i}]")), ..rule });
         }
     }
-    if errors.is_empty() { Ok(rules) } else { Err(errors) }
+    let mut alerts = Vec::new();
+    for (i, shape) in shape.alerts.into_iter().enumerate() {
+        let mut err = |field: &str, message: String| {
+            let path_str = format!("alerts[{i}].{field}");
+            errors.push(RuleError { file: path.into(), line: locate::line_of(&lines, &path_str), field: path_str, message });
+        };
+        if let Some(mapping) = validate_alert(shape, &mut err, actuators) {
+            alerts.push(mapping);
+        }
+    }
+    if errors.is_empty() { Ok((rules, alerts)) } else { Err(errors) }
+}
+
+fn validate_alert(shape: AlertMappingShape, err: &mut impl FnMut(&str, String), actuators: &BTreeSet<String>) -> Option<AlertMapping> {
+    let mut ok = true;
+    let mut fail = |field: &str, message: String| {
+        ok = false;
+        err(field, message);
+    };
+    if shape.name.trim().is_empty() {
+        fail("name", "must not be empty".into());
+    }
+    if shape.matches.is_empty() {
+        fail("match", "needs at least one label to match (an empty match would act on every alert)".into());
+    }
+    if shape.kill.flag.trim().is_empty() || shape.kill.flag == "$" {
+        fail("kill.flag", "must name a flag or a $label".into());
+    }
+    if shape.mode == Mode::Enforce && !actuators.contains(&shape.kill.via) {
+        fail("kill.via", format!("enforce mapping names actuator {:?}, which is not configured", shape.kill.via));
+    }
+    ok.then_some(AlertMapping { name: shape.name, source: shape.source, matches: shape.matches, kill: shape.kill, mode: shape.mode })
 }
 
 fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BTreeSet<String>) -> Option<Rule> {

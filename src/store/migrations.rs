@@ -40,6 +40,17 @@ const MIGRATIONS: &[&str] = &[
         slice TEXT PRIMARY KEY,
         last_fired_ms INTEGER NOT NULL
     );",
+    // 2: alert deliveries, for dedupe across re-sends and retries.
+    "CREATE TABLE alert_deliveries (
+        source TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        deliveries INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (source, dedup_key, status)
+    );
+    CREATE INDEX alert_deliveries_age ON alert_deliveries(last_ms);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

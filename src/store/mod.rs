@@ -80,6 +80,24 @@ pub struct ActionRow {
     pub idempotency_key: String,
 }
 
+/// An action to write to the outbox.
+pub struct NewAction<'a> {
+    pub target: &'a str,
+    /// `kill`, `notify`; empty: audit only (dry-run).
+    pub kind: &'a str,
+    pub request: &'a serde_json::Value,
+    pub idempotency_key: &'a str,
+    pub slice_key: &'a str,
+    pub audit: &'a AuditEntry,
+}
+
+/// What became of an alert delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertOutcome {
+    pub duplicate: bool,
+    pub submitted: Option<Submitted>,
+}
+
 /// Whether a submitted action was new or joined an open one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
@@ -155,30 +173,74 @@ impl Store {
     ) -> Result<Submitted, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let now = audit.at.as_millis() as i64;
+        let submitted = Store::submit_in(&tx, &NewAction { target, kind, request, idempotency_key, slice_key, audit })?;
+        tx.commit()?;
+        Ok(submitted)
+    }
+
+    fn submit_in(tx: &rusqlite::Transaction<'_>, a: &NewAction<'_>) -> rusqlite::Result<Submitted> {
+        let now = a.audit.at.as_millis() as i64;
         tx.execute(
             "INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
-            params![slice_key, now],
+            params![a.slice_key, now],
         )?;
-        let open: Option<i64> = tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| r.get(0)).optional()?;
-        let submitted = match open {
+        let open: Option<i64> = tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending'", params![a.target], |r| r.get(0)).optional()?;
+        Ok(match open {
             Some(id) => {
                 tx.execute("UPDATE outbox SET triggers = triggers + 1, updated_ms = ?2 WHERE id = ?1", params![id, now])?;
-                Store::insert_audit(&tx, &AuditEntry { kind: format!("{kind}_joined"), action_id: Some(id), ..audit.clone() })?;
+                Store::insert_audit(tx, &AuditEntry { kind: format!("{}_joined", a.kind), action_id: Some(id), ..a.audit.clone() })?;
                 Submitted::Joined(id)
             }
             None => {
                 tx.execute(
                     "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5)",
-                    params![now, target, kind, request.to_string(), idempotency_key],
+                    params![now, a.target, a.kind, a.request.to_string(), a.idempotency_key],
                 )?;
                 let id = tx.last_insert_rowid();
-                Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
+                Store::insert_audit(tx, &AuditEntry { action_id: Some(id), ..a.audit.clone() })?;
                 Submitted::New(id)
             }
+        })
+    }
+
+    /// Records one alert delivery (audited as `received.kind`, or `alert_duplicate` when the
+    /// same (source, key, status) was seen in the last 24 h) and, for a first delivery, writes
+    /// `action` (an outbox entry, or just its audit record when `action.kind` is empty) — in
+    /// one transaction, so an acknowledged alert's action is never lost nor doubled.
+    pub fn accept_alert(
+        &self,
+        source: &str,
+        dedup_key: &str,
+        status: &str,
+        received: &AuditEntry,
+        action: Option<&NewAction<'_>>,
+    ) -> Result<AlertOutcome, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = received.at.as_millis() as i64;
+        tx.execute("DELETE FROM alert_deliveries WHERE last_ms < ?1", params![now - 24 * 3600 * 1000])?;
+        let first = tx.execute(
+            "INSERT OR IGNORE INTO alert_deliveries (source, dedup_key, status, first_ms, last_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![source, dedup_key, status, now],
+        )? == 1;
+        if !first {
+            tx.execute(
+                "UPDATE alert_deliveries SET deliveries = deliveries + 1, last_ms = ?4 WHERE source = ?1 AND dedup_key = ?2 AND status = ?3",
+                params![source, dedup_key, status, now],
+            )?;
+        }
+        let kind = if first { received.kind.clone() } else { "alert_duplicate".to_owned() };
+        Store::insert_audit(&tx, &AuditEntry { kind, ..received.clone() })?;
+        let submitted = match action.filter(|_| first) {
+            Some(a) if a.kind.is_empty() => {
+                Store::insert_audit(&tx, a.audit)?;
+                None
+            }
+            Some(a) => Some(Store::submit_in(&tx, a)?),
+            None => None,
         };
         tx.commit()?;
-        Ok(submitted)
+        Ok(AlertOutcome { duplicate: !first, submitted })
     }
 
     /// Remembers that a slice fired without an outbox entry (dry-run, incidents).

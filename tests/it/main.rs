@@ -2,6 +2,7 @@
 //! tests wait by polling a condition under a deadline, never by fixed sleeps.
 
 mod actions;
+mod alerts;
 mod api;
 mod check_cli;
 mod extraction;

@@ -39,7 +39,7 @@ fn feed(agg: &mut Aggregator, flag: &str, variant: &str, region: &str, n: u64, e
 #[test]
 fn fires_after_for_once_per_cooldown_and_only_in_the_bad_region() {
     let mut agg = Aggregator::new(1000);
-    let set = Arc::new(RuleSet { rules: vec![rule("r", "checkout-v2", "payments")], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "checkout-v2", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     for region in ["eu-west", "us-east"] {
@@ -63,7 +63,7 @@ fn fires_after_for_once_per_cooldown_and_only_in_the_bad_region() {
 #[test]
 fn healthy_resets_the_for_clock() {
     let mut agg = Aggregator::new(1000);
-    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     feed(&mut agg, "f", "off", "eu", 100, 0, t0);
@@ -82,7 +82,7 @@ fn healthy_resets_the_for_clock() {
 #[test]
 fn several_flags_breaching_in_one_service_is_an_incident() {
     let mut agg = Aggregator::new(1000);
-    let set = Arc::new(RuleSet { rules: vec![rule("a", "flag-a", "payments"), rule("b", "flag-b", "payments")], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![rule("a", "flag-a", "payments"), rule("b", "flag-b", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     for flag in ["flag-a", "flag-b"] {
@@ -98,7 +98,7 @@ fn several_flags_breaching_in_one_service_is_an_incident() {
 #[test]
 fn control_breaching_too_is_an_incident() {
     let mut agg = Aggregator::new(1000);
-    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     feed(&mut agg, "f", "off", "eu", 200, 100, t0);
@@ -112,7 +112,7 @@ fn control_breaching_too_is_an_incident() {
 #[test]
 fn cooldown_survives_a_restart() {
     let mut agg = Aggregator::new(1000);
-    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let fired = HashMap::from([("r/f/region=eu".to_owned(), t0)]);
     let mut engine = RuleEngine::new(set, settings(), fired, t0);
@@ -125,7 +125,7 @@ fn cooldown_survives_a_restart() {
 #[test]
 fn stale_rules_are_reported() {
     let agg = Aggregator::new(10);
-    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     engine.evaluate(&agg, None, t0);
@@ -138,7 +138,7 @@ fn a_killed_arm_that_drains_never_fires_again() {
     let mut agg = Aggregator::new(1000);
     let mut r = rule("r", "f", "payments");
     r.cooldown = Duration::from_secs(60);
-    let set = Arc::new(RuleSet { rules: vec![r], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![r], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     feed(&mut agg, "f", "off", "eu", 200, 0, t0);
@@ -159,7 +159,7 @@ fn still_breached_after_the_cooldown_fires_again() {
     let mut agg = Aggregator::new(1000);
     let mut r = rule("r", "f", "payments");
     r.cooldown = Duration::from_secs(30);
-    let set = Arc::new(RuleSet { rules: vec![r], files: vec![] });
+    let set = Arc::new(RuleSet { rules: vec![r], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     let mut fired = 0;

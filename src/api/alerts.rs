@@ -1,0 +1,268 @@
+//! `POST /v1/alerts/{source}`: authenticate on the raw bytes, parse, dedupe, map, and write the
+//! resulting actions to the outbox before answering (PagerDuty wants 2xx within 5 s: the flag
+//! system is called afterwards by the executor). Each route has its own credentials, body limit
+//! and rate limit; a source without configuration is not served.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+
+use crate::act::{alert_request, idempotency_key};
+use crate::aggregate::snapshot::Snapshot;
+use crate::alerts::auth::{SourceAuth, verify};
+use crate::alerts::mapping::{self, AlertMapping, Unmapped};
+use crate::alerts::{AlertError, AlertStatus, Source, sources};
+use crate::config::{AlertSourceConfig, expand_env};
+use crate::rules::Mode;
+use crate::store::{AuditEntry, NewAction, Store, Submitted};
+use crate::telemetry::Metrics;
+use crate::time::{Clock, Timestamp};
+
+/// The answer to a delivery.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    alerts: usize,
+    actions: Vec<Value>,
+    duplicates: u32,
+    unmapped: Vec<String>,
+    not_firing: u32,
+}
+
+/// One enabled route.
+pub struct Route {
+    auth: SourceAuth,
+    direct: Option<AlertMapping>,
+    max_body: usize,
+    limiter: Mutex<Bucket>,
+}
+
+impl Route {
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+}
+
+/// A token bucket: `rate` per minute, bursts up to `rate`.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Timestamp) -> Result<(), Duration> {
+        let refill = now.since(self.at).as_secs_f64() * self.rate / 60.0;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(((1.0 - self.tokens) * 60.0 / self.rate).max(1.0)))
+        }
+    }
+}
+
+/// What the alert routes share.
+#[derive(Clone)]
+pub struct AlertsState {
+    pub routes: Arc<HashMap<Source, Route>>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub store: Store,
+    pub wake: Arc<Notify>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Whether `act.notify_url` is set: alert-driven kills and dry-runs are then notified.
+    pub notify: bool,
+}
+
+/// Builds the enabled routes from `[alerts.SOURCE]` (validated: names known, secrets set).
+pub fn routes(config: &std::collections::BTreeMap<String, AlertSourceConfig>, now: Timestamp) -> HashMap<Source, Route> {
+    let expand = |v: &str| expand_env(v).unwrap_or_default();
+    config
+        .iter()
+        .filter_map(|(name, c)| {
+            let source = Source::parse(name)?;
+            let auth = SourceAuth {
+                bearer_token: c.bearer_token.as_deref().map(expand),
+                basic: c.basic_user.as_deref().zip(c.basic_password.as_deref()).map(|(u, p)| (expand(u), expand(p))),
+                hmac_secrets: c.hmac_secrets.iter().map(|s| expand(s)).collect(),
+                timestamp_header: c.timestamp_header.clone(),
+                replay_window: c.replay_window,
+            };
+            let direct = c.allow_direct.then(|| c.direct_actuator.as_deref().map(|a| mapping::direct(a, c.direct_mode))).flatten();
+            let rate = c.rate_per_minute.max(1) as f64;
+            Some((source, Route { auth, direct, max_body: c.max_body_bytes, limiter: Mutex::new(Bucket { rate, tokens: rate, at: now }) }))
+        })
+        .collect()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// The handler of `POST /v1/alerts/{source}`.
+pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(source) = Source::parse(&name) else {
+        return error(StatusCode::NOT_FOUND, &format!("unknown alert source {name:?}"));
+    };
+    let Some(route) = state.routes.get(&source) else {
+        return error(StatusCode::NOT_FOUND, &format!("alert source {name} is not enabled: configure [alerts.{name}]"));
+    };
+    let now = state.clock.now();
+    let limited = route.limiter.lock().unwrap_or_else(|p| p.into_inner()).take(now);
+    if let Err(wait) = limited {
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit of this alert route exceeded");
+        response.headers_mut().insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+        return response;
+    }
+    if body.len() > route.max_body {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {} bytes", route.max_body));
+    }
+    if let Err(e) = verify(source, &route.auth, &headers, &body, now) {
+        Metrics::count(&state.metrics.alert_auth_failures, &[("source", source.name())]);
+        tracing::warn!(%source, reason = %e, "alert webhook refused");
+        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    let alerts = match sources::parse(source, &body) {
+        Ok(alerts) => alerts,
+        Err(e @ AlertError::Malformed { .. }) | Err(e @ AlertError::Unauthorized(_)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    let mappings = state.snapshots.borrow().rule_set.alerts.clone();
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    let direct = route.direct.clone();
+    let notify = state.notify;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut report = Report { alerts: alerts.len(), ..Report::default() };
+        for alert in &alerts {
+            Metrics::count(&metrics.alerts_received, &[("source", source.name()), ("status", alert.status.label())]);
+            let received = AuditEntry {
+                at: now,
+                actor: format!("alert:{source}"),
+                kind: "alert_received".into(),
+                evidence: Some(json!({ "alert": alert, "digest": digest })),
+                ..AuditEntry::default()
+            };
+            let target = match alert.status {
+                AlertStatus::Firing => Some(mapping::map(alert, &mappings, direct.as_ref())),
+                // Resolved alerts never restore a flag: recorded only.
+                _ => None,
+            };
+            let planned = match &target {
+                Some(Ok(t)) => {
+                    let request = alert_request(t, alert, &digest);
+                    Some((t.clone(), request.target(), serde_json::to_value(&request).unwrap_or(Value::Null)))
+                }
+                _ => None,
+            };
+            let slice_key;
+            let idem;
+            let audit;
+            let action = match &planned {
+                Some((t, target_key, request)) => {
+                    slice_key = format!("alert/{}/{target_key}", t.mapping);
+                    idem = idempotency_key(target_key, now);
+                    let kind = if t.mode == Mode::Enforce { "kill_decided" } else { "kill_dry_run" };
+                    audit = AuditEntry {
+                        at: now,
+                        actor: format!("alert:{source}"),
+                        kind: kind.into(),
+                        rule: Some(format!("alert:{}", t.mapping)),
+                        target: Some(target_key.clone()),
+                        evidence: Some(request["evidence"].clone()),
+                        ..AuditEntry::default()
+                    };
+                    Some(NewAction {
+                        target: target_key,
+                        kind: if t.mode == Mode::Enforce { "kill" } else { "" },
+                        request,
+                        idempotency_key: &idem,
+                        slice_key: &slice_key,
+                        audit: &audit,
+                    })
+                }
+                None => None,
+            };
+            let outcome = store.accept_alert(source.name(), &alert.dedup_key, alert.status.label(), &received, action.as_ref())?;
+            if outcome.duplicate {
+                report.duplicates += 1;
+                continue;
+            }
+            match (&target, outcome.submitted) {
+                (None, _) => report.not_firing += 1,
+                (Some(Err(why)), _) => {
+                    let why = match why {
+                        Unmapped::NoMapping => format!("{}: no mapping matches (and the source may not name flags directly)", alert.dedup_key),
+                        Unmapped::MissingLabel { mapping, label } => format!("{}: mapping {mapping} needs label {label}", alert.dedup_key),
+                    };
+                    store.audit(&AuditEntry {
+                        at: now,
+                        actor: format!("alert:{source}"),
+                        kind: "alert_unmapped".into(),
+                        evidence: Some(json!({ "alert": alert, "why": why })),
+                        ..AuditEntry::default()
+                    })?;
+                    report.unmapped.push(why);
+                }
+                (Some(Ok(t)), submitted) => {
+                    if notify && !matches!(submitted, Some(Submitted::Joined(_))) {
+                        let verb = if t.mode == Mode::Enforce { "flagguard is killing" } else { "[dry-run] flagguard would kill" };
+                        let scope: Vec<String> = t.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let text = format!(
+                            "{verb} {} ({}) via {} on alert {} from {source} (mapping {})",
+                            t.flag,
+                            scope.join(","),
+                            t.actuator,
+                            alert.dedup_key,
+                            t.mapping
+                        );
+                        crate::act::notify::enqueue(&store, &text, &json!({ "rule": format!("alert:{}", t.mapping), "verdict": "alert" }), now)?;
+                    }
+                    let (id, joined) = match submitted {
+                        Some(Submitted::New(id)) => (Some(id), false),
+                        Some(Submitted::Joined(id)) => (Some(id), true),
+                        None => (None, false),
+                    };
+                    report.actions.push(json!({ "flag": t.flag, "via": t.actuator, "mode": t.mode.as_str(), "action_id": id, "joined": joined }));
+                }
+            }
+        }
+        Ok::<_, crate::store::StoreError>(report)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(report)) => {
+            state.wake.notify_one();
+            (StatusCode::OK, Json(report)).into_response()
+        }
+        // Not acknowledged: the sender retries, and nothing half-done is acknowledged.
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot record the alert: {e}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot record the alert: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_refills_over_time() {
+        let mut bucket = Bucket { rate: 2.0, tokens: 2.0, at: Timestamp(0) };
+        assert!(bucket.take(Timestamp(0)).is_ok());
+        assert!(bucket.take(Timestamp(0)).is_ok());
+        let wait = bucket.take(Timestamp(0)).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(30), "2 per minute: one every 30 s");
+        assert!(bucket.take(Timestamp(30_000)).is_ok());
+    }
+}
