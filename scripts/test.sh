@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every flagguard test: unit, property, golden and integration tests, including the ones
 # driving the real OpenTelemetry Python and Node SDKs. Sets up what it needs first (a Python
-# virtualenv and the Node packages, pinned) — see scripts/setup-test-clients.sh.
+# virtualenv and the Node packages, pinned; Debian's Chromium for the dashboard test) — see
+# scripts/setup-test-clients.sh and scripts/setup-browser.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-test-clients.sh
+scripts/setup-browser.sh
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

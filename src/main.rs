@@ -42,6 +42,9 @@ enum Command {
         /// Keep the demo's working directory (flag file, rules, database) and print its path.
         #[arg(long)]
         keep: bool,
+        /// After the kill, keep the daemon (and its dashboard) running this long, e.g. `5m`.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        hold: Duration,
     },
 }
 
@@ -50,7 +53,7 @@ fn main() {
     let code = match cli.command {
         Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
         Command::Serve { config, grace } => serve(config, grace),
-        Command::Demo { keep } => runtime().block_on(flagguard::cli::demo::run(keep)),
+        Command::Demo { keep, hold } => runtime().block_on(flagguard::cli::demo::run(keep, hold)),
     };
     std::process::exit(code);
 }

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregator;
+use crate::aggregate::history::{History, HistoryQuery, history};
 use crate::aggregate::snapshot::{RulesView, Snapshot};
 use crate::correlate::{CorrelateCounts, Correlator};
 use crate::model::Batch;
@@ -24,6 +25,8 @@ use crate::time::{Clock, Timestamp};
 pub enum Command {
     /// Reload the rules now; answers the number of rules or every error.
     ReloadRules { actor: String, reply: oneshot::Sender<Result<usize, Vec<String>>> },
+    /// One flag's time series from the windows (the dashboard's flag page).
+    History { query: HistoryQuery, reply: oneshot::Sender<History> },
 }
 
 /// Pipeline timing and rule-loading settings.
@@ -142,6 +145,9 @@ impl Pipeline {
                         self.rules_fingerprint = fingerprint(&self.settings.rules_dir);
                         let _ = reply.send(self.reload(&actor));
                     }
+                    Command::History { query, reply } => {
+                        let _ = reply.send(history(&self.aggregator, &query, self.clock.now()));
+                    }
                 },
                 _ = shutdown.cancelled() => break,
             }
@@ -217,6 +223,7 @@ impl Pipeline {
         m.series.set(self.aggregator.series_count() as i64);
         let mut snapshot = Snapshot::build(&self.aggregator, now);
         snapshot.verdicts = self.engine.views();
+        snapshot.transitions = self.engine.transitions();
         for label in ["healthy", "breached", "inconclusive", "no_data"] {
             let n = snapshot.verdicts.iter().filter(|v| v.verdict == label).count();
             m.verdicts.get_or_create(&vec![("verdict", label.to_owned())]).set(n as i64);

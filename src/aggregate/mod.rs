@@ -6,6 +6,7 @@
 //! per slice (service × environment × region) as the blast-radius baseline. Series idle for
 //! longer than the longest window are dropped.
 
+pub mod history;
 pub mod latency;
 pub mod snapshot;
 pub mod window;

@@ -61,6 +61,17 @@ pub struct VerdictView {
     pub evidence: serde_json::Value,
 }
 
+/// A verdict change of one rule slice (markers on the dashboard's plots).
+#[derive(Clone, Debug, Serialize)]
+pub struct TransitionView {
+    pub at: u64,
+    pub rule: String,
+    pub flag: String,
+    pub slice: String,
+    pub from: String,
+    pub to: String,
+}
+
 /// Everything the API reads.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct Snapshot {
@@ -68,6 +79,8 @@ pub struct Snapshot {
     pub series: Vec<SeriesView>,
     pub unflagged: Vec<SeriesView>,
     pub verdicts: Vec<VerdictView>,
+    /// The latest verdict changes, oldest first (bounded).
+    pub transitions: Vec<TransitionView>,
     pub rules: RulesView,
     /// The active rule set itself (alert mappings are read from it by the API).
     #[serde(skip)]

@@ -35,7 +35,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn add(&mut self, other: &Stats) {
+    /// Adds `other` into this.
+    pub fn add(&mut self, other: &Stats) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.exposures += other.exposures;
@@ -196,22 +197,31 @@ impl Window {
         }
     }
 
-    /// Sums the buckets that overlap `[start, ∞)`, each time range read from exactly one level.
-    pub fn summary_since(&self, start: Timestamp) -> Summary {
-        let mut total = Stats::default();
-        let mut covered_from = u64::MAX;
+    /// The buckets that overlap `[start, ∞)` as (start ms, width ms, stats), oldest first, each
+    /// time range read from exactly one level (coarse for old data, fine for recent data).
+    pub fn points_since(&self, start: Timestamp) -> Vec<(u64, u64, &Stats)> {
         let start = start.as_millis();
-        for (level, range) in self.level_ranges().into_iter().enumerate() {
-            let (lo, hi) = range;
+        let mut points = Vec::new();
+        for (level, (lo, hi)) in self.level_ranges().into_iter().enumerate().rev() {
             let width = LEVELS[level].0;
             for bucket in &self.levels[level] {
                 if bucket.start >= lo && bucket.start < hi && bucket.start + width > start {
-                    total.add(&bucket.stats);
-                    covered_from = covered_from.min(bucket.start);
+                    points.push((bucket.start, width, &bucket.stats));
                 }
             }
         }
-        let mut summary = Summary::empty(Timestamp(if covered_from == u64::MAX { start } else { covered_from }));
+        points
+    }
+
+    /// Sums the buckets that overlap `[start, ∞)`, each time range read from exactly one level.
+    pub fn summary_since(&self, start: Timestamp) -> Summary {
+        let mut total = Stats::default();
+        let points = self.points_since(start);
+        let covered_from = points.first().map_or(start.as_millis(), |p| p.0);
+        for (_, _, stats) in points {
+            total.add(stats);
+        }
+        let mut summary = Summary::empty(Timestamp(covered_from));
         summary.requests = total.requests;
         summary.errors = total.errors;
         summary.exposures = total.exposures;

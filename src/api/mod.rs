@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub mod alerts;
+pub mod dashboard;
 
 use crate::aggregate::snapshot::Snapshot;
 use crate::pipeline::Command;
@@ -65,6 +66,12 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
     let alert_routes =
         Router::new().route("/v1/alerts/{source}", post(alerts::receive)).with_state(alerts).layer(axum::extract::DefaultBodyLimit::max(max_alert_body));
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/app.css", get(dashboard::app_css))
+        .route("/v1/overview", get(dashboard::overview_handler))
+        .route("/v1/events", get(dashboard::events))
+        .route("/v1/flags/{flag}/history", get(dashboard::history))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -63,8 +63,8 @@ fn pct(v: &Value) -> String {
 }
 
 /// Runs the demo; returns the exit code (0 when the kill was confirmed and traffic drained).
-pub async fn run(keep: bool) -> i32 {
-    match run_inner(keep).await {
+pub async fn run(keep: bool, hold: Duration) -> i32 {
+    match run_inner(keep, hold).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("demo failed: {e}");
@@ -73,7 +73,7 @@ pub async fn run(keep: bool) -> i32 {
     }
 }
 
-async fn run_inner(keep: bool) -> Result<(), String> {
+async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
     let dir = tempfile::Builder::new().prefix("flagguard-demo-").tempdir().map_err(|e| e.to_string())?;
     let root = dir.path().to_path_buf();
     let flags_path = root.join("flags.json");
@@ -111,11 +111,15 @@ async fn run_inner(keep: bool) -> Result<(), String> {
     let mut killed_at: Option<Duration> = None;
     let mut last_verdict = String::new();
     let mut result = Err(format!("no kill within {GIVE_UP_AFTER:?}"));
+    let mut done_at: Option<Duration> = None;
     let tick = Duration::from_millis(100);
     let per_tick = REQUESTS_PER_SECOND / 10;
     loop {
         let elapsed = started.elapsed();
-        if elapsed > GIVE_UP_AFTER {
+        if done_at.is_some_and(|d| elapsed >= d + hold) {
+            break;
+        }
+        if done_at.is_none() && elapsed > GIVE_UP_AFTER {
             break;
         }
         if !regression && elapsed >= REGRESSION_AT {
@@ -142,7 +146,7 @@ async fn run_inner(keep: bool) -> Result<(), String> {
         let snapshot = snapshots.borrow().clone();
         let verdict = snapshot.verdicts.iter().find(|v| v.rule == "checkout-v2-payments");
         let label = verdict.map_or("no_data".to_owned(), |v| v.verdict.clone());
-        if elapsed - last_print >= Duration::from_secs(1) || label != last_verdict {
+        if done_at.is_none() && (elapsed - last_print >= Duration::from_secs(1) || label != last_verdict) {
             last_print = elapsed;
             let ev = verdict.map(|v| v.evidence.clone()).unwrap_or(Value::Null);
             let t = &ev["treatment"]["stats"];
@@ -189,6 +193,7 @@ async fn run_inner(keep: bool) -> Result<(), String> {
             break;
         }
         if let Some(at) = killed_at
+            && done_at.is_none()
             && on_served == 0
             && elapsed >= at + Duration::from_secs(2)
         {
@@ -200,7 +205,16 @@ async fn run_inner(keep: bool) -> Result<(), String> {
             );
             println!("  audit log: GET http://{}/v1/audit while the daemon runs; here: {} records", addrs.api, seen_audit);
             result = Ok(());
-            break;
+            if hold.is_zero() {
+                break;
+            }
+            done_at = Some(elapsed);
+            println!("\n  dashboard: http://{}/#/flag/{FLAG}  (held for {}; Ctrl-C to stop)", addrs.api, humantime::format_duration(hold));
+        }
+        if done_at.is_some() {
+            // Holding: keep quiet, keep the traffic (now all `off`) flowing.
+            tokio::time::sleep(tick).await;
+            continue;
         }
         tokio::time::sleep(tick).await;
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::evaluate::{BaselineKind, Verdict, judge};
 use super::{Mode, Rule, RuleSet};
-use crate::aggregate::snapshot::VerdictView;
+use crate::aggregate::snapshot::{TransitionView, VerdictView};
 use crate::aggregate::{Aggregator, Summary, Window};
 use crate::model::{Dimension, FlagKey, SeriesKey};
 use crate::time::Timestamp;
@@ -96,7 +96,12 @@ pub struct RuleEngine {
     recent_kills: Vec<(String, String, String, Timestamp)>,
     rule_last_data: HashMap<String, Timestamp>,
     started: Timestamp,
+    /// The latest verdict changes (bounded by [`TRANSITIONS_KEPT`]).
+    transitions: std::collections::VecDeque<TransitionView>,
 }
+
+/// How many verdict changes the engine remembers for the dashboard.
+pub const TRANSITIONS_KEPT: usize = 500;
 
 fn dim_name(d: Dimension) -> &'static str {
     match d {
@@ -117,6 +122,7 @@ impl RuleEngine {
             recent_kills: Vec::new(),
             rule_last_data: HashMap::new(),
             started: now,
+            transitions: Default::default(),
         }
     }
 
@@ -227,6 +233,18 @@ impl RuleEngine {
         });
         if state.verdict.label() != judgement.verdict.label() {
             state.since = now;
+            let slice_label = slice.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(",");
+            self.transitions.push_back(TransitionView {
+                at: now.as_millis(),
+                rule: rule.name.clone(),
+                flag: slice.flag.to_string(),
+                slice: slice_label,
+                from: state.verdict.label().into(),
+                to: judgement.verdict.label().into(),
+            });
+            if self.transitions.len() > TRANSITIONS_KEPT {
+                self.transitions.pop_front();
+            }
         }
         state.verdict = judgement.verdict.clone();
         state.record = judgement.record.clone();
@@ -365,6 +383,11 @@ impl RuleEngine {
             .collect();
         views.sort_by(|a, b| (&a.rule, &a.flag, &a.slice).cmp(&(&b.rule, &b.flag, &b.slice)));
         views
+    }
+
+    /// The latest verdict changes, oldest first.
+    pub fn transitions(&self) -> Vec<TransitionView> {
+        self.transitions.iter().cloned().collect()
     }
 
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.

@@ -84,3 +84,40 @@ async fn a_guarded_flag_without_telemetry_is_reported_stale() {
     assert_eq!(daemon.audit_kinds().iter().filter(|k| *k == "rule_stale").count(), 1, "reported once, not every second");
     daemon.stop().await;
 }
+
+/// The dashboard's data: a flag's history from the windows, and the SSE overview stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_live_overview_for_the_dashboard() {
+    use flagguard::cli::traffic::{Request, build};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let server = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(Daemon::config(dir.path(), RULE_A, &server), dir).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", daemon.addrs.grpc)).await.unwrap();
+    let requests: Vec<Request> =
+        (0..40).map(|i| Request { user: i, variant: if i < 10 { "on" } else { "off" }.into(), region: "eu".into(), payments_error: i < 5 }).collect();
+    client.export(build("f", "production", &requests, 1_700_000_000_000_000_000, &mut rand::rng())).await.unwrap();
+    wait_until("the requests counted", Duration::from_secs(10), || daemon.requests("f", "on", "payments").0 == 10).await;
+
+    let api = format!("http://{}", daemon.addrs.api);
+    let h: serde_json::Value = reqwest::get(format!("{api}/v1/flags/f/history?service=payments&seconds=300")).await.unwrap().json().await.unwrap();
+    let sum = |variant: &str, field: &str| h["history"]["variants"][variant].as_array().unwrap().iter().map(|p| p[field].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("on", "requests"), sum("on", "errors"), sum("off", "requests")), (10, 5, 30), "{h}");
+    assert_eq!(sum("on", "exposures"), 10, "exposures come from checkout, whatever the service filter");
+    assert_eq!(h["history"]["services"], serde_json::json!(["checkout", "frontend", "payments"]));
+    assert_eq!(h["rules"][0]["name"], "a");
+
+    let mut events = reqwest::get(format!("{api}/v1/events")).await.unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk()).await.expect("an event within 10 s").unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: overview"), "{text}");
+    let data: serde_json::Value = serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(data["flags"][0]["flag"], "f");
+    let page = reqwest::get(format!("{api}/")).await.unwrap().text().await.unwrap();
+    assert!(page.contains("/assets/app.js"));
+    daemon.stop().await;
+}
