@@ -109,6 +109,7 @@ impl App {
         let engine = RuleEngine::new(
             Arc::new(rules),
             EngineSettings {
+                sequential_fdr: file.rules.sequential_fdr,
                 stale_after: file.rules.stale_after,
                 max_concurrent_kills: file.rules.max_concurrent_kills,
                 incident_window: file.rules.incident_window,

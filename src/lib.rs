@@ -10,6 +10,7 @@
 //! - [`aggregate`] — per-series windows (counts + hdrhistogram latency), snapshots for readers.
 //! - [`rules`]     — rule files → validated rules; pure evaluation to verdicts; the engine that
 //!   applies `for`, cooldown and blast-radius guards and decides actions.
+//! - [`stats`]     — sequential statistics (mSPRT, e-BH) the rules use.
 //! - [`act`]       — actuators (one per flag system), the outbox executor with retries.
 //! - [`alerts`]    — alert webhooks (Alertmanager, Grafana, Datadog, New Relic, Dynatrace,
 //!   PagerDuty, generic): authentication, normalisation, mapping to kill actions.
@@ -33,6 +34,7 @@ pub mod ingest;
 pub mod model;
 pub mod pipeline;
 pub mod rules;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -187,6 +187,10 @@ pub struct RulesConfig {
     /// See `max_concurrent_kills`. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub incident_window: Duration,
+    /// Control the false-kill rate of sequential conditions across all guarded slices with
+    /// e-BH (a kill resting on sequential evidence alone must stand out among all slices).
+    /// Default true.
+    pub sequential_fdr: bool,
 }
 
 impl Default for RulesConfig {
@@ -196,6 +200,7 @@ impl Default for RulesConfig {
             stale_after: Duration::from_secs(300),
             max_concurrent_kills: 1,
             incident_window: Duration::from_secs(600),
+            sequential_fdr: true,
         }
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::evaluate::{BaselineKind, Verdict, judge};
-use super::{Mode, Rule, RuleSet};
+use super::evaluate::{BaselineKind, BurnWindows, Inputs, Judgement, Verdict, judge};
+use super::{Condition, Mode, Rule, RuleSet};
 use crate::aggregate::snapshot::{TransitionView, VerdictView};
 use crate::aggregate::{Aggregator, Summary, Window};
 use crate::model::{Dimension, FlagKey, SeriesKey};
@@ -27,6 +27,8 @@ use crate::time::Timestamp;
 /// Guards from `[rules]` in the configuration.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
+    /// Control the false-kill rate across every slice with sequential evidence (e-BH).
+    pub sequential_fdr: bool,
     pub stale_after: Duration,
     pub max_concurrent_kills: usize,
     pub incident_window: Duration,
@@ -71,6 +73,10 @@ struct SliceKey {
 }
 
 struct SliceState {
+    /// When the slice was first seen: sequential tests use the data since then.
+    started: Timestamp,
+    /// Per condition: the fixed latency threshold (ms) of a `LatencyAboveControl`.
+    thresholds: Vec<Option<f64>>,
     verdict: Verdict,
     since: Timestamp,
     breached_since: Option<Timestamp>,
@@ -98,6 +104,8 @@ pub struct RuleEngine {
     started: Timestamp,
     /// The latest verdict changes (bounded by [`TRANSITIONS_KEPT`]).
     transitions: std::collections::VecDeque<TransitionView>,
+    /// The latest sequential evidence (e-value, alpha) per slice, for e-BH across slices.
+    evidence: HashMap<SliceKey, (f64, f64)>,
 }
 
 /// How many verdict changes the engine remembers for the dashboard.
@@ -123,6 +131,7 @@ impl RuleEngine {
             rule_last_data: HashMap::new(),
             started: now,
             transitions: Default::default(),
+            evidence: HashMap::new(),
         }
     }
 
@@ -181,27 +190,20 @@ impl RuleEngine {
                 }
                 members.push((slice, window, role));
             }
-            let since = now.minus(rule.window);
-            let mut sums: HashMap<SliceKey, (Summary, Summary)> = HashMap::new();
+            let mut groups: HashMap<SliceKey, Vec<(&Window, Role)>> = HashMap::new();
             for (slice, window, role) in members {
-                if !dirty.contains(&slice) {
-                    continue;
-                }
-                let entry = sums.entry(slice).or_insert_with(|| (Summary::empty(since), Summary::empty(since)));
-                let s = window.summary_since(since);
-                match role {
-                    Role::Treatment => entry.0.add(&s),
-                    Role::Control => entry.1.add(&s),
+                if dirty.contains(&slice) {
+                    groups.entry(slice).or_default().push((window, role));
                 }
             }
-            // Slices known before but with no series left in the window.
+            // Slices known before but with no series left.
             if changed.is_none() {
                 for key in self.slices.keys().filter(|k| k.rule == ri) {
-                    sums.entry(key.clone()).or_insert_with(|| (Summary::empty(since), Summary::empty(since)));
+                    groups.entry(key.clone()).or_default();
                 }
             }
-            for (slice, (treatment, control)) in sums {
-                if let Some(decision) = self.judge_slice(rule, slice, &treatment, &control, aggregator, now) {
+            for (slice, members) in groups {
+                if let Some(decision) = self.judge_slice(rule, slice, &members, aggregator, now) {
                     candidates.push(decision);
                 }
             }
@@ -209,20 +211,62 @@ impl RuleEngine {
         self.limit_concurrent_kills(candidates, now)
     }
 
-    fn judge_slice(
-        &mut self,
-        rule: &Rule,
-        slice: SliceKey,
-        treatment: &Summary,
-        control: &Summary,
-        aggregator: &Aggregator,
-        now: Timestamp,
-    ) -> Option<Decision> {
-        let mut judgement = if rule.control.is_some() { judge(rule, treatment, Some((BaselineKind::Control, control))) } else { judge(rule, treatment, None) };
-        if judgement.verdict == Verdict::Breached && rule.control.is_none() {
-            let baseline = self.unflagged_baseline(rule, &slice, aggregator, now.minus(rule.window));
-            judgement = judge(rule, treatment, Some((BaselineKind::Unflagged, &baseline)));
+    fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, members: &[(&Window, Role)], aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
+        let sum = |role: Role, since: Timestamp| {
+            let mut total = Summary::empty(since);
+            for (window, r) in members {
+                if *r == role {
+                    total.add(&window.summary_since(since));
+                }
+            }
+            total
+        };
+        let (started, mut thresholds) =
+            self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone())).unwrap_or((now, vec![None; rule.when.len()]));
+        let window_since = now.minus(rule.window);
+        let treatment = sum(Role::Treatment, window_since);
+        let control = sum(Role::Control, window_since);
+        // Sequential conditions use everything since the slice was first seen (≤ 6 h kept).
+        let cumulative = rule.when.iter().any(Condition::is_sequential).then(|| (sum(Role::Treatment, started), sum(Role::Control, started)));
+        for (i, condition) in rule.when.iter().enumerate() {
+            if let (Condition::LatencyAboveControl { quantile, ratio, .. }, Some((_, c)), None) = (condition, &cumulative, thresholds[i]) {
+                // Fixed once from the control's own history, never re-estimated: the test stays valid.
+                if c.requests >= rule.min_samples {
+                    thresholds[i] = c.quantile_ms(*quantile).map(|q| q * ratio);
+                }
+            }
         }
+        let burn_for = |baseline: &dyn Fn(Timestamp) -> Option<Summary>| -> Vec<Vec<BurnWindows>> {
+            rule.when
+                .iter()
+                .map(|c| match c {
+                    Condition::BurnRate { windows, .. } => windows
+                        .iter()
+                        .map(|(long, short, _)| {
+                            let (l, s) = (now.minus(*long), now.minus(*short));
+                            BurnWindows { long: sum(Role::Treatment, l), short: sum(Role::Treatment, s), baseline: baseline(l).zip(baseline(s)) }
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let has_control = rule.control.is_some();
+        let burn = burn_for(&|since| has_control.then(|| sum(Role::Control, since)));
+        let inputs = Inputs {
+            treatment: &treatment,
+            baseline: has_control.then_some((BaselineKind::Control, &control)),
+            cumulative: cumulative.as_ref().map(|(t, c)| (t, c)),
+            thresholds: &thresholds,
+            burn: &burn,
+        };
+        let mut judgement = judge(rule, &inputs);
+        if judgement.verdict == Verdict::Breached && !has_control {
+            let baseline = self.unflagged_baseline(rule, &slice, aggregator, window_since);
+            let burn = burn_for(&|since| Some(self.unflagged_baseline(rule, &slice, aggregator, since)));
+            judgement = judge(rule, &Inputs { baseline: Some((BaselineKind::Unflagged, &baseline)), burn: &burn, ..inputs });
+        }
+        self.apply_fdr(&slice, &mut judgement);
         let state = self.slices.entry(slice.clone()).or_insert_with(|| SliceState {
             verdict: Verdict::NoData,
             since: now,
@@ -230,7 +274,10 @@ impl RuleEngine {
             incident_since: None,
             record: Value::Null,
             mode: rule.mode,
+            started,
+            thresholds: thresholds.clone(),
         });
+        state.thresholds = thresholds;
         if state.verdict.label() != judgement.verdict.label() {
             state.since = now;
             let slice_label = slice.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(",");
@@ -302,6 +349,35 @@ impl RuleEngine {
             record,
             at: now,
         })
+    }
+
+    /// e-BH across every slice with sequential evidence: a breach that rests on sequential
+    /// conditions alone stands only if e-BH at the condition's alpha rejects this slice among
+    /// all of them, which bounds the expected share of false kills among all kills by alpha.
+    fn apply_fdr(&mut self, slice: &SliceKey, judgement: &mut Judgement) {
+        match judgement.sequential_evidence {
+            Some(e) => {
+                self.evidence.insert(slice.clone(), e);
+            }
+            None => {
+                self.evidence.remove(slice);
+            }
+        }
+        let Some((_, alpha)) = judgement.sequential_evidence else { return };
+        if !self.settings.sequential_fdr || judgement.verdict != Verdict::Breached || judgement.absolute_breach || self.evidence.len() < 2 {
+            return;
+        }
+        let keys: Vec<&SliceKey> = self.evidence.keys().collect();
+        let values: Vec<f64> = keys.iter().map(|k| self.evidence[*k].0).collect();
+        let rejected = crate::stats::e_bh(&values, alpha);
+        let mine = keys.iter().position(|k| *k == slice).is_some_and(|i| rejected[i]);
+        judgement.record["fdr"] = serde_json::json!({ "procedure": "e-BH", "alpha": alpha, "series": values.len(), "rejected": mine });
+        if !mine {
+            let why = format!("sequential evidence not yet strong enough across {} guarded slices (e-BH at {alpha})", values.len());
+            judgement.record["verdict"] = Value::String("inconclusive".into());
+            judgement.record["reason"] = Value::String(why.clone());
+            judgement.verdict = Verdict::Inconclusive(why);
+        }
     }
 
     fn unflagged_baseline(&self, rule: &Rule, slice: &SliceKey, aggregator: &Aggregator, since: Timestamp) -> Summary {

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::{Condition, Rule};
 use crate::aggregate::Summary;
+use crate::stats::{Arms, Msprt, msprt};
 
 /// A slice's verdict.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +45,10 @@ pub struct Judgement {
     pub incident: bool,
     /// Inputs, thresholds, observed values and sample sizes.
     pub record: Value,
+    /// The largest e-value (mSPRT statistic) of the sequential conditions, with their alpha.
+    pub sequential_evidence: Option<(f64, f64)>,
+    /// A window or burn-rate condition is breached (not only a sequential one).
+    pub absolute_breach: bool,
 }
 
 /// Which baseline the treatment is compared with.
@@ -57,6 +62,7 @@ fn observe(condition: &Condition, s: &Summary) -> Option<f64> {
     match condition {
         Condition::ErrorRateAbove(_) => s.error_rate(),
         Condition::LatencyAbove { quantile, .. } => s.quantile_ms(*quantile),
+        _ => None,
     }
 }
 
@@ -82,44 +88,150 @@ pub fn arm(s: &Summary) -> Value {
     })
 }
 
-/// Judges a slice's treatment arm, against `baseline` when given.
-pub fn judge(rule: &Rule, treatment: &Summary, baseline: Option<(BaselineKind, &Summary)>) -> Judgement {
-    let mut conditions = Vec::new();
-    let mut any_breached = false;
-    let mut all_breaches_shared = true;
-    let baseline_usable = baseline.filter(|(_, b)| b.requests >= rule.min_samples);
-    for condition in &rule.when {
-        let observed = observe(condition, treatment);
-        let breached = treatment.requests >= rule.min_samples && breaches(condition, observed);
-        let baseline_observed = baseline_usable.and_then(|(_, b)| observe(condition, b));
-        let shared = breached && baseline_usable.is_some() && breaches(condition, baseline_observed);
-        if breached {
-            any_breached = true;
-            all_breaches_shared &= shared;
-        }
-        conditions.push(json!({
-            "condition": condition.describe(),
-            "observed": observed,
-            "breached": breached,
-            "baseline_observed": baseline_observed,
-            "baseline_breached": shared,
-        }));
+/// One burn-rate window pair of the treatment (and of the baseline, when known).
+#[derive(Clone, Debug)]
+pub struct BurnWindows {
+    pub long: Summary,
+    pub short: Summary,
+    pub baseline: Option<(Summary, Summary)>,
+}
+
+/// Everything a slice's judgement reads, prepared by the engine from the windows.
+pub struct Inputs<'a> {
+    /// The treatment over the rule's window.
+    pub treatment: &'a Summary,
+    /// The baseline over the rule's window: the control arm, or the unflagged traffic.
+    pub baseline: Option<(BaselineKind, &'a Summary)>,
+    /// Since the slice was first seen: (treatment, control). Sequential conditions need it.
+    pub cumulative: Option<(&'a Summary, &'a Summary)>,
+    /// Per condition: the fixed threshold (ms) of a `LatencyAboveControl`, once the control's
+    /// baseline is established.
+    pub thresholds: &'a [Option<f64>],
+    /// Per condition: for a `BurnRate`, one entry per window pair.
+    pub burn: &'a [Vec<BurnWindows>],
+}
+
+impl<'a> Inputs<'a> {
+    /// Inputs of absolute conditions only.
+    pub fn window(treatment: &'a Summary, baseline: Option<(BaselineKind, &'a Summary)>) -> Self {
+        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[] }
     }
-    let (verdict, incident) = if treatment.requests == 0 {
-        (Verdict::NoData, false)
-    } else if treatment.requests < rule.min_samples {
-        (Verdict::Inconclusive(format!("{} of {} samples in the window", treatment.requests, rule.min_samples)), false)
-    } else if !any_breached {
-        (Verdict::Healthy, false)
-    } else if all_breaches_shared {
+}
+
+enum Outcome {
+    Breached { shared: bool },
+    Fine,
+    Insufficient(String),
+}
+
+/// Judges a slice. Absolute and burn-rate conditions read the window and are checked against
+/// the baseline (blast radius); sequential ones compare the arms since the slice was first seen.
+pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
+    let treatment = inputs.treatment;
+    let baseline_usable = inputs.baseline.filter(|(_, b)| b.requests >= rule.min_samples);
+    let mut conditions = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut sequential_evidence: Option<(f64, f64)> = None;
+    for (i, condition) in rule.when.iter().enumerate() {
+        let (outcome, detail) = match condition {
+            Condition::ErrorRateAbove(_) | Condition::LatencyAbove { .. } => {
+                let observed = observe(condition, treatment);
+                let baseline_observed = baseline_usable.and_then(|(_, b)| observe(condition, b));
+                let outcome = if treatment.requests < rule.min_samples {
+                    Outcome::Insufficient(format!("{} of {} samples in the window", treatment.requests, rule.min_samples))
+                } else if breaches(condition, observed) {
+                    Outcome::Breached { shared: baseline_usable.is_some() && breaches(condition, baseline_observed) }
+                } else {
+                    Outcome::Fine
+                };
+                (outcome, json!({ "observed": observed, "baseline_observed": baseline_observed }))
+            }
+            Condition::ErrorRateAboveControl { margin, alpha, tau } => match inputs.cumulative {
+                Some((t, c)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
+                    let arms = Arms { treatment_n: t.requests, treatment_x: t.errors, control_n: c.requests, control_x: c.errors };
+                    let test = msprt(arms, *margin, *alpha, *tau);
+                    sequential_evidence = Some(sequential_evidence.map_or((test.statistic, *alpha), |(e, a)| (e.max(test.statistic), a.min(*alpha))));
+                    (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, sequential_record(&test, arms, *margin, "error rate"))
+                }
+                Some((t, c)) => (Outcome::Insufficient(format!("{} treatment and {} control samples since the slice started, {} each needed", t.requests, c.requests, rule.min_samples)), Value::Null),
+                None => (Outcome::Insufficient("no cumulative data".into()), Value::Null),
+            },
+            Condition::LatencyAboveControl { alpha, .. } => match (inputs.cumulative, inputs.thresholds.get(i).copied().flatten()) {
+                (Some((t, c)), Some(threshold_ms)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
+                    let above = |s: &Summary| s.latency.len().saturating_sub(s.latency.count_between(0, (threshold_ms * 1000.0) as u64));
+                    let arms = Arms { treatment_n: t.latency.len(), treatment_x: above(t), control_n: c.latency.len(), control_x: above(c) };
+                    let test = msprt(arms, 0.0, *alpha, 0.02);
+                    sequential_evidence = Some(sequential_evidence.map_or((test.statistic, *alpha), |(e, a)| (e.max(test.statistic), a.min(*alpha))));
+                    let mut record = sequential_record(&test, arms, 0.0, "share of requests slower than the threshold");
+                    record["threshold_ms"] = json!(threshold_ms);
+                    (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, record)
+                }
+                (_, None) => (Outcome::Insufficient(format!("the control's latency baseline needs {} samples first", rule.min_samples)), Value::Null),
+                (Some((t, c)), _) => (Outcome::Insufficient(format!("{} treatment and {} control samples since the slice started, {} each needed", t.requests, c.requests, rule.min_samples)), Value::Null),
+                (None, _) => (Outcome::Insufficient("no cumulative data".into()), Value::Null),
+            },
+            Condition::BurnRate { objective, windows } => {
+                let budget = 1.0 - objective;
+                let pairs = inputs.burn.get(i).map(Vec::as_slice).unwrap_or(&[]);
+                let burn = |s: &Summary| s.error_rate().map(|r| r / budget);
+                let mut details = Vec::new();
+                let (mut usable_any, mut hot_shared): (bool, Vec<bool>) = (false, Vec::new());
+                for (pair, (long, short, factor)) in pairs.iter().zip(windows) {
+                    let (bl, bs) = (burn(&pair.long), burn(&pair.short));
+                    let hot = |l: Option<f64>, s: Option<f64>| l.is_some_and(|l| l >= *factor) && s.is_some_and(|s| s >= *factor);
+                    let usable = pair.long.requests >= rule.min_samples;
+                    let baseline_hot = pair.baseline.as_ref().filter(|(l, _)| l.requests >= rule.min_samples).is_some_and(|(l, s)| hot(burn(l), burn(s)));
+                    usable_any |= usable;
+                    if usable && hot(bl, bs) {
+                        hot_shared.push(baseline_hot);
+                    }
+                    details.push(json!({ "long": humantime::format_duration(*long).to_string(), "short": humantime::format_duration(*short).to_string(), "factor": factor,
+                        "burn_long": bl, "burn_short": bs, "requests_long": pair.long.requests, "baseline_hot": baseline_hot }));
+                }
+                let outcome = if !hot_shared.is_empty() {
+                    Outcome::Breached { shared: hot_shared.iter().all(|b| *b) }
+                } else if usable_any {
+                    Outcome::Fine
+                } else {
+                    Outcome::Insufficient(format!("fewer than {} samples in the long burn-rate windows", rule.min_samples))
+                };
+                (outcome, json!({ "budget": budget, "windows": details }))
+            }
+        };
+        let (breached, shared, insufficient) = match &outcome {
+            Outcome::Breached { shared } => (true, *shared, None),
+            Outcome::Fine => (false, false, None),
+            Outcome::Insufficient(why) => (false, false, Some(why.clone())),
+        };
+        let mut entry = json!({ "condition": condition.describe(), "breached": breached, "baseline_breached": shared, "insufficient": insufficient });
+        if let Value::Object(extra) = detail {
+            for (k, v) in extra {
+                entry[k] = v;
+            }
+        }
+        conditions.push(entry);
+        outcomes.push(outcome);
+    }
+    let breached: Vec<bool> = outcomes.iter().filter_map(|o| if let Outcome::Breached { shared } = o { Some(*shared) } else { None }).collect();
+    let cumulative_requests = inputs.cumulative.map_or(0, |(t, _)| t.requests);
+    let (verdict, incident) = if breached.iter().any(|shared| !shared) {
+        (Verdict::Breached, false)
+    } else if !breached.is_empty() {
         let kind = match baseline_usable.map(|(k, _)| k) {
             Some(BaselineKind::Control) => "control",
             _ => "unflagged traffic",
         };
         (Verdict::Inconclusive(format!("the {kind} of this slice breaches too: a service-wide problem, not this flag")), true)
+    } else if outcomes.iter().any(|o| matches!(o, Outcome::Fine)) {
+        (Verdict::Healthy, false)
+    } else if treatment.requests == 0 && cumulative_requests == 0 {
+        (Verdict::NoData, false)
     } else {
-        (Verdict::Breached, false)
+        let why = outcomes.iter().find_map(|o| if let Outcome::Insufficient(w) = o { Some(w.clone()) } else { None }).unwrap_or_default();
+        (Verdict::Inconclusive(why), false)
     };
+    // Whether a window or burn-rate condition (not only a sequential one) is breached.
+    let absolute_breach = rule.when.iter().zip(&outcomes).any(|(c, o)| !c.is_sequential() && matches!(o, Outcome::Breached { shared: false }));
     let record = json!({
         "rule": rule.name,
         "verdict": verdict.label(),
@@ -127,14 +239,35 @@ pub fn judge(rule: &Rule, treatment: &Summary, baseline: Option<(BaselineKind, &
         "window": humantime::format_duration(rule.window).to_string(),
         "min_samples": rule.min_samples,
         "treatment": { "variants": rule.treatment, "stats": arm(treatment) },
-        "baseline": baseline.map(|(kind, b)| json!({
+        "baseline": inputs.baseline.map(|(kind, b)| json!({
             "kind": match kind { BaselineKind::Control => "control", BaselineKind::Unflagged => "unflagged" },
             "variant": rule.control,
             "stats": arm(b),
         })),
+        "cumulative": inputs.cumulative.map(|(t, c)| json!({ "treatment": arm(t), "control": arm(c) })),
         "conditions": conditions,
     });
-    Judgement { verdict, incident, record }
+    Judgement { verdict, incident, record, sequential_evidence, absolute_breach }
+}
+
+/// The decision record of one sequential test: what the on-call engineer needs to see why it
+/// fired (test, statistic, boundary, samples, effect and its interval).
+fn sequential_record(test: &Msprt, arms: Arms, margin: f64, what: &str) -> Value {
+    json!({
+        "test": format!("mSPRT, difference of proportions ({what}), anytime-valid"),
+        "statistic": test.statistic,
+        "boundary": test.boundary,
+        "effect": test.effect,
+        "interval": [test.interval.0, test.interval.1],
+        "margin": margin,
+        "samples": { "treatment": arms.treatment_n, "control": arms.control_n },
+        "events": { "treatment": arms.treatment_x, "control": arms.control_x },
+    })
+}
+
+/// Judges absolute conditions over the window only (tests, simple callers).
+pub fn judge_window(rule: &Rule, treatment: &Summary, baseline: Option<(BaselineKind, &Summary)>) -> Judgement {
+    judge(rule, &Inputs::window(treatment, baseline))
 }
 
 #[cfg(test)]
@@ -188,7 +321,7 @@ mod tests {
             Case("latency under", summary(200, 0, 700_000), "healthy"),
         ];
         for Case(name, treatment, want) in cases {
-            let j = judge(&r, &treatment, Some((BaselineKind::Control, &healthy_control)));
+            let j = judge_window(&r, &treatment, Some((BaselineKind::Control, &healthy_control)));
             assert_eq!(j.verdict.label(), want, "{name}: {}", j.record);
             assert!(!j.incident, "{name}");
         }
@@ -198,18 +331,18 @@ mod tests {
     fn a_breaching_baseline_makes_it_an_incident_not_a_kill() {
         let r = rule(vec![Condition::ErrorRateAbove(0.05)]);
         let bad = summary(1000, 400, 1000);
-        let j = judge(&r, &summary(200, 80, 1000), Some((BaselineKind::Control, &bad)));
+        let j = judge_window(&r, &summary(200, 80, 1000), Some((BaselineKind::Control, &bad)));
         assert_eq!(j.verdict.label(), "inconclusive");
         assert!(j.incident);
         // A baseline with too few samples cannot excuse the treatment.
-        let j = judge(&r, &summary(200, 80, 1000), Some((BaselineKind::Unflagged, &summary(10, 10, 1000))));
+        let j = judge_window(&r, &summary(200, 80, 1000), Some((BaselineKind::Unflagged, &summary(10, 10, 1000))));
         assert_eq!(j.verdict, Verdict::Breached);
     }
 
     #[test]
     fn the_record_names_inputs_and_thresholds() {
         let r = rule(vec![Condition::ErrorRateAbove(0.05)]);
-        let j = judge(&r, &summary(200, 80, 1000), None);
+        let j = judge_window(&r, &summary(200, 80, 1000), None);
         assert_eq!(j.record["treatment"]["stats"]["requests"], 200);
         assert_eq!(j.record["conditions"][0]["condition"], "error_rate > 0.05");
         assert_eq!(j.record["conditions"][0]["observed"], 0.4);

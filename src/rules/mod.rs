@@ -46,10 +46,18 @@ impl fmt::Display for RuleError {
 /// A condition that breaches a slice.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
-    /// errors / requests > threshold.
+    /// errors / requests > threshold, over the window.
     ErrorRateAbove(f64),
-    /// latency quantile (ms) > threshold.
+    /// latency quantile (ms) > threshold, over the window.
     LatencyAbove { quantile: f64, above_ms: f64 },
+    /// Sequential: p_treatment − p_control > margin at confidence 1 − alpha (mSPRT), on the data
+    /// since the slice was first seen.
+    ErrorRateAboveControl { margin: f64, alpha: f64, tau: f64 },
+    /// Sequential: the treatment's share of requests slower than (control's baseline quantile ×
+    /// ratio) exceeds the control's share, at confidence 1 − alpha.
+    LatencyAboveControl { quantile: f64, ratio: f64, alpha: f64 },
+    /// Multi-window multi-burn-rate on the error budget of `objective`.
+    BurnRate { objective: f64, windows: Vec<(Duration, Duration, f64)> },
 }
 
 impl Condition {
@@ -57,7 +65,18 @@ impl Condition {
         match self {
             Condition::ErrorRateAbove(t) => format!("error_rate > {t}"),
             Condition::LatencyAbove { quantile, above_ms } => format!("p{} > {above_ms}ms", quantile * 100.0),
+            Condition::ErrorRateAboveControl { margin, alpha, .. } => format!("error_rate > control + {margin} (confidence {})", 1.0 - alpha),
+            Condition::LatencyAboveControl { quantile, ratio, alpha } => format!("p{} > {ratio} x control's (confidence {})", quantile * 100.0, 1.0 - alpha),
+            Condition::BurnRate { objective, windows } => format!(
+                "burn rate of {objective} objective: {}",
+                windows.iter().map(|(l, s, f)| format!("{}/{} >= {f}x", humantime::format_duration(*l), humantime::format_duration(*s))).collect::<Vec<_>>().join(" or ")
+            ),
         }
+    }
+
+    /// Sequential conditions compare the arms on all data since the slice was first seen.
+    pub fn is_sequential(&self) -> bool {
+        matches!(self, Condition::ErrorRateAboveControl { .. } | Condition::LatencyAboveControl { .. })
     }
 }
 
@@ -234,6 +253,15 @@ fn validate_alert(shape: AlertMappingShape, err: &mut impl FnMut(&str, String), 
     ok.then_some(AlertMapping { name: shape.name, source: shape.source, matches: shape.matches, kill: shape.kill, mode: shape.mode })
 }
 
+/// Reads a confidence (default 0.99) as alpha = 1 − confidence.
+fn confidence(field: &str, value: Option<f64>, fail: &mut impl FnMut(&str, String)) -> f64 {
+    let c = value.unwrap_or(0.99);
+    if !(0.5..=0.9999).contains(&c) {
+        fail(field, format!("must be in [0.5, 0.9999], got {c}"));
+    }
+    1.0 - c
+}
+
 fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BTreeSet<String>) -> Option<Rule> {
     let mut ok = true;
     let mut fail = |field: &str, message: String| {
@@ -275,22 +303,76 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
     let mut when = Vec::new();
     for (i, condition) in shape.when.iter().enumerate() {
         match condition {
-            ConditionShape { error_rate: Some(e), latency: None } => {
-                if !(0.0..1.0).contains(&e.above) {
-                    fail(&format!("when[{i}].error_rate.above"), format!("must be in [0, 1), got {}", e.above));
+            ConditionShape { error_rate: Some(e), latency: None, burn_rate: None } => {
+                let alpha = confidence(&format!("when[{i}].error_rate.confidence"), e.confidence, &mut fail);
+                match (e.above, e.above_control_by) {
+                    (Some(above), None) => {
+                        if !(0.0..1.0).contains(&above) {
+                            fail(&format!("when[{i}].error_rate.above"), format!("must be in [0, 1), got {above}"));
+                        }
+                        if e.confidence.is_some() || e.tau.is_some() {
+                            fail(&format!("when[{i}].error_rate.confidence"), "confidence and tau go with above_control_by".into());
+                        }
+                        when.push(Condition::ErrorRateAbove(above));
+                    }
+                    (None, Some(margin)) => {
+                        if !(0.0..1.0).contains(&margin) {
+                            fail(&format!("when[{i}].error_rate.above_control_by"), format!("must be in [0, 1), got {margin}"));
+                        }
+                        if shape.control.is_none() {
+                            fail(&format!("when[{i}].error_rate.above_control_by"), "needs the rule's control variant".into());
+                        }
+                        let tau = e.tau.unwrap_or(margin.max(0.005));
+                        if !(tau > 0.0 && tau < 1.0) {
+                            fail(&format!("when[{i}].error_rate.tau"), format!("must be in (0, 1), got {tau}"));
+                        }
+                        when.push(Condition::ErrorRateAboveControl { margin, alpha, tau });
+                    }
+                    _ => fail(&format!("when[{i}].error_rate"), "needs exactly one of above, above_control_by".into()),
                 }
-                when.push(Condition::ErrorRateAbove(e.above));
             }
-            ConditionShape { latency: Some(l), error_rate: None } => {
+            ConditionShape { latency: Some(l), error_rate: None, burn_rate: None } => {
                 if !(l.quantile > 0.0 && l.quantile < 1.0) {
                     fail(&format!("when[{i}].latency.quantile"), format!("must be in (0, 1), got {}", l.quantile));
                 }
-                if l.above_ms <= 0.0 || !l.above_ms.is_finite() {
-                    fail(&format!("when[{i}].latency.above_ms"), format!("must be positive, got {}", l.above_ms));
+                let alpha = confidence(&format!("when[{i}].latency.confidence"), l.confidence, &mut fail);
+                match (l.above_ms, l.above_control_ratio) {
+                    (Some(above_ms), None) => {
+                        if above_ms <= 0.0 || !above_ms.is_finite() {
+                            fail(&format!("when[{i}].latency.above_ms"), format!("must be positive, got {above_ms}"));
+                        }
+                        when.push(Condition::LatencyAbove { quantile: l.quantile, above_ms });
+                    }
+                    (None, Some(ratio)) => {
+                        if !(ratio > 1.0 && ratio.is_finite()) {
+                            fail(&format!("when[{i}].latency.above_control_ratio"), format!("must be above 1, got {ratio}"));
+                        }
+                        if shape.control.is_none() {
+                            fail(&format!("when[{i}].latency.above_control_ratio"), "needs the rule's control variant".into());
+                        }
+                        when.push(Condition::LatencyAboveControl { quantile: l.quantile, ratio, alpha });
+                    }
+                    _ => fail(&format!("when[{i}].latency"), "needs exactly one of above_ms, above_control_ratio".into()),
                 }
-                when.push(Condition::LatencyAbove { quantile: l.quantile, above_ms: l.above_ms });
             }
-            _ => fail(&format!("when[{i}]"), "each condition needs exactly one of error_rate, latency".into()),
+            ConditionShape { burn_rate: Some(b), error_rate: None, latency: None } => {
+                if !(b.objective > 0.5 && b.objective < 1.0) {
+                    fail(&format!("when[{i}].burn_rate.objective"), format!("must be in (0.5, 1), got {}", b.objective));
+                }
+                if b.windows.is_empty() {
+                    fail(&format!("when[{i}].burn_rate.windows"), "needs at least one [long, short, factor]".into());
+                }
+                let mut windows = Vec::new();
+                for (j, (long, short, factor)) in b.windows.iter().enumerate() {
+                    let field = format!("when[{i}].burn_rate.windows[{j}]");
+                    match (humantime::parse_duration(long), humantime::parse_duration(short)) {
+                        (Ok(l), Ok(s)) if s < l && l <= Duration::from_secs(6 * 3600) && s >= Duration::from_secs(10) && *factor > 0.0 => windows.push((l, s, *factor)),
+                        _ => fail(&field, format!("needs [long, short, factor] with 10s <= short < long <= 6h and factor > 0, got [{long}, {short}, {factor}]")),
+                    }
+                }
+                when.push(Condition::BurnRate { objective: b.objective, windows });
+            }
+            _ => fail(&format!("when[{i}]"), "each condition needs exactly one of error_rate, latency, burn_rate".into()),
         }
     }
     if shape.window < Duration::from_secs(10) || shape.window > Duration::from_secs(6 * 3600) {

@@ -25,7 +25,7 @@ fn rule(name: &str, flag: &str, service: &str) -> Rule {
 }
 
 fn settings() -> EngineSettings {
-    EngineSettings { stale_after: Duration::from_secs(300), max_concurrent_kills: 1, incident_window: Duration::from_secs(600) }
+    EngineSettings { sequential_fdr: true, stale_after: Duration::from_secs(300), max_concurrent_kills: 1, incident_window: Duration::from_secs(600) }
 }
 
 fn feed(agg: &mut Aggregator, flag: &str, variant: &str, region: &str, n: u64, errors: u64, at: Timestamp) {

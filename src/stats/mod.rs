@@ -1,0 +1,139 @@
+//! Sequential statistics that stay valid when checked after every observation.
+//!
+//! - [`msprt`]: a mixture sequential probability ratio test (mSPRT; Robbins 1970, Johari,
+//!   Pekelis & Walsh 2017 "Always valid inference") for the difference of two proportions,
+//!   `p_treatment − p_control`, against a margin `δ`, under the normal approximation of the
+//!   difference of the two sample proportions. Its statistic Λ is an e-process: comparing it
+//!   with `1/α` at every tick keeps the false-positive rate at most `α` however often one
+//!   looks; inverting it gives a confidence sequence for the effect.
+//! - [`e_bh`]: the e-BH procedure (Wang & Ramdas 2022) that turns one e-value per guarded
+//!   series into rejections with the false discovery rate controlled at `α` across them,
+//!   whatever their dependence.
+//! - [`binomial_upper`]: an exact one-sided upper bound of a binomial proportion, used by the
+//!   tests that check false-kill rates.
+
+/// Successes (errors, slow requests) out of trials, per arm.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Arms {
+    pub treatment_n: u64,
+    pub treatment_x: u64,
+    pub control_n: u64,
+    pub control_x: u64,
+}
+
+/// One mSPRT evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Msprt {
+    /// Λ: the mixture likelihood ratio of H1 against θ = margin (an e-value).
+    pub statistic: f64,
+    /// 1/α: H0 is rejected when Λ reaches it with the effect above the margin.
+    pub boundary: f64,
+    /// θ̂ = p̂_t − p̂_c.
+    pub effect: f64,
+    /// The (1 − α) confidence sequence for θ at this time.
+    pub interval: (f64, f64),
+    /// H0 (θ ≤ margin) rejected: the treatment is worse than the control by more than the margin.
+    pub rejected: bool,
+}
+
+/// Runs the mSPRT of H0: `p_t − p_c ≤ margin` with mixing variance `tau²`.
+///
+/// Proportions are estimated with half a pseudo-count so that zero errors still give a positive
+/// variance. Until both arms have at least one trial the statistic is 1 (no evidence).
+pub fn msprt(arms: Arms, margin: f64, alpha: f64, tau: f64) -> Msprt {
+    let boundary = 1.0 / alpha;
+    if arms.treatment_n == 0 || arms.control_n == 0 {
+        return Msprt { statistic: 1.0, boundary, effect: 0.0, interval: (-1.0, 1.0), rejected: false };
+    }
+    let p = |x: u64, n: u64| (x as f64 + 0.5) / (n as f64 + 1.0);
+    let (pt, pc) = (p(arms.treatment_x, arms.treatment_n), p(arms.control_x, arms.control_n));
+    let effect = arms.treatment_x as f64 / arms.treatment_n as f64 - arms.control_x as f64 / arms.control_n as f64;
+    let v = pt * (1.0 - pt) / arms.treatment_n as f64 + pc * (1.0 - pc) / arms.control_n as f64;
+    let t2 = tau * tau;
+    let d = effect - margin;
+    let log_lambda = 0.5 * (v / (v + t2)).ln() + t2 * d * d / (2.0 * v * (v + t2));
+    let statistic = log_lambda.min(700.0).exp();
+    // Inverting Λ(θ0) < 1/α gives |θ̂ − θ0| < w.
+    let w = ((2.0 * v * (v + t2) / t2) * (boundary.ln() + 0.5 * ((v + t2) / v).ln())).max(0.0).sqrt();
+    let interval = (effect - w, effect + w);
+    Msprt { statistic, boundary, effect, interval, rejected: interval.0 > margin }
+}
+
+/// e-BH at level `alpha`: which of the e-values are rejected. With K e-values sorted from the
+/// largest, the largest k with `e_(k) ≥ K / (α k)` rejects the top k.
+pub fn e_bh(e_values: &[f64], alpha: f64) -> Vec<bool> {
+    let k_total = e_values.len();
+    let mut order: Vec<usize> = (0..k_total).collect();
+    order.sort_by(|&a, &b| e_values[b].total_cmp(&e_values[a]));
+    let mut cut = 0;
+    for (rank, &i) in order.iter().enumerate() {
+        let k = rank + 1;
+        if e_values[i] >= k_total as f64 / (alpha * k as f64) {
+            cut = k;
+        }
+    }
+    let mut rejected = vec![false; k_total];
+    for &i in &order[..cut] {
+        rejected[i] = true;
+    }
+    rejected
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
+}
+
+/// Lanczos approximation of ln Γ(x) for x > 0 (accurate to ~1e-13).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, p).
+pub fn binomial_tail(n: u64, k: u64, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if p <= 0.0 {
+        return 0.0;
+    }
+    (k..=n).map(|i| (ln_choose(n, i) + i as f64 * p.ln() + (n - i) as f64 * (1.0 - p).ln()).exp()).sum::<f64>().min(1.0)
+}
+
+/// The exact (Clopper–Pearson) one-sided upper confidence bound at level `1 − beta` of a
+/// binomial proportion after `k` successes in `n` trials.
+pub fn binomial_upper(n: u64, k: u64, beta: f64) -> f64 {
+    if k >= n {
+        return 1.0;
+    }
+    // P(X ≤ k | p) decreases in p: find p with P(X ≤ k) = beta by bisection.
+    let (mut lo, mut hi) = (k as f64 / n as f64, 1.0);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        let cdf = 1.0 - binomial_tail(n, k + 1, mid);
+        if cdf > beta { lo = mid } else { hi = mid }
+    }
+    hi
+}
+
+#[cfg(test)]
+mod tests;

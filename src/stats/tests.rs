@@ -1,0 +1,52 @@
+use super::*;
+
+#[test]
+fn no_difference_is_no_evidence() {
+    let m = msprt(Arms { treatment_n: 1000, treatment_x: 10, control_n: 1000, control_x: 10 }, 0.0, 0.01, 0.01);
+    assert!(!m.rejected);
+    assert!(m.statistic < 1.0);
+    assert!(m.interval.0 < 0.0 && m.interval.1 > 0.0);
+}
+
+#[test]
+fn a_large_difference_is_rejected_and_the_interval_excludes_the_margin() {
+    let m = msprt(Arms { treatment_n: 2000, treatment_x: 200, control_n: 2000, control_x: 20 }, 0.01, 0.01, 0.02);
+    assert!(m.rejected, "{m:?}");
+    assert!(m.statistic >= m.boundary);
+    assert!((m.effect - 0.09).abs() < 1e-9);
+    assert!(m.interval.0 > 0.01 && m.interval.1 > m.effect);
+}
+
+#[test]
+fn the_margin_protects_small_effects() {
+    // 1.5 points worse, with a 2-point margin: never rejected, however many samples.
+    let m = msprt(Arms { treatment_n: 1_000_000, treatment_x: 25_000, control_n: 1_000_000, control_x: 10_000 }, 0.02, 0.01, 0.01);
+    assert!(!m.rejected, "{m:?}");
+}
+
+#[test]
+fn rejection_matches_the_statistic_crossing_the_boundary() {
+    for x in 0..60 {
+        let m = msprt(Arms { treatment_n: 500, treatment_x: x, control_n: 500, control_x: 5 }, 0.0, 0.05, 0.02);
+        assert_eq!(m.rejected, m.statistic >= m.boundary * (1.0 - 1e-9) && m.effect > 0.0, "x={x}: {m:?}");
+    }
+}
+
+#[test]
+fn e_bh_rejects_by_rank() {
+    // K = 4, α = 0.1: thresholds 40, 20, 13.3, 10 for ranks 1..4.
+    assert_eq!(e_bh(&[50.0, 1.0, 25.0, 2.0], 0.1), vec![true, false, true, false]);
+    assert_eq!(e_bh(&[39.0, 1.0, 1.0, 1.0], 0.1), vec![false; 4]);
+    assert_eq!(e_bh(&[11.0, 11.0, 11.0, 11.0], 0.1), vec![true; 4]);
+    assert!(e_bh(&[], 0.1).is_empty());
+}
+
+#[test]
+fn binomial_helpers() {
+    assert!((binomial_tail(10, 1, 0.5) - (1.0 - 0.5f64.powi(10))).abs() < 1e-12);
+    assert!((binomial_tail(20, 0, 0.3) - 1.0).abs() < 1e-12);
+    // 0 successes in 200: the 95 % upper bound is about 3/200 ("rule of three").
+    let u = binomial_upper(200, 0, 0.05);
+    assert!((u - 0.0149).abs() < 0.0005, "{u}");
+    assert!(binomial_upper(100, 10, 0.05) > 0.1);
+}
