@@ -147,12 +147,20 @@ impl App {
         let (command_tx, command_rx) = mpsc::channel(16);
         let ready = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
-        let ingest = Arc::new(Ingest::new(
+        let mut ingest = Ingest::new(
             batch_tx,
             ExtractOptions { flag_attribute_prefixes: file.otlp.flag_attribute_prefixes.clone() },
             file.otlp.retry_after,
             metrics.clone(),
-        ));
+        );
+        if let Some(dir) = &file.record.dir {
+            let settings = crate::ingest::record::RecordSettings { dir: dir.clone(), file_bytes: file.record.file_bytes, max_bytes: file.record.max_bytes };
+            match crate::ingest::record::Recorder::start(settings) {
+                Ok(recorder) => ingest = ingest.with_recorder(recorder, clock.clone()),
+                Err(e) => tracing::error!(error = %e, dir = %dir.display(), "cannot record OTLP requests"),
+            }
+        }
+        let ingest = Arc::new(ingest);
 
         let _ = store.audit(&AuditEntry {
             at: clock.now(),

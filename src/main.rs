@@ -29,6 +29,24 @@ enum Command {
         /// How long shutdown may take before in-flight work is left to the outbox.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// Record accepted OTLP requests with their arrival times into this directory (for replay).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Replays recorded OTLP through the rules (dry-run) and prints a deterministic timeline.
+    Replay {
+        /// Rules directory.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Configuration whose correlation, window and guard settings are used (default: defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// When the incident started (RFC 3339 or epoch ms): detection delays are printed.
+        #[arg(long)]
+        incident_start: Option<String>,
+        /// Recording files (`*.otlprec`), in order.
+        #[arg(required = true)]
+        recordings: Vec<PathBuf>,
     },
     /// Validates the configuration and the rule files (exit 0 valid, 1 invalid rules, 64 bad config).
     Check {
@@ -36,6 +54,24 @@ enum Command {
         config: Option<PathBuf>,
         /// Rules directory (default: the configuration's rules_dir).
         rules: Option<PathBuf>,
+    },
+    /// Simulates rollouts through the real rule engine and prints the statistics table.
+    Simulate {
+        /// Rollouts per scenario.
+        #[arg(long, default_value_t = 1000)]
+        runs: u64,
+        /// First random seed (each rollout adds its index).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long each A/A rollout is watched.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        horizon: Duration,
+        /// Slices guarded at once in the family-wise scenario.
+        #[arg(long, default_value_t = 100)]
+        family_series: usize,
+        /// Rollouts of the family-wise scenario.
+        #[arg(long, default_value_t = 50)]
+        family_runs: u64,
     },
     /// Runs a whole rollback on embedded defaults: traffic, a regression, the rule, the kill.
     Demo {
@@ -52,7 +88,12 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
-        Command::Serve { config, grace } => serve(config, grace),
+        Command::Simulate { runs, seed, horizon, family_series, family_runs } => {
+            print!("{}", flagguard::cli::simulate::report(runs, seed, horizon.as_secs(), family_series, family_runs));
+            0
+        }
+        Command::Serve { config, grace, record } => serve(config, grace, record),
+        Command::Replay { rules, config, incident_start, recordings } => replay(rules, config, incident_start, recordings),
         Command::Demo { keep, hold } => runtime().block_on(flagguard::cli::demo::run(keep, hold)),
     };
     std::process::exit(code);
@@ -63,7 +104,34 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the OS must allow creating the runtime's threads")
 }
 
-fn serve(config_path: Option<PathBuf>, grace: Duration) -> i32 {
+fn replay(rules: PathBuf, config_path: Option<PathBuf>, incident_start: Option<String>, recordings: Vec<PathBuf>) -> i32 {
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 64;
+        }
+    };
+    let incident_start = match incident_start.as_deref().map(flagguard::cli::replay::parse_time).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("--incident-start: {e}");
+            return 64;
+        }
+    };
+    match flagguard::cli::replay::replay(&config.file, &rules, &recordings, incident_start) {
+        Ok(timeline) => {
+            print!("{timeline}");
+            0
+        }
+        Err(e) => {
+            eprintln!("replay: {e}");
+            1
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>, grace: Duration, record: Option<PathBuf>) -> i32 {
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e @ (ConfigError::Load(_) | ConfigError::Invalid(_))) => {
@@ -71,6 +139,10 @@ fn serve(config_path: Option<PathBuf>, grace: Duration) -> i32 {
             return 64;
         }
     };
+    let mut config = config;
+    if record.is_some() {
+        config.file.record.dir = record;
+    }
     flagguard::telemetry::init_logging(config.file.log.format, &config.file.log.level);
     runtime().block_on(async move {
         let app = match App::build(config, Arc::new(SystemClock)).await {

@@ -127,7 +127,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     let now = self.clock.now();
                     let full = now.since(last_full) >= self.settings.snapshot_interval;
-                    self.on_tick(now, full);
+                    let _ = self.on_tick(now, full);
                     if full {
                         last_full = now;
                     }
@@ -156,7 +156,7 @@ impl Pipeline {
         while let Some(batch) = batches.recv().await {
             self.ingest(batch);
         }
-        self.on_tick(self.clock.now(), true);
+        let _ = self.on_tick(self.clock.now(), true);
     }
 
     /// Feeds one batch through the correlator into the windows.
@@ -172,7 +172,8 @@ impl Pipeline {
 
     /// Evicts idle traces, judges changed slices (all of them when `full`), submits decisions,
     /// and when `full` publishes a snapshot.
-    pub fn on_tick(&mut self, now: Timestamp, full: bool) {
+    pub fn on_tick(&mut self, now: Timestamp, full: bool) -> Vec<crate::rules::engine::Decision> {
+        let mut fired = Vec::new();
         self.correlator.evict_idle(now, &mut self.aggregator);
         let changed = self.aggregator.take_changed();
         if full || !changed.is_empty() {
@@ -192,11 +193,13 @@ impl Pipeline {
             if wake {
                 self.wake_executor.notify_one();
             }
+            fired = decisions;
         }
         if full {
             self.aggregator.drop_idle(now);
             self.publish(now);
         }
+        fired
     }
 
     fn publish(&mut self, now: Timestamp) {

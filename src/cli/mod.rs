@@ -3,4 +3,6 @@
 
 pub mod check;
 pub mod demo;
+pub mod replay;
+pub mod simulate;
 pub mod traffic;

@@ -27,6 +27,8 @@ pub struct ConfigFile {
     /// Flag systems flagguard may act on, by name (rules refer to them: `action: { kill: NAME }`).
     /// None by default: every action is then dry-run.
     pub actuators: BTreeMap<String, ActuatorConfig>,
+    /// Recording of accepted OTLP requests for `flagguard replay` (off unless `dir` is set).
+    pub record: RecordConfig,
     /// Alert webhook sources, by name (`alertmanager`, `grafana`, `datadog`, `newrelic`,
     /// `dynatrace`, `pagerduty`, `generic`). A source without a section is disabled (404).
     pub alerts: BTreeMap<String, AlertSourceConfig>,
@@ -45,6 +47,7 @@ impl Default for ConfigFile {
             api: ApiConfig::default(),
             log: LogConfig::default(),
             actuators: BTreeMap::new(),
+            record: RecordConfig::default(),
             alerts: BTreeMap::new(),
         }
     }
@@ -363,5 +366,23 @@ impl Default for AlertSourceConfig {
             max_body_bytes: 1024 * 1024,
             rate_per_minute: 600,
         }
+    }
+}
+
+/// `[record]`: record accepted OTLP requests with their arrival times (`serve --record DIR`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Directory of the recording files; recording is off when unset.
+    pub dir: Option<PathBuf>,
+    /// A file is rotated at this size, bytes. Default 64 MiB.
+    pub file_bytes: u64,
+    /// The oldest files are deleted beyond this total, bytes. Default 1 GiB.
+    pub max_bytes: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig { dir: None, file_bytes: 64 << 20, max_bytes: 1 << 30 }
     }
 }

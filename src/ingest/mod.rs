@@ -10,6 +10,7 @@ pub mod extract;
 pub mod grpc;
 pub mod http;
 pub mod otlp;
+pub mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,8 @@ impl Transport {
 /// The one entry point both transports call.
 pub struct Ingest {
     tx: mpsc::Sender<Batch>,
+    /// Optional recording of accepted requests (for `replay`), with the clock that stamps them.
+    recorder: Option<(record::Recorder, Arc<dyn crate::time::Clock>)>,
     options: ExtractOptions,
     retry_after: Duration,
     metrics: Arc<Metrics>,
@@ -74,17 +77,33 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(tx: mpsc::Sender<Batch>, options: ExtractOptions, retry_after: Duration, metrics: Arc<Metrics>) -> Self {
-        Ingest { tx, options, retry_after, metrics }
+        Ingest { tx, recorder: None, options, retry_after, metrics }
+    }
+
+    /// Records every accepted request from now on.
+    pub fn with_recorder(mut self, recorder: record::Recorder, clock: Arc<dyn crate::time::Clock>) -> Self {
+        self.recorder = Some((recorder, clock));
+        self
+    }
+
+    fn record(&self, signal: record::Signal, encode: impl FnOnce() -> Vec<u8>) {
+        if let Some((recorder, clock)) = &self.recorder {
+            recorder.record(record::Record { arrival: clock.now(), signal, protobuf: encode() });
+        }
     }
 
     pub fn accept_traces(&self, request: &ExportTraceServiceRequest, transport: Transport) -> Result<Accepted, IngestError> {
         let converted = otlp::convert_traces(request, &self.options);
-        self.accept(converted, "traces", transport)
+        let accepted = self.accept(converted, "traces", transport)?;
+        self.record(record::Signal::Traces, || prost::Message::encode_to_vec(request));
+        Ok(accepted)
     }
 
     pub fn accept_logs(&self, request: &ExportLogsServiceRequest, transport: Transport) -> Result<Accepted, IngestError> {
         let converted = otlp::convert_logs(request);
-        self.accept(converted, "logs", transport)
+        let accepted = self.accept(converted, "logs", transport)?;
+        self.record(record::Signal::Logs, || prost::Message::encode_to_vec(request));
+        Ok(accepted)
     }
 
     /// Records a request refused before conversion (decode errors, size, media type).

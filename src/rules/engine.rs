@@ -104,6 +104,8 @@ pub struct RuleEngine {
     started: Timestamp,
     /// The latest verdict changes (bounded by [`TRANSITIONS_KEPT`]).
     transitions: std::collections::VecDeque<TransitionView>,
+    /// Every verdict change, kept only when recording (replay).
+    recorded: Option<Vec<TransitionView>>,
     /// The latest sequential evidence (e-value, alpha) per slice, for e-BH across slices.
     evidence: HashMap<SliceKey, (f64, f64)>,
 }
@@ -132,6 +134,7 @@ impl RuleEngine {
             started: now,
             transitions: Default::default(),
             evidence: HashMap::new(),
+            recorded: None,
         }
     }
 
@@ -221,8 +224,7 @@ impl RuleEngine {
             }
             total
         };
-        let (started, mut thresholds) =
-            self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone())).unwrap_or((now, vec![None; rule.when.len()]));
+        let (started, mut thresholds) = self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone())).unwrap_or((now, vec![None; rule.when.len()]));
         let window_since = now.minus(rule.window);
         let treatment = sum(Role::Treatment, window_since);
         let control = sum(Role::Control, window_since);
@@ -289,6 +291,9 @@ impl RuleEngine {
                 from: state.verdict.label().into(),
                 to: judgement.verdict.label().into(),
             });
+            if let (Some(recorded), Some(last)) = (self.recorded.as_mut(), self.transitions.back()) {
+                recorded.push(last.clone());
+            }
             if self.transitions.len() > TRANSITIONS_KEPT {
                 self.transitions.pop_front();
             }
@@ -459,6 +464,16 @@ impl RuleEngine {
             .collect();
         views.sort_by(|a, b| (&a.rule, &a.flag, &a.slice).cmp(&(&b.rule, &b.flag, &b.slice)));
         views
+    }
+
+    /// Starts keeping every verdict change (replay), to be taken with [`Self::take_recorded`].
+    pub fn record_transitions(&mut self) {
+        self.recorded = Some(Vec::new());
+    }
+
+    /// The verdict changes since the last call (when recording).
+    pub fn take_recorded(&mut self) -> Vec<TransitionView> {
+        self.recorded.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The latest verdict changes, oldest first.

@@ -153,7 +153,13 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
                     sequential_evidence = Some(sequential_evidence.map_or((test.statistic, *alpha), |(e, a)| (e.max(test.statistic), a.min(*alpha))));
                     (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, sequential_record(&test, arms, *margin, "error rate"))
                 }
-                Some((t, c)) => (Outcome::Insufficient(format!("{} treatment and {} control samples since the slice started, {} each needed", t.requests, c.requests, rule.min_samples)), Value::Null),
+                Some((t, c)) => (
+                    Outcome::Insufficient(format!(
+                        "{} treatment and {} control samples since the slice started, {} each needed",
+                        t.requests, c.requests, rule.min_samples
+                    )),
+                    Value::Null,
+                ),
                 None => (Outcome::Insufficient("no cumulative data".into()), Value::Null),
             },
             Condition::LatencyAboveControl { alpha, .. } => match (inputs.cumulative, inputs.thresholds.get(i).copied().flatten()) {
@@ -167,7 +173,13 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
                     (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, record)
                 }
                 (_, None) => (Outcome::Insufficient(format!("the control's latency baseline needs {} samples first", rule.min_samples)), Value::Null),
-                (Some((t, c)), _) => (Outcome::Insufficient(format!("{} treatment and {} control samples since the slice started, {} each needed", t.requests, c.requests, rule.min_samples)), Value::Null),
+                (Some((t, c)), _) => (
+                    Outcome::Insufficient(format!(
+                        "{} treatment and {} control samples since the slice started, {} each needed",
+                        t.requests, c.requests, rule.min_samples
+                    )),
+                    Value::Null,
+                ),
                 (None, _) => (Outcome::Insufficient("no cumulative data".into()), Value::Null),
             },
             Condition::BurnRate { objective, windows } => {

@@ -69,7 +69,11 @@ impl Condition {
             Condition::LatencyAboveControl { quantile, ratio, alpha } => format!("p{} > {ratio} x control's (confidence {})", quantile * 100.0, 1.0 - alpha),
             Condition::BurnRate { objective, windows } => format!(
                 "burn rate of {objective} objective: {}",
-                windows.iter().map(|(l, s, f)| format!("{}/{} >= {f}x", humantime::format_duration(*l), humantime::format_duration(*s))).collect::<Vec<_>>().join(" or ")
+                windows
+                    .iter()
+                    .map(|(l, s, f)| format!("{}/{} >= {f}x", humantime::format_duration(*l), humantime::format_duration(*s)))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         }
     }
@@ -366,8 +370,12 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
                 for (j, (long, short, factor)) in b.windows.iter().enumerate() {
                     let field = format!("when[{i}].burn_rate.windows[{j}]");
                     match (humantime::parse_duration(long), humantime::parse_duration(short)) {
-                        (Ok(l), Ok(s)) if s < l && l <= Duration::from_secs(6 * 3600) && s >= Duration::from_secs(10) && *factor > 0.0 => windows.push((l, s, *factor)),
-                        _ => fail(&field, format!("needs [long, short, factor] with 10s <= short < long <= 6h and factor > 0, got [{long}, {short}, {factor}]")),
+                        (Ok(l), Ok(s)) if s < l && l <= Duration::from_secs(6 * 3600) && s >= Duration::from_secs(10) && *factor > 0.0 => {
+                            windows.push((l, s, *factor))
+                        }
+                        _ => {
+                            fail(&field, format!("needs [long, short, factor] with 10s <= short < long <= 6h and factor > 0, got [{long}, {short}, {factor}]"))
+                        }
                     }
                 }
                 when.push(Condition::BurnRate { objective: b.objective, windows });

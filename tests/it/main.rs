@@ -10,6 +10,7 @@ mod extraction;
 mod node_sdk;
 mod otlp_errors;
 mod python_sdk;
+mod replay;
 mod restart;
 mod support;
 mod webdriver;
