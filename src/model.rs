@@ -105,6 +105,9 @@ pub struct Evaluation {
     pub error_type: Option<Arc<str>>,
     /// The resource of the service that evaluated the flag (for exposure counts).
     pub dims: Dims,
+    /// A keyed hash of `feature_flag.context.id` (often personal data: the id itself is never
+    /// kept), for counting distinct users per arm (sample-ratio mismatch).
+    pub context: Option<u64>,
 }
 
 /// One request of one service: an entry span's outcome.

@@ -130,7 +130,8 @@ mod tests {
             let o = Outcome { trace: TraceId([1; 16]), span: SpanId([1; 8]), dims: dims(service), error, latency_us: 2000 };
             agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o, t);
         }
-        let e = Evaluation { trace: None, flag: FlagKey("f".into()), variant: Some(Variant("on".into())), error_type: None, dims: dims("checkout") };
+        let e =
+            Evaluation { trace: None, flag: FlagKey("f".into()), variant: Some(Variant("on".into())), error_type: None, dims: dims("checkout"), context: None };
         agg.exposure(&e, t);
         let h = history(
             &agg,

@@ -27,6 +27,9 @@ pub struct Aggregator {
     max_series: usize,
     series: HashMap<SeriesKey, Window>,
     unflagged: HashMap<Dims, Window>,
+    /// Distinct users (hashed `feature_flag.context.id`) per cohort since start, bounded per
+    /// cohort, for sample-ratio-mismatch checks.
+    users: HashMap<(FlagKey, Variant), crate::stats::distinct::Distinct>,
     /// Series touched since the rules last looked.
     changed: HashSet<SeriesKey>,
     overflow: u64,
@@ -34,7 +37,7 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(max_series: usize) -> Self {
-        Aggregator { max_series, series: HashMap::new(), unflagged: HashMap::new(), changed: HashSet::new(), overflow: 0 }
+        Aggregator { max_series, series: HashMap::new(), unflagged: HashMap::new(), users: HashMap::new(), changed: HashSet::new(), overflow: 0 }
     }
 
     pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &Window)> {
@@ -51,6 +54,11 @@ impl Aggregator {
 
     pub fn unflagged_iter(&self) -> impl Iterator<Item = (&Dims, &Window)> {
         self.unflagged.iter()
+    }
+
+    /// Estimated distinct users of a cohort since start (0 without context ids).
+    pub fn distinct_users(&self, flag: &FlagKey, variant: &str) -> f64 {
+        self.users.iter().filter(|((f, v), _)| f == flag && v.as_str() == variant).map(|(_, d)| d.estimate()).sum()
     }
 
     /// Observations refused because the series cap was reached.
@@ -109,6 +117,11 @@ impl Sink for Aggregator {
 
     fn exposure(&mut self, evaluation: &Evaluation, now: Timestamp) {
         let Some(variant) = &evaluation.variant else { return };
+        if let Some(context) = evaluation.context
+            && (self.users.len() < self.max_series || self.users.contains_key(&(evaluation.flag.clone(), variant.clone())))
+        {
+            self.users.entry((evaluation.flag.clone(), variant.clone())).or_default().insert(context);
+        }
         let key = SeriesKey { flag: evaluation.flag.clone(), variant: variant.clone(), dims: evaluation.dims.clone() };
         if let Some(w) = self.window(key) {
             w.record_exposure(now, evaluation.error_type.is_some());

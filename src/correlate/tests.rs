@@ -30,6 +30,7 @@ fn eval(trace: u8, flag: &str, variant: &str) -> Evaluation {
         variant: Some(Variant(variant.into())),
         error_type: None,
         dims: dims("checkout"),
+        context: None,
     }
 }
 fn outcome(trace: u8, span: u8, service: &str, error: bool) -> Outcome {

@@ -14,6 +14,8 @@ pub struct RawEvaluation {
     pub set_id: Option<String>,
     pub variant: Option<String>,
     pub error_type: Option<String>,
+    /// Hash of `feature_flag.context.id` (the id is not kept).
+    pub context: Option<u64>,
 }
 
 /// Finds the attribute `name` (first occurrence).
@@ -86,7 +88,13 @@ pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEval
         set_id: attr_str(attrs, "feature_flag.set.id").filter(|s| !s.is_empty()).map(str::to_owned),
         variant,
         error_type,
+        context: attr_str(attrs, "feature_flag.context.id").filter(|c| !c.is_empty()).map(context_hash),
     })
+}
+
+/// A stable 64-bit hash of a context id (FNV-1a): distinct-user counting needs only equality.
+pub fn context_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn body_value(body: &AnyValue) -> Option<&AnyValue> {
@@ -109,7 +117,7 @@ pub fn prefixed_evaluations(attrs: &[KeyValue], prefixes: &[String], out: &mut V
                     continue;
                 }
                 let variant = kv.value.as_ref().and_then(stringify);
-                out.push(RawEvaluation { key: key.to_owned(), set_id: None, variant, error_type: None });
+                out.push(RawEvaluation { key: key.to_owned(), set_id: None, variant, error_type: None, context: None });
             }
         }
     }

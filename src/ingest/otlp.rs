@@ -82,6 +82,7 @@ fn to_evaluation(raw: RawEvaluation, trace: Option<TraceId>, dims: &Dims) -> Eva
         variant: raw.variant.map(|v| Variant(v.into())),
         error_type: raw.error_type.map(Into::into),
         dims: dims.clone(),
+        context: raw.context,
     }
 }
 

@@ -269,6 +269,20 @@ impl RuleEngine {
             judgement = judge(rule, &Inputs { baseline: Some((BaselineKind::Unflagged, &baseline)), burn: &burn, ..inputs });
         }
         self.apply_fdr(&slice, &mut judgement);
+        if let Some(share) = rule.expected_share {
+            // Sample-ratio mismatch on distinct users of the whole flag: reported, never a kill.
+            let treatment_users: f64 = rule.treatment.iter().map(|v| aggregator.distinct_users(&slice.flag, v)).sum();
+            let control_users = rule.control.as_deref().map_or(0.0, |c| aggregator.distinct_users(&slice.flag, c));
+            let total = treatment_users + control_users;
+            let p = crate::stats::srm(treatment_users, total, share);
+            judgement.record["srm"] = serde_json::json!({
+                "expected_share": share,
+                "treatment_users": treatment_users.round(),
+                "control_users": control_users.round(),
+                "p_value": p,
+                "mismatch": total >= 100.0 && p < 0.001,
+            });
+        }
         let state = self.slices.entry(slice.clone()).or_insert_with(|| SliceState {
             verdict: Verdict::NoData,
             since: now,

@@ -308,6 +308,7 @@ mod tests {
             kill: None,
             cooldown: Duration::from_secs(60),
             mode: Mode::DryRun,
+            expected_share: None,
         }
     }
 

@@ -61,6 +61,10 @@ pub struct RuleShape {
     pub cooldown: Duration,
     #[serde(default)]
     pub mode: Mode,
+    /// The treatment's expected share of users (e.g. 0.05 for a 5 % rollout): enables the
+    /// sample-ratio-mismatch check on distinct `feature_flag.context.id`s (reported, never a kill).
+    #[serde(default)]
+    pub expected_share: Option<f64>,
 }
 
 fn default_min_samples() -> u64 {

@@ -127,6 +127,8 @@ pub struct Rule {
     pub kill: Option<String>,
     pub cooldown: Duration,
     pub mode: Mode,
+    /// The treatment's expected share of users, for the sample-ratio-mismatch check.
+    pub expected_share: Option<f64>,
 }
 
 /// All loaded rules.
@@ -389,6 +391,11 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
     if shape.min_samples == 0 {
         fail("min_samples", "must be at least 1".into());
     }
+    if let Some(share) = shape.expected_share
+        && !(share > 0.0 && share < 1.0)
+    {
+        fail("expected_share", format!("must be in (0, 1), got {share}"));
+    }
     let kill = shape.action.map(|a| a.kill);
     if let Some(name) = &kill {
         if shape.mode == Mode::Enforce && !actuators.contains(name) {
@@ -423,6 +430,7 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
         kill,
         cooldown: shape.cooldown,
         mode: shape.mode,
+        expected_share: shape.expected_share,
     })
 }
 

@@ -9,8 +9,37 @@
 //! - [`e_bh`]: the e-BH procedure (Wang & Ramdas 2022) that turns one e-value per guarded
 //!   series into rejections with the false discovery rate controlled at `α` across them,
 //!   whatever their dependence.
+//! - [`distinct`]: distinct-user counts in bounded memory, for sample-ratio mismatch.
+//! - [`srm`]: the sample-ratio-mismatch test (χ², one degree of freedom).
 //! - [`binomial_upper`]: an exact one-sided upper bound of a binomial proportion, used by the
 //!   tests that check false-kill rates.
+
+pub mod distinct;
+
+/// The p-value of a sample-ratio mismatch: `observed` users in the treatment out of `total`,
+/// when the treatment should get `expected_share` of them (χ² with one degree of freedom).
+pub fn srm(treatment: f64, total: f64, expected_share: f64) -> f64 {
+    if total <= 0.0 || expected_share <= 0.0 || expected_share >= 1.0 {
+        return 1.0;
+    }
+    let (et, ec) = (total * expected_share, total * (1.0 - expected_share));
+    let chi2 = (treatment - et).powi(2) / et + ((total - treatment) - ec).powi(2) / ec;
+    erfc((chi2 / 2.0).sqrt())
+}
+
+/// The complementary error function (Numerical Recipes' Chebyshev fit, |error| < 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
 
 /// Successes (errors, slow requests) out of trials, per arm.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

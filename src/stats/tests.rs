@@ -50,3 +50,11 @@ fn binomial_helpers() {
     assert!((u - 0.0149).abs() < 0.0005, "{u}");
     assert!(binomial_upper(100, 10, 0.05) > 0.1);
 }
+
+#[test]
+fn sample_ratio_mismatch() {
+    assert!(srm(500.0, 1000.0, 0.5) > 0.9);
+    assert!(srm(560.0, 1000.0, 0.5) < 0.001, "56 % where 50 % was expected");
+    assert!(srm(52.0, 1000.0, 0.05) > 0.05);
+    assert!((srm(531.0, 1000.0, 0.5) - 0.0505).abs() < 0.005, "chi2 = 3.84 at the 5 % point");
+}

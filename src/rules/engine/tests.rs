@@ -21,6 +21,7 @@ fn rule(name: &str, flag: &str, service: &str) -> Rule {
         kill: Some("flags".into()),
         cooldown: Duration::from_secs(600),
         mode: Mode::Enforce,
+        expected_share: None,
     }
 }
 
@@ -170,4 +171,88 @@ fn still_breached_after_the_cooldown_fires_again() {
         fired += engine.evaluate(&agg, None, t).len();
     }
     assert_eq!(fired, 2, "at +10s, then again after the 30s cooldown and a fresh 10s `for`");
+}
+
+fn rule_when(when: Vec<Condition>) -> Rule {
+    Rule { when, for_: Duration::ZERO, per: vec![], ..rule("seq", "f", "payments") }
+}
+
+#[test]
+fn a_sequential_condition_fires_on_a_real_difference_only() {
+    let t0 = Timestamp(1_000_000);
+    let run = |treatment_errors: u64| {
+        let mut agg = Aggregator::new(1000);
+        let set =
+            Arc::new(RuleSet { rules: vec![rule_when(vec![Condition::ErrorRateAboveControl { margin: 0.01, alpha: 0.01, tau: 0.02 }])], ..RuleSet::default() });
+        let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+        let mut fired = None;
+        for s in 0..120u64 {
+            let t = t0.plus(Duration::from_secs(s));
+            feed(&mut agg, "f", "off", "eu", 20, u64::from(s % 10 == 0), t);
+            feed(&mut agg, "f", "on", "eu", 20, if s % 20 < treatment_errors { 20 } else { 0 } / 10, t);
+            if fired.is_none() && !engine.evaluate(&agg, None, t).is_empty() {
+                fired = Some(s);
+            }
+        }
+        (fired, engine.views())
+    };
+    let (fired, views) = run(8);
+    assert!(fired.is_some(), "treatment at ~0.8 % + 40 % bursts must be caught: {views:#?}");
+    let record = &views[0].evidence;
+    assert!(record["conditions"][0]["test"].as_str().unwrap().starts_with("mSPRT"), "{record}");
+    assert!(record["conditions"][0]["interval"][0].as_f64().unwrap() > 0.01, "the interval excludes the margin: {record}");
+    let (fired, _) = run(0);
+    assert_eq!(fired, None, "a treatment no worse than the control never fires");
+}
+
+#[test]
+fn burn_rate_needs_both_windows_hot() {
+    let t0 = Timestamp(10_000_000);
+    let mut agg = Aggregator::new(1000);
+    let burn = Condition::BurnRate { objective: 0.99, windows: vec![(Duration::from_secs(600), Duration::from_secs(60), 10.0)] };
+    let set = Arc::new(RuleSet { rules: vec![Rule { min_samples: 50, ..rule_when(vec![burn]) }], ..RuleSet::default() });
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    // Nine quiet minutes, then a hot one: the short window burns at 50x, the long one at ~5x.
+    for m in 0..9u64 {
+        let t = t0.plus(Duration::from_secs(m * 60));
+        feed(&mut agg, "f", "off", "eu", 100, 0, t);
+        feed(&mut agg, "f", "on", "eu", 100, 0, t);
+    }
+    let hot = t0.plus(Duration::from_secs(9 * 60));
+    feed(&mut agg, "f", "off", "eu", 100, 0, hot);
+    feed(&mut agg, "f", "on", "eu", 100, 50, hot);
+    assert!(engine.evaluate(&agg, None, hot).is_empty(), "the long window is not hot yet: {:#?}", engine.views());
+    let hotter = hot.plus(Duration::from_secs(30));
+    feed(&mut agg, "f", "on", "eu", 100, 100, hotter);
+    assert_eq!(engine.evaluate(&agg, None, hotter).len(), 1, "{:#?}", engine.views());
+}
+
+#[test]
+fn sample_ratio_mismatch_is_reported_not_killed() {
+    use crate::model::Evaluation;
+    let t0 = Timestamp(1_000_000);
+    let mut agg = Aggregator::new(1000);
+    let set = Arc::new(RuleSet { rules: vec![Rule { expected_share: Some(0.5), ..rule_when(vec![Condition::ErrorRateAbove(0.5)]) }], ..RuleSet::default() });
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    let dims = Dims { service: "checkout".into(), environment: "prod".into(), region: "eu".into() };
+    for user in 0..1000u64 {
+        let variant = if user % 10 < 3 { "on" } else { "off" };
+        agg.exposure(
+            &Evaluation {
+                trace: None,
+                flag: FlagKey("f".into()),
+                variant: Some(Variant(variant.into())),
+                error_type: None,
+                dims: dims.clone(),
+                context: Some(user),
+            },
+            t0,
+        );
+    }
+    feed(&mut agg, "f", "off", "eu", 100, 0, t0);
+    feed(&mut agg, "f", "on", "eu", 100, 0, t0);
+    assert!(engine.evaluate(&agg, None, t0).is_empty());
+    let srm = &engine.views()[0].evidence["srm"];
+    assert_eq!(srm["mismatch"], true, "{srm}");
+    assert_eq!((srm["treatment_users"].as_f64(), srm["control_users"].as_f64()), (Some(300.0), Some(700.0)));
 }
