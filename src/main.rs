@@ -55,6 +55,33 @@ enum Command {
         /// Rules directory (default: the configuration's rules_dir).
         rules: Option<PathBuf>,
     },
+    /// Promotion gate for CI: exit 0 promote, 1 breached (roll back), 2 not enough data, 3 error.
+    Gate {
+        /// Flag key.
+        flag: String,
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// Only rules whose treatment includes this variant.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Every guarding slice must have been healthy this long, e.g. `5m`.
+        #[arg(long)]
+        min_healthy: Option<String>,
+        /// Keep asking while the answer is "not enough data", up to this long (e.g. `10m`).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// The daemon's API.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        /// Bearer token for the API.
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        /// Print the daemon's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulates rollouts through the real rule engine and prints the statistics table.
     Simulate {
         /// Rollouts per scenario.
@@ -88,6 +115,8 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
+        Command::Gate { flag, environment, region, variant, min_healthy, wait, server, token, json } => runtime()
+            .block_on(flagguard::cli::gate::run(flagguard::cli::gate::GateArgs { flag, environment, region, variant, min_healthy, wait, server, token, json })),
         Command::Simulate { runs, seed, horizon, family_series, family_runs } => {
             print!("{}", flagguard::cli::simulate::report(runs, seed, horizon.as_secs(), family_series, family_runs));
             0

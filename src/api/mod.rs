@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub mod alerts;
 pub mod dashboard;
+pub mod gates;
 
 use crate::aggregate::snapshot::Snapshot;
 use crate::pipeline::Command;
@@ -69,6 +70,7 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::app_js))
         .route("/assets/app.css", get(dashboard::app_css))
+        .route("/v1/gates/{flag}", get(gates::gate))
         .route("/v1/overview", get(dashboard::overview_handler))
         .route("/v1/events", get(dashboard::events))
         .route("/v1/flags/{flag}/history", get(dashboard::history))

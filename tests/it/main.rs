@@ -7,6 +7,7 @@ mod api;
 mod check_cli;
 mod dashboard;
 mod extraction;
+mod gates;
 mod node_sdk;
 mod otlp_errors;
 mod python_sdk;
