@@ -68,7 +68,7 @@ pub struct Dims {
 }
 
 /// One dimension of [`Dims`], as named in rule files (`per: [region]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dimension {
     Service,

@@ -57,8 +57,8 @@ impl Aggregator {
     }
 
     /// Estimated distinct users of a cohort since start (0 without context ids).
-    pub fn distinct_users(&self, flag: &FlagKey, variant: &str) -> f64 {
-        self.users.iter().filter(|((f, v), _)| f == flag && v.as_str() == variant).map(|(_, d)| d.estimate()).sum()
+    pub fn distinct_users(&self, flag: &FlagKey, variant: &str) -> (f64, f64) {
+        self.users.get(&(flag.clone(), Variant(variant.into()))).map_or((0.0, 0.0), |d| (d.estimate(), d.relative_variance()))
     }
 
     /// Observations refused because the series cap was reached.

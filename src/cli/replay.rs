@@ -53,11 +53,10 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
     let (Some(first), Some(last)) = (records.first().map(|r| r.arrival), records.last().map(|r| r.arrival)) else {
         return Err("the recording is empty".into());
     };
-    let mut rules =
+    // Rules keep their modes (the concurrent-kill limit applies to enforce rules only); nothing
+    // is executed: the store is in memory and no executor runs.
+    let rules =
         crate::rules::load_dir(rules_dir, &named_actuators(rules_dir)).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
-    for rule in &mut rules.rules {
-        rule.mode = Mode::DryRun;
-    }
     let clock = Arc::new(ManualClock::default());
     clock.set(first);
     let settings = EngineSettings {
@@ -118,6 +117,9 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
                 .collect();
             for d in decisions {
                 let what = match d.kind {
+                    crate::rules::engine::DecisionKind::Kill if d.mode == Mode::DryRun => {
+                        format!("WOULD KILL (dry-run rule) via {}", d.actuator.clone().unwrap_or_default())
+                    }
                     crate::rules::engine::DecisionKind::Kill => format!("WOULD KILL via {}", d.actuator.clone().unwrap_or_default()),
                     crate::rules::engine::DecisionKind::Incident => "INCIDENT (notify, no kill)".into(),
                 };
@@ -164,7 +166,8 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
         let _ = writeln!(out, "{:>10}  {line}", offset(*t, first));
     }
     let kills = lines.iter().filter(|(_, l)| l.contains("WOULD KILL")).count();
-    let _ = writeln!(out, "{} verdict changes, {kills} kills that would have been made", lines.len() - kills);
+    let incidents = lines.iter().filter(|(_, l)| l.contains("INCIDENT")).count();
+    let _ = writeln!(out, "{} verdict changes, {kills} kills that would have been made, {incidents} incidents", lines.len() - kills - incidents);
     Ok(out)
 }
 

@@ -98,9 +98,19 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let dims = Dims { service: "svc".into(), environment: "prod".into(), region: "r".into() };
     let flags: Vec<FlagKey> = (0..scenario.series).map(|i| FlagKey(format!("sim-{i}").into())).collect();
     let (on, off) = (Variant("on".into()), Variant("off".into()));
-    // Bursty traffic: 2 % of users are heavy and error-prone; requests pick users by weight.
-    let users: Vec<(f64, f64)> = (0..400).map(|u| if u % 50 == 0 { (40.0, 0.2) } else { (1.0, 0.002) }).collect();
-    let total_weight: f64 = users.iter().map(|u| u.0).sum();
+    // Bursty traffic: persistent users, each in one arm, sending requests by weight; 2 % are
+    // heavy (40× the requests) and a quarter of those are broken (8 % errors) for the whole
+    // rollout. Which arm the broken heavy users land in differs run by run, so the arms differ
+    // by user composition, not by the flag — errors are correlated within users. Mean ≈ 1 %.
+    let users: Vec<(f64, f64, usize)> = (0..400)
+        .map(|u| {
+            let heavy = u % 50 == 0;
+            let p = if heavy { if rng.random_bool(0.25) { 0.08 } else { 0.0 } } else { 0.002 };
+            (if heavy { 40.0 } else { 1.0 }, p, usize::from(rng.random_bool(0.5)))
+        })
+        .collect();
+    let weight_of = |arm: usize| users.iter().filter(|u| u.2 == arm).map(|u| u.0).sum::<f64>();
+    let total_weight = [weight_of(0), weight_of(1)];
     let mut counts = vec![[0u64; 4]; scenario.series];
     let mut run = Run::default();
     let mut killed = vec![false; scenario.series];
@@ -113,11 +123,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                 let rate = if arm == 0 { scenario.treatment.rate_per_s } else { scenario.control.rate_per_s };
                 for _ in 0..poisson(&mut rng, rate) {
                     let p = if scenario.bursty {
-                        let mut pick = rng.random::<f64>() * total_weight;
-                        let mut chosen = users[0].1;
-                        for &(w, p) in &users {
+                        let mut pick = rng.random::<f64>() * total_weight[arm];
+                        let mut chosen = 0.0;
+                        for &(w, p, _) in users.iter().filter(|u| u.2 == arm) {
+                            chosen = p;
                             if pick < w {
-                                chosen = p;
                                 break;
                             }
                             pick -= w;
@@ -282,7 +292,8 @@ fn parallel(n: u64, job: impl Fn(u64) -> Run + Sync) -> Vec<Run> {
                 s.spawn(move || (t..n).step_by(threads as usize).map(|i| (i, job(i))).collect::<Vec<_>>())
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        // A panicking worker is a bug in the simulation: stop rather than report fewer runs.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| panic!("a simulation worker panicked"))).collect()
     });
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()

@@ -110,6 +110,9 @@ fn prune(dir: &Path, max_bytes: u64) {
     }
 }
 
+/// The largest record accepted when reading (the receivers' body limit is 20 MiB by default).
+const MAX_RECORD: usize = 256 << 20;
+
 /// Reads every record of the given files (each file in order; files in the order given).
 pub fn read(paths: &[PathBuf]) -> std::io::Result<Vec<Record>> {
     let mut out = Vec::new();
@@ -129,8 +132,15 @@ pub fn read(paths: &[PathBuf]) -> std::io::Result<Vec<Record>> {
                 other => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: unknown signal {other}", path.display()))),
             };
             let len = u32::from_le_bytes(header[9..13].try_into().unwrap_or_default()) as usize;
-            let mut protobuf = vec![0; len];
-            r.read_exact(&mut protobuf)?;
+            if len > MAX_RECORD {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: record of {len} bytes (corrupt?)", path.display())));
+            }
+            let mut protobuf = Vec::with_capacity(len);
+            (&mut r).take(len as u64).read_to_end(&mut protobuf)?;
+            // A file cut mid-record (a crash, or the live file) ends at its last whole record.
+            if protobuf.len() < len {
+                break;
+            }
             out.push(Record { arrival, signal, protobuf });
         }
     }

@@ -65,7 +65,7 @@ pub struct Decision {
     pub at: Timestamp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct SliceKey {
     rule: usize,
     flag: FlagKey,
@@ -77,6 +77,8 @@ struct SliceState {
     started: Timestamp,
     /// Per condition: the fixed latency threshold (ms) of a `LatencyAboveControl`.
     thresholds: Vec<Option<f64>>,
+    /// Which test segment this is (see [`SEGMENT`]): its alpha is `alpha / 2^segment`.
+    segment: u32,
     verdict: Verdict,
     since: Timestamp,
     breached_since: Option<Timestamp>,
@@ -109,6 +111,9 @@ pub struct RuleEngine {
     /// The latest sequential evidence (e-value, alpha) per slice, for e-BH across slices.
     evidence: HashMap<SliceKey, (f64, f64)>,
 }
+
+/// How long a sequential test runs before it restarts (just under the windows' 6 h).
+pub const SEGMENT: Duration = Duration::from_secs(5 * 3600 + 50 * 60);
 
 /// How many verdict changes the engine remembers for the dashboard.
 pub const TRANSITIONS_KEPT: usize = 500;
@@ -153,6 +158,8 @@ impl RuleEngine {
             }
         }
         self.flag_matches.clear();
+        // Evidence is keyed by rule index: start e-BH afresh with the new set.
+        self.evidence.clear();
         self.rules = rules;
     }
 
@@ -205,6 +212,9 @@ impl RuleEngine {
                     groups.entry(key.clone()).or_default();
                 }
             }
+            // Sorted, so that e-BH across slices sees them in the same order every run.
+            let mut groups: Vec<(SliceKey, Vec<(&Window, Role)>)> = groups.into_iter().collect();
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
             for (slice, members) in groups {
                 if let Some(decision) = self.judge_slice(rule, slice, &members, aggregator, now) {
                     candidates.push(decision);
@@ -224,7 +234,21 @@ impl RuleEngine {
             }
             total
         };
-        let (started, mut thresholds) = self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone())).unwrap_or((now, vec![None; rule.when.len()]));
+        let (mut started, mut thresholds, mut segment) =
+            self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone(), s.segment)).unwrap_or((now, vec![None; rule.when.len()], 0));
+        // A reloaded rule with other conditions starts its sequential tests afresh.
+        if thresholds.len() != rule.when.len() {
+            thresholds = vec![None; rule.when.len()];
+            started = now;
+        }
+        // The windows keep 6 h: before the oldest data of a sequential test would fall out of
+        // them, the test restarts with half the alpha of the previous segment (alpha spending:
+        // 1/2 + 1/4 + … ≤ 1 of the rule's alpha), so the whole rollout stays within it.
+        if now.since(started) >= SEGMENT {
+            started = now;
+            segment += 1;
+            thresholds = vec![None; rule.when.len()];
+        }
         let window_since = now.minus(rule.window);
         let treatment = sum(Role::Treatment, window_since);
         let control = sum(Role::Control, window_since);
@@ -261,6 +285,7 @@ impl RuleEngine {
             cumulative: cumulative.as_ref().map(|(t, c)| (t, c)),
             thresholds: &thresholds,
             burn: &burn,
+            alpha_scale: 0.5f64.powi(segment.min(60) as i32),
         };
         let mut judgement = judge(rule, &inputs);
         if judgement.verdict == Verdict::Breached && !has_control {
@@ -271,10 +296,12 @@ impl RuleEngine {
         self.apply_fdr(&slice, &mut judgement);
         if let Some(share) = rule.expected_share {
             // Sample-ratio mismatch on distinct users of the whole flag: reported, never a kill.
-            let treatment_users: f64 = rule.treatment.iter().map(|v| aggregator.distinct_users(&slice.flag, v)).sum();
-            let control_users = rule.control.as_deref().map_or(0.0, |c| aggregator.distinct_users(&slice.flag, c));
+            let arms: Vec<(f64, f64)> = rule.treatment.iter().map(|v| aggregator.distinct_users(&slice.flag, v)).collect();
+            let treatment_users: f64 = arms.iter().map(|a| a.0).sum();
+            let treatment_var = arms.iter().map(|a| a.1).fold(0.0, f64::max);
+            let (control_users, control_var) = rule.control.as_deref().map_or((0.0, 0.0), |c| aggregator.distinct_users(&slice.flag, c));
             let total = treatment_users + control_users;
-            let p = crate::stats::srm(treatment_users, total, share);
+            let p = crate::stats::srm(treatment_users, control_users, share, (treatment_var, control_var));
             judgement.record["srm"] = serde_json::json!({
                 "expected_share": share,
                 "treatment_users": treatment_users.round(),
@@ -292,8 +319,11 @@ impl RuleEngine {
             mode: rule.mode,
             started,
             thresholds: thresholds.clone(),
+            segment,
         });
         state.thresholds = thresholds;
+        state.started = started;
+        state.segment = segment;
         if state.verdict.label() != judgement.verdict.label() {
             state.since = now;
             let slice_label = slice.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(",");
@@ -518,6 +548,7 @@ impl RuleEngine {
     /// re-kill at once).
     pub fn forget_flag(&mut self, flag: &str) {
         self.slices.retain(|k, _| k.flag.as_str() != flag);
+        self.evidence.retain(|k, _| k.flag.as_str() != flag);
         self.last_fired.retain(|k, _| k.split('/').nth(1) != Some(flag));
     }
 }

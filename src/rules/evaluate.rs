@@ -109,12 +109,15 @@ pub struct Inputs<'a> {
     pub thresholds: &'a [Option<f64>],
     /// Per condition: for a `BurnRate`, one entry per window pair.
     pub burn: &'a [Vec<BurnWindows>],
+    /// Multiplies every sequential condition's alpha (alpha spending across test segments:
+    /// 1, 1/2, 1/4, … so that the segments together stay within alpha).
+    pub alpha_scale: f64,
 }
 
 impl<'a> Inputs<'a> {
     /// Inputs of absolute conditions only.
     pub fn window(treatment: &'a Summary, baseline: Option<(BaselineKind, &'a Summary)>) -> Self {
-        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[] }
+        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[], alpha_scale: 1.0 }
     }
 }
 
@@ -131,7 +134,9 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
     let baseline_usable = inputs.baseline.filter(|(_, b)| b.requests >= rule.min_samples);
     let mut conditions = Vec::new();
     let mut outcomes = Vec::new();
-    let mut sequential_evidence: Option<(f64, f64)> = None;
+    // (e-value, alpha) of each sequential condition judged; combined by their mean (the mean of
+    // e-values is an e-value; their max is not).
+    let mut e_values: Vec<(f64, f64)> = Vec::new();
     for (i, condition) in rule.when.iter().enumerate() {
         let (outcome, detail) = match condition {
             Condition::ErrorRateAbove(_) | Condition::LatencyAbove { .. } => {
@@ -149,8 +154,8 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
             Condition::ErrorRateAboveControl { margin, alpha, tau } => match inputs.cumulative {
                 Some((t, c)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
                     let arms = Arms { treatment_n: t.requests, treatment_x: t.errors, control_n: c.requests, control_x: c.errors };
-                    let test = msprt(arms, *margin, *alpha, *tau);
-                    sequential_evidence = Some(sequential_evidence.map_or((test.statistic, *alpha), |(e, a)| (e.max(test.statistic), a.min(*alpha))));
+                    let test = msprt(arms, *margin, alpha * inputs.alpha_scale, *tau);
+                    e_values.push((test.statistic, alpha * inputs.alpha_scale));
                     (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, sequential_record(&test, arms, *margin, "error rate"))
                 }
                 Some((t, c)) => (
@@ -166,8 +171,8 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
                 (Some((t, c)), Some(threshold_ms)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
                     let above = |s: &Summary| s.latency.len().saturating_sub(s.latency.count_between(0, (threshold_ms * 1000.0) as u64));
                     let arms = Arms { treatment_n: t.latency.len(), treatment_x: above(t), control_n: c.latency.len(), control_x: above(c) };
-                    let test = msprt(arms, 0.0, *alpha, 0.02);
-                    sequential_evidence = Some(sequential_evidence.map_or((test.statistic, *alpha), |(e, a)| (e.max(test.statistic), a.min(*alpha))));
+                    let test = msprt(arms, 0.0, alpha * inputs.alpha_scale, 0.02);
+                    e_values.push((test.statistic, alpha * inputs.alpha_scale));
                     let mut record = sequential_record(&test, arms, 0.0, "share of requests slower than the threshold");
                     record["threshold_ms"] = json!(threshold_ms);
                     (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, record)
@@ -224,6 +229,8 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
         conditions.push(entry);
         outcomes.push(outcome);
     }
+    let sequential_evidence = (!e_values.is_empty())
+        .then(|| (e_values.iter().map(|e| e.0).sum::<f64>() / e_values.len() as f64, e_values.iter().map(|e| e.1).fold(f64::INFINITY, f64::min)));
     let breached: Vec<bool> = outcomes.iter().filter_map(|o| if let Outcome::Breached { shared } = o { Some(*shared) } else { None }).collect();
     let cumulative_requests = inputs.cumulative.map_or(0, |(t, _)| t.requests);
     let (verdict, incident) = if breached.iter().any(|shared| !shared) {

@@ -42,6 +42,16 @@ impl Distinct {
         }
     }
 
+    /// Whether the count is exact (fewer distinct values than the sketch keeps).
+    pub fn is_exact(&self) -> bool {
+        self.smallest.len() < K
+    }
+
+    /// The relative variance of the estimate: 0 when exact, about 1/(K − 2) otherwise.
+    pub fn relative_variance(&self) -> f64 {
+        if self.is_exact() { 0.0 } else { 1.0 / (K as f64 - 2.0) }
+    }
+
     pub fn merge(&mut self, other: &Distinct) {
         for &h in &other.smallest {
             self.smallest.insert(h);

@@ -16,15 +16,20 @@
 
 pub mod distinct;
 
-/// The p-value of a sample-ratio mismatch: `observed` users in the treatment out of `total`,
-/// when the treatment should get `expected_share` of them (χ² with one degree of freedom).
-pub fn srm(treatment: f64, total: f64, expected_share: f64) -> f64 {
+/// The p-value of a sample-ratio mismatch: `treatment` users out of `treatment + control`,
+/// when the treatment should get `expected_share` of them. With exact counts this is the χ²
+/// test with one degree of freedom; the relative variance of each estimate (sketches) is added
+/// to the variance of the observed share, so estimation error is not taken for a mismatch.
+pub fn srm(treatment: f64, control: f64, expected_share: f64, relative_variance: (f64, f64)) -> f64 {
+    let total = treatment + control;
     if total <= 0.0 || expected_share <= 0.0 || expected_share >= 1.0 {
         return 1.0;
     }
-    let (et, ec) = (total * expected_share, total * (1.0 - expected_share));
-    let chi2 = (treatment - et).powi(2) / et + ((total - treatment) - ec).powi(2) / ec;
-    erfc((chi2 / 2.0).sqrt())
+    let share = treatment / total;
+    let sampling = expected_share * (1.0 - expected_share) / total;
+    let estimation = (share * (1.0 - share)).powi(2) * (relative_variance.0 + relative_variance.1);
+    let z = (share - expected_share) / (sampling + estimation).sqrt();
+    erfc(z.abs() / std::f64::consts::SQRT_2)
 }
 
 /// The complementary error function (Numerical Recipes' Chebyshev fit, |error| < 1.2e-7).
@@ -53,15 +58,17 @@ pub struct Arms {
 /// One mSPRT evaluation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Msprt {
-    /// Λ: the mixture likelihood ratio of H1 against θ = margin (an e-value).
+    /// Λ⁺: the one-sided (half-normal) mixture likelihood ratio of θ > margin against
+    /// θ = margin; an e-value for H0: θ ≤ margin at any stopping time.
     pub statistic: f64,
     /// 1/α: H0 is rejected when Λ reaches it with the effect above the margin.
     pub boundary: f64,
     /// θ̂ = p̂_t − p̂_c.
     pub effect: f64,
-    /// The (1 − α) confidence sequence for θ at this time.
+    /// The (1 − α) two-sided confidence sequence for θ at this time (for the record).
     pub interval: (f64, f64),
-    /// H0 (θ ≤ margin) rejected: the treatment is worse than the control by more than the margin.
+    /// H0 (θ ≤ margin) rejected (Λ⁺ ≥ 1/α): the treatment is worse than the control by more
+    /// than the margin.
     pub rejected: bool,
 }
 
@@ -80,12 +87,22 @@ pub fn msprt(arms: Arms, margin: f64, alpha: f64, tau: f64) -> Msprt {
     let v = pt * (1.0 - pt) / arms.treatment_n as f64 + pc * (1.0 - pc) / arms.control_n as f64;
     let t2 = tau * tau;
     let d = effect - margin;
+    // Two-sided normal mixture centred on the margin...
     let log_lambda = 0.5 * (v / (v + t2)).ln() + t2 * d * d / (2.0 * v * (v + t2));
-    let statistic = log_lambda.min(700.0).exp();
-    // Inverting Λ(θ0) < 1/α gives |θ̂ − θ0| < w.
+    // ...restricted to alternatives above the margin (a half-normal mixture): Λ⁺ = 2 Λ Φ(τd/√(V(V+τ²))).
+    // Λ⁺ is an e-process for the whole composite null θ ≤ margin; the two-sided Λ is not (it
+    // also grows when the treatment is far *better* than the margin).
+    let log_lambda_plus = std::f64::consts::LN_2 + log_lambda + normal_cdf(tau * d / (v * (v + t2)).sqrt()).max(1e-300).ln();
+    let statistic = log_lambda_plus.min(700.0).exp();
+    // Inverting the two-sided Λ(θ0) < 1/α gives the confidence sequence |θ̂ − θ0| < w.
     let w = ((2.0 * v * (v + t2) / t2) * (boundary.ln() + 0.5 * ((v + t2) / v).ln())).max(0.0).sqrt();
     let interval = (effect - w, effect + w);
-    Msprt { statistic, boundary, effect, interval, rejected: interval.0 > margin }
+    Msprt { statistic, boundary, effect, interval, rejected: statistic >= boundary }
+}
+
+/// The standard normal CDF.
+pub fn normal_cdf(x: f64) -> f64 {
+    0.5 * erfc(-x / std::f64::consts::SQRT_2)
 }
 
 /// e-BH at level `alpha`: which of the e-values are rejected. With K e-values sorted from the
