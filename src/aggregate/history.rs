@@ -69,6 +69,25 @@ pub fn history(aggregator: &Aggregator, query: &HistoryQuery, now: Timestamp) ->
     let mut out = History { flag: query.flag.clone(), from: since.as_millis(), to: now.as_millis(), ..History::default() };
     let mut acc: BTreeMap<String, BTreeMap<(u64, u64), Acc>> = BTreeMap::new();
     let want = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    // Series switch resolution at different times; re-bin every point to the coarsest
+    // resolution any series has at that time, so summed points never overlap.
+    let (mut g1, mut g0) = (0u64, 0u64);
+    for (_, window) in aggregator.series().filter(|(k, _)| k.flag.as_str() == query.flag) {
+        let (l1, l0) = window.level_bounds();
+        g1 = g1.max(l1.min(u64::MAX / 2));
+        g0 = g0.max(l0.min(u64::MAX / 2));
+    }
+    let (w0, w1, w2) = (super::window::LEVELS[0].0, super::window::LEVELS[1].0, super::window::LEVELS[2].0);
+    let bin = |start: u64| {
+        let width = if start >= g0 {
+            w0
+        } else if start >= g1 {
+            w1
+        } else {
+            w2
+        };
+        (start - start % width, width)
+    };
     for (key, window) in aggregator.series().filter(|(k, _)| k.flag.as_str() == query.flag) {
         out.services.insert(key.dims.service.to_string());
         out.environments.insert(key.dims.environment.to_string());
@@ -78,8 +97,8 @@ pub fn history(aggregator: &Aggregator, query: &HistoryQuery, now: Timestamp) ->
         }
         let judged = want(&query.service, &key.dims.service);
         let points = acc.entry(key.variant.to_string()).or_default();
-        for (start, width, stats) in window.points_since(since) {
-            let a = points.entry((start, width)).or_default();
+        for (start, _, stats) in window.points_since(since) {
+            let a = points.entry(bin(start)).or_default();
             // Exposures count in whichever service evaluated the flag.
             a.exposures += stats.exposures;
             if judged {
@@ -144,5 +163,30 @@ mod tests {
         assert_eq!((points[0].requests, points[0].errors, points[0].exposures), (2, 1, 1));
         assert_eq!(points[0].error_rate, Some(0.5));
         assert!((points[0].p50_ms.unwrap() - 2.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn points_of_series_with_different_resolutions_never_overlap() {
+        let mut agg = Aggregator::new(100);
+        let t0 = Timestamp(60_000_000);
+        let o = |service: &str| Outcome {
+            trace: TraceId([1; 16]),
+            span: SpanId([1; 8]),
+            dims: Dims { service: service.into(), environment: "p".into(), region: "r".into() },
+            error: false,
+            latency_us: 1000,
+        };
+        // `a` has data long ago and now; `b` only now: their windows switch resolution at different times.
+        // `a` reports every 5 s for 4 min (its oldest minutes move to 1-min buckets); `b` once.
+        for s in (0..240u64).step_by(5) {
+            agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o("a"), t0.plus(std::time::Duration::from_secs(s)));
+        }
+        agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o("b"), t0.plus(std::time::Duration::from_secs(30)));
+        let h = history(&agg, &HistoryQuery { flag: "f".into(), ..HistoryQuery::default() }, t0.plus(std::time::Duration::from_secs(5 * 60)));
+        let points = &h.variants["on"];
+        for pair in points.windows(2) {
+            assert!(pair[0].t + pair[0].width_s * 1000 <= pair[1].t, "overlap: {pair:?}");
+        }
+        assert_eq!(points.iter().map(|p| p.requests).sum::<u64>(), 49);
     }
 }

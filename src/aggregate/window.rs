@@ -232,6 +232,12 @@ impl Window {
         summary
     }
 
+    /// Where this window switches from level 2 to level 1 and from level 1 to level 0 (ms).
+    pub fn level_bounds(&self) -> (u64, u64) {
+        let [(l0_lo, _), (l1_lo, _), _] = self.level_ranges();
+        (l1_lo, l0_lo)
+    }
+
     /// The time range [lo, hi) each level answers for.
     fn level_ranges(&self) -> [(u64, u64); 3] {
         let (w1, w2) = (LEVELS[1].0, LEVELS[2].0);

@@ -20,7 +20,8 @@ async function getJSON(url) {
 
 function parseRoute() {
   const [path, query] = location.hash.replace(/^#/, '').split('?');
-  const parts = (path || '/').split('/').filter(Boolean).map(decodeURIComponent);
+  const decode = (s) => { try { return decodeURIComponent(s); } catch { return s; } };
+  const parts = (path || '/').split('/').filter(Boolean).map(decode);
   return { view: parts[0] || 'flags', arg: parts.slice(1).join('/'), params: new URLSearchParams(query || '') };
 }
 
@@ -158,7 +159,7 @@ function record(v) {
 async function renderAudit(params) {
   const kind = params.get('kind') || '';
   const before = params.get('before');
-  const data = await getJSON(`/v1/audit?limit=100${kind ? `&kind=${encodeURIComponent(kind)}` : ''}${before ? `&before=${before}` : ''}`);
+  const data = await getJSON(`/v1/audit?limit=100${kind ? `&kind=${encodeURIComponent(kind)}` : ''}${before ? `&before=${encodeURIComponent(before)}` : ''}`);
   const kinds = ['', 'kill_decided', 'kill_confirmed', 'kill_escalated', 'kill_dry_run', 'incident', 'alert_received', 'rules_reloaded', 'rule_stale', 'started'];
   $main.innerHTML = `<h1>Audit timeline</h1><div class="toolbar"><label for="kind">Kind</label><select id="kind">${kinds.map((k) => `<option value="${k}" ${k === kind ? 'selected' : ''}>${k || 'all'}</option>`).join('')}</select></div>
     <table id="audit"><thead><tr><th scope="col">Time</th><th scope="col">What</th><th scope="col">Who</th><th scope="col">Target</th><th scope="col">Evidence</th></tr></thead><tbody>
