@@ -217,156 +217,158 @@ pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<
     let mut errors = Vec::new();
     let mut rules = Vec::new();
     for (i, shape) in shape.rules.into_iter().enumerate() {
-        let mut err = |field: &str, message: String| {
-            let path_str = format!("rules[{i}].{field}");
-            errors.push(RuleError { file: path.into(), line: locate::line_of(&lines, &path_str), field: path_str, message });
-        };
-        if let Some(rule) = validate(shape, &mut err, actuators) {
+        let mut report = Report { file: path, lines: &lines, prefix: format!("rules[{i}]"), errors: &mut errors, failed: false };
+        if let Some(rule) = validate(shape, &mut report, actuators) {
             rules.push(Rule { file: path.into(), line: locate::line_of(&lines, &format!("rules[{i}]")), ..rule });
         }
     }
     let mut alerts = Vec::new();
     for (i, shape) in shape.alerts.into_iter().enumerate() {
-        let mut err = |field: &str, message: String| {
-            let path_str = format!("alerts[{i}].{field}");
-            errors.push(RuleError { file: path.into(), line: locate::line_of(&lines, &path_str), field: path_str, message });
-        };
-        if let Some(mapping) = validate_alert(shape, &mut err, actuators) {
+        let mut report = Report { file: path, lines: &lines, prefix: format!("alerts[{i}]"), errors: &mut errors, failed: false };
+        if let Some(mapping) = validate_alert(shape, &mut report, actuators) {
             alerts.push(mapping);
         }
     }
     if errors.is_empty() { Ok((rules, alerts)) } else { Err(errors) }
 }
 
-fn validate_alert(shape: AlertMappingShape, err: &mut impl FnMut(&str, String), actuators: &BTreeSet<String>) -> Option<AlertMapping> {
-    let mut ok = true;
-    let mut fail = |field: &str, message: String| {
-        ok = false;
-        err(field, message);
-    };
+fn validate_alert(shape: AlertMappingShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<AlertMapping> {
     if shape.name.trim().is_empty() {
-        fail("name", "must not be empty".into());
+        r.fail("name", "must not be empty".into());
     }
     if shape.matches.is_empty() {
-        fail("match", "needs at least one label to match (an empty match would act on every alert)".into());
+        r.fail("match", "needs at least one label to match (an empty match would act on every alert)".into());
     }
     if shape.kill.flag.trim().is_empty() || shape.kill.flag == "$" {
-        fail("kill.flag", "must name a flag or a $label".into());
+        r.fail("kill.flag", "must name a flag or a $label".into());
     }
     if shape.mode == Mode::Enforce && !actuators.contains(&shape.kill.via) {
-        fail("kill.via", format!("enforce mapping names actuator {:?}, which is not configured", shape.kill.via));
+        r.fail("kill.via", format!("enforce mapping names actuator {:?}, which is not configured", shape.kill.via));
     }
-    ok.then_some(AlertMapping { name: shape.name, source: shape.source, matches: shape.matches, kill: shape.kill, mode: shape.mode })
+    (!r.failed).then_some(AlertMapping { name: shape.name, source: shape.source, matches: shape.matches, kill: shape.kill, mode: shape.mode })
+}
+
+/// Collects one rule's (or mapping's) errors with their field path and line.
+struct Report<'a> {
+    file: &'a Path,
+    lines: &'a std::collections::HashMap<String, usize>,
+    /// `rules[3]`, `alerts[0]`.
+    prefix: String,
+    errors: &'a mut Vec<RuleError>,
+    failed: bool,
+}
+
+impl Report<'_> {
+    fn fail(&mut self, field: &str, message: String) {
+        self.failed = true;
+        let field = format!("{}.{field}", self.prefix);
+        self.errors.push(RuleError { file: self.file.into(), line: locate::line_of(self.lines, &field), field, message });
+    }
 }
 
 /// Reads a confidence (default 0.99) as alpha = 1 − confidence.
-fn confidence(field: &str, value: Option<f64>, fail: &mut impl FnMut(&str, String)) -> f64 {
+fn confidence(field: &str, value: Option<f64>, r: &mut Report<'_>) -> f64 {
     let c = value.unwrap_or(0.99);
     if !(0.5..=0.9999).contains(&c) {
-        fail(field, format!("must be in [0.5, 0.9999], got {c}"));
+        r.fail(field, format!("must be in [0.5, 0.9999], got {c}"));
     }
     1.0 - c
 }
 
-fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BTreeSet<String>) -> Option<Rule> {
-    let mut ok = true;
-    let mut fail = |field: &str, message: String| {
-        ok = false;
-        err(field, message);
-    };
+fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<Rule> {
     if shape.name.trim().is_empty() {
-        fail("name", "must not be empty".into());
+        r.fail("name", "must not be empty".into());
     }
     let flag = match Glob::new(&shape.flag) {
         Ok(g) if !shape.flag.is_empty() => Some(g.compile_matcher()),
         Ok(_) => {
-            fail("flag", "must not be empty".into());
+            r.fail("flag", "must not be empty".into());
             None
         }
         Err(e) => {
-            fail("flag", format!("invalid glob: {e}"));
+            r.fail("flag", format!("invalid glob: {e}"));
             None
         }
     };
     let treatment = shape.treatment.into_vec();
     if treatment.is_empty() || treatment.iter().any(|t| t.is_empty()) {
-        fail("treatment", "must name at least one variant".into());
+        r.fail("treatment", "must name at least one variant".into());
     }
     if let Some(control) = &shape.control
         && treatment.contains(control)
     {
-        fail("control", format!("variant {control:?} cannot be both treatment and control"));
+        r.fail("control", format!("variant {control:?} cannot be both treatment and control"));
     }
     let mut seen = HashSet::new();
     for (i, dim) in shape.per.iter().enumerate() {
         if !seen.insert(*dim) {
-            fail(&format!("per[{i}]"), "dimension listed twice".into());
+            r.fail(&format!("per[{i}]"), "dimension listed twice".into());
         }
     }
     if shape.when.is_empty() {
-        fail("when", "needs at least one condition".into());
+        r.fail("when", "needs at least one condition".into());
     }
     let mut when = Vec::new();
     for (i, condition) in shape.when.iter().enumerate() {
         match condition {
             ConditionShape { error_rate: Some(e), latency: None, burn_rate: None } => {
-                let alpha = confidence(&format!("when[{i}].error_rate.confidence"), e.confidence, &mut fail);
+                let alpha = confidence(&format!("when[{i}].error_rate.confidence"), e.confidence, r);
                 match (e.above, e.above_control_by) {
                     (Some(above), None) => {
                         if !(0.0..1.0).contains(&above) {
-                            fail(&format!("when[{i}].error_rate.above"), format!("must be in [0, 1), got {above}"));
+                            r.fail(&format!("when[{i}].error_rate.above"), format!("must be in [0, 1), got {above}"));
                         }
                         if e.confidence.is_some() || e.tau.is_some() {
-                            fail(&format!("when[{i}].error_rate.confidence"), "confidence and tau go with above_control_by".into());
+                            r.fail(&format!("when[{i}].error_rate.confidence"), "confidence and tau go with above_control_by".into());
                         }
                         when.push(Condition::ErrorRateAbove(above));
                     }
                     (None, Some(margin)) => {
                         if !(0.0..1.0).contains(&margin) {
-                            fail(&format!("when[{i}].error_rate.above_control_by"), format!("must be in [0, 1), got {margin}"));
+                            r.fail(&format!("when[{i}].error_rate.above_control_by"), format!("must be in [0, 1), got {margin}"));
                         }
                         if shape.control.is_none() {
-                            fail(&format!("when[{i}].error_rate.above_control_by"), "needs the rule's control variant".into());
+                            r.fail(&format!("when[{i}].error_rate.above_control_by"), "needs the rule's control variant".into());
                         }
                         let tau = e.tau.unwrap_or(margin.max(0.005));
                         if !(tau > 0.0 && tau < 1.0) {
-                            fail(&format!("when[{i}].error_rate.tau"), format!("must be in (0, 1), got {tau}"));
+                            r.fail(&format!("when[{i}].error_rate.tau"), format!("must be in (0, 1), got {tau}"));
                         }
                         when.push(Condition::ErrorRateAboveControl { margin, alpha, tau });
                     }
-                    _ => fail(&format!("when[{i}].error_rate"), "needs exactly one of above, above_control_by".into()),
+                    _ => r.fail(&format!("when[{i}].error_rate"), "needs exactly one of above, above_control_by".into()),
                 }
             }
             ConditionShape { latency: Some(l), error_rate: None, burn_rate: None } => {
                 if !(l.quantile > 0.0 && l.quantile < 1.0) {
-                    fail(&format!("when[{i}].latency.quantile"), format!("must be in (0, 1), got {}", l.quantile));
+                    r.fail(&format!("when[{i}].latency.quantile"), format!("must be in (0, 1), got {}", l.quantile));
                 }
-                let alpha = confidence(&format!("when[{i}].latency.confidence"), l.confidence, &mut fail);
+                let alpha = confidence(&format!("when[{i}].latency.confidence"), l.confidence, r);
                 match (l.above_ms, l.above_control_ratio) {
                     (Some(above_ms), None) => {
                         if above_ms <= 0.0 || !above_ms.is_finite() {
-                            fail(&format!("when[{i}].latency.above_ms"), format!("must be positive, got {above_ms}"));
+                            r.fail(&format!("when[{i}].latency.above_ms"), format!("must be positive, got {above_ms}"));
                         }
                         when.push(Condition::LatencyAbove { quantile: l.quantile, above_ms });
                     }
                     (None, Some(ratio)) => {
                         if !(ratio > 1.0 && ratio.is_finite()) {
-                            fail(&format!("when[{i}].latency.above_control_ratio"), format!("must be above 1, got {ratio}"));
+                            r.fail(&format!("when[{i}].latency.above_control_ratio"), format!("must be above 1, got {ratio}"));
                         }
                         if shape.control.is_none() {
-                            fail(&format!("when[{i}].latency.above_control_ratio"), "needs the rule's control variant".into());
+                            r.fail(&format!("when[{i}].latency.above_control_ratio"), "needs the rule's control variant".into());
                         }
                         when.push(Condition::LatencyAboveControl { quantile: l.quantile, ratio, alpha });
                     }
-                    _ => fail(&format!("when[{i}].latency"), "needs exactly one of above_ms, above_control_ratio".into()),
+                    _ => r.fail(&format!("when[{i}].latency"), "needs exactly one of above_ms, above_control_ratio".into()),
                 }
             }
             ConditionShape { burn_rate: Some(b), error_rate: None, latency: None } => {
                 if !(b.objective > 0.5 && b.objective < 1.0) {
-                    fail(&format!("when[{i}].burn_rate.objective"), format!("must be in (0.5, 1), got {}", b.objective));
+                    r.fail(&format!("when[{i}].burn_rate.objective"), format!("must be in (0.5, 1), got {}", b.objective));
                 }
                 if b.windows.is_empty() {
-                    fail(&format!("when[{i}].burn_rate.windows"), "needs at least one [long, short, factor]".into());
+                    r.fail(&format!("when[{i}].burn_rate.windows"), "needs at least one [long, short, factor]".into());
                 }
                 let mut windows = Vec::new();
                 for (j, (long, short, factor)) in b.windows.iter().enumerate() {
@@ -375,26 +377,27 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
                         (Ok(l), Ok(s)) if s < l && l <= Duration::from_secs(6 * 3600) && s >= Duration::from_secs(10) && *factor > 0.0 => {
                             windows.push((l, s, *factor))
                         }
-                        _ => {
-                            fail(&field, format!("needs [long, short, factor] with 10s <= short < long <= 6h and factor > 0, got [{long}, {short}, {factor}]"))
-                        }
+                        _ => r.fail(
+                            &field,
+                            format!("needs [long, short, factor] with 10s <= short < long <= 6h and factor > 0, got [{long}, {short}, {factor}]"),
+                        ),
                     }
                 }
                 when.push(Condition::BurnRate { objective: b.objective, windows });
             }
-            _ => fail(&format!("when[{i}]"), "each condition needs exactly one of error_rate, latency, burn_rate".into()),
+            _ => r.fail(&format!("when[{i}]"), "each condition needs exactly one of error_rate, latency, burn_rate".into()),
         }
     }
     if shape.window < Duration::from_secs(10) || shape.window > Duration::from_secs(6 * 3600) {
-        fail("window", format!("must be between 10s and 6h, got {}", humantime::format_duration(shape.window)));
+        r.fail("window", format!("must be between 10s and 6h, got {}", humantime::format_duration(shape.window)));
     }
     if shape.min_samples == 0 {
-        fail("min_samples", "must be at least 1".into());
+        r.fail("min_samples", "must be at least 1".into());
     }
     if let Some(share) = shape.expected_share
         && !(share > 0.0 && share < 1.0)
     {
-        fail("expected_share", format!("must be in (0, 1), got {share}"));
+        r.fail("expected_share", format!("must be in (0, 1), got {share}"));
     }
     let kill = shape.action.map(|a| a.kill);
     if let Some(name) = &kill {
@@ -404,13 +407,13 @@ fn validate(shape: RuleShape, err: &mut impl FnMut(&str, String), actuators: &BT
             } else {
                 format!("configured: {}", actuators.iter().cloned().collect::<Vec<_>>().join(", "))
             };
-            fail("action.kill", format!("enforce rule names actuator {name:?}, which is not configured ({known})"));
+            r.fail("action.kill", format!("enforce rule names actuator {name:?}, which is not configured ({known})"));
         }
     } else if shape.mode == Mode::Enforce {
-        fail("action", "an enforce rule needs an action (or use mode: dry_run)".into());
+        r.fail("action", "an enforce rule needs an action (or use mode: dry_run)".into());
     }
     let filter = Filter { service: shape.filter.service, environment: shape.filter.environment, region: shape.filter.region };
-    if !ok {
+    if r.failed {
         return None;
     }
     Some(Rule {
