@@ -262,23 +262,28 @@ impl RuleEngine {
                 }
             }
         }
-        let burn_for = |baseline: &dyn Fn(Timestamp) -> Option<Summary>| -> Vec<Vec<BurnWindows>> {
-            rule.when
-                .iter()
-                .map(|c| match c {
-                    Condition::BurnRate { windows, .. } => windows
-                        .iter()
-                        .map(|(long, short, _)| {
-                            let (l, s) = (now.minus(*long), now.minus(*short));
-                            BurnWindows { long: sum(Role::Treatment, l), short: sum(Role::Treatment, s), baseline: baseline(l).zip(baseline(s)) }
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                })
-                .collect()
-        };
         let has_control = rule.control.is_some();
-        let burn = burn_for(&|since| has_control.then(|| sum(Role::Control, since)));
+        // Per burn-rate condition and window pair: the treatment (and control) over both windows.
+        let burn_pairs = |c: &Condition| -> Vec<(Timestamp, Timestamp)> {
+            match c {
+                Condition::BurnRate { windows, .. } => windows.iter().map(|(long, short, _)| (now.minus(*long), now.minus(*short))).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let burn: Vec<Vec<BurnWindows>> = rule
+            .when
+            .iter()
+            .map(|c| {
+                burn_pairs(c)
+                    .into_iter()
+                    .map(|(l, s)| BurnWindows {
+                        long: sum(Role::Treatment, l),
+                        short: sum(Role::Treatment, s),
+                        baseline: has_control.then(|| (sum(Role::Control, l), sum(Role::Control, s))),
+                    })
+                    .collect()
+            })
+            .collect();
         let inputs = Inputs {
             treatment: &treatment,
             baseline: has_control.then_some((BaselineKind::Control, &control)),
@@ -289,8 +294,17 @@ impl RuleEngine {
         };
         let mut judgement = judge(rule, &inputs);
         if judgement.verdict == Verdict::Breached && !has_control {
+            // Re-judge against the unflagged traffic; the treatment's sums are reused.
             let baseline = self.unflagged_baseline(rule, &slice, aggregator, window_since);
-            let burn = burn_for(&|since| Some(self.unflagged_baseline(rule, &slice, aggregator, since)));
+            let unflagged = |since| self.unflagged_baseline(rule, &slice, aggregator, since);
+            let burn: Vec<Vec<BurnWindows>> = rule
+                .when
+                .iter()
+                .zip(&burn)
+                .map(|(c, pairs)| {
+                    burn_pairs(c).into_iter().zip(pairs).map(|((l, s), w)| BurnWindows { baseline: Some((unflagged(l), unflagged(s))), ..w.clone() }).collect()
+                })
+                .collect();
             judgement = judge(rule, &Inputs { baseline: Some((BaselineKind::Unflagged, &baseline)), burn: &burn, ..inputs });
         }
         self.apply_fdr(&slice, &mut judgement);
