@@ -99,6 +99,15 @@ impl App {
                     Arc::new(Webhook::new(name, w, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
                 }
                 ActuatorConfig::Flagd(f) => Arc::new(FlagdFile::new(f)),
+                ActuatorConfig::Unleash(c) => {
+                    Arc::new(crate::act::unleash::Unleash::new(c, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
+                }
+                ActuatorConfig::Launchdarkly(c) => Arc::new(
+                    crate::act::launchdarkly::LaunchDarkly::new(c, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?,
+                ),
+                ActuatorConfig::Flagsmith(c) => {
+                    Arc::new(crate::act::flagsmith::Flagsmith::new(c, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
+                }
             };
             actuators.insert(name.clone(), built);
         }
@@ -199,7 +208,19 @@ impl App {
             metrics: metrics.clone(),
             notify: file.act.notify_url.is_some(),
         };
-        let api_app = router(ApiState { snapshots, store: store.clone(), metrics: metrics.clone(), commands: command_tx, ready: ready.clone() }, alerts);
+        let api_app = router(
+            ApiState {
+                snapshots,
+                store: store.clone(),
+                metrics: metrics.clone(),
+                commands: command_tx,
+                ready: ready.clone(),
+                clock: clock.clone(),
+                wake: wake.clone(),
+                actuators: config.actuator_names(),
+            },
+            alerts,
+        );
         let api_stop = CancellationToken::new();
         let api_stop_signal = api_stop.clone();
         let api_task = tokio::spawn(async move {
@@ -228,6 +249,7 @@ impl App {
                 rules_dir: file.rules_dir.clone(),
                 actuators: config.actuator_names(),
                 notify: file.act.notify_url.is_some(),
+                verify: config.verify_settings(),
             },
         );
         let pipeline_stop = CancellationToken::new();
@@ -246,6 +268,7 @@ impl App {
             metrics: metrics.clone(),
             wake,
             clock: clock.clone(),
+            verify: config.verify_settings(),
         });
         let executor_stop = CancellationToken::new();
         let executor_task = tokio::spawn(executor.run(executor_stop.clone(), grace));

@@ -38,6 +38,8 @@ pub struct PipelineSettings {
     pub rules_dir: PathBuf,
     pub actuators: std::collections::BTreeSet<String>,
     pub notify: bool,
+    /// Per actuator: how its kills are verified.
+    pub verify: std::collections::HashMap<String, crate::config::VerifyConfig>,
 }
 
 pub struct Pipeline {
@@ -56,6 +58,9 @@ pub struct Pipeline {
     /// Rules reported stale at the last snapshot (a newly stale rule is audited and notified).
     stale: Vec<String>,
     rules_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
+    /// Restores already applied to the windows (ids), and since when to look for new ones.
+    restores_seen: std::collections::HashSet<i64>,
+    restores_since: Timestamp,
 }
 
 /// Lists rule files with their modification time and size, to notice edits.
@@ -90,6 +95,7 @@ impl Pipeline {
     ) -> Pipeline {
         let rules_view = RulesView::of(engine.rules(), clock.now(), None);
         let rules_fingerprint = fingerprint(&settings.rules_dir);
+        let restores_since = clock.now();
         Pipeline {
             correlator,
             aggregator,
@@ -105,6 +111,8 @@ impl Pipeline {
             stale: Vec::new(),
             counted: CorrelateCounts::default(),
             rules_fingerprint,
+            restores_seen: Default::default(),
+            restores_since,
         }
     }
 
@@ -196,10 +204,115 @@ impl Pipeline {
             fired = decisions;
         }
         if full {
+            self.verify_kills(now);
+            self.apply_restores(now);
             self.aggregator.drop_idle(now);
             self.publish(now);
         }
         fired
+    }
+
+    /// Verified rollback, the telemetry half (`act::verify`): moves each watched kill through
+    /// drained / recovered (or escalated / unverified / failed), queues auto-restores, audits
+    /// and notifies every step, and hands an undrained kill to the fallback actuator.
+    fn verify_kills(&mut self, now: Timestamp) {
+        let rows = match self.store.watched_kills() {
+            Ok(rows) => rows,
+            Err(e) => return tracing::error!(error = %e, "cannot read the watched kills"),
+        };
+        let mut wake = false;
+        for row in rows {
+            let Ok(request) = serde_json::from_value::<crate::act::ActionRequest>(row.request.clone()) else { continue };
+            let cfg = self.settings.verify.get(&request.actuator).cloned().unwrap_or_default();
+            let step = crate::act::verify::step(&self.aggregator, &request, &row.state, Timestamp(row.state_ms), now, &cfg);
+            let stored = match step {
+                crate::act::verify::Step::Wait => continue,
+                crate::act::verify::Step::Restore => {
+                    let actor = format!("rule:{} (auto_restore)", request.rule);
+                    crate::act::submit_restore(&self.store, &row, &actor, Some("auto_restore after recovery".into()), now).map(|queued| {
+                        if let Err(why) = queued {
+                            tracing::debug!(action = row.id, %why, "auto-restore not queued yet");
+                        }
+                    })
+                }
+                crate::act::verify::Step::To { state, evidence, error } => self.record_step(&row, &request, state, evidence, error, &cfg, now),
+            };
+            match stored {
+                Ok(()) => wake = true,
+                Err(e) => tracing::error!(error = %e, action = row.id, "cannot record the kill's verification step"),
+            }
+        }
+        if wake {
+            self.wake_executor.notify_one();
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_step(
+        &self,
+        row: &crate::store::ActionRow,
+        request: &crate::act::ActionRequest,
+        state: &str,
+        evidence: serde_json::Value,
+        error: Option<String>,
+        cfg: &crate::config::VerifyConfig,
+        now: Timestamp,
+    ) -> Result<(), crate::store::StoreError> {
+        let audit = AuditEntry {
+            at: now,
+            actor: "system".into(),
+            kind: format!("kill_{state}"),
+            rule: Some(request.rule.clone()).filter(|r| !r.is_empty()),
+            target: Some(row.target.clone()),
+            after: Some(serde_json::json!({ "observed": evidence, "error": error })),
+            evidence: Some(request.evidence.clone()),
+            ..AuditEntry::default()
+        };
+        if !self.store.transition(row.id, &[row.state.as_str()], state, error.as_deref(), &audit)? {
+            return Ok(());
+        }
+        tracing::info!(action = row.id, target = %row.target, state, "kill verification step");
+        if state == "escalated"
+            && let Some(fallback) = &cfg.fallback
+        {
+            let fallback_request = crate::act::ActionRequest { actuator: fallback.clone(), ..request.clone() };
+            let target = fallback_request.target();
+            let key = crate::act::idempotency_key(&target, now);
+            let audit = AuditEntry {
+                kind: "kill_fallback".into(),
+                target: Some(target.clone()),
+                after: Some(serde_json::json!({ "escalated_action": row.id })),
+                ..audit
+            };
+            self.store.submit(&target, "kill", &serde_json::to_value(&fallback_request).unwrap_or_default(), &key, &format!("fallback/{}", row.id), &audit)?;
+        }
+        if self.settings.notify {
+            let text = match (state, &error) {
+                (_, Some(error)) => format!("ESCALATION ({state}): {} (action {}): {error}", crate::act::describe(request), row.id),
+                ("drained", None) => format!("the killed cohort of {} has drained (action {})", crate::act::describe(request), row.id),
+                _ => format!("{} is {state} after flagguard's kill (action {})", crate::act::describe(request), row.id),
+            };
+            crate::act::notify::enqueue(&self.store, &text, &request.evidence, now)?;
+        }
+        Ok(())
+    }
+
+    /// A restored flag starts afresh: its windows and rule slices are cleared, so that evidence
+    /// from before the kill cannot kill it again at once (the cooldown was cleared with it).
+    fn apply_restores(&mut self, now: Timestamp) {
+        let rows = match self.store.in_state_since("restored", self.restores_since) {
+            Ok(rows) => rows,
+            Err(e) => return tracing::error!(error = %e, "cannot read restored actions"),
+        };
+        for row in rows.iter().filter(|r| !self.restores_seen.contains(&r.id)) {
+            let Some(flag) = row.request.get("flag").and_then(serde_json::Value::as_str) else { continue };
+            tracing::info!(action = row.id, %flag, "flag restored: its windows and rule slices start afresh");
+            self.aggregator.reset(|k| k.flag.as_str() != flag);
+            self.engine.forget_flag(flag);
+        }
+        self.restores_seen = rows.iter().map(|r| r.id).collect();
+        // Look back a little: a restore recorded with an earlier timestamp just before now.
+        self.restores_since = now.minus(std::time::Duration::from_secs(60)).max(self.restores_since.min(now));
     }
 
     fn publish(&mut self, now: Timestamp) {

@@ -5,6 +5,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -39,6 +40,8 @@ pub struct Metrics {
     /// Actions by kind and state transition.
     pub actions: Family<Labels, Counter>,
     pub actuator_errors: Family<Labels, Counter>,
+    /// Seconds per actuator attempt (call and read-back), by actuator.
+    pub actuator_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Alert webhook deliveries by source and status.
     pub alerts_received: Family<Labels, Counter>,
     /// Alert webhook deliveries refused by authentication, by source.
@@ -72,6 +75,7 @@ impl Metrics {
             verdicts: Family::default(),
             actions: Family::default(),
             actuator_errors: Family::default(),
+            actuator_latency: Family::new_with_constructor(|| Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])),
             actions_pending: Gauge::default(),
             alerts_received: Family::default(),
             alert_auth_failures: Family::default(),
@@ -97,6 +101,7 @@ impl Metrics {
         registry.register("verdicts", "Current verdicts over all rule slices", m.verdicts.clone());
         registry.register("actions", "Action state transitions by kind and state", m.actions.clone());
         registry.register("actuator_errors", "Actuator call failures by actuator and class", m.actuator_errors.clone());
+        registry.register("actuator_latency_seconds", "Seconds per actuator attempt (call and read-back)", m.actuator_latency.clone());
         registry.register("alerts_received", "Alerts received through webhooks by source and status", m.alerts_received.clone());
         registry.register("alert_auth_failures", "Alert webhook deliveries refused by authentication", m.alert_auth_failures.clone());
         registry.register("actions_pending", "Actions waiting in the outbox", m.actions_pending.clone());

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::{ActError, ActionKind, ActionRequest, Actuator, describe, notify, retry};
 use crate::store::{ActionRow, AuditEntry, Store};
 use crate::telemetry::Metrics;
-use crate::time::Clock;
+use crate::time::{Clock, Timestamp};
+use serde_json::json;
+
+/// How often the executor looks for kills due a drift read-back.
+const DRIFT_TICK: Duration = Duration::from_secs(1);
 
 /// From `[act]`.
 #[derive(Clone, Debug)]
@@ -35,6 +38,8 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
+    /// Per actuator: fallback and drift-check interval.
+    pub verify: HashMap<String, crate::config::VerifyConfig>,
 }
 
 impl Executor {
@@ -43,7 +48,13 @@ impl Executor {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let mut in_flight: HashSet<i64> = HashSet::new();
         let mut tasks: JoinSet<i64> = JoinSet::new();
+        let mut drift_checked: HashMap<i64, Timestamp> = HashMap::new();
+        let mut last_drift = self.clock.now();
         loop {
+            if self.clock.now().since(last_drift) >= DRIFT_TICK {
+                last_drift = self.clock.now();
+                self.check_drift(&mut drift_checked).await;
+            }
             let now = self.clock.now();
             let store = self.store.clone();
             let due = tokio::task::spawn_blocking(move || (store.due(now), store.next_due())).await;
@@ -86,20 +97,23 @@ impl Executor {
     }
 
     async fn execute(&self, row: ActionRow) {
-        let request: ActionRequest = match serde_json::from_value(row.request.clone()) {
+        let mut request: ActionRequest = match serde_json::from_value(row.request.clone()) {
             Ok(r) => r,
             Err(e) => return self.finish(&row, None, row.attempts, Err(ActError::Permanent(format!("unreadable outbox entry: {e}")))).await,
         };
         let attempt = row.attempts + 1;
-        let kind = kind_label(request.kind);
-        let result = match self.actuators.get(&request.actuator) {
+        let kind = request.kind.as_str();
+        let result = match self.actuators.get(&request.actuator).cloned() {
             None => Err(ActError::Permanent(format!("actuator {:?} is not configured", request.actuator))),
             Some(actuator) => {
                 Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", "attempt")]);
-                match tokio::time::timeout(self.settings.timeout, actuator.kill(&request, &row.idempotency_key)).await {
+                let started = std::time::Instant::now();
+                let outcome = match tokio::time::timeout(self.settings.timeout, perform(actuator.as_ref(), &mut request, &row.idempotency_key)).await {
                     Ok(result) => result,
                     Err(_) => Err(ActError::transient(format!("timed out after {:?}", self.settings.timeout))),
-                }
+                };
+                self.metrics.actuator_latency.get_or_create(&vec![("actuator", request.actuator.clone())]).observe(started.elapsed().as_secs_f64());
+                outcome
             }
         };
         if let Err(ActError::Transient { message, retry_after }) = &result {
@@ -131,63 +145,95 @@ impl Executor {
         .await;
     }
 
-    async fn finish(&self, row: &ActionRow, request: Option<&ActionRequest>, attempts: u32, result: Result<super::Applied, ActError>) {
+    async fn finish(&self, row: &ActionRow, request: Option<&ActionRequest>, attempts: u32, result: Result<Performed, ActError>) {
         let now = self.clock.now();
-        let kind = request.map_or("kill", |r| kind_label(r.kind));
-        let actor = request.map_or("system".to_owned(), |r| if r.rule.is_empty() { "system".into() } else { format!("rule:{}", r.rule) });
-        let (state, error, audit) = match &result {
-            Ok(applied) => (
-                "confirmed",
-                None,
-                AuditEntry {
-                    at: now,
-                    actor,
-                    kind: format!("{kind}_confirmed"),
-                    rule: request.map(|r| r.rule.clone()).filter(|r| !r.is_empty()),
-                    action_id: Some(row.id),
-                    target: Some(row.target.clone()),
-                    before: applied.before.clone(),
-                    after: applied.after.clone().map(|a| json!({ "result": a, "attempts": attempts, "triggers": row.triggers })),
-                    evidence: request.map(|r| r.evidence.clone()),
-                },
-            ),
+        let kind = request.map_or("kill", |r| r.kind.as_str());
+        let actor = request.map_or("system".to_owned(), |r| match (&r.actor, r.rule.is_empty()) {
+            (Some(actor), _) => actor.clone(),
+            (None, true) => "system".into(),
+            (None, false) => format!("rule:{}", r.rule),
+        });
+        let base = AuditEntry {
+            at: now,
+            actor,
+            rule: request.map(|r| r.rule.clone()).filter(|r| !r.is_empty()),
+            action_id: Some(row.id),
+            target: Some(row.target.clone()),
+            evidence: request.map(|r| r.evidence.clone()),
+            ..AuditEntry::default()
+        };
+        let (state, error, audit, result_json) = match &result {
+            Ok(done) => {
+                let state = if done.verified { "confirmed" } else { "sent" };
+                let after = json!({ "result": done.applied.after, "read_back": done.read_back, "widened": done.widened, "attempts": attempts, "triggers": row.triggers });
+                let result_json = json!({ "before": done.applied.before, "after": done.applied.after });
+                (
+                    state,
+                    None,
+                    AuditEntry { kind: format!("{kind}_{state}"), before: done.applied.before.clone(), after: Some(after), ..base.clone() },
+                    Some(result_json),
+                )
+            }
             Err(e) => (
                 "escalated",
                 Some(e.to_string()),
-                AuditEntry {
-                    at: now,
-                    actor,
-                    kind: format!("{kind}_escalated"),
-                    rule: request.map(|r| r.rule.clone()).filter(|r| !r.is_empty()),
-                    action_id: Some(row.id),
-                    target: Some(row.target.clone()),
-                    after: Some(json!({ "error": e.to_string(), "attempts": attempts })),
-                    evidence: request.map(|r| r.evidence.clone()),
-                    ..AuditEntry::default()
-                },
+                AuditEntry { kind: format!("{kind}_escalated"), after: Some(json!({ "error": e.to_string(), "attempts": attempts })), ..base.clone() },
+                None,
             ),
         };
         match &result {
-            Ok(_) => tracing::info!(action = row.id, target = %row.target, attempts, "action confirmed"),
+            Ok(done) => tracing::info!(action = row.id, target = %row.target, attempts, state, widened = done.widened.is_some(), "action done"),
             Err(e) => {
                 Metrics::count(&self.metrics.actuator_errors, &[("actuator", request.map_or("", |r| r.actuator.as_str())), ("class", "permanent")]);
                 tracing::error!(action = row.id, target = %row.target, attempts, error = %e, "action escalated")
             }
         }
         Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", state)]);
-        let store = self.store.clone();
         let id = row.id;
         let notify_text = match (request, &result) {
-            (Some(r), Ok(_)) if r.kind == ActionKind::Kill => {
-                Some(format!("flagguard killed {} (action {id}, confirmed after {attempts} attempt(s))", describe(r)))
-            }
-            (Some(r), Err(e)) if r.kind == ActionKind::Kill => Some(format!("ESCALATION: flagguard could not kill {} (action {id}): {e}", describe(r))),
+            (Some(r), _) if r.kind == ActionKind::Notify => None,
+            (Some(r), Ok(done)) => Some(format!(
+                "flagguard {} {} (action {id}, {state} after {attempts} attempt(s)){}",
+                past(r.kind),
+                describe(r),
+                done.widened.as_ref().map(|w| format!("; WIDENED to the whole environment: {w}")).unwrap_or_default()
+            )),
+            (Some(r), Err(e)) => Some(format!("ESCALATION: flagguard could not {} {} (action {id}): {e}", r.kind.as_str(), describe(r))),
+            _ => None,
+        };
+        let fallback = match (request, &result) {
+            (Some(r), Err(_)) if r.kind == ActionKind::Kill => self.fallback_of(r),
             _ => None,
         };
         let evidence = request.map(|r| r.evidence.clone()).unwrap_or_default();
+        let restored = match (request, &result) {
+            (Some(r), Ok(_)) if r.kind == ActionKind::Restore => r.restores.map(|k| (k, r.slice_key.clone())),
+            _ => None,
+        };
         let notify = self.settings.notify;
+        let store = self.store.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            store.finish(id, state, attempts, error.as_deref(), &audit)?;
+            store.finish(id, state, attempts, error.as_deref(), result_json.as_ref(), &audit)?;
+            if let Some((kill, slice_key)) = restored {
+                let restored_audit = AuditEntry { kind: "kill_restored".into(), after: Some(json!({ "restore_action": id })), ..base.clone() };
+                store.transition(
+                    kill,
+                    &["sent", "confirmed", "drained", "recovered", "failed", "unverified", "escalated", "overridden"],
+                    "restored",
+                    None,
+                    &restored_audit,
+                )?;
+                if !slice_key.is_empty() {
+                    store.clear_cooldown(&slice_key)?;
+                }
+            }
+            if let Some(request) = fallback {
+                let target = request.target();
+                let audit =
+                    AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": id })), ..base.clone() };
+                let key = super::idempotency_key(&target, now);
+                store.submit(&target, "kill", &serde_json::to_value(&request).unwrap_or_default(), &key, &format!("fallback/{id}"), &audit)?;
+            }
             if let (true, Some(text)) = (notify, notify_text) {
                 notify::enqueue(&store, &text, &evidence, now)?;
             }
@@ -199,11 +245,135 @@ impl Executor {
         }
         self.wake.notify_one();
     }
+
+    /// The kill for the failed actuator's fallback, if one is configured.
+    pub fn fallback_of(&self, request: &ActionRequest) -> Option<ActionRequest> {
+        let fallback = self.verify.get(&request.actuator)?.fallback.clone()?;
+        Some(ActionRequest { actuator: fallback, ..request.clone() })
+    }
+
+    /// Reads back every kill flagguard holds (confirmed, drained, recovered) at most once per
+    /// `drift_interval`; one that the flag system now serves again was re-enabled by someone
+    /// else: `overridden`, audited and notified — never fought.
+    async fn check_drift(&self, last: &mut HashMap<i64, Timestamp>) {
+        let store = self.store.clone();
+        let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.watched_kills()).await else { return };
+        let now = self.clock.now();
+        last.retain(|id, _| rows.iter().any(|r| r.id == *id));
+        for row in rows.into_iter().filter(|r| r.state != "sent") {
+            let Ok(request) = serde_json::from_value::<ActionRequest>(row.request.clone()) else { continue };
+            let (Some(actuator), Some(verify)) = (self.actuators.get(&request.actuator), self.verify.get(&request.actuator)) else { continue };
+            if last.get(&row.id).is_some_and(|t| now.since(*t) < verify.drift_interval) {
+                continue;
+            }
+            last.insert(row.id, now);
+            let Ok(Ok(state)) = tokio::time::timeout(self.settings.timeout, actuator.read(&request)).await else { continue };
+            if state.killed != Some(false) {
+                continue;
+            }
+            let text = format!(
+                "DRIFT: {} was re-enabled in the flag system after flagguard's kill (action {}); flagguard will not fight it and will not kill it again until POST /v1/actions/{}/restore acknowledges it",
+                describe(&request),
+                row.id,
+                row.id
+            );
+            tracing::warn!(action = row.id, target = %row.target, "drift: a killed flag was re-enabled by someone else");
+            let audit = AuditEntry {
+                at: now,
+                actor: "system".into(),
+                kind: "kill_overridden".into(),
+                rule: Some(request.rule.clone()).filter(|r| !r.is_empty()),
+                target: Some(row.target.clone()),
+                after: Some(json!({ "read_back": state.detail })),
+                ..AuditEntry::default()
+            };
+            let store = self.store.clone();
+            let notify = self.settings.notify;
+            let evidence = request.evidence.clone();
+            let id = row.id;
+            let _ = tokio::task::spawn_blocking(move || {
+                if store.transition(id, &["confirmed", "drained", "recovered"], "overridden", Some("re-enabled by someone else"), &audit)? && notify {
+                    notify::enqueue(&store, &text, &evidence, now)?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await;
+            self.wake.notify_one();
+        }
+    }
 }
 
-fn kind_label(kind: ActionKind) -> &'static str {
+/// What a successful attempt did.
+pub struct Performed {
+    pub applied: super::Applied,
+    /// The read-back agreed (`confirmed`); false when the flag system cannot be read (`sent`).
+    pub verified: bool,
+    pub read_back: Option<serde_json::Value>,
+    /// `on_unscoped: widen` applied: why the slice could not be expressed.
+    pub widened: Option<String>,
+}
+
+/// One attempt: the call, then the read-back. A read-back that disagrees is transient (the
+/// call is idempotent and is simply made again), so it ends in escalation if it never agrees.
+pub async fn perform(actuator: &dyn Actuator, request: &mut ActionRequest, key: &str) -> Result<Performed, ActError> {
+    let mut widened = None;
+    let applied = match request.kind {
+        ActionKind::Kill => {
+            if let Some(why) = actuator.unexpressible(&request.slice()) {
+                if !request.widen {
+                    return Err(ActError::Permanent(format!("cannot kill only this slice: {why} (a rule may set action.on_unscoped: widen)")));
+                }
+                request.scope.retain(|(k, _)| k == "environment");
+                request.region = None;
+                widened = Some(why);
+            }
+            actuator.kill(request, key).await?
+        }
+        ActionKind::Restore => actuator.restore(request, key).await?,
+        ActionKind::Rollout => {
+            let percent = request
+                .percent
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| ActError::Permanent(format!("rollout {:?} is not in 0–100", request.percent)))?;
+            actuator.set_rollout(request, percent, key).await?
+        }
+        ActionKind::Notify => return Ok(Performed { applied: actuator.kill(request, key).await?, verified: true, read_back: None, widened: None }),
+    };
+    let state = actuator.read(request).await?;
+    let expected_killed = match request.kind {
+        ActionKind::Kill => Some(true),
+        ActionKind::Restore => Some(!request.saved.as_ref().and_then(|s| s.get("serving")).and_then(serde_json::Value::as_bool).unwrap_or(true)),
+        _ => None,
+    };
+    if let (Some(expected), Some(seen)) = (expected_killed, state.killed)
+        && expected != seen
+    {
+        return Err(ActError::transient(format!(
+            "read back: the flag system reports the target {} after the {} call: {}",
+            if seen { "off" } else { "still on" },
+            request.kind.as_str(),
+            state.detail
+        )));
+    }
+    if let (ActionKind::Rollout, Some(want), Some(seen)) = (request.kind, request.percent, state.rollout)
+        && (want - seen).abs() > 0.001
+    {
+        return Err(ActError::transient(format!("read back: rollout is {seen} %, not {want} %")));
+    }
+    let verified = match request.kind {
+        ActionKind::Rollout => state.rollout.is_some(),
+        _ => state.killed.is_some(),
+    };
+    let read_back =
+        (state.killed.is_some() || state.rollout.is_some()).then(|| json!({ "killed": state.killed, "rollout": state.rollout, "detail": state.detail }));
+    Ok(Performed { applied, verified, read_back, widened })
+}
+
+fn past(kind: ActionKind) -> &'static str {
     match kind {
-        ActionKind::Kill => "kill",
-        ActionKind::Notify => "notification",
+        ActionKind::Kill => "killed",
+        ActionKind::Restore => "restored",
+        ActionKind::Rollout => "changed the rollout of",
+        ActionKind::Notify => "notified",
     }
 }

@@ -1,25 +1,60 @@
 //! The flagd file actuator. A kill rewrites the flag's definition so that every evaluation
 //! serves the off variant: `defaultVariant` → the rule's control (else `off_variant`) and
 //! `targeting` removed. `state: DISABLED` is NOT a kill (evaluation then returns the caller's
-//! code default, which may be `true`). Writes are atomic (new file + rename) because flagd's
-//! file watcher sees partial writes. A slice (`per: [region]`) cannot be expressed in a plain
-//! flag file: such a kill fails permanently and is escalated.
+//! code default, which may be `true`). A kill of a slice (`per: [region]`, with
+//! `slices = { region = "region" }`) wraps the targeting instead:
+//! `{"if":[{"in":[{"var":"region"},["eu-west"]]},"off",<previous targeting>]}`. Restore writes
+//! back the exact previous definition — unless the flag changed since the kill (a human edited
+//! it: drift, not overwritten). Writes are atomic (new file + rename) because flagd's file
+//! watcher sees partial writes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use super::{ActError, ActionRequest, Actuator, Applied};
+use super::{ActError, ActionRequest, Actuator, Applied, FlagState};
 use crate::config::FlagdConfig;
 
 pub struct FlagdFile {
     path: PathBuf,
     off_variant: String,
+    slices: BTreeMap<String, String>,
 }
 
 impl FlagdFile {
     pub fn new(config: &FlagdConfig) -> FlagdFile {
-        FlagdFile { path: config.path.clone(), off_variant: config.off_variant.clone() }
+        FlagdFile { path: config.path.clone(), off_variant: config.off_variant.clone(), slices: config.slices.clone() }
+    }
+
+    fn off(&self, request: &ActionRequest) -> String {
+        request.control.clone().unwrap_or_else(|| self.off_variant.clone())
+    }
+
+    /// The slice as a JsonLogic condition on the context attributes.
+    fn condition(&self, request: &ActionRequest) -> Result<Option<Value>, ActError> {
+        let mut parts = Vec::new();
+        for (dim, value) in request.slice() {
+            let var = self.slices.get(&dim).ok_or_else(|| ActError::Permanent(format!("no context attribute is configured for {dim} (slices.{dim})")))?;
+            parts.push(json!({ "in": [{ "var": var }, [value]] }));
+        }
+        Ok(match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(json!({ "and": parts })),
+        })
+    }
+
+    async fn load(&self) -> Result<Value, ActError> {
+        let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| ActError::transient(format!("read {}: {e}", self.path.display())))?;
+        serde_json::from_str(&text).map_err(|e| ActError::Permanent(format!("{} is not JSON: {e}", self.path.display())))
+    }
+
+    async fn save(&self, doc: &Value) -> Result<(), ActError> {
+        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        let out = serde_json::to_vec_pretty(doc).map_err(|e| ActError::Permanent(e.to_string()))?;
+        tokio::fs::write(&tmp, out).await.map_err(|e| ActError::transient(format!("write {}: {e}", tmp.display())))?;
+        tokio::fs::rename(&tmp, &self.path).await.map_err(|e| ActError::transient(format!("rename to {}: {e}", self.path.display())))
     }
 }
 
@@ -28,56 +63,132 @@ fn file_key(flag: &str) -> &str {
     flag.rsplit('/').next().unwrap_or(flag)
 }
 
-/// Returns the killed definition of `flag` in `doc` (and whether anything changed).
-pub fn killed(doc: &mut Value, flag: &str, off: &str) -> Result<(Value, bool), ActError> {
-    let def =
-        doc.get_mut("flags").and_then(|f| f.get_mut(file_key(flag))).ok_or_else(|| ActError::Permanent(format!("flag {flag:?} is not in the flagd file")))?;
+fn definition<'a>(doc: &'a mut Value, flag: &str) -> Result<&'a mut Value, ActError> {
+    doc.get_mut("flags").and_then(|f| f.get_mut(file_key(flag))).ok_or_else(|| ActError::Permanent(format!("flag {flag:?} is not in the flagd file")))
+}
+
+/// Kills `flag` in `doc` (the whole flag, or only where `condition` holds); returns the
+/// previous definition and whether anything changed.
+pub fn killed(doc: &mut Value, flag: &str, off: &str, condition: Option<&Value>) -> Result<(Value, bool), ActError> {
+    let def = definition(doc, flag)?;
     let before = def.clone();
     if def.get("variants").and_then(|v| v.get(off)).is_none() {
         return Err(ActError::Permanent(format!("flag {flag:?} has no variant {off:?} to serve after a kill")));
     }
     let obj = def.as_object_mut().ok_or_else(|| ActError::Permanent(format!("flag {flag:?} is not an object")))?;
-    obj.insert("defaultVariant".into(), Value::String(off.into()));
     obj.insert("state".into(), Value::String("ENABLED".into()));
-    obj.remove("targeting");
+    match condition {
+        None => {
+            obj.insert("defaultVariant".into(), Value::String(off.into()));
+            obj.remove("targeting");
+        }
+        Some(cond) if is_slice_killed(obj.get("targeting"), cond, off) => {}
+        Some(cond) => {
+            let previous = obj.remove("targeting").unwrap_or(Value::Null);
+            obj.insert("targeting".into(), json!({ "if": [cond, off, previous] }));
+        }
+    }
     let changed = *def != before;
     Ok((before, changed))
 }
 
-fn is_killed(doc: &Value, flag: &str, off: &str) -> bool {
-    doc.get("flags")
-        .and_then(|f| f.get(file_key(flag)))
-        .is_some_and(|d| d.get("defaultVariant").and_then(Value::as_str) == Some(off) && d.get("targeting").is_none())
+fn is_slice_killed(targeting: Option<&Value>, condition: &Value, off: &str) -> bool {
+    targeting.and_then(|t| t.get("if")).and_then(Value::as_array).is_some_and(|a| a.len() == 3 && a[0] == *condition && a[1] == json!(off))
+}
+
+/// Whether `flag` serves `off` (everywhere, or where `condition` holds).
+pub fn is_killed(doc: &Value, flag: &str, off: &str, condition: Option<&Value>) -> bool {
+    let Some(def) = doc.get("flags").and_then(|f| f.get(file_key(flag))) else { return false };
+    let whole = def.get("defaultVariant").and_then(Value::as_str) == Some(off) && def.get("targeting").is_none();
+    whole || condition.is_some_and(|c| is_slice_killed(def.get("targeting"), c, off))
+}
+
+/// The treatment's weight in a top-level `fractional` targeting, in percent.
+fn fractional_share(def: &Value, treatment: &[String]) -> Option<f64> {
+    let arms = def.get("targeting")?.get("fractional")?.as_array()?;
+    let weights: Vec<(String, f64)> = arms
+        .iter()
+        .filter_map(|a| a.as_array())
+        .filter_map(|a| Some((a.first()?.as_str()?.to_owned(), a.get(1).and_then(Value::as_f64).unwrap_or(1.0))))
+        .collect();
+    let total: f64 = weights.iter().map(|(_, w)| w).sum();
+    let treated: f64 = weights.iter().filter(|(v, _)| treatment.contains(v)).map(|(_, w)| w).sum();
+    (total > 0.0).then(|| 100.0 * treated / total)
 }
 
 #[async_trait::async_trait]
 impl Actuator for FlagdFile {
+    fn unexpressible(&self, scope: &[(String, String)]) -> Option<String> {
+        scope
+            .iter()
+            .find(|(dim, _)| dim != "environment" && !self.slices.contains_key(dim))
+            .map(|(dim, value)| format!("no context attribute is configured for {dim} (slices.{dim}), so {dim}={value} cannot be killed alone"))
+    }
+
     async fn kill(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
-        if !request.scope.is_empty() {
-            let scope: Vec<String> = request.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            return Err(ActError::Permanent(format!(
-                "a flagd file cannot express the slice {}; kill the whole flag with a rule without `per`",
-                scope.join(",")
-            )));
-        }
-        let off = request.control.clone().unwrap_or_else(|| self.off_variant.clone());
-        let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| ActError::transient(format!("read {}: {e}", self.path.display())))?;
-        let mut doc: Value = serde_json::from_str(&text).map_err(|e| ActError::Permanent(format!("{} is not JSON: {e}", self.path.display())))?;
-        let (before, changed) = killed(&mut doc, &request.flag, &off)?;
+        let off = self.off(request);
+        let condition = self.condition(request)?;
+        let mut doc = self.load().await?;
+        let (before, changed) = killed(&mut doc, &request.flag, &off, condition.as_ref())?;
         if changed {
-            let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
-            let out = serde_json::to_vec_pretty(&doc).map_err(|e| ActError::Permanent(e.to_string()))?;
-            tokio::fs::write(&tmp, out).await.map_err(|e| ActError::transient(format!("write {}: {e}", tmp.display())))?;
-            tokio::fs::rename(&tmp, &self.path).await.map_err(|e| ActError::transient(format!("rename to {}: {e}", self.path.display())))?;
+            self.save(&doc).await?;
         }
-        // Read back: what flagd will load must serve the off variant.
-        let reread = tokio::fs::read_to_string(&self.path).await.map_err(|e| ActError::transient(format!("read back: {e}")))?;
-        let reread: Value = serde_json::from_str(&reread).map_err(|e| ActError::transient(format!("read back: {e}")))?;
-        if !is_killed(&reread, &request.flag, &off) {
-            return Err(ActError::transient("read back: the flag does not serve the off variant (concurrent writer?)"));
+        let after = doc.get("flags").and_then(|f| f.get(file_key(&request.flag))).cloned();
+        Ok(Applied {
+            before: Some(json!({ "serving": true, "definition": before })),
+            after: Some(json!({ "definition": after, "changed": changed, "path": self.path })),
+        })
+    }
+
+    async fn restore(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
+        let saved =
+            request.saved.as_ref().and_then(|s| s.get("definition")).cloned().ok_or_else(|| ActError::Permanent("no saved definition to restore".into()))?;
+        let off = self.off(request);
+        let condition = self.condition(request)?;
+        let mut doc = self.load().await?;
+        if !is_killed(&doc, &request.flag, &off, condition.as_ref()) {
+            return Err(ActError::Permanent("the flag changed since the kill (someone edited it); not overwriting their change".into()));
         }
-        let after = reread.get("flags").and_then(|f| f.get(file_key(&request.flag))).cloned();
-        Ok(Applied { before: Some(before), after: Some(json!({ "definition": after, "changed": changed, "path": self.path })) })
+        let def = definition(&mut doc, &request.flag)?;
+        let current = std::mem::replace(def, saved.clone());
+        self.save(&doc).await?;
+        Ok(Applied { before: Some(current), after: Some(json!({ "definition": saved, "path": self.path })) })
+    }
+
+    async fn set_rollout(&self, request: &ActionRequest, percent: f64, _idempotency_key: &str) -> Result<Applied, ActError> {
+        if !request.slice().is_empty() {
+            return Err(ActError::Permanent("a per-slice rollout in a flagd file is not supported".into()));
+        }
+        let treatment = request.treatment.first().cloned().ok_or_else(|| ActError::Permanent("the rollout names no treatment variant".into()))?;
+        let control = self.off(request);
+        let mut doc = self.load().await?;
+        let def = definition(&mut doc, &request.flag)?;
+        for v in [&treatment, &control] {
+            if def.get("variants").and_then(|vs| vs.get(v.as_str())).is_none() {
+                return Err(ActError::Permanent(format!("flag {:?} has no variant {v:?}", request.flag)));
+            }
+        }
+        if def.get("targeting").is_some_and(|t| t.get("fractional").is_none()) {
+            return Err(ActError::Permanent("the flag's targeting is not a plain fractional split; change it by hand".into()));
+        }
+        let before = def.clone();
+        def["targeting"] = json!({ "fractional": [[treatment, percent], [control, 100.0 - percent]] });
+        let changed = *def != before;
+        if changed {
+            self.save(&doc).await?;
+        }
+        Ok(Applied { before: Some(before), after: Some(json!({ "rollout": percent, "changed": changed })) })
+    }
+
+    async fn read(&self, request: &ActionRequest) -> Result<FlagState, ActError> {
+        let doc = self.load().await?;
+        let condition = self.condition(request)?;
+        let def = doc.get("flags").and_then(|f| f.get(file_key(&request.flag))).cloned().unwrap_or(Value::Null);
+        Ok(FlagState {
+            killed: Some(is_killed(&doc, &request.flag, &self.off(request), condition.as_ref())),
+            rollout: fractional_share(&def, &request.treatment),
+            detail: def,
+        })
     }
 }
 
@@ -93,21 +204,38 @@ mod tests {
     #[test]
     fn kill_serves_off_and_drops_targeting_not_disabled() {
         let mut d = doc();
-        let (before, changed) = killed(&mut d, "checkout-v2", "off").unwrap();
+        let (before, changed) = killed(&mut d, "checkout-v2", "off", None).unwrap();
         assert!(changed);
         assert_eq!(before["defaultVariant"], "on");
         let def = &d["flags"]["checkout-v2"];
         assert_eq!(def["defaultVariant"], "off");
         assert_eq!(def["state"], "ENABLED", "DISABLED would serve the code default");
         assert!(def.get("targeting").is_none());
-        let (_, again) = killed(&mut d, "checkout-v2", "off").unwrap();
+        let (_, again) = killed(&mut d, "checkout-v2", "off", None).unwrap();
         assert!(!again, "idempotent");
     }
 
     #[test]
     fn unknown_flag_or_variant_is_permanent() {
-        assert!(matches!(killed(&mut doc(), "nope", "off"), Err(ActError::Permanent(_))));
-        assert!(matches!(killed(&mut doc(), "checkout-v2", "red"), Err(ActError::Permanent(_))));
-        assert!(killed(&mut doc(), "shop/checkout-v2", "off").is_ok(), "set namespace is stripped");
+        assert!(matches!(killed(&mut doc(), "nope", "off", None), Err(ActError::Permanent(_))));
+        assert!(matches!(killed(&mut doc(), "checkout-v2", "red", None), Err(ActError::Permanent(_))));
+        assert!(killed(&mut doc(), "shop/checkout-v2", "off", None).is_ok(), "set namespace is stripped");
+    }
+
+    #[test]
+    fn slice_kill_wraps_the_targeting_once() {
+        let mut d = doc();
+        let eu = json!({"in": [{"var": "region"}, ["eu-west"]]});
+        let (before, changed) = killed(&mut d, "checkout-v2", "off", Some(&eu)).unwrap();
+        assert!(changed);
+        let t = &d["flags"]["checkout-v2"]["targeting"];
+        assert_eq!(t["if"][0], eu);
+        assert_eq!(t["if"][1], "off");
+        assert_eq!(t["if"][2], before["targeting"], "everyone else keeps the previous targeting");
+        assert_eq!(d["flags"]["checkout-v2"]["defaultVariant"], "on");
+        assert!(is_killed(&d, "checkout-v2", "off", Some(&eu)));
+        assert!(!is_killed(&d, "checkout-v2", "off", None), "only the slice is off");
+        assert!(!killed(&mut d, "checkout-v2", "off", Some(&eu)).unwrap().1, "idempotent");
+        assert_eq!(fractional_share(&before, &["on".into()]), Some(50.0));
     }
 }

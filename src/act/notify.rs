@@ -14,18 +14,10 @@ pub const NOTIFIER: &str = "notify";
 /// Queues a notification.
 pub fn enqueue(store: &Store, text: &str, evidence: &Value, at: Timestamp) -> Result<(), StoreError> {
     let request = ActionRequest {
-        kind: ActionKind::Notify,
-        actuator: NOTIFIER.into(),
-        flag: String::new(),
-        treatment: vec![],
-        control: None,
         rule: evidence.get("rule").and_then(Value::as_str).unwrap_or("").into(),
-        service: None,
-        environment: None,
-        region: None,
-        scope: vec![],
         evidence: evidence_summary(evidence),
         text: Some(text.into()),
+        ..ActionRequest::new(ActionKind::Notify, NOTIFIER, "")
     };
     // Each notification is its own target: notifications never join one another.
     let target = format!("{NOTIFIER}|{}|{}", at.as_millis(), super::idempotency_key(text, at));
@@ -54,6 +46,10 @@ impl Notifier {
 
 #[async_trait::async_trait]
 impl Actuator for Notifier {
+    fn unexpressible(&self, _scope: &[(String, String)]) -> Option<String> {
+        None
+    }
+
     async fn kill(&self, request: &ActionRequest, idempotency_key: &str) -> Result<Applied, ActError> {
         let body = json!({ "text": request.text, "flagguard": request.evidence });
         let response =

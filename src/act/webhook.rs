@@ -3,7 +3,10 @@
 //! template. A kill limited to a slice (`per: [region]`) needs the templates to use that
 //! dimension's placeholder; otherwise it is refused as permanent (escalated), never widened.
 //! It expresses the classic `POST …/v1/flags/checkout-v2 {"rollout_percentage": 0,
-//! "enabled": false}` with a bearer token.
+//! "enabled": false}` with a bearer token. Restore and rollout changes use their own body
+//! templates (`restore_body`, `rollout_body`; `{action}` is `restore` / `rollout`, a string that
+//! is exactly `"{percent}"` becomes the number); an optional `read_back` request checks the
+//! result (a JSON pointer into its answer).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,8 +14,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::retry::parse_retry_after;
-use super::{ActError, ActionRequest, Actuator, Applied};
-use crate::config::WebhookConfig;
+use super::{ActError, ActionKind, ActionRequest, Actuator, Applied, FlagState};
+use crate::config::{ReadBackConfig, WebhookConfig};
 
 /// The default kill body when none is configured.
 pub const DEFAULT_BODY: &str = r#"{"flag":"{flag}","variant":"{variant}","control":"{control}","enabled":false,"rule":"{rule}","environment":"{environment}","region":"{region}","evidence":"{evidence}"}"#;
@@ -29,6 +32,10 @@ pub struct Webhook {
     uses: Vec<&'static str>,
     headers: BTreeMap<String, String>,
     body: Value,
+    restore_body: Option<Value>,
+    rollout_body: Option<Value>,
+    /// The read-back request, its URL with `${VAR}` expanded.
+    read_back: Option<(reqwest::Method, String, ReadBackConfig)>,
     client: reqwest::Client,
 }
 
@@ -46,13 +53,62 @@ impl Webhook {
             .into_iter()
             .filter(|p| config.url.contains(&format!("{{{p}}}")) || body_text.contains(&format!("{{{p}}}")))
             .collect();
-        Ok(Webhook { name: name.into(), method, url, url_unexpanded: config.url.clone(), uses, headers, body, client })
+        let parse = |t: &Option<String>| t.as_deref().map(serde_json::from_str::<Value>).transpose().map_err(|e| e.to_string());
+        let read_back = match &config.read_back {
+            None => None,
+            Some(rb) => {
+                let method = reqwest::Method::from_bytes(rb.method.as_bytes()).map_err(|e| e.to_string())?;
+                let url = crate::config::expand_env(&rb.url).map_err(|var| format!("environment variable {var} is not set"))?;
+                Some((method, url, rb.clone()))
+            }
+        };
+        Ok(Webhook {
+            name: name.into(),
+            method,
+            url,
+            url_unexpanded: config.url.clone(),
+            uses,
+            headers,
+            body,
+            restore_body: parse(&config.restore_body)?,
+            rollout_body: parse(&config.rollout_body)?,
+            read_back,
+            client,
+        })
+    }
+
+    /// Sends the request's call with `template` as the body.
+    async fn send(&self, request: &ActionRequest, template: &Value, idempotency_key: &str) -> Result<Applied, ActError> {
+        let values = placeholders(request);
+        let url = substitute(&self.url, &values, true);
+        let shown_url = substitute(&self.url_unexpanded, &values, true);
+        let body = render(template, &values, &request.evidence);
+        let mut call = self.client.request(self.method.clone(), &url).header("Idempotency-Key", idempotency_key).json(&body);
+        for (name, value) in &self.headers {
+            call = call.header(name, value);
+        }
+        let response = call.send().await.map_err(transport_error)?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()));
+        let text = response.text().await.unwrap_or_default();
+        classify(status, retry_after, &text)?;
+        let reply = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.chars().take(1000).collect()));
+        Ok(Applied {
+            before: Some(json!({ "serving": true })),
+            after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": shown_url, "status": status.as_u16(), "response": reply })),
+        })
     }
 }
 
 /// The placeholder values of a request.
 pub fn placeholders(request: &ActionRequest) -> Vec<(&'static str, String)> {
+    let action = match request.kind {
+        ActionKind::Restore => "restore",
+        ActionKind::Rollout => "rollout",
+        _ => "kill",
+    };
     vec![
+        ("percent", request.percent.map(|p| p.to_string()).unwrap_or_default()),
         ("flag", request.flag.clone()),
         ("variant", request.treatment.join(",")),
         ("control", request.control.clone().unwrap_or_default()),
@@ -61,7 +117,7 @@ pub fn placeholders(request: &ActionRequest) -> Vec<(&'static str, String)> {
         ("region", request.region.clone().unwrap_or_default()),
         ("service", request.service.clone().unwrap_or_default()),
         ("cohort", request.scope.iter().find(|(k, _)| k == "cohort").map(|(_, v)| v.clone()).unwrap_or_default()),
-        ("action", "kill".into()),
+        ("action", action.into()),
     ]
 }
 
@@ -87,6 +143,12 @@ fn percent_encode(s: &str) -> String {
 pub fn render(template: &Value, values: &[(&'static str, String)], evidence: &Value) -> Value {
     match template {
         Value::String(s) if s == "{evidence}" => evidence.clone(),
+        Value::String(s) if s == "{percent}" => values
+            .iter()
+            .find(|(k, _)| *k == "percent")
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .and_then(|p| serde_json::Number::from_f64(p).map(Value::Number))
+            .unwrap_or(Value::Null),
         Value::String(s) => Value::String(substitute(s, values, false)),
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, values, evidence)).collect()),
         Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), render(v, values, evidence))).collect()),
@@ -111,31 +173,47 @@ pub fn transport_error(e: reqwest::Error) -> ActError {
 
 #[async_trait::async_trait]
 impl Actuator for Webhook {
+    fn unexpressible(&self, scope: &[(String, String)]) -> Option<String> {
+        scope.iter().find(|(dim, _)| !self.uses.contains(&dim.as_str())).map(|(dim, value)| {
+            format!("webhook {} cannot express the slice {dim}={value}: its URL and body never use {{{dim}}}; a kill would hit every {dim}", self.name)
+        })
+    }
+
     async fn kill(&self, request: &ActionRequest, idempotency_key: &str) -> Result<Applied, ActError> {
-        if let Some((dim, value)) = request.scope.iter().find(|(dim, _)| !self.uses.contains(&dim.as_str())) {
-            return Err(ActError::Permanent(format!(
-                "webhook {} cannot express the slice {dim}={value}: its URL and body never use {{{dim}}}; a kill would hit every {dim}",
-                self.name
-            )));
+        if let Some(why) = self.unexpressible(&request.scope) {
+            return Err(ActError::Permanent(why));
         }
-        let values = placeholders(request);
-        let url = substitute(&self.url, &values, true);
-        let shown_url = substitute(&self.url_unexpanded, &values, true);
-        let body = render(&self.body, &values, &request.evidence);
-        let mut call = self.client.request(self.method.clone(), &url).header("Idempotency-Key", idempotency_key).json(&body);
+        self.send(request, &self.body, idempotency_key).await
+    }
+
+    async fn restore(&self, request: &ActionRequest, idempotency_key: &str) -> Result<Applied, ActError> {
+        let template = self.restore_body.as_ref().ok_or_else(|| ActError::Permanent(format!("webhook {} has no restore_body; restore by hand", self.name)))?;
+        self.send(request, template, idempotency_key).await
+    }
+
+    async fn set_rollout(&self, request: &ActionRequest, _percent: f64, idempotency_key: &str) -> Result<Applied, ActError> {
+        let template = self.rollout_body.as_ref().ok_or_else(|| ActError::Permanent(format!("webhook {} has no rollout_body", self.name)))?;
+        self.send(request, template, idempotency_key).await
+    }
+
+    async fn read(&self, request: &ActionRequest) -> Result<FlagState, ActError> {
+        let Some((method, url, rb)) = &self.read_back else { return Ok(FlagState::unknown()) };
+        let url = substitute(url, &placeholders(request), true);
+        let mut call = self.client.request(method.clone(), &url);
         for (name, value) in &self.headers {
             call = call.header(name, value);
         }
         let response = call.send().await.map_err(transport_error)?;
         let status = response.status();
-        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()));
         let text = response.text().await.unwrap_or_default();
-        classify(status, retry_after, &text)?;
-        let reply = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.chars().take(1000).collect()));
-        Ok(Applied {
-            before: None,
-            after: Some(json!({ "actuator": self.name, "method": self.method.as_str(), "url": shown_url, "status": status.as_u16(), "response": reply })),
-        })
+        classify(status, None, &text).map_err(|e| match e {
+            ActError::Permanent(m) => ActError::Permanent(format!("read back: {m}")),
+            other => other,
+        })?;
+        let answer: Value = serde_json::from_str(&text).map_err(|e| ActError::Permanent(format!("read back: the answer is not JSON ({e})")))?;
+        let value = answer.pointer(&rb.pointer).ok_or_else(|| ActError::Permanent(format!("read back: the answer has nothing at {}", rb.pointer)))?;
+        let rollout = rb.rollout_pointer.as_deref().and_then(|p| answer.pointer(p)).and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()));
+        Ok(FlagState { killed: Some(*value == rb.killed_value), rollout, detail: answer })
     }
 }
 
@@ -146,19 +224,25 @@ mod tests {
 
     fn request() -> ActionRequest {
         ActionRequest {
-            kind: ActionKind::Kill,
-            actuator: "flags".into(),
-            flag: "checkout v2".into(),
             treatment: vec!["on".into()],
             control: Some("off".into()),
             rule: "r".into(),
             service: Some("payments".into()),
             environment: Some("production".into()),
-            region: None,
-            scope: vec![],
             evidence: json!({"verdict": "breached"}),
-            text: None,
+            ..ActionRequest::new(ActionKind::Kill, "flags", "checkout v2")
         }
+    }
+
+    fn bare(url: &str) -> WebhookConfig {
+        WebhookConfig::to(url)
+    }
+
+    #[test]
+    fn percent_becomes_a_number() {
+        let template: Value = serde_json::from_str(r#"{"rollout": "{percent}", "action": "{action}"}"#).unwrap();
+        let r = ActionRequest { kind: ActionKind::Rollout, percent: Some(25.0), ..request() };
+        assert_eq!(render(&template, &placeholders(&r), &json!({})), json!({"rollout": 25.0, "action": "rollout"}));
     }
 
     #[test]
@@ -181,7 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slice_the_templates_cannot_express_is_refused_not_widened() {
-        let config = |url: &str| WebhookConfig { method: "POST".into(), url: url.into(), headers: BTreeMap::new(), body: Some("{}".into()) };
+        let config = |url: &str| WebhookConfig { url: url.into(), body: Some("{}".into()), ..bare("") };
         let mut scoped = request();
         scoped.scope = vec![("region".into(), "eu-west".into())];
         let whole = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
@@ -196,8 +280,7 @@ mod tests {
     fn secrets_stay_out_of_what_is_audited() {
         // SAFETY: a variable no other test reads.
         unsafe { std::env::set_var("FG_TEST_WEBHOOK_SECRET", "s3cr3t") };
-        let config =
-            WebhookConfig { method: "POST".into(), url: "http://h/hook/${FG_TEST_WEBHOOK_SECRET}/{flag}".into(), headers: BTreeMap::new(), body: None };
+        let config = bare("http://h/hook/${FG_TEST_WEBHOOK_SECRET}/{flag}");
         let hook = Webhook::new("w", &config, crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
         assert!(hook.url.contains("s3cr3t"));
         assert!(!hook.url_unexpanded.contains("s3cr3t"));

@@ -231,7 +231,7 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                     }
                     let (id, joined) = match submitted {
                         Some(Submitted::New(id)) => (Some(id), false),
-                        Some(Submitted::Joined(id)) => (Some(id), true),
+                        Some(Submitted::Joined(id)) | Some(Submitted::Suppressed(id)) => (Some(id), true),
                         None => (None, false),
                     };
                     report.actions.push(json!({ "flag": t.flag, "via": t.actuator, "mode": t.mode.as_str(), "action_id": id, "joined": joined }));

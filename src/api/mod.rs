@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod actions;
 pub mod alerts;
 pub mod dashboard;
 pub mod gates;
@@ -35,6 +36,10 @@ pub enum ApiError {
     InvalidRules(Vec<String>),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl IntoResponse for ApiError {
@@ -46,6 +51,8 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid rules; the previous rules stay active", "errors": errors }))
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({ "error": self.to_string() })),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, json!({ "error": self.to_string() })),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, json!({ "error": self.to_string() })),
         };
         (status, Json(body)).into_response()
     }
@@ -59,6 +66,10 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub commands: mpsc::Sender<Command>,
     pub ready: Arc<AtomicBool>,
+    pub clock: Arc<dyn crate::time::Clock>,
+    /// Wakes the executor after an operator action is queued.
+    pub wake: Arc<tokio::sync::Notify>,
+    pub actuators: std::collections::BTreeSet<String>,
 }
 
 /// Builds the API router; `alerts` serves `POST /v1/alerts/{source}`.
@@ -81,8 +92,11 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/rules", get(rules))
         .route("/v1/rules/reload", post(reload))
         .route("/v1/verdicts", get(verdicts))
-        .route("/v1/actions", get(actions))
-        .route("/v1/actions/{id}", get(action))
+        .route("/v1/actions", get(actions::list))
+        .route("/v1/actions/{id}", get(actions::one))
+        .route("/v1/actions/{id}/restore", post(actions::restore))
+        .route("/v1/flags/{flag}/kill", post(actions::kill))
+        .route("/v1/flags/{flag}/rollout", post(actions::rollout))
         .route("/v1/audit", get(audit))
         .with_state(state)
         .merge(alert_routes)
@@ -132,23 +146,10 @@ async fn reload(State(s): State<ApiState>) -> Result<Response, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct Page {
-    limit: Option<u32>,
-    before: Option<i64>,
-    kind: Option<String>,
-}
-
-async fn actions(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(100).min(1000);
-    let store = s.store.clone();
-    let rows = tokio::task::spawn_blocking(move || store.actions(limit)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
-    Ok(Json(json!({ "actions": rows })).into_response())
-}
-
-async fn action(State(s): State<ApiState>, axum::extract::Path(id): axum::extract::Path<i64>) -> Result<Response, ApiError> {
-    let store = s.store.clone();
-    let row = tokio::task::spawn_blocking(move || store.action(id)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
-    row.map(|r| Json(r).into_response()).ok_or_else(|| ApiError::NotFound(format!("no action {id}")))
+pub struct Page {
+    pub limit: Option<u32>,
+    pub before: Option<i64>,
+    pub kind: Option<String>,
 }
 
 async fn audit(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {

@@ -84,7 +84,10 @@ async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
     let mut file = ConfigFile::ephemeral(&root);
     file.correlate.trace_idle = Duration::from_secs(5);
     file.aggregate.snapshot_interval = Duration::from_millis(500);
-    file.actuators.insert("flagd-demo".into(), ActuatorConfig::Flagd(FlagdConfig { path: flags_path.clone(), off_variant: "off".into() }));
+    file.actuators.insert(
+        "flagd-demo".into(),
+        ActuatorConfig::Flagd(FlagdConfig { path: flags_path.clone(), off_variant: "off".into(), slices: Default::default(), verify: Default::default() }),
+    );
     let config = Config::validate(file).map_err(|e| e.to_string())?;
     let app = App::build(config, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
     let addrs = app.addrs();

@@ -86,6 +86,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
             rules_dir: rules_dir.into(),
             actuators: BTreeSet::new(),
             notify: false,
+            verify: Default::default(),
         },
     );
     let options = ExtractOptions { flag_attribute_prefixes: config.otlp.flag_attribute_prefixes.clone() };

@@ -76,6 +76,11 @@ impl ConfigFile {
             }
         }
         for actuator in copy.actuators.values_mut() {
+            if let Some(token) = actuator.token_mut() {
+                *token = "<redacted>".into();
+            }
+        }
+        for actuator in copy.actuators.values_mut() {
             if let ActuatorConfig::Webhook(w) = actuator {
                 // `${VAR}` references are kept unexpanded; a literal query string may hold a key.
                 if let Some((base, _)) = w.url.split_once('?') {
@@ -279,6 +284,160 @@ pub enum ActuatorConfig {
     Webhook(WebhookConfig),
     /// A flagd flag-definition file, rewritten atomically.
     Flagd(FlagdConfig),
+    /// Unleash's admin API.
+    Unleash(UnleashConfig),
+    /// LaunchDarkly's REST API v2 (semantic patch).
+    Launchdarkly(LaunchDarklyConfig),
+    /// Flagsmith's Admin API.
+    Flagsmith(FlagsmithConfig),
+}
+
+impl ActuatorConfig {
+    /// How a kill is verified and escalated.
+    pub fn verify(&self) -> &VerifyConfig {
+        match self {
+            ActuatorConfig::Webhook(c) => &c.verify,
+            ActuatorConfig::Flagd(c) => &c.verify,
+            ActuatorConfig::Unleash(c) => &c.verify,
+            ActuatorConfig::Launchdarkly(c) => &c.verify,
+            ActuatorConfig::Flagsmith(c) => &c.verify,
+        }
+    }
+
+    /// The secret-bearing fields, for redaction and the "only from the environment" check.
+    pub fn token_mut(&mut self) -> Option<&mut String> {
+        match self {
+            ActuatorConfig::Unleash(c) => Some(&mut c.token),
+            ActuatorConfig::Launchdarkly(c) => Some(&mut c.token),
+            ActuatorConfig::Flagsmith(c) => Some(&mut c.token),
+            ActuatorConfig::Webhook(_) | ActuatorConfig::Flagd(_) => None,
+        }
+    }
+}
+
+/// `[actuators.NAME.verify]`: how flagguard knows a kill worked, and what it does when not.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// The killed cohort must drain (its share of the flag's evaluations in the kill's scope
+    /// at or below `drain_below`) within this long after the kill is confirmed: SDK caches
+    /// and polling take seconds to minutes. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub drain_within: Duration,
+    /// Default 0.01 (1 % of the flag's evaluations).
+    pub drain_below: f64,
+    /// The share is measured over the last `drain_window` of telemetry. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// After draining, the slice's error rate must come back to its baseline's within this
+    /// long, else the on-call is told the kill did not fix it. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub recover_within: Duration,
+    /// How often a killed flag is read back to notice a human re-enabling it. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub drift_interval: Duration,
+    /// Actuator that gets the kill when this one fails (escalation). Default none.
+    pub fallback: Option<String>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            drain_within: Duration::from_secs(120),
+            drain_below: 0.01,
+            drain_window: Duration::from_secs(5),
+            recover_within: Duration::from_secs(300),
+            drift_interval: Duration::from_secs(15),
+            fallback: None,
+        }
+    }
+}
+
+/// Unleash (admin API). A kill turns the environment off; a kill of a slice (`per: [region]`)
+/// disables only the strategies that serve exactly that slice, through the context field
+/// `slices` maps the dimension to (`slices = { region = "region" }`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnleashConfig {
+    /// Base URL, e.g. `https://unleash.example.com`.
+    pub url: String,
+    /// Admin API token or personal access token: `${VAR}` (from the environment) only.
+    pub token: String,
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Telemetry environment → Unleash environment. Unmapped names are used as they are.
+    #[serde(default)]
+    pub environments: BTreeMap<String, String>,
+    /// Environment for a kill whose telemetry has none.
+    #[serde(default)]
+    pub default_environment: Option<String>,
+    /// Dimension → context field name of the strategy constraints that express it.
+    #[serde(default)]
+    pub slices: BTreeMap<String, String>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+fn default_project() -> String {
+    "default".into()
+}
+
+/// LaunchDarkly (REST API v2). A kill is the semantic patch `turnFlagOff`; slices cannot be
+/// expressed (use `on_unscoped: widen` or per-environment rules).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchDarklyConfig {
+    /// Default `https://app.launchdarkly.com`.
+    #[serde(default = "default_ld_url")]
+    pub url: String,
+    /// Access token (`Authorization: <token>`, no scheme): `${VAR}` only.
+    pub token: String,
+    pub project: String,
+    #[serde(default)]
+    pub environments: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_environment: Option<String>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+fn default_ld_url() -> String {
+    "https://app.launchdarkly.com".into()
+}
+
+/// Flagsmith (Admin API). `api = "classic"` PATCHes the environment's feature state
+/// (refused on Feature Versioning v2 environments); `api = "versioned"` uses the
+/// `update-flag-v1` endpoint. A slice is a segment override: `segments = { "region=eu-west" = 456 }`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsmithConfig {
+    /// Default `https://api.flagsmith.com`.
+    #[serde(default = "default_flagsmith_url")]
+    pub url: String,
+    /// Organisation API key (`Authorization: Api-Key <key>`): `${VAR}` only.
+    pub token: String,
+    /// Telemetry environment → Flagsmith environment key (required for each environment).
+    pub environments: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_environment: Option<String>,
+    #[serde(default)]
+    pub api: FlagsmithApi,
+    #[serde(default)]
+    pub segments: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+fn default_flagsmith_url() -> String {
+    "https://api.flagsmith.com".into()
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagsmithApi {
+    #[default]
+    Classic,
+    Versioned,
 }
 
 /// A generic webhook. Placeholders `{flag}`, `{variant}`, `{control}`, `{rule}`, `{environment}`,
@@ -298,6 +457,57 @@ pub struct WebhookConfig {
     /// `{"flag":"{flag}","variant":"{variant}","control":"{control}","enabled":false,"rule":"{rule}","environment":"{environment}","region":"{region}","evidence":"{evidence}"}`.
     #[serde(default)]
     pub body: Option<String>,
+    /// Body template of a restore (`{action}` = `restore`). Default none: no restore.
+    #[serde(default)]
+    pub restore_body: Option<String>,
+    /// Body template of a rollout change; `"{percent}"` becomes the number. Default none.
+    #[serde(default)]
+    pub rollout_body: Option<String>,
+    /// Optional read-back: a request whose JSON answer says whether the flag is off.
+    #[serde(default)]
+    pub read_back: Option<ReadBackConfig>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+impl WebhookConfig {
+    /// A `POST url` webhook with the default body and nothing else.
+    pub fn to(url: &str) -> WebhookConfig {
+        WebhookConfig {
+            method: default_method(),
+            url: url.into(),
+            headers: BTreeMap::new(),
+            body: None,
+            restore_body: None,
+            rollout_body: None,
+            read_back: None,
+            verify: VerifyConfig::default(),
+        }
+    }
+}
+
+/// A webhook's read-back: `GET url` (placeholders as in the kill), then the JSON value at
+/// `pointer` (RFC 6901, e.g. `/enabled`) equals `killed_value` when the flag is off.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBackConfig {
+    #[serde(default = "default_get")]
+    pub method: String,
+    pub url: String,
+    pub pointer: String,
+    #[serde(default = "default_killed_value")]
+    pub killed_value: serde_json::Value,
+    /// Pointer to the rollout percentage in the same answer (optional).
+    #[serde(default)]
+    pub rollout_pointer: Option<String>,
+}
+
+fn default_get() -> String {
+    "GET".into()
+}
+
+fn default_killed_value() -> serde_json::Value {
+    serde_json::Value::Bool(false)
 }
 
 fn default_method() -> String {
@@ -313,6 +523,12 @@ pub struct FlagdConfig {
     /// Variant served after a kill when the rule names no control. Default `off`.
     #[serde(default = "default_off")]
     pub off_variant: String,
+    /// Dimension → evaluation-context attribute that expresses it in `targeting`
+    /// (`slices = { region = "region" }`).
+    #[serde(default)]
+    pub slices: BTreeMap<String, String>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
 }
 
 fn default_off() -> String {

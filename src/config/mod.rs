@@ -7,7 +7,10 @@ pub mod file;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use file::{ActuatorConfig, AlertSourceConfig, ConfigFile, FlagdConfig, WebhookConfig};
+pub use file::{
+    ActuatorConfig, AlertSourceConfig, ConfigFile, FlagdConfig, FlagsmithApi, FlagsmithConfig, LaunchDarklyConfig, ReadBackConfig, UnleashConfig, VerifyConfig,
+    WebhookConfig,
+};
 
 /// Why the configuration cannot be used (exit code 64).
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,43 @@ impl Config {
                         errors.push(format!("{field}.path: must not be empty"));
                     }
                 }
+                ActuatorConfig::Unleash(c) => {
+                    check_api(&mut errors, &field, &c.url, &c.token);
+                    if c.project.is_empty() {
+                        errors.push(format!("{field}.project: must not be empty"));
+                    }
+                }
+                ActuatorConfig::Launchdarkly(c) => {
+                    check_api(&mut errors, &field, &c.url, &c.token);
+                    if c.project.is_empty() {
+                        errors.push(format!("{field}.project: must not be empty"));
+                    }
+                }
+                ActuatorConfig::Flagsmith(c) => {
+                    check_api(&mut errors, &field, &c.url, &c.token);
+                    if c.environments.is_empty() {
+                        errors.push(format!("{field}.environments: map each telemetry environment to its Flagsmith environment key"));
+                    }
+                    for key in c.segments.keys() {
+                        if !key.contains('=') {
+                            errors.push(format!("{field}.segments.{key}: keys are DIMENSION=VALUE, e.g. \"region=eu-west\""));
+                        }
+                    }
+                }
+            }
+            let verify = actuator.verify();
+            if !(0.0..=1.0).contains(&verify.drain_below) {
+                errors.push(format!("{field}.verify.drain_below: must be in [0, 1], got {}", verify.drain_below));
+            }
+            if verify.drain_window.is_zero() || verify.drain_within < verify.drain_window {
+                errors.push(format!("{field}.verify: need 0 < drain_window <= drain_within"));
+            }
+        }
+        for (name, actuator) in &file.actuators {
+            if let Some(fallback) = &actuator.verify().fallback
+                && (fallback == name || !file.actuators.contains_key(fallback))
+            {
+                errors.push(format!("actuators.{name}.verify.fallback: {fallback:?} must name another configured actuator"));
             }
         }
         let actuator_names: Vec<String> = file.actuators.keys().cloned().collect();
@@ -171,6 +211,11 @@ impl Config {
         }
     }
 
+    /// Each actuator's verification settings.
+    pub fn verify_settings(&self) -> std::collections::HashMap<String, file::VerifyConfig> {
+        self.file.actuators.iter().map(|(name, a)| (name.clone(), a.verify().clone())).collect()
+    }
+
     /// Names of the configured actuators.
     pub fn actuator_names(&self) -> std::collections::BTreeSet<String> {
         self.file.actuators.keys().cloned().collect()
@@ -190,6 +235,19 @@ fn config_env() -> config::Map<String, String> {
             TOP_LEVEL.contains(&first.as_str())
         })
         .collect()
+}
+
+/// A flag-system API actuator: a URL, and a token that comes from the environment
+/// (`${VAR}`) so that it never sits in a file that is audited or committed.
+fn check_api(errors: &mut Vec<String>, field: &str, url: &str, token: &str) {
+    if let Err(e) = reqwest::Url::parse(url) {
+        errors.push(format!("{field}.url: {url:?} is not a URL ({e})"));
+    }
+    if !token.contains("${") {
+        errors.push(format!("{field}.token: give the credential as ${{VAR}} (read from the environment), not literally"));
+    } else if let Err(var) = expand_env(token) {
+        errors.push(format!("{field}.token: environment variable {var} is not set"));
+    }
 }
 
 /// Replaces `${VAR}` with the environment variable's value; returns the missing name.

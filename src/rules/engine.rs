@@ -63,6 +63,9 @@ pub struct Decision {
     pub slice_key: String,
     pub record: Value,
     pub at: Timestamp,
+    /// `on_unscoped: widen` and `auto_restore` of the rule's action.
+    pub widen: bool,
+    pub auto_restore: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -411,6 +414,8 @@ impl RuleEngine {
             slice_key,
             record,
             at: now,
+            widen: rule.widen,
+            auto_restore: rule.auto_restore,
         })
     }
 

@@ -313,6 +313,8 @@ mod tests {
             min_samples: 100,
             for_: Duration::ZERO,
             kill: None,
+            widen: false,
+            auto_restore: None,
             cooldown: Duration::from_secs(60),
             mode: Mode::DryRun,
             expected_share: None,

@@ -150,6 +150,22 @@ pub struct BurnRateShape {
 pub struct ActionShape {
     /// Name of the actuator (`[actuators.NAME]`) that kills the flag.
     pub kill: String,
+    /// A slice (`per: [region]`) the flag system cannot express: `escalate` (default) or
+    /// `widen` (kill the flag in the whole environment).
+    #[serde(default)]
+    pub on_unscoped: OnUnscoped,
+    /// Restore the flag this long after its kill drained (default: never; restore is manual).
+    #[serde(default, with = "humantime_serde")]
+    pub auto_restore: Option<Duration>,
+}
+
+/// What to do with a slice the flag system cannot express.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnscoped {
+    #[default]
+    Escalate,
+    Widen,
 }
 
 /// `enforce` calls the flag system; `dry_run` (default) records what would have been done.

@@ -125,6 +125,10 @@ pub struct Rule {
     pub for_: Duration,
     /// Actuator name; `None` = observe only.
     pub kill: Option<String>,
+    /// `action.on_unscoped: widen`.
+    pub widen: bool,
+    /// `action.auto_restore`.
+    pub auto_restore: Option<Duration>,
     pub cooldown: Duration,
     pub mode: Mode,
     /// The treatment's expected share of users, for the sample-ratio-mismatch check.
@@ -399,6 +403,11 @@ fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) 
     {
         r.fail("expected_share", format!("must be in (0, 1), got {share}"));
     }
+    let widen = shape.action.as_ref().is_some_and(|a| a.on_unscoped == file::OnUnscoped::Widen);
+    let auto_restore = shape.action.as_ref().and_then(|a| a.auto_restore);
+    if auto_restore.is_some_and(|d| d < Duration::from_secs(1)) {
+        r.fail("action.auto_restore", "must be at least 1s".into());
+    }
     let kill = shape.action.map(|a| a.kill);
     if let Some(name) = &kill {
         if shape.mode == Mode::Enforce && !actuators.contains(name) {
@@ -431,6 +440,8 @@ fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) 
         min_samples: shape.min_samples,
         for_: shape.for_,
         kill,
+        widen,
+        auto_restore,
         cooldown: shape.cooldown,
         mode: shape.mode,
         expected_share: shape.expected_share,

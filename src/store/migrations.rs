@@ -51,6 +51,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (source, dedup_key, status)
     );
     CREATE INDEX alert_deliveries_age ON alert_deliveries(last_ms);",
+    // 3: verified actions: what the flag system answered (`result`, e.g. the state a restore
+    // returns to) and when the action entered its current state (drain deadlines).
+    "ALTER TABLE outbox ADD COLUMN result TEXT;
+    ALTER TABLE outbox ADD COLUMN state_ms INTEGER NOT NULL DEFAULT 0;
+    UPDATE outbox SET state_ms = updated_ms;
+    CREATE INDEX outbox_state ON outbox(kind, state);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

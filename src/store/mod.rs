@@ -5,8 +5,13 @@
 //! - an action is written to the outbox (with its "decided" audit record, in one transaction)
 //!   before any call to a flag system; restart resumes every pending action;
 //! - at most one pending action per target: a repeated trigger joins it (`triggers` + 1);
-//! - a terminal state (confirmed, escalated) is written together with its audit record, so an
-//!   action is audited once per transition even across crashes;
+//! - every state change is written together with its audit record, and only from the state
+//!   it expects, so an action is audited once per transition even across crashes;
+//! - action states: `pending` (in the outbox, being tried) → `sent` (the call succeeded, the
+//!   flag system cannot be read back) or `confirmed` (read back) → `drained` (the killed
+//!   cohort's traffic is gone) → `restored`; failures end in `escalated`; `unverified` (no
+//!   traffic to watch), `overridden` (a human re-enabled the flag: drift, never fought) and
+//!   `superseded` (a rollout change overtaken by a kill) are terminal too;
 //! - the audit log is append-only; schema changes are numbered migrations (`user_version`).
 
 pub mod migrations;
@@ -78,6 +83,10 @@ pub struct ActionRow {
     pub last_error: Option<String>,
     pub triggers: u32,
     pub idempotency_key: String,
+    /// What the flag system answered (`act::Applied`), once the call succeeded.
+    pub result: Option<serde_json::Value>,
+    /// When the action entered its current state (ms since the epoch).
+    pub state_ms: u64,
 }
 
 /// An action to write to the outbox.
@@ -103,6 +112,16 @@ pub struct AlertOutcome {
 pub enum Submitted {
     New(i64),
     Joined(i64),
+    /// Not queued: a human re-enabled the flag after this earlier kill (drift); flagguard does
+    /// not fight them until an operator acknowledges it.
+    Suppressed(i64),
+}
+
+/// The parts of an action target (`actuator|flag|environment|scope`).
+pub fn target_parts(target: &str) -> (&str, &str, &str, &str) {
+    let mut parts = target.splitn(4, '|');
+    let mut next = || parts.next().unwrap_or("");
+    (next(), next(), next(), next())
 }
 
 /// A handle to the database; cheap to clone.
@@ -184,6 +203,17 @@ impl Store {
             "INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
             params![a.slice_key, now],
         )?;
+        if a.kind == "kill" {
+            let overridden: Option<i64> = tx
+                .query_row("SELECT id FROM outbox WHERE target = ?1 AND kind = 'kill' ORDER BY id DESC LIMIT 1", params![a.target], |r| r.get(0))
+                .optional()?
+                .filter(|id| Store::state_in(tx, *id).as_deref() == Some("overridden"));
+            if let Some(id) = overridden {
+                Store::insert_audit(tx, &AuditEntry { kind: "kill_suppressed".into(), action_id: Some(id), ..a.audit.clone() })?;
+                return Ok(Submitted::Suppressed(id));
+            }
+            Store::supersede_rollouts(tx, a.target, a.audit)?;
+        }
         let open: Option<i64> = tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending'", params![a.target], |r| r.get(0)).optional()?;
         Ok(match open {
             Some(id) => {
@@ -193,7 +223,7 @@ impl Store {
             }
             None => {
                 tx.execute(
-                    "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5)",
+                    "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key, state_ms) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5, ?1)",
                     params![now, a.target, a.kind, a.request.to_string(), a.idempotency_key],
                 )?;
                 let id = tx.last_insert_rowid();
@@ -201,6 +231,67 @@ impl Store {
                 Submitted::New(id)
             }
         })
+    }
+
+    fn state_in(tx: &rusqlite::Transaction<'_>, id: i64) -> Option<String> {
+        tx.query_row("SELECT state FROM outbox WHERE id = ?1", params![id], |r| r.get(0)).ok()
+    }
+
+    /// A kill supersedes pending rollout changes of the same flag and environment.
+    fn supersede_rollouts(tx: &rusqlite::Transaction<'_>, kill_target: &str, audit: &AuditEntry) -> rusqlite::Result<()> {
+        let (_, flag, env, _) = target_parts(kill_target);
+        let mut stmt = tx.prepare("SELECT id, target FROM outbox WHERE kind = 'rollout' AND state = 'pending'")?;
+        let rows: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        for (id, target) in rows {
+            let (_, f, e, _) = target_parts(&target);
+            if f == flag && (e == env || e == "*" || env == "*") {
+                tx.execute("UPDATE outbox SET state = 'superseded', state_ms = ?2, updated_ms = ?2 WHERE id = ?1", params![id, audit.at.as_millis() as i64])?;
+                Store::insert_audit(tx, &AuditEntry { kind: "rollout_superseded".into(), action_id: Some(id), target: Some(target.clone()), ..audit.clone() })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an operator's action (restore, rollout change) unless it conflicts: another
+    /// action is pending for the target, or a rollout change while the flag is killed.
+    /// Returns the new action's id, or why it was refused.
+    pub fn submit_operator(
+        &self,
+        target: &str,
+        kind: &str,
+        request: &serde_json::Value,
+        idempotency_key: &str,
+        audit: &AuditEntry,
+    ) -> Result<Result<i64, String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let pending: Option<(i64, String)> =
+            tx.query_row("SELECT id, kind FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        if let Some((id, other)) = pending {
+            return Ok(Err(format!("action {id} ({other}) is still pending for this target")));
+        }
+        if kind == "rollout" {
+            let (_, flag, env, _) = target_parts(target);
+            let mut stmt =
+                tx.prepare("SELECT id, target FROM outbox WHERE kind = 'kill' AND state IN ('pending', 'sent', 'confirmed', 'drained', 'unverified')")?;
+            let killed: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            drop(stmt);
+            if let Some((id, _)) = killed.iter().find(|(_, t)| {
+                let (_, f, e, _) = target_parts(t);
+                f == flag && (e == env || e == "*" || env == "*")
+            }) {
+                return Ok(Err(format!("the flag is killed (action {id}); restore it before changing its rollout")));
+            }
+        }
+        let now = audit.at.as_millis() as i64;
+        tx.execute(
+            "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key, state_ms) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5, ?1)",
+            params![now, target, kind, request.to_string(), idempotency_key],
+        )?;
+        let id = tx.last_insert_rowid();
+        Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), target: Some(target.into()), ..audit.clone() })?;
+        tx.commit()?;
+        Ok(Ok(id))
     }
 
     /// Records one alert delivery (audited as `received.kind`, or `alert_duplicate` when the
@@ -277,11 +368,13 @@ impl Store {
             last_error: r.get(8)?,
             triggers: r.get(9)?,
             idempotency_key: r.get(10)?,
+            result: parse(r.get(11)?),
+            state_ms: r.get::<_, i64>(12)? as u64,
         })
     }
 
     const ROW: &'static str =
-        "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key FROM outbox";
+        "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key, result, state_ms FROM outbox";
 
     /// Pending actions due at `now`, oldest first.
     pub fn due(&self, now: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
@@ -307,18 +400,68 @@ impl Store {
         Ok(())
     }
 
-    /// Moves an action to a terminal state together with its audit record.
-    pub fn finish(&self, id: i64, state: &str, attempts: u32, error: Option<&str>, audit: &AuditEntry) -> Result<(), StoreError> {
+    /// Finishes a pending action's call (`sent`, `confirmed`, `escalated`) with what the flag
+    /// system answered, together with its audit record.
+    pub fn finish(
+        &self,
+        id: i64,
+        state: &str,
+        attempts: u32,
+        error: Option<&str>,
+        result: Option<&serde_json::Value>,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let changed = tx.execute(
-            "UPDATE outbox SET state = ?2, attempts = ?3, last_error = COALESCE(?4, last_error), updated_ms = ?5 WHERE id = ?1 AND state = 'pending'",
-            params![id, state, attempts, error, audit.at.as_millis() as i64],
+            "UPDATE outbox SET state = ?2, attempts = ?3, last_error = COALESCE(?4, last_error), updated_ms = ?5, state_ms = ?5, result = COALESCE(?6, result) WHERE id = ?1 AND state = 'pending'",
+            params![id, state, attempts, error, audit.at.as_millis() as i64, result.map(|r| r.to_string())],
         )?;
         if changed == 1 {
-            Store::insert_audit(&tx, audit)?;
+            Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves an action from one of the `from` states to `to`, with its audit record, in one
+    /// transaction. Returns false (and audits nothing) when it was in another state.
+    pub fn transition(&self, id: i64, from: &[&str], to: &str, error: Option<&str>, audit: &AuditEntry) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let state = Store::state_in(&tx, id);
+        if !state.as_deref().is_some_and(|s| from.contains(&s)) {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE outbox SET state = ?2, last_error = COALESCE(?3, last_error), updated_ms = ?4, state_ms = ?4 WHERE id = ?1",
+            params![id, to, error, audit.at.as_millis() as i64],
+        )?;
+        Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Kills whose effect is being watched (`sent`, `confirmed`, `drained`, `recovered`), oldest
+    /// first.
+    pub fn watched_kills(&self) -> Result<Vec<ActionRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{} WHERE kind = 'kill' AND state IN ('sent', 'confirmed', 'drained', 'recovered') ORDER BY id", Store::ROW))?;
+        let rows = stmt.query_map([], Store::row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Actions in `state` that entered it at or after `since` (e.g. recent restores).
+    pub fn in_state_since(&self, state: &str, since: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{} WHERE state = ?1 AND state_ms >= ?2 ORDER BY id", Store::ROW))?;
+        let rows = stmt.query_map(params![state, since.as_millis() as i64], Store::row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets a slice's cooldown (after a restore).
+    pub fn clear_cooldown(&self, slice_key: &str) -> Result<(), StoreError> {
+        self.lock().execute("DELETE FROM rule_state WHERE slice = ?1", params![slice_key])?;
         Ok(())
     }
 
@@ -335,6 +478,30 @@ impl Store {
         Ok(conn.query_row(&format!("{} WHERE id = ?1", Store::ROW), params![id], Store::row).optional()?)
     }
 
+    /// An action's audit records, oldest first: its timeline.
+    pub fn timeline(&self, action_id: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit WHERE action_id = ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![action_id], Store::audit_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+        Ok(AuditRecord {
+            id: r.get(0)?,
+            at: Timestamp(r.get::<_, i64>(1)? as u64).rfc3339(),
+            actor: r.get(2)?,
+            kind: r.get(3)?,
+            rule: r.get(4)?,
+            action_id: r.get(5)?,
+            target: r.get(6)?,
+            before: parse(r.get(7)?),
+            after: parse(r.get(8)?),
+            evidence: parse(r.get(9)?),
+        })
+    }
+
     /// Audit records, newest first, optionally before an id (pagination) and of one kind.
     pub fn audit_log(&self, limit: u32, before_id: Option<i64>, kind: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
         let conn = self.lock();
@@ -342,20 +509,7 @@ impl Store {
             "SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit \
              WHERE (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?1",
         )?;
-        let rows = stmt.query_map(params![limit, before_id, kind], |r| {
-            Ok(AuditRecord {
-                id: r.get(0)?,
-                at: Timestamp(r.get::<_, i64>(1)? as u64).rfc3339(),
-                actor: r.get(2)?,
-                kind: r.get(3)?,
-                rule: r.get(4)?,
-                action_id: r.get(5)?,
-                target: r.get(6)?,
-                before: parse(r.get(7)?),
-                after: parse(r.get(8)?),
-                evidence: parse(r.get(9)?),
-            })
-        })?;
+        let rows = stmt.query_map(params![limit, before_id, kind], Store::audit_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

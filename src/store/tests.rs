@@ -32,8 +32,8 @@ fn finishing_is_audited_once() {
     let store = Store::in_memory().unwrap();
     let Submitted::New(id) = store.submit("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
     let confirmed = AuditEntry { kind: "kill_confirmed".into(), action_id: Some(id), ..decided(5) };
-    store.finish(id, "confirmed", 1, None, &confirmed).unwrap();
-    store.finish(id, "confirmed", 1, None, &confirmed).unwrap();
+    store.finish(id, "confirmed", 1, None, None, &confirmed).unwrap();
+    store.finish(id, "confirmed", 1, None, None, &confirmed).unwrap();
     let log = store.audit_log(10, None, Some("kill_confirmed")).unwrap();
     assert_eq!(log.len(), 1);
     assert!(store.due(Timestamp(100)).unwrap().is_empty());
@@ -69,4 +69,37 @@ fn reopening_keeps_everything_and_pagination_works() {
     let rest = store.audit_log(10, Some(first[2].id), None).unwrap();
     assert_eq!(rest.len(), 3);
     assert_eq!(store.pending_count().unwrap(), 1);
+}
+
+#[test]
+fn a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore() {
+    let store = Store::in_memory().unwrap();
+    let rollout = store.submit_operator("u|f|production|", "rollout", &json!({}), "r1", &decided(1)).unwrap().unwrap();
+    let other_env = store.submit_operator("u|f|staging|", "rollout", &json!({}), "r2", &decided(1)).unwrap().unwrap();
+    assert!(store.submit_operator("u|f|production|", "rollout", &json!({}), "r3", &decided(2)).unwrap().is_err(), "one pending per target");
+    let Submitted::New(kill) = store.submit("u|f|production|", "kill", &json!({}), "k", "s", &decided(3)).unwrap() else { panic!() };
+    assert_eq!(store.action(rollout).unwrap().unwrap().state, "superseded");
+    assert_eq!(store.action(other_env).unwrap().unwrap().state, "pending", "another environment is untouched");
+    assert_eq!(store.audit_log(10, None, Some("rollout_superseded")).unwrap().len(), 1);
+    let refused = store.submit_operator("u|f|production|region=eu", "rollout", &json!({}), "r4", &decided(4)).unwrap();
+    assert!(refused.unwrap_err().contains("killed"), "no rollout change while the flag is killed");
+    store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {"enabled": true}})), &decided(5)).unwrap();
+    assert_eq!(store.action(kill).unwrap().unwrap().result.unwrap()["before"]["enabled"], true);
+}
+
+#[test]
+fn transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills() {
+    let store = Store::in_memory().unwrap();
+    let Submitted::New(kill) = store.submit("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    assert!(!store.transition(kill, &["confirmed"], "drained", None, &decided(2)).unwrap(), "still pending");
+    store.finish(kill, "confirmed", 1, None, None, &decided(2)).unwrap();
+    assert_eq!(store.watched_kills().unwrap().len(), 1);
+    assert!(store.transition(kill, &["confirmed"], "overridden", Some("re-enabled"), &decided(3)).unwrap());
+    assert!(!store.transition(kill, &["confirmed"], "overridden", None, &decided(3)).unwrap(), "audited once");
+    assert!(store.watched_kills().unwrap().is_empty());
+    assert_eq!(store.submit("t", "kill", &json!({}), "k2", "s", &decided(4)).unwrap(), Submitted::Suppressed(kill), "never fight a human");
+    assert!(store.transition(kill, &["overridden"], "restored", None, &decided(5)).unwrap());
+    assert!(matches!(store.submit("t", "kill", &json!({}), "k3", "s", &decided(6)).unwrap(), Submitted::New(_)), "re-armed after acknowledgement");
+    let timeline: Vec<String> = store.timeline(kill).unwrap().into_iter().map(|r| r.kind).collect();
+    assert_eq!(timeline, ["kill_decided", "kill_decided", "kill_decided", "kill_suppressed", "kill_decided"]);
 }

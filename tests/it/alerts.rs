@@ -30,10 +30,8 @@ async fn daemon(server: &FlagServer, alerts: BTreeMap<String, AlertSourceConfig>
     config.actuators.insert(
         "flags".into(),
         ActuatorConfig::Webhook(WebhookConfig {
-            method: "POST".into(),
-            url: server.url(),
-            headers: BTreeMap::new(),
             body: Some(r#"{"enabled": false, "environment": "{environment}", "cohort": "{cohort}", "evidence": "{evidence}"}"#.into()),
+            ..WebhookConfig::to(&server.url())
         }),
     );
     config.alerts = alerts;

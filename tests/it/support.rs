@@ -125,10 +125,9 @@ impl Daemon {
         file.actuators.insert(
             "flags".into(),
             ActuatorConfig::Webhook(WebhookConfig {
-                method: "POST".into(),
-                url: server.url(),
                 headers: BTreeMap::from([("Authorization".into(), "Bearer test-token-123".into())]),
                 body: Some(r#"{"rollout_percentage": 0, "enabled": false, "variant": "{variant}", "rule": "{rule}", "evidence": "{evidence}"}"#.into()),
+                ..WebhookConfig::to(&server.url())
             }),
         );
         file

@@ -19,6 +19,8 @@ fn rule(name: &str, flag: &str, service: &str) -> Rule {
         min_samples: 50,
         for_: Duration::from_secs(10),
         kill: Some("flags".into()),
+        widen: false,
+        auto_restore: None,
         cooldown: Duration::from_secs(600),
         mode: Mode::Enforce,
         expected_share: None,

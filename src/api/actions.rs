@@ -1,0 +1,172 @@
+//! Actions: list them with their state, read one with its timeline (every audit record of the
+//! action, oldest first), and the operator's actions — restore a kill, kill a flag by hand,
+//! change a rollout — which go through the same outbox, read-back and audit path as automatic
+//! ones. Without access control yet (#7) the API binds loopback by default.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, ApiState, Page};
+use crate::act::{ActionKind, ActionRequest};
+use crate::store::AuditEntry;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+pub async fn list(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(100).min(1000);
+    let store = s.store.clone();
+    let rows = blocking(move || store.actions(limit)).await??;
+    Ok(Json(json!({ "actions": rows })).into_response())
+}
+
+pub async fn one(State(s): State<ApiState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let (row, timeline) = blocking(move || Ok::<_, crate::store::StoreError>((store.action(id)?, store.timeline(id)?))).await??;
+    let row = row.ok_or_else(|| ApiError::NotFound(format!("no action {id}")))?;
+    let mut body = serde_json::to_value(&row).unwrap_or_default();
+    body["timeline"] = serde_json::to_value(timeline).unwrap_or_default();
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who asks (recorded in the audit log). Default `api`.
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// `POST /v1/actions/{id}/restore`: undo a kill (the flag returns to the state the kill saved;
+/// its cooldown is cleared and its windows restart). On a kill a human already overrode in the
+/// flag system, it only acknowledges the drift (no call) and re-arms the rule.
+pub async fn restore(State(s): State<ApiState>, Path(id): Path<i64>, body: Option<Json<Reason>>) -> Result<Response, ApiError> {
+    let Json(body) = body.unwrap_or_default();
+    let actor = body.actor.clone().unwrap_or_else(|| "api".into());
+    let now = s.clock.now();
+    let store = s.store.clone();
+    let outcome = blocking(move || -> Result<Result<(i64, &'static str), ApiError>, crate::store::StoreError> {
+        let Some(kill) = store.action(id)? else { return Ok(Err(ApiError::NotFound(format!("no action {id}")))) };
+        match kill.state.as_str() {
+            "overridden" => {
+                let audit = AuditEntry {
+                    at: now,
+                    actor: actor.clone(),
+                    kind: "kill_restored".into(),
+                    target: Some(kill.target.clone()),
+                    after: Some(json!({ "acknowledged_drift": true, "reason": body.reason })),
+                    ..AuditEntry::default()
+                };
+                store.transition(id, &["overridden"], "restored", None, &audit)?;
+                if let Some(slice) = kill.request.get("slice_key").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+                    store.clear_cooldown(slice)?;
+                }
+                Ok(Ok((id, "acknowledged")))
+            }
+            "pending" => Ok(Err(ApiError::Conflict(format!("action {id} is still pending; a restore can follow once it is done")))),
+            "restored" | "superseded" => Ok(Err(ApiError::Conflict(format!("action {id} is {}", kill.state)))),
+            _ => Ok(crate::act::submit_restore(&store, &kill, &actor, body.reason.clone(), now)?.map(|r| (r, "queued")).map_err(ApiError::Conflict)),
+        }
+    })
+    .await??;
+    let (action, status) = outcome?;
+    s.wake.notify_one();
+    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "action": action, "status": status }))).into_response())
+}
+
+/// What an operator's kill or rollout change targets.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub actuator: String,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The variant(s) turned off or rolled out. Default `["on"]`.
+    #[serde(default)]
+    pub treatment: Option<Vec<String>>,
+    #[serde(default)]
+    pub control: Option<String>,
+    /// Rollout only: 0–100.
+    #[serde(default)]
+    pub percent: Option<f64>,
+    pub reason: String,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target) -> Result<ActionRequest, ApiError> {
+    if !s.actuators.contains(&t.actuator) {
+        return Err(ApiError::BadRequest(format!("actuator {:?} is not configured", t.actuator)));
+    }
+    if t.reason.trim().is_empty() {
+        return Err(ApiError::BadRequest("a reason is required".into()));
+    }
+    if kind == ActionKind::Rollout && !t.percent.is_some_and(|p| (0.0..=100.0).contains(&p)) {
+        return Err(ApiError::BadRequest(format!("percent must be in 0–100, got {:?}", t.percent)));
+    }
+    Ok(ActionRequest {
+        treatment: t.treatment.clone().unwrap_or_else(|| vec!["on".into()]),
+        control: t.control.clone(),
+        environment: t.environment.clone(),
+        region: t.region.clone(),
+        scope: t.region.iter().map(|r| ("region".to_owned(), r.clone())).collect(),
+        percent: t.percent.filter(|_| kind == ActionKind::Rollout),
+        actor: Some(t.actor.clone().unwrap_or_else(|| "api".into())),
+        reason: Some(t.reason.clone()),
+        evidence: json!({ "manual": true, "reason": t.reason }),
+        ..ActionRequest::new(kind, &t.actuator, flag)
+    })
+}
+
+async fn queue(s: &ApiState, request: ActionRequest) -> Result<Response, ApiError> {
+    let now = s.clock.now();
+    let target = request.target();
+    let actor = request.actor.clone().unwrap_or_default();
+    let kind = request.kind.as_str();
+    let audit = AuditEntry {
+        at: now,
+        actor,
+        kind: format!("{kind}_decided"),
+        target: Some(target.clone()),
+        after: Some(json!({ "percent": request.percent, "reason": request.reason })),
+        evidence: Some(request.evidence.clone()),
+        ..AuditEntry::default()
+    };
+    let key = crate::act::idempotency_key(&format!("{kind}|{target}"), now);
+    let value = serde_json::to_value(&request).unwrap_or_default();
+    let store = s.store.clone();
+    let outcome = if request.kind == ActionKind::Kill {
+        blocking(move || {
+            store.submit(&target, "kill", &value, &key, &format!("manual/{target}"), &audit).map(|sub| match sub {
+                crate::store::Submitted::New(id) | crate::store::Submitted::Joined(id) | crate::store::Submitted::Suppressed(id) => Ok(id),
+            })
+        })
+        .await??
+    } else {
+        blocking(move || store.submit_operator(&target, kind, &value, &key, &audit)).await??
+    };
+    let id = outcome.map_err(ApiError::Conflict)?;
+    s.wake.notify_one();
+    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "action": id }))).into_response())
+}
+
+/// `POST /v1/flags/{flag}/kill`: a manual kill, through the outbox like an automatic one.
+pub async fn kill(State(s): State<ApiState>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
+    let request = operator_request(&s, ActionKind::Kill, &flag, &t)?;
+    queue(&s, request).await
+}
+
+/// `POST /v1/flags/{flag}/rollout`: set the rollout percentage (refused while the flag is
+/// killed; a later kill supersedes it while pending).
+pub async fn rollout(State(s): State<ApiState>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
+    let request = operator_request(&s, ActionKind::Rollout, &flag, &t)?;
+    queue(&s, request).await
+}
