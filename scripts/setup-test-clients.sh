@@ -58,7 +58,7 @@ setup_python() {
   log "installing $(grep -cE '^[A-Za-z0-9]' "$REQ") pinned packages from ${REQ#"$ROOT"/}"
   PIP_DISABLE_PIP_VERSION_CHECK=1 "${pip[@]}" install --quiet --no-input -r "$REQ"
   "${pip[@]}" check >/dev/null || { "${pip[@]}" check >&2; die "pip check failed"; }
-  "$VENV/bin/python" -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.exporter.otlp.proto.http.trace_exporter, openfeature.contrib.hook.opentelemetry' \
+  "$VENV/bin/python" -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.exporter.otlp.proto.http.trace_exporter, openfeature.contrib.hook.opentelemetry, UnleashClient, openfeature.contrib.provider.unleash' \
     || die "python packages installed but not importable"
   printf '%s\n' "$want" > "$PY_STAMP"
 }
@@ -88,6 +88,7 @@ setup_node() {
 cat <<EOF
 python:  $VENV/bin/python
          $VENV/bin/python $CLIENTS/python/traffic.py --endpoint http://127.0.0.1:4317 --protocol grpc --scenario regression --flag FLAGKEY
+         $VENV/bin/python $CLIENTS/python/unleash_traffic.py --endpoint http://127.0.0.1:4317 --protocol grpc --unleash-url URL --unleash-token TOKEN --flag FLAGKEY --duration 10
 node:    $NODE_DIR/node_modules
          node $NODE_DIR/traffic.mjs --endpoint http://127.0.0.1:4318 --hook event --scenario regression --flag FLAGKEY
 EOF
