@@ -130,7 +130,10 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
                 None if deadline => Step::To {
                     state: "unverified",
                     evidence: evidence(seen),
-                    error: Some(format!("no evaluation of the flag in scope within {}: the drain cannot be verified", humantime::format_duration(cfg.drain_within))),
+                    error: Some(format!(
+                        "no evaluation of the flag in scope within {}: the drain cannot be verified",
+                        humantime::format_duration(cfg.drain_within)
+                    )),
                 },
                 _ => Step::Wait,
             }

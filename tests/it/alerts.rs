@@ -31,6 +31,7 @@ async fn daemon(server: &FlagServer, alerts: BTreeMap<String, AlertSourceConfig>
         "flags".into(),
         ActuatorConfig::Webhook(WebhookConfig {
             body: Some(r#"{"enabled": false, "environment": "{environment}", "cohort": "{cohort}", "evidence": "{evidence}"}"#.into()),
+            read_back: server.read_back(),
             ..WebhookConfig::to(&server.url())
         }),
     );

@@ -14,4 +14,5 @@ mod python_sdk;
 mod replay;
 mod restart;
 mod support;
+mod unleash;
 mod webdriver;

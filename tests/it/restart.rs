@@ -64,6 +64,9 @@ max_attempts = 1000
 [actuators.flags]
 type = "webhook"
 url = "{url}"
+[actuators.flags.read_back]
+url = "{url}"
+pointer = "/enabled"
 "#,
             data = dir.path().join("data").display(),
             rules = dir.path().join("rules").display(),

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use flagguard::aggregate::snapshot::Snapshot;
 use flagguard::app::{Addrs, App};
-use flagguard::config::{ActuatorConfig, Config, ConfigFile, WebhookConfig};
+use flagguard::config::{ActuatorConfig, Config, ConfigFile, ReadBackConfig, WebhookConfig};
 use flagguard::store::Store;
 use flagguard::time::SystemClock;
 use tokio::sync::watch;
@@ -53,7 +53,7 @@ impl FlagServer {
         let status = Arc::new(AtomicU16::new(200));
         let retry_after = Arc::new(AtomicU16::new(0));
         let state = (calls.clone(), status.clone(), retry_after.clone());
-        let app = axum::Router::new().route("/v1/flags/{flag}", post(record)).route("/notify", post(record_notify)).with_state(state);
+        let app = axum::Router::new().route("/v1/flags/{flag}", post(record).get(read_flag)).route("/notify", post(record_notify)).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -71,6 +71,26 @@ impl FlagServer {
     pub fn kill_calls(&self) -> Vec<Call> {
         self.calls().into_iter().filter(|c| c.path.starts_with("/v1/flags/")).collect()
     }
+
+    /// The read-back of this server: `GET /v1/flags/{flag}` answers `{"enabled": false}` once a
+    /// kill call for the flag was answered 2xx.
+    pub fn read_back(&self) -> Option<ReadBackConfig> {
+        Some(ReadBackConfig {
+            method: "GET".into(),
+            url: format!("http://{}/v1/flags/{{flag}}", self.addr),
+            pointer: "/enabled".into(),
+            killed_value: serde_json::json!(false),
+            rollout_pointer: None,
+        })
+    }
+}
+
+/// The flag's state as the recorded calls left it.
+async fn read_flag(State((calls, _, _)): State<ServerState>, AxPath(flag): AxPath<String>) -> axum::Json<serde_json::Value> {
+    let path = format!("/v1/flags/{flag}");
+    let killed =
+        calls.lock().unwrap().iter().any(|c| c.path == path && (200..300).contains(&c.answered) && c.body.get("enabled") == Some(&serde_json::json!(false)));
+    axum::Json(serde_json::json!({ "flag": flag, "enabled": !killed }))
 }
 
 type ServerState = (Arc<Mutex<Vec<Call>>>, Arc<AtomicU16>, Arc<AtomicU16>);
@@ -127,6 +147,7 @@ impl Daemon {
             ActuatorConfig::Webhook(WebhookConfig {
                 headers: BTreeMap::from([("Authorization".into(), "Bearer test-token-123".into())]),
                 body: Some(r#"{"rollout_percentage": 0, "enabled": false, "variant": "{variant}", "rule": "{rule}", "evidence": "{evidence}"}"#.into()),
+                read_back: server.read_back(),
                 ..WebhookConfig::to(&server.url())
             }),
         );

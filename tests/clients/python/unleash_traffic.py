@@ -11,7 +11,8 @@ Runs continuously at --rate requests per second until --duration has passed, the
 exists, or SIGTERM/SIGINT arrives; then flushes and prints one JSON summary line on stdout.
 
 Scenario (always "regression"): a request's payments SERVER span fails (status ERROR) with
-probability --error-rate only when the flag evaluated to true ("on").
+probability --error-rate only when the flag evaluated to true ("on"), and only in
+--error-regions when given.
 
 Evaluation context: targeting key `user-{n}` (n = i mod --users), attribute `region` = the
 request's region (cycling through --regions, like the Resource's `cloud.region`). The provider
@@ -140,6 +141,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="UnleashClient `environment` (context field only; the token picks the flags' environment)")
     p.add_argument("--regions", default="eu-west,us-east", help="comma-separated regions, cycled per request")
     p.add_argument("--error-rate", type=float, default=0.5)
+    p.add_argument("--error-regions", default="",
+                   help="comma-separated regions where the regression happens (default: every region)")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--stop-file", default=None, help="stop as soon as this path exists")
@@ -163,6 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.refresh_interval < 1:
         p.error("--refresh-interval must be >= 1")
     args.region_list = [r.strip() for r in args.regions.split(",") if r.strip()]
+    args.error_region_set = {r.strip() for r in args.error_regions.split(",") if r.strip()}
     if not args.region_list:
         p.error("--regions must name at least one region")
     return args
@@ -261,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     regions = args.region_list
+    error_regions = args.error_region_set
     by_variant = {"on": 0, "off": 0}
     errors_by_variant = {"on": 0, "off": 0}
     by_region = {r: {"on": 0, "off": 0} for r in regions}
@@ -330,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             last_on = wall
             last_on_by_region[region] = wall
 
-        failed = variant == "on" and rng.random() < args.error_rate
+        failed = variant == "on" and (not error_regions or region in error_regions) and rng.random() < args.error_rate
 
         co_ctx = trace.set_span_in_context(co_server)
         co_client = t_check.start_span(

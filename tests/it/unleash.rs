@@ -1,0 +1,321 @@
+//! The Unleash actuator against a real Unleash 8.2.0 (started once per test run by
+//! `scripts/setup-unleash.sh`), with traffic from the real Unleash Python SDK behind the real
+//! OpenFeature provider and OpenTelemetry hook, polling every second — so the drain after a kill
+//! is the SDK noticing, not the test stopping traffic. Each test has its own flag keys.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flagguard::config::{ActuatorConfig, UnleashConfig, VerifyConfig};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// The running server: URL and tokens from the setup script's env block.
+pub struct Unleash {
+    pub url: String,
+    pub admin: String,
+    pub backend: String,
+    client: reqwest::Client,
+}
+
+static SERVER: OnceLock<Result<BTreeMap<String, String>, String>> = OnceLock::new();
+
+/// Starts (or reuses) the test server. Panics with the script's output when it cannot start.
+pub async fn unleash() -> Unleash {
+    let env = tokio::task::spawn_blocking(|| {
+        SERVER
+            .get_or_init(|| {
+                let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-unleash.sh");
+                let out = std::process::Command::new("bash").arg(script).arg("start").output().map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!("setup-unleash.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+                }
+                Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+            })
+            .clone()
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The daemon reads its admin token from the environment, as in production.
+    // SAFETY: every test sets the same value.
+    unsafe { std::env::set_var("FG_TEST_UNLEASH_TOKEN", &env["UNLEASH_ADMIN_TOKEN"]) };
+    Unleash {
+        url: env["UNLEASH_URL"].clone(),
+        admin: env["UNLEASH_ADMIN_TOKEN"].clone(),
+        backend: env["UNLEASH_BACKEND_TOKEN"].clone(),
+        client: flagguard::app::http_client(Duration::from_secs(10)).unwrap(),
+    }
+}
+
+/// A flag key unique to this test run.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{name}-{}-{nanos:x}", std::process::id())
+}
+
+impl Unleash {
+    fn env_path(&self, flag: &str) -> String {
+        format!("{}/api/admin/projects/default/features/{flag}/environments/production", self.url)
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+        let mut call = self.client.request(method, url).header("authorization", &self.admin);
+        if let Some(body) = body {
+            call = call.json(&body);
+        }
+        let response = call.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates `flag` with these strategies in production and turns it on there.
+    pub async fn create(&self, flag: &str, strategies: &[Value]) {
+        let (status, _) = self
+            .admin(reqwest::Method::POST, &format!("{}/api/admin/projects/default/features", self.url), Some(json!({ "name": flag, "type": "release" })))
+            .await;
+        assert_eq!(status, 201, "create {flag}");
+        for strategy in strategies {
+            let (status, body) = self.admin(reqwest::Method::POST, &format!("{}/strategies", self.env_path(flag)), Some(strategy.clone())).await;
+            assert_eq!(status, 200, "strategy for {flag}: {body}");
+        }
+        let (status, _) = self.admin(reqwest::Method::POST, &format!("{}/on", self.env_path(flag)), None).await;
+        assert_eq!(status, 200);
+    }
+
+    /// `{enabled, strategies}` of production.
+    pub async fn state(&self, flag: &str) -> Value {
+        self.admin(reqwest::Method::GET, &self.env_path(flag), None).await.1
+    }
+
+    /// What SDKs receive.
+    pub async fn client_view(&self, flag: &str) -> Value {
+        let url = format!("{}/api/client/features/{flag}", self.url);
+        self.client.get(url).header("authorization", &self.backend).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn events(&self, flag: &str) -> Vec<String> {
+        let (_, body) = self.admin(reqwest::Method::GET, &format!("{}/api/admin/events/{flag}", self.url), None).await;
+        body["events"].as_array().map(|e| e.iter().filter_map(|e| e["type"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    }
+}
+
+/// A rollout strategy, optionally limited to one region.
+pub fn rollout(flag: &str, percent: u32, region: Option<&str>) -> Value {
+    let constraints: Vec<Value> = region.iter().map(|r| json!({ "contextName": "region", "operator": "IN", "values": [r] })).collect();
+    json!({ "name": "flexibleRollout", "constraints": constraints, "parameters": { "rollout": percent.to_string(), "stickiness": "default", "groupId": flag } })
+}
+
+/// The Unleash actuator as a user configures it: token from the environment, regions as the
+/// `region` context field, a short drain deadline for tests.
+pub fn actuator(server: &Unleash, token_var: &str) -> ActuatorConfig {
+    ActuatorConfig::Unleash(UnleashConfig {
+        url: server.url.clone(),
+        token: format!("${{{token_var}}}"),
+        project: "default".into(),
+        environments: BTreeMap::new(),
+        default_environment: None,
+        slices: BTreeMap::from([("region".into(), "region".into())]),
+        verify: VerifyConfig { drain_within: Duration::from_secs(45), drain_window: Duration::from_secs(5), ..VerifyConfig::default() },
+    })
+}
+
+fn rule(flag: &str, per_region: bool) -> String {
+    format!(
+        "rules:\n  - name: {flag}\n    flag: {flag}\n    treatment: \"true\"\n    control: \"false\"\n    where: {{ service: payments, environment: production }}\n{per}    when: [ {{ error_rate: {{ above: 0.2 }} }} ]\n    window: 30s\n    min_samples: 30\n    for: 1s\n    action: {{ kill: unleash }}\n    mode: enforce\n",
+        per = if per_region { "    per: [region]\n" } else { "" }
+    )
+}
+
+/// The real-SDK traffic client, running until the returned stop file exists.
+struct Traffic {
+    stop: tempfile::TempDir,
+    child: tokio::process::Child,
+}
+
+impl Traffic {
+    async fn start(daemon: &Daemon, server: &Unleash, flag: &str, error_regions: &str) -> Traffic {
+        let stop = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new(python())
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/unleash_traffic.py"))
+            .args(["--protocol", "grpc", "--endpoint", &format!("http://{}", daemon.addrs.grpc)])
+            .args(["--unleash-url", &server.url, "--unleash-token", &server.backend, "--flag", flag])
+            .args(["--rate", "40", "--error-rate", "0.6", "--regions", "eu-west,us-east", "--error-regions", error_regions])
+            .arg("--stop-file")
+            .arg(stop.path().join("stop"))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python traffic client (scripts/setup-test-clients.sh)");
+        Traffic { stop, child }
+    }
+
+    async fn stop(self) -> Value {
+        std::fs::write(self.stop.path().join("stop"), "").unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output()).await.expect("the client stops").unwrap();
+        assert!(out.status.success(), "traffic client failed: {out:?}");
+        serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or(Value::Null)
+    }
+}
+
+fn state_of(daemon: &Daemon, id: i64) -> String {
+    daemon.store.action(id).unwrap().map(|a| a.state).unwrap_or_default()
+}
+
+fn kill_ids(daemon: &Daemon) -> Vec<i64> {
+    daemon.store.actions(100).unwrap().into_iter().filter(|a| a.kind == "kill").map(|a| a.id).collect()
+}
+
+async fn api(daemon: &Daemon, path: &str, body: Value) -> (u16, Value) {
+    let response =
+        flagguard::app::http_client(Duration::from_secs(10)).unwrap().post(format!("http://{}{path}", daemon.addrs.api)).json(&body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_is_killed_in_unleash_confirmed_drained_restored_and_rolled_out() {
+    let server = unleash().await;
+    let flag = unique("fg-kill");
+    server.create(&flag, &[rollout(&flag, 50, None)]).await;
+    let strategies_before = server.state(&flag).await["strategies"].clone();
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), &rule(&flag, false), &flags);
+    config.actuators.insert("unleash".into(), actuator(&server, "FG_TEST_UNLEASH_TOKEN"));
+    let daemon = Daemon::start(config, dir).await;
+    let traffic = Traffic::start(&daemon, &server, &flag, "").await;
+
+    wait_until("a kill action", Duration::from_secs(60), || !kill_ids(&daemon).is_empty()).await;
+    let id = kill_ids(&daemon)[0];
+    wait_until("the kill to drain", Duration::from_secs(60), || matches!(state_of(&daemon, id).as_str(), "drained" | "recovered")).await;
+    assert_eq!(server.client_view(&flag).await["enabled"], false, "SDKs are told the flag is off");
+    wait_until("the slice to recover", Duration::from_secs(60), || state_of(&daemon, id) == "recovered").await;
+    let summary = traffic.stop().await;
+    assert!(summary["by_variant"]["off"].as_u64().unwrap_or(0) > 0, "{summary}");
+
+    let timeline: Vec<String> = daemon.store.timeline(id).unwrap().into_iter().map(|r| r.kind).collect();
+    for kind in ["kill_decided", "kill_confirmed", "kill_drained", "kill_recovered"] {
+        assert!(timeline.contains(&kind.to_owned()), "{kind} missing from {timeline:?}");
+    }
+    let drained = daemon.store.timeline(id).unwrap().into_iter().find(|r| r.kind == "kill_drained").unwrap();
+    let observed = &drained.after.unwrap()["observed"];
+    assert!(observed["share"].as_f64().unwrap() <= 0.01 && observed["exposures"].as_u64().unwrap() >= 20, "{observed}");
+    assert_eq!(server.events(&flag).await.iter().filter(|e| *e == "feature-environment-disabled").count(), 1, "one kill in Unleash's own audit log");
+
+    // Restore: back on, with the strategy it had — not an extra 100 % one.
+    let (status, body) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({ "reason": "fixed in 1.4.2" })).await;
+    assert_eq!(status, 202, "{body}");
+    wait_until("the restore", Duration::from_secs(20), || state_of(&daemon, id) == "restored").await;
+    let state = server.state(&flag).await;
+    assert_eq!(state["enabled"], true);
+    assert_eq!(state["strategies"], strategies_before, "restore brings back exactly the saved strategies");
+
+    // A rollout change through the same path, validated and read back.
+    let (status, _) =
+        api(&daemon, &format!("/v1/flags/{flag}/rollout"), json!({ "actuator": "unleash", "environment": "production", "percent": 150, "reason": "x" })).await;
+    assert_eq!(status, 400, "flagguard range-checks what Unleash does not");
+    let (status, body) =
+        api(&daemon, &format!("/v1/flags/{flag}/rollout"), json!({ "actuator": "unleash", "environment": "production", "percent": 25, "reason": "next step" }))
+            .await;
+    assert_eq!(status, 202, "{body}");
+    let rollout_id = body["action"].as_i64().unwrap();
+    wait_until("the rollout change", Duration::from_secs(20), || state_of(&daemon, rollout_id) == "confirmed").await;
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "25");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_in_one_region_disables_only_that_regions_strategy() {
+    let server = unleash().await;
+    let flag = unique("fg-region");
+    server.create(&flag, &[rollout(&flag, 100, Some("eu-west")), rollout(&flag, 100, Some("us-east"))]).await;
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), &rule(&flag, true), &flags);
+    config.actuators.insert("unleash".into(), actuator(&server, "FG_TEST_UNLEASH_TOKEN"));
+    let daemon = Daemon::start(config, dir).await;
+    let traffic = Traffic::start(&daemon, &server, &flag, "eu-west").await;
+
+    wait_until("a kill action", Duration::from_secs(60), || !kill_ids(&daemon).is_empty()).await;
+    let id = kill_ids(&daemon)[0];
+    wait_until("the eu-west cohort to drain", Duration::from_secs(60), || matches!(state_of(&daemon, id).as_str(), "drained" | "recovered")).await;
+    let summary = traffic.stop().await;
+    let action = daemon.store.action(id).unwrap().unwrap();
+    assert!(action.target.ends_with("region=eu-west"), "{}", action.target);
+    let state = server.state(&flag).await;
+    assert_eq!(state["enabled"], true, "the environment stays on for us-east");
+    let disabled: BTreeMap<String, bool> = state["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["constraints"][0]["values"][0].as_str().unwrap().to_owned(), s["disabled"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(disabled, BTreeMap::from([("eu-west".into(), true), ("us-east".into(), false)]));
+    assert!(summary["by_region"]["us-east"]["on"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(kill_ids(&daemon).len(), 1, "us-east was healthy: no second kill");
+
+    // Restoring re-enables the strategy; it never turns into a new 100 % strategy.
+    let (status, _) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({})).await;
+    assert_eq!(status, 202);
+    wait_until("the restore", Duration::from_secs(20), || state_of(&daemon, id) == "restored").await;
+    let state = server.state(&flag).await;
+    assert_eq!(state["strategies"].as_array().unwrap().len(), 2);
+    assert!(state["strategies"].as_array().unwrap().iter().all(|s| s["disabled"] == false));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_all_strategy_still_serving_the_cohort_escalates() {
+    let server = unleash().await;
+    let flag = unique("fg-catchall");
+    server.create(&flag, &[rollout(&flag, 100, Some("eu-west")), rollout(&flag, 100, None)]).await;
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    config.actuators.insert("unleash".into(), actuator(&server, "FG_TEST_UNLEASH_TOKEN"));
+    let daemon = Daemon::start(config, dir).await;
+    let (status, body) = api(
+        &daemon,
+        &format!("/v1/flags/{flag}/kill"),
+        json!({ "actuator": "unleash", "environment": "production", "region": "eu-west", "treatment": ["true"], "reason": "eu-west is on fire" }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["action"].as_i64().unwrap();
+    wait_until("the escalation", Duration::from_secs(20), || state_of(&daemon, id) == "escalated").await;
+    let error = daemon.store.action(id).unwrap().unwrap().last_error.unwrap();
+    assert!(error.contains("still serve it"), "{error}");
+    wait_until("the escalation notification", Duration::from_secs(10), || {
+        flags.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.starts_with("ESCALATION")))
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_escalates_at_once_and_is_never_audited() {
+    let server = unleash().await;
+    let flag = unique("fg-token");
+    server.create(&flag, &[rollout(&flag, 100, None)]).await;
+    // SAFETY: only this test reads this variable.
+    unsafe { std::env::set_var("FG_TEST_UNLEASH_WRONG", "*:*.not-the-token") };
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    config.actuators.insert("unleash".into(), actuator(&server, "FG_TEST_UNLEASH_WRONG"));
+    let daemon = Daemon::start(config, dir).await;
+    let (status, body) = api(&daemon, &format!("/v1/flags/{flag}/kill"), json!({ "actuator": "unleash", "environment": "production", "reason": "test" })).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["action"].as_i64().unwrap();
+    wait_until("the escalation", Duration::from_secs(20), || state_of(&daemon, id) == "escalated").await;
+    let action = daemon.store.action(id).unwrap().unwrap();
+    assert_eq!(action.attempts, 1, "a 401 is not retried");
+    assert!(action.last_error.unwrap().contains("401"));
+    assert_eq!(server.state(&flag).await["enabled"], true, "nothing changed in Unleash");
+    let all = serde_json::to_string(&daemon.store.audit_log(1000, None, None).unwrap()).unwrap();
+    assert!(!all.contains("not-the-token") && !all.contains(&server.admin), "a credential leaked into the audit log");
+    daemon.stop().await;
+}
