@@ -5,6 +5,7 @@ mod actions;
 mod alerts;
 mod api;
 mod check_cli;
+mod contract;
 mod dashboard;
 mod extraction;
 mod gates;
