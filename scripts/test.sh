@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Runs every flagguard test: unit, property, golden and integration tests, including the ones
 # driving the real OpenTelemetry Python and Node SDKs. Sets up what it needs first (a Python
-# virtualenv and the Node packages, pinned; Debian's Chromium for the dashboard test) — see
-# scripts/setup-test-clients.sh and scripts/setup-browser.sh.
+# virtualenv and the Node packages, pinned; Debian's Chromium for the dashboard test; a real
+# Unleash 8.2.0 with PostgreSQL for the Unleash actuator) — see scripts/setup-test-clients.sh,
+# scripts/setup-browser.sh and scripts/setup-unleash.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-test-clients.sh
 scripts/setup-browser.sh
+# Started once for the whole run (the tests reuse it; each test uses its own flag keys).
+scripts/setup-unleash.sh start >/dev/null
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; scripts/setup-unleash.sh stop >/dev/null 2>&1 || true' EXIT
 cargo test --locked --all-targets 2>&1 | tee "$log"
 # One closing line over every test binary (the last binary is the criterion bench in test mode).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
