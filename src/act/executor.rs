@@ -271,6 +271,11 @@ impl Executor {
             if state.killed != Some(false) {
                 continue;
             }
+            // flagguard's own restore (or another action) in flight is not drift.
+            let (store, target) = (self.store.clone(), row.target.clone());
+            if !matches!(tokio::task::spawn_blocking(move || store.has_pending(&target)).await, Ok(Ok(false))) {
+                continue;
+            }
             let text = format!(
                 "DRIFT: {} was re-enabled in the flag system after flagguard's kill (action {}); flagguard will not fight it and will not kill it again until POST /v1/actions/{}/restore acknowledges it",
                 describe(&request),

@@ -231,6 +231,22 @@ mod tests {
     }
 
     #[test]
+    fn a_recovered_kill_is_restored_after_auto_restore_only() {
+        let agg = Aggregator::new(10);
+        let recovered = Timestamp(1_000_000);
+        let manual = request();
+        assert_eq!(step(&agg, &manual, "recovered", recovered, recovered.plus(Duration::from_secs(86_400)), &cfg()), Step::Wait, "manual by default");
+        let auto = ActionRequest { auto_restore_ms: Some(600_000), ..request() };
+        assert_eq!(step(&agg, &auto, "recovered", recovered, recovered.plus(Duration::from_secs(599)), &cfg()), Step::Wait);
+        assert_eq!(step(&agg, &auto, "recovered", recovered, recovered.plus(Duration::from_secs(600)), &cfg()), Step::Restore);
+        assert_eq!(
+            step(&agg, &auto, "failed", recovered, recovered.plus(Duration::from_secs(6000)), &cfg()),
+            Step::Wait,
+            "a kill that did not help is not restored automatically"
+        );
+    }
+
+    #[test]
     fn recovery_compares_with_the_baseline_at_the_kill() {
         assert_eq!(recovery_target(&json!({"baseline": {"stats": {"error_rate": 0.02}}})), Some(0.04));
         assert_eq!(recovery_target(&json!({"baseline": {"stats": {"error_rate": 0.001}}})), Some(0.011));

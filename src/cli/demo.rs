@@ -112,6 +112,7 @@ async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
     let mut last_print = Duration::ZERO;
     let mut seen_audit = 0i64;
     let mut killed_at: Option<Duration> = None;
+    let mut drained = false;
     let mut last_verdict = String::new();
     let mut result = Err(format!("no kill within {GIVE_UP_AFTER:?}"));
     let mut done_at: Option<Duration> = None;
@@ -176,10 +177,19 @@ async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
                 "kill_decided" => Some("● kill decided by rule checkout-v2-payments".to_owned()),
                 "kill_confirmed" => {
                     killed_at = Some(elapsed);
-                    let had_targeting = record.before.as_ref().is_some_and(|b| b.get("targeting").is_some());
+                    let had_targeting = record.before.as_ref().is_some_and(|b| b.pointer("/definition/targeting").is_some());
                     Some(format!(
                         "✔ kill confirmed: flags.json now serves {FLAG}=off to everyone{}",
                         if had_targeting { " (50/50 targeting removed)" } else { "" }
+                    ))
+                }
+                "kill_drained" => {
+                    drained = true;
+                    let seen = record.after.as_ref().map(|a| a["observed"].clone()).unwrap_or_default();
+                    Some(format!(
+                        "✔ drained: {FLAG}=on in {} of the last {} evaluations flagguard saw (verified from telemetry)",
+                        seen["treatment_exposures"].as_u64().unwrap_or(0),
+                        seen["exposures"].as_u64().unwrap_or(0)
                     ))
                 }
                 "kill_escalated" => {
@@ -197,11 +207,10 @@ async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
         }
         if let Some(at) = killed_at
             && done_at.is_none()
-            && on_served == 0
-            && elapsed >= at + Duration::from_secs(2)
+            && drained
         {
             let detection = at.saturating_sub(REGRESSION_AT);
-            println!("\n  checkout-v2=on is off for everyone; its traffic drained to 0.");
+            println!("\n  checkout-v2=on is off for everyone; flagguard verified that its traffic drained.");
             println!(
                 "  regression → confirmed kill: {:.1} s (window 30 s, min_samples 50, for 2 s; in production add the SDK's export delay)",
                 detection.as_secs_f64()

@@ -459,6 +459,12 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Whether an action for `target` is pending (e.g. a restore in flight).
+    pub fn has_pending(&self, target: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row("SELECT COUNT(*) FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| r.get::<_, i64>(0))? > 0)
+    }
+
     /// Forgets a slice's cooldown (after a restore).
     pub fn clear_cooldown(&self, slice_key: &str) -> Result<(), StoreError> {
         self.lock().execute("DELETE FROM rule_state WHERE slice = ?1", params![slice_key])?;

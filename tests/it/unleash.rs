@@ -319,3 +319,48 @@ async fn a_wrong_token_escalates_at_once_and_is_never_audited() {
     assert!(!all.contains("not-the-token") && !all.contains(&server.admin), "a credential leaked into the audit log");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_re_enabling_a_killed_flag_is_drift_reported_and_never_fought() {
+    let server = unleash().await;
+    let flag = unique("fg-drift");
+    server.create(&flag, &[rollout(&flag, 100, None)]).await;
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    let mut unleash_actuator = actuator(&server, "FG_TEST_UNLEASH_TOKEN");
+    if let ActuatorConfig::Unleash(c) = &mut unleash_actuator {
+        c.verify.drift_interval = Duration::from_secs(1);
+    }
+    config.actuators.insert("unleash".into(), unleash_actuator);
+    let daemon = Daemon::start(config, dir).await;
+    let kill = json!({ "actuator": "unleash", "environment": "production", "treatment": ["true"], "reason": "INC-7" });
+    let (status, body) = api(&daemon, &format!("/v1/flags/{flag}/kill"), kill.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["action"].as_i64().unwrap();
+    wait_until("the confirmed kill", Duration::from_secs(20), || state_of(&daemon, id) == "confirmed").await;
+
+    // Someone turns it back on in Unleash's UI.
+    let (status, _) = server.admin(reqwest::Method::POST, &format!("{}/on", server.env_path(&flag)), None).await;
+    assert_eq!(status, 200);
+    wait_until("the drift to be noticed", Duration::from_secs(20), || state_of(&daemon, id) == "overridden").await;
+    wait_until("the drift notification", Duration::from_secs(10), || {
+        flags.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.starts_with("DRIFT")))
+    })
+    .await;
+    // Another kill of the same target is suppressed, not sent: the human wins.
+    let (status, _) = api(&daemon, &format!("/v1/flags/{flag}/kill"), kill.clone()).await;
+    assert_eq!(status, 202);
+    assert!(daemon.audit_kinds().contains(&"kill_suppressed".to_owned()));
+    assert_eq!(server.state(&flag).await["enabled"], true, "flagguard did not turn it off again");
+    assert_eq!(kill_ids(&daemon), vec![id]);
+    // Acknowledging re-arms it: the next kill goes out.
+    let (status, body) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({ "reason": "ack" })).await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("acknowledged")));
+    let (_, body) = api(&daemon, &format!("/v1/flags/{flag}/kill"), kill).await;
+    let again = body["action"].as_i64().unwrap();
+    assert_ne!(again, id);
+    wait_until("the new kill", Duration::from_secs(20), || state_of(&daemon, again) == "confirmed").await;
+    assert_eq!(server.state(&flag).await["enabled"], false);
+    daemon.stop().await;
+}

@@ -119,7 +119,7 @@ async function renderFlag(flag, params) {
   const series = (f) => variants.map((v) => ({ name: v, role: roles[v], points: h.variants[v].map((p) => [p.t + p.width_s * 500, f(p)]) }));
   const actions = (await getJSON('/v1/audit?limit=200')).audit.filter((a) => (a.target || '').split('|')[1] === flag && /^kill_(decided|confirmed|escalated|dry_run)$|^incident$/.test(a.kind));
   const markers = data.transitions.map((t) => ({ t: t.at, kind: 'verdict', label: `${t.rule} ${t.slice}: ${t.from} → ${t.to}`, short: t.to === 'breached' ? 'breached' : '' }))
-    .concat(actions.map((a) => ({ t: Date.parse(a.at), kind: 'action', label: a.kind.replace('_', ' '), short: a.kind === 'kill_confirmed' ? '✖ killed' : a.kind === 'kill_decided' ? '' : a.kind.replace('_', ' ') })));
+    .concat(actions.map((a) => ({ t: Date.parse(a.at), kind: 'action', label: a.kind.replace('_', ' '), short: a.kind === 'kill_confirmed' || a.kind === 'kill_sent' ? '✖ killed' : a.kind === 'kill_drained' ? '✔ drained' : a.kind === 'kill_decided' ? '' : a.kind.replace('_', ' ') })));
   const errT = rules.flatMap((r) => r.conditions.filter((c) => c.kind === 'error_rate').map((c) => ({ value: c.above * 100, label: `${r.name}: > ${c.above * 100}%` })));
   const latT = rules.flatMap((r) => r.conditions.filter((c) => c.kind === 'latency').map((c) => ({ value: c.above_ms, label: `${r.name}: p${c.quantile * 100} > ${c.above_ms} ms` })));
   const opt = (name, values) => `<label>${name} <select data-slice="${name}"><option value="">all</option>${[...values].map((v) => `<option ${params.get(name) === v ? 'selected' : ''}>${esc(v)}</option>`).join('')}</select></label>`;
@@ -160,7 +160,7 @@ async function renderAudit(params) {
   const kind = params.get('kind') || '';
   const before = params.get('before');
   const data = await getJSON(`/v1/audit?limit=100${kind ? `&kind=${encodeURIComponent(kind)}` : ''}${before ? `&before=${encodeURIComponent(before)}` : ''}`);
-  const kinds = ['', 'kill_decided', 'kill_confirmed', 'kill_escalated', 'kill_dry_run', 'incident', 'alert_received', 'rules_reloaded', 'rule_stale', 'started'];
+  const kinds = ['', 'kill_decided', 'kill_confirmed', 'kill_sent', 'kill_drained', 'kill_recovered', 'kill_failed', 'kill_escalated', 'kill_overridden', 'kill_restored', 'kill_dry_run', 'rollout_confirmed', 'incident', 'alert_received', 'rules_reloaded', 'rule_stale', 'started'];
   $main.innerHTML = `<h1>Audit timeline</h1><div class="toolbar"><label for="kind">Kind</label><select id="kind">${kinds.map((k) => `<option value="${k}" ${k === kind ? 'selected' : ''}>${k || 'all'}</option>`).join('')}</select></div>
     <table id="audit"><thead><tr><th scope="col">Time</th><th scope="col">What</th><th scope="col">Who</th><th scope="col">Target</th><th scope="col">Evidence</th></tr></thead><tbody>
     ${data.audit.map((a) => `<tr data-kind="${esc(a.kind)}"><td>${esc(a.at)}</td><td>${esc(a.kind)}${a.action_id ? ` <span class="muted">#${a.action_id}</span>` : ''}</td><td>${esc(a.actor)}</td><td>${esc(a.target || a.rule || '')}</td>
