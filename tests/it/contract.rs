@@ -165,6 +165,8 @@ async fn ld_patch(State(stub): State<LdStub>, AxPath((_, key)): AxPath<(String, 
 
 pub const FLAGSMITH_KEY: &str = "org-api-key";
 
+type Shared<K, V> = Arc<Mutex<HashMap<K, V>>>;
+
 /// Flagsmith's documented contract: environment `env-v1` (classic feature states) and `env-v2`
 /// (Feature Versioning v2: the classic PATCH answers 400).
 #[derive(Clone)]
@@ -172,8 +174,8 @@ pub struct FlagsmithStub {
     pub addr: std::net::SocketAddr,
     pub log: Log,
     /// (environment key, feature) → (feature-state id, enabled); segment overrides by segment id.
-    states: Arc<Mutex<HashMap<(String, String), (u64, bool)>>>,
-    pub segments: Arc<Mutex<HashMap<(String, String, u64), bool>>>,
+    states: Shared<(String, String), (u64, bool)>,
+    pub segments: Shared<(String, String, u64), bool>,
 }
 
 impl FlagsmithStub {
