@@ -91,7 +91,7 @@ fn the_demo_kills_through_a_flagd_file_and_exits_zero() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flagguard")).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["regression injected", "breached", "kill decided", "kill confirmed", "drained to 0"] {
+    for needle in ["regression injected", "breached", "kill decided", "kill confirmed", "✔ drained", "verified that its traffic drained"] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
 }

@@ -84,6 +84,18 @@ impl Unleash {
         }
         let (status, _) = self.admin(reqwest::Method::POST, &format!("{}/on", self.env_path(flag)), None).await;
         assert_eq!(status, 200);
+        // The SDKs' feature list lags single-flag reads by up to a second: wait until an SDK
+        // would see the flag, so the traffic client does not start on an unknown flag.
+        let start = std::time::Instant::now();
+        loop {
+            let list: Value =
+                self.client.get(format!("{}/api/client/features", self.url)).header("authorization", &self.backend).send().await.unwrap().json().await.unwrap();
+            if list["features"].as_array().is_some_and(|f| f.iter().any(|f| f["name"] == flag && f["enabled"] == true)) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "{flag} never appeared in the SDK feature list");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `{enabled, strategies}` of production.
