@@ -33,6 +33,7 @@ pub mod correlate;
 pub mod ingest;
 pub mod model;
 pub mod pipeline;
+pub mod rollout;
 pub mod rules;
 pub mod stats;
 pub mod store;

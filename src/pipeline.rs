@@ -208,6 +208,7 @@ impl Pipeline {
             self.apply_restores(now);
             self.aggregator.drop_idle(now);
             self.publish(now);
+            self.progress(now);
         }
         fired
     }

@@ -340,6 +340,21 @@ pub async fn perform(actuator: &dyn Actuator, request: &mut ActionRequest, key: 
                 .percent
                 .filter(|p| (0.0..=100.0).contains(p))
                 .ok_or_else(|| ActError::Permanent(format!("rollout {:?} is not in 0–100", request.percent)))?;
+            if let Some(expected) = request.expect_rollout {
+                // Read before write: a plan never overwrites someone else's change.
+                let now = actuator.read(request).await?;
+                if now.killed == Some(true) {
+                    return Err(ActError::Permanent("drift: the flag is off in the flag system; a plan does not turn it back on".into()));
+                }
+                if let Some(seen) = now.rollout
+                    && (seen - expected).abs() > 0.001
+                    && (seen - percent).abs() > 0.001
+                {
+                    return Err(ActError::Permanent(format!(
+                        "drift: the rollout is {seen} %, the plan expected {expected} % (changed outside flagguard?); not overwriting"
+                    )));
+                }
+            }
             actuator.set_rollout(request, percent, key).await?
         }
         ActionKind::Notify => return Ok(Performed { applied: actuator.kill(request, key).await?, verified: true, read_back: None, widened: None }),

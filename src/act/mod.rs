@@ -108,6 +108,10 @@ pub struct ActionRequest {
     /// `auto_restore`: restore this long after the kill drained (ms).
     #[serde(default)]
     pub auto_restore_ms: Option<u64>,
+    /// Rollout: the percentage the flag must be at before the change (a plan's current step);
+    /// anything else means someone changed it outside flagguard: refused, never overwritten.
+    #[serde(default)]
+    pub expect_rollout: Option<f64>,
     /// Operator actions: who and why.
     #[serde(default)]
     pub actor: Option<String>,
@@ -137,6 +141,7 @@ impl ActionRequest {
             slice_key: String::new(),
             widen: false,
             auto_restore_ms: None,
+            expect_rollout: None,
             actor: None,
             reason: None,
         }

@@ -19,6 +19,7 @@ pub mod actions;
 pub mod alerts;
 pub mod dashboard;
 pub mod gates;
+pub mod rollouts;
 
 use crate::aggregate::snapshot::Snapshot;
 use crate::pipeline::Command;
@@ -97,6 +98,8 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/actions/{id}/restore", post(actions::restore))
         .route("/v1/flags/{flag}/kill", post(actions::kill))
         .route("/v1/flags/{flag}/rollout", post(actions::rollout))
+        .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))
         .route("/v1/audit", get(audit))
         .with_state(state)
         .merge(alert_routes)

@@ -83,7 +83,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         "rules:\n  - name: sim\n    flag: \"sim-*\"\n    treatment: \"on\"\n    control: \"off\"\n    when:\n{}\n    window: 1m\n    min_samples: {}\n    action: {{ kill: sim }}\n    cooldown: 6h\n",
         scenario.when, scenario.min_samples
     );
-    let (rules, _) = parse(std::path::Path::new("simulate.yaml"), &yaml, &Default::default()).unwrap_or_else(|e| panic!("simulator rule: {e:?}"));
+    let crate::rules::Parsed { rules, .. } =
+        parse(std::path::Path::new("simulate.yaml"), &yaml, &Default::default()).unwrap_or_else(|e| panic!("simulator rule: {e:?}"));
     let set = Arc::new(RuleSet { rules, ..RuleSet::default() });
     let settings = EngineSettings {
         sequential_fdr: true,

@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod evaluate;
 pub mod file;
+pub mod gate;
 pub mod locate;
 
 use std::collections::{BTreeSet, HashSet};
@@ -141,6 +142,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// Alert mappings from the `alerts:` sections.
     pub alerts: Vec<crate::alerts::mapping::AlertMapping>,
+    /// Progression plans from the `rollouts:` sections.
+    pub rollouts: Vec<crate::rollout::Plan>,
     /// The files they came from.
     pub files: Vec<PathBuf>,
 }
@@ -174,7 +177,18 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
             }
         };
         match parse(path, &source, actuators) {
-            Ok((rules, alerts)) => {
+            Ok(Parsed { rules, alerts, rollouts }) => {
+                for plan in rollouts {
+                    if set.rollouts.iter().any(|p| p.name == plan.name) {
+                        errors.push(RuleError {
+                            file: path.clone(),
+                            line: plan.line,
+                            field: "rollouts.name".into(),
+                            message: format!("rollout name {:?} is used twice", plan.name),
+                        });
+                    }
+                    set.rollouts.push(plan);
+                }
                 for rule in rules {
                     if !names.insert(rule.name.clone()) {
                         errors.push(RuleError {
@@ -205,8 +219,15 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
     if errors.is_empty() { Ok(set) } else { Err(errors) }
 }
 
-/// Parses and validates one file's text: its rules and its alert mappings.
-pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<(Vec<Rule>, Vec<AlertMapping>), Vec<RuleError>> {
+/// One file's rules, alert mappings and rollout plans.
+pub struct Parsed {
+    pub rules: Vec<Rule>,
+    pub alerts: Vec<AlertMapping>,
+    pub rollouts: Vec<crate::rollout::Plan>,
+}
+
+/// Parses and validates one file's text.
+pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<Parsed, Vec<RuleError>> {
     let shape: RuleFileShape = match serde_yaml::from_str(source) {
         Ok(s) => s,
         Err(e) => {
@@ -233,7 +254,55 @@ pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<
             alerts.push(mapping);
         }
     }
-    if errors.is_empty() { Ok((rules, alerts)) } else { Err(errors) }
+    let mut rollouts = Vec::new();
+    for (i, shape) in shape.rollouts.into_iter().enumerate() {
+        let mut report = Report { file: path, lines: &lines, prefix: format!("rollouts[{i}]"), errors: &mut errors, failed: false };
+        if let Some(plan) = validate_rollout(shape, &mut report, actuators) {
+            rollouts.push(crate::rollout::Plan { file: path.into(), line: locate::line_of(&lines, &format!("rollouts[{i}]")), ..plan });
+        }
+    }
+    if errors.is_empty() { Ok(Parsed { rules, alerts, rollouts }) } else { Err(errors) }
+}
+
+fn validate_rollout(shape: file::RolloutShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<crate::rollout::Plan> {
+    if shape.name.trim().is_empty() || shape.name.contains('/') {
+        r.fail("name", "must be non-empty, without '/'".into());
+    }
+    if shape.flag.contains(['*', '?', '[']) {
+        r.fail("flag", "a plan changes one flag: no globs".into());
+    }
+    if !actuators.contains(&shape.actuator) {
+        r.fail("actuator", format!("{:?} is not a configured actuator", shape.actuator));
+    }
+    if shape.steps.is_empty() {
+        r.fail("steps", "needs at least one percentage".into());
+    }
+    if shape.steps.iter().any(|p| !(*p > 0.0 && *p <= 100.0)) {
+        r.fail("steps", format!("percentages must be in (0, 100], got {:?}", shape.steps));
+    } else if shape.steps.windows(2).any(|w| w[0] >= w[1]) {
+        r.fail("steps", format!("must be strictly increasing, got {:?}", shape.steps));
+    }
+    if shape.min_samples == 0 {
+        r.fail("min_samples", "must be at least 1".into());
+    }
+    let treatment = shape.treatment.into_vec();
+    if r.failed {
+        return None;
+    }
+    Some(crate::rollout::Plan {
+        name: shape.name,
+        file: PathBuf::new(),
+        line: None,
+        flag: shape.flag,
+        actuator: shape.actuator,
+        environment: shape.environment,
+        regions: shape.regions,
+        treatment,
+        control: shape.control,
+        steps: shape.steps,
+        min_healthy: shape.min_healthy,
+        min_samples: shape.min_samples,
+    })
 }
 
 fn validate_alert(shape: AlertMappingShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<AlertMapping> {

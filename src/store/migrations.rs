@@ -57,6 +57,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox ADD COLUMN state_ms INTEGER NOT NULL DEFAULT 0;
     UPDATE outbox SET state_ms = updated_ms;
     CREATE INDEX outbox_state ON outbox(kind, state);",
+    // 4: rollout plan instances (JSON state, see `rollout::PlanState`).
+    "CREATE TABLE rollouts (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

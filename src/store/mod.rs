@@ -117,6 +117,14 @@ pub enum Submitted {
     Suppressed(i64),
 }
 
+/// Whether a kill of `kill_target` covers `other` (same flag; same or any environment; the
+/// kill's scope empty — the whole flag — or the same scope).
+pub fn kill_covers(kill_target: &str, other: &str) -> bool {
+    let (_, flag, env, scope) = target_parts(kill_target);
+    let (_, f, e, sc) = target_parts(other);
+    f == flag && (e == env || e == "*" || env == "*") && (scope.is_empty() || scope == sc)
+}
+
 /// The parts of an action target (`actuator|flag|environment|scope`).
 pub fn target_parts(target: &str) -> (&str, &str, &str, &str) {
     let mut parts = target.splitn(4, '|');
@@ -239,12 +247,10 @@ impl Store {
 
     /// A kill supersedes pending rollout changes of the same flag and environment.
     fn supersede_rollouts(tx: &rusqlite::Transaction<'_>, kill_target: &str, audit: &AuditEntry) -> rusqlite::Result<()> {
-        let (_, flag, env, _) = target_parts(kill_target);
         let mut stmt = tx.prepare("SELECT id, target FROM outbox WHERE kind = 'rollout' AND state = 'pending'")?;
         let rows: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         for (id, target) in rows {
-            let (_, f, e, _) = target_parts(&target);
-            if f == flag && (e == env || e == "*" || env == "*") {
+            if kill_covers(kill_target, &target) {
                 tx.execute("UPDATE outbox SET state = 'superseded', state_ms = ?2, updated_ms = ?2 WHERE id = ?1", params![id, audit.at.as_millis() as i64])?;
                 Store::insert_audit(tx, &AuditEntry { kind: "rollout_superseded".into(), action_id: Some(id), target: Some(target.clone()), ..audit.clone() })?;
             }
@@ -271,15 +277,11 @@ impl Store {
             return Ok(Err(format!("action {id} ({other}) is still pending for this target")));
         }
         if kind == "rollout" {
-            let (_, flag, env, _) = target_parts(target);
             let mut stmt =
                 tx.prepare("SELECT id, target FROM outbox WHERE kind = 'kill' AND state IN ('pending', 'sent', 'confirmed', 'drained', 'unverified')")?;
             let killed: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
-            if let Some((id, _)) = killed.iter().find(|(_, t)| {
-                let (_, f, e, _) = target_parts(t);
-                f == flag && (e == env || e == "*" || env == "*")
-            }) {
+            if let Some((id, _)) = killed.iter().find(|(_, t)| kill_covers(t, target)) {
                 return Ok(Err(format!("the flag is killed (action {id}); restore it before changing its rollout")));
             }
         }
@@ -457,6 +459,36 @@ impl Store {
         let mut stmt = conn.prepare(&format!("{} WHERE state = ?1 AND state_ms >= ?2 ORDER BY id", Store::ROW))?;
         let rows = stmt.query_map(params![state, since.as_millis() as i64], Store::row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every rollout plan instance's state (`rollout::PlanState` as JSON), by key.
+    pub fn plan_states(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT state FROM rollouts ORDER BY key")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok())).collect())
+    }
+
+    pub fn plan_state(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let conn = self.lock();
+        let state: Option<String> = conn.query_row("SELECT state FROM rollouts WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
+        Ok(state.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Writes a plan instance's state, with its audit record, in one transaction.
+    pub fn save_plan(&self, key: &str, state: &serde_json::Value, audit: Option<&AuditEntry>) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = audit.map_or(0, |a| a.at.as_millis() as i64);
+        tx.execute(
+            "INSERT INTO rollouts (key, state, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            params![key, state.to_string(), now],
+        )?;
+        if let Some(audit) = audit {
+            Store::insert_audit(&tx, audit)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Whether an action for `target` is pending (e.g. a restore in flight).

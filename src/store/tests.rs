@@ -83,6 +83,10 @@ fn a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore() {
     assert_eq!(store.audit_log(10, None, Some("rollout_superseded")).unwrap().len(), 1);
     let refused = store.submit_operator("u|f|production|region=eu", "rollout", &json!({}), "r4", &decided(4)).unwrap();
     assert!(refused.unwrap_err().contains("killed"), "no rollout change while the flag is killed");
+    // A kill of one region blocks and supersedes only that region's rollout changes.
+    store.submit("u|g|production|region=eu", "kill", &json!({}), "k5", "s5", &decided(5)).unwrap();
+    assert!(store.submit_operator("u|g|production|region=us", "rollout", &json!({}), "r6", &decided(6)).unwrap().is_ok());
+    assert!(store.submit_operator("u|g|production|region=eu", "rollout", &json!({}), "r7", &decided(7)).unwrap().is_err());
     store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {"enabled": true}})), &decided(5)).unwrap();
     assert_eq!(store.action(kill).unwrap().unwrap().result.unwrap()["before"]["enabled"], true);
 }

@@ -14,6 +14,7 @@ mod otlp_errors;
 mod python_sdk;
 mod replay;
 mod restart;
+mod rollouts;
 mod support;
 mod unleash;
 mod webdriver;

@@ -58,7 +58,7 @@ pub fn unique(name: &str) -> String {
 }
 
 impl Unleash {
-    fn env_path(&self, flag: &str) -> String {
+    pub fn env_path(&self, flag: &str) -> String {
         format!("{}/api/admin/projects/default/features/{flag}/environments/production", self.url)
     }
 
@@ -143,19 +143,21 @@ fn rule(flag: &str, per_region: bool) -> String {
 }
 
 /// The real-SDK traffic client, running until the returned stop file exists.
-struct Traffic {
+pub struct Traffic {
     stop: tempfile::TempDir,
     child: tokio::process::Child,
 }
 
 impl Traffic {
-    async fn start(daemon: &Daemon, server: &Unleash, flag: &str, error_regions: &str) -> Traffic {
+    /// `extra`: more arguments (`--error-regions eu-west`, `--error-file P`, `--error-rate 0`).
+    pub async fn start(daemon: &Daemon, server: &Unleash, flag: &str, extra: &[&str]) -> Traffic {
         let stop = tempfile::tempdir().unwrap();
         let child = tokio::process::Command::new(python())
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/unleash_traffic.py"))
             .args(["--protocol", "grpc", "--endpoint", &format!("http://{}", daemon.addrs.grpc)])
             .args(["--unleash-url", &server.url, "--unleash-token", &server.backend, "--flag", flag])
-            .args(["--rate", "40", "--error-rate", "0.6", "--regions", "eu-west,us-east", "--error-regions", error_regions])
+            .args(["--rate", "40", "--error-rate", "0.6", "--regions", "eu-west,us-east"])
+            .args(extra)
             .arg("--stop-file")
             .arg(stop.path().join("stop"))
             .stdout(std::process::Stdio::piped())
@@ -165,7 +167,7 @@ impl Traffic {
         Traffic { stop, child }
     }
 
-    async fn stop(self) -> Value {
+    pub async fn stop(self) -> Value {
         std::fs::write(self.stop.path().join("stop"), "").unwrap();
         let out = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output()).await.expect("the client stops").unwrap();
         assert!(out.status.success(), "traffic client failed: {out:?}");
@@ -173,7 +175,7 @@ impl Traffic {
     }
 }
 
-fn state_of(daemon: &Daemon, id: i64) -> String {
+pub fn state_of(daemon: &Daemon, id: i64) -> String {
     daemon.store.action(id).unwrap().map(|a| a.state).unwrap_or_default()
 }
 
@@ -181,7 +183,7 @@ fn kill_ids(daemon: &Daemon) -> Vec<i64> {
     daemon.store.actions(100).unwrap().into_iter().filter(|a| a.kind == "kill").map(|a| a.id).collect()
 }
 
-async fn api(daemon: &Daemon, path: &str, body: Value) -> (u16, Value) {
+pub async fn api(daemon: &Daemon, path: &str, body: Value) -> (u16, Value) {
     let response =
         flagguard::app::http_client(Duration::from_secs(10)).unwrap().post(format!("http://{}{path}", daemon.addrs.api)).json(&body).send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
@@ -198,7 +200,7 @@ async fn a_regression_is_killed_in_unleash_confirmed_drained_restored_and_rolled
     let mut config = Daemon::config(dir.path(), &rule(&flag, false), &flags);
     config.actuators.insert("unleash".into(), actuator(&server, "FG_TEST_UNLEASH_TOKEN"));
     let daemon = Daemon::start(config, dir).await;
-    let traffic = Traffic::start(&daemon, &server, &flag, "").await;
+    let traffic = Traffic::start(&daemon, &server, &flag, &[]).await;
 
     wait_until("a kill action", Duration::from_secs(60), || !kill_ids(&daemon).is_empty()).await;
     let id = kill_ids(&daemon)[0];
@@ -249,7 +251,7 @@ async fn a_breach_in_one_region_disables_only_that_regions_strategy() {
     let mut config = Daemon::config(dir.path(), &rule(&flag, true), &flags);
     config.actuators.insert("unleash".into(), actuator(&server, "FG_TEST_UNLEASH_TOKEN"));
     let daemon = Daemon::start(config, dir).await;
-    let traffic = Traffic::start(&daemon, &server, &flag, "eu-west").await;
+    let traffic = Traffic::start(&daemon, &server, &flag, &["--error-regions", "eu-west"]).await;
 
     wait_until("a kill action", Duration::from_secs(60), || !kill_ids(&daemon).is_empty()).await;
     let id = kill_ids(&daemon)[0];

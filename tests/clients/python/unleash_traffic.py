@@ -141,6 +141,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="UnleashClient `environment` (context field only; the token picks the flags' environment)")
     p.add_argument("--regions", default="eu-west,us-east", help="comma-separated regions, cycled per request")
     p.add_argument("--error-rate", type=float, default=0.5)
+    p.add_argument("--error-file", default=None,
+                   help="inject the regression only while this file exists (default: always)")
     p.add_argument("--error-regions", default="",
                    help="comma-separated regions where the regression happens (default: every region)")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
@@ -335,7 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             last_on = wall
             last_on_by_region[region] = wall
 
-        failed = variant == "on" and (not error_regions or region in error_regions) and rng.random() < args.error_rate
+        failed = (
+            variant == "on"
+            and (not error_regions or region in error_regions)
+            and (args.error_file is None or os.path.exists(args.error_file))
+            and rng.random() < args.error_rate
+        )
 
         co_ctx = trace.set_span_in_context(co_server)
         co_client = t_check.start_span(

@@ -1,0 +1,93 @@
+//! Rollout plans: `GET /v1/rollouts` (each plan with its instances' state) and
+//! `POST /v1/rollouts/{name}/{pause|resume|abort}[?region=R]` for operators, audited. The
+//! pipeline reads the state from the store on every tick, so a change here takes effect at once.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::actions::Reason;
+use super::{ApiError, ApiState};
+use crate::rollout::{PlanState, Status};
+use crate::store::AuditEntry;
+
+pub async fn list(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let plans = s.snapshots.borrow().rule_set.rollouts.clone();
+    let store = s.store.clone();
+    let states = tokio::task::spawn_blocking(move || store.plan_states()).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let out: Vec<_> = plans
+        .iter()
+        .map(|p| {
+            let instances: Vec<_> = states.iter().filter(|st| st["plan"] == p.name.as_str()).cloned().collect();
+            json!({
+                "name": p.name, "flag": p.flag, "actuator": p.actuator, "environment": p.environment, "regions": p.regions,
+                "steps": p.steps, "min_healthy_s": p.min_healthy.as_secs(), "min_samples": p.min_samples,
+                "file": p.file, "line": p.line, "instances": instances,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "rollouts": out })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct Which {
+    pub region: Option<String>,
+}
+
+/// Pause, resume or abort one plan instance.
+pub async fn operate(
+    State(s): State<ApiState>,
+    Path((name, op)): Path<(String, String)>,
+    Query(which): Query<Which>,
+    body: Option<Json<Reason>>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.unwrap_or_default();
+    let plans = s.snapshots.borrow().rule_set.rollouts.clone();
+    let plan = plans.iter().find(|p| p.name == name).ok_or_else(|| ApiError::NotFound(format!("no rollout plan {name:?}")))?;
+    if !plan.regions.is_empty() && which.region.as_ref().is_none_or(|r| !plan.regions.contains(r)) {
+        return Err(ApiError::BadRequest(format!("plan {name} runs per region: give ?region= one of {:?}", plan.regions)));
+    }
+    let key = plan.key(which.region.as_deref());
+    let (from, to): (&[Status], Status) = match op.as_str() {
+        "pause" => (&[Status::Running], Status::Paused),
+        "resume" => (&[Status::Paused], Status::Running),
+        "abort" => (&[Status::Running, Status::Paused], Status::Aborted),
+        other => return Err(ApiError::NotFound(format!("no operation {other:?} (pause, resume, abort)"))),
+    };
+    let now = s.clock.now();
+    let actor = body.actor.clone().unwrap_or_else(|| "api".into());
+    let store = s.store.clone();
+    let plan = plan.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<Result<PlanState, ApiError>, crate::store::StoreError> {
+        let mut state =
+            store.plan_state(&key)?.and_then(|v| serde_json::from_value::<PlanState>(v).ok()).unwrap_or_else(|| PlanState::new(&plan, which.region.as_deref()));
+        if !from.contains(&state.status) {
+            return Ok(Err(ApiError::Conflict(format!("plan instance {key} is {:?}", state.status))));
+        }
+        let before = serde_json::to_value(&state).unwrap_or_default();
+        state.status = to;
+        state.reason = body.reason.clone().or_else(|| Some(format!("{op} by {actor}")));
+        if to == Status::Running {
+            // A resumed plan re-reads the flag before its next step (expect_rollout).
+            state.action = None;
+            state.target_step = None;
+        }
+        let audit = AuditEntry {
+            at: now,
+            actor: actor.clone(),
+            kind: format!("rollout_{op}"),
+            rule: Some(format!("rollout:{}", plan.name)),
+            target: Some(key.clone()),
+            before: Some(before),
+            after: Some(serde_json::to_value(&state).unwrap_or_default()),
+            ..AuditEntry::default()
+        };
+        store.save_plan(&key, &serde_json::to_value(&state).unwrap_or_default(), Some(&audit))?;
+        Ok(Ok(state))
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    Ok(Json(json!({ "instance": result? })).into_response())
+}

@@ -1,0 +1,185 @@
+//! The progression shell, run by the pipeline on every full tick (it owns the windows and the
+//! verdicts): for each plan instance, read its state from the store, settle the action in
+//! flight, ask the gate, decide with [`super::next`], submit the rollout change or the kill
+//! through the outbox, and write the new state with its audit record.
+
+use serde_json::json;
+
+use super::{Next, Plan, PlanState, Status};
+use crate::act::{ActionKind, ActionRequest};
+use crate::aggregate::snapshot::Snapshot;
+use crate::pipeline::Pipeline;
+use crate::rules::gate::{Decision, GateQuery, decide};
+use crate::store::{AuditEntry, StoreError};
+use crate::time::Timestamp;
+
+/// The action request of a plan instance (rollout change or kill).
+pub fn request(plan: &Plan, region: Option<&str>, kind: ActionKind) -> ActionRequest {
+    ActionRequest {
+        treatment: plan.treatment.clone(),
+        control: plan.control.clone(),
+        environment: plan.environment.clone(),
+        region: region.map(str::to_owned),
+        scope: region.map(|r| ("region".to_owned(), r.to_owned())).into_iter().collect(),
+        rule: format!("rollout:{}", plan.name),
+        actor: Some(format!("rollout:{}", plan.name)),
+        ..ActionRequest::new(kind, &plan.actuator, &plan.flag)
+    }
+}
+
+fn audit(state: &PlanState, kind: &str, now: Timestamp, after: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        at: now,
+        actor: format!("rollout:{}", state.plan),
+        kind: kind.into(),
+        rule: Some(format!("rollout:{}", state.plan)),
+        target: Some(state.key.clone()),
+        after: Some(json!({ "plan": state, "detail": after })),
+        ..AuditEntry::default()
+    }
+}
+
+impl Pipeline {
+    /// Moves every running plan instance one decision forward.
+    pub fn progress(&mut self, now: Timestamp) {
+        let plans = self.engine.rules().rollouts.clone();
+        if plans.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        for plan in &plans {
+            for region in plan.instances() {
+                if let Err(e) = self.progress_one(plan, region.as_deref(), &snapshot, now) {
+                    tracing::error!(error = %e, plan = %plan.name, "cannot record the rollout step; it is retried next tick");
+                }
+            }
+        }
+    }
+
+    fn save(&self, state: &PlanState, kind: Option<&str>, now: Timestamp, detail: serde_json::Value, notify: Option<String>) -> Result<(), StoreError> {
+        let entry = kind.map(|k| audit(state, k, now, detail));
+        self.store.save_plan(&state.key, &serde_json::to_value(state).unwrap_or_default(), entry.as_ref())?;
+        if let (Some(text), true) = (notify, self.settings.notify) {
+            crate::act::notify::enqueue(&self.store, &text, &json!({ "rule": format!("rollout:{}", state.plan), "plan": state }), now)?;
+            self.wake_executor.notify_one();
+        }
+        Ok(())
+    }
+
+    fn progress_one(&mut self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
+        let key = plan.key(region);
+        let mut state = match self.store.plan_state(&key)?.and_then(|v| serde_json::from_value::<PlanState>(v).ok()) {
+            Some(s) => s,
+            None => {
+                let s = PlanState::new(plan, region);
+                self.save(&s, Some("rollout_started"), now, json!({ "steps": plan.steps }), None)?;
+                s
+            }
+        };
+        if state.status != Status::Running {
+            return Ok(());
+        }
+        let query = GateQuery { environment: plan.environment.clone(), region: region.map(str::to_owned), variant: None, min_healthy: None };
+        let answer = decide(snapshot, &plan.flag, &query, now).unwrap_or_default();
+        let gate: Decision = serde_json::from_value(answer["decision"].clone()).unwrap_or(Decision::Hold);
+        let why = answer["why"].as_array().map(|w| w.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default();
+
+        if let Some(id) = state.action {
+            let row = self.store.action(id)?;
+            match row.as_ref().map(|r| r.state.as_str()) {
+                Some("pending") if gate != Decision::Rollback => return Ok(()),
+                Some("pending") => {}
+                Some("confirmed" | "sent") => {
+                    let to = state.target_step.unwrap_or(0);
+                    state.step = Some(to);
+                    state.percent = plan.steps.get(to).copied();
+                    state.step_since_ms = now.as_millis();
+                    state.action = None;
+                    state.target_step = None;
+                    let text =
+                        format!("rollout {}: {} is at {} % (step {} of {})", plan.name, describe(plan, region), plan.steps[to], to + 1, plan.steps.len());
+                    self.save(&state, Some("rollout_step"), now, json!({ "step": to + 1, "percent": plan.steps[to], "action": id }), Some(text))?;
+                    return Ok(());
+                }
+                _ => {
+                    let error =
+                        row.and_then(|r| r.last_error.or(Some(format!("action {id} ended {}", r.state)))).unwrap_or_else(|| format!("action {id} is gone"));
+                    state.status = Status::Paused;
+                    state.action = None;
+                    state.target_step = None;
+                    state.reason = Some(error.clone());
+                    let text = format!("rollout {} PAUSED for {}: {error}", plan.name, describe(plan, region));
+                    self.save(&state, Some("rollout_paused"), now, json!({ "error": error, "action": id }), Some(text))?;
+                    return Ok(());
+                }
+            }
+        }
+
+        let samples = match state.step {
+            Some(_) => {
+                let probe = request(plan, region, ActionKind::Kill);
+                crate::act::verify::exposure(&self.aggregator, &probe, Timestamp(state.step_since_ms)).treatment
+            }
+            None => 0,
+        };
+        match super::next(plan, &state, gate, &why, samples, now) {
+            Next::Wait(_) => Ok(()),
+            Next::Complete => {
+                state.status = Status::Completed;
+                let text = format!("rollout {} completed for {}", plan.name, describe(plan, region));
+                self.save(&state, Some("rollout_completed"), now, json!({}), Some(text))
+            }
+            Next::Advance { to } => {
+                let percent = plan.steps[to];
+                let req = ActionRequest {
+                    percent: Some(percent),
+                    expect_rollout: state.percent,
+                    reason: Some(format!("step {} of {} of plan {}", to + 1, plan.steps.len(), plan.name)),
+                    evidence: json!({ "rule": format!("rollout:{}", plan.name), "gate": answer }),
+                    ..request(plan, region, ActionKind::Rollout)
+                };
+                let target = req.target();
+                let key = crate::act::idempotency_key(&format!("rollout|{target}|{to}"), now);
+                let decided = audit(&state, "rollout_decided", now, json!({ "to_step": to + 1, "percent": percent, "samples": samples }));
+                match self.store.submit_operator(&target, "rollout", &serde_json::to_value(&req).unwrap_or_default(), &key, &decided)? {
+                    Ok(id) => {
+                        state.action = Some(id);
+                        state.target_step = Some(to);
+                        self.save(&state, None, now, json!({}), None)?;
+                        self.wake_executor.notify_one();
+                    }
+                    Err(why) => tracing::info!(plan = %plan.name, %why, "rollout step not queued yet"),
+                }
+                Ok(())
+            }
+            Next::RollBack { why } => {
+                let req = ActionRequest {
+                    reason: Some(format!("plan {} rolled back: {why}", plan.name)),
+                    evidence: json!({ "rule": format!("rollout:{}", plan.name), "gate": answer }),
+                    slice_key: format!("rollout/{}", state.key),
+                    ..request(plan, region, ActionKind::Kill)
+                };
+                let target = req.target();
+                let key = crate::act::idempotency_key(&target, now);
+                let decided = AuditEntry { kind: "kill_decided".into(), ..audit(&state, "kill_decided", now, json!({ "why": why })) };
+                let submitted = self.store.submit(&target, "kill", &serde_json::to_value(&req).unwrap_or_default(), &key, &req.slice_key, &decided)?;
+                let (crate::store::Submitted::New(id) | crate::store::Submitted::Joined(id) | crate::store::Submitted::Suppressed(id)) = submitted;
+                state.status = Status::RolledBack;
+                state.action = Some(id);
+                state.reason = Some(why.clone());
+                let text = format!("rollout {} ROLLED BACK for {}: {why} (kill action {id})", plan.name, describe(plan, region));
+                self.save(&state, Some("rollout_rolled_back"), now, json!({ "why": why, "action": id }), Some(text))?;
+                self.wake_executor.notify_one();
+                Ok(())
+            }
+        }
+    }
+}
+
+fn describe(plan: &Plan, region: Option<&str>) -> String {
+    let mut out = format!("{} in {}", plan.flag, plan.environment.as_deref().unwrap_or("every environment"));
+    if let Some(r) = region {
+        out.push_str(&format!(" region {r}"));
+    }
+    out
+}

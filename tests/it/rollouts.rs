@@ -1,0 +1,147 @@
+//! Automated progression against the real Unleash, with real SDK traffic: a plan advancing
+//! while healthy and rolling back when a regression is injected at 25 %; a rollout changed by
+//! hand mid-plan (drift) pauses the plan instead of being overwritten; two regions with a
+//! regression in one only.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+use crate::unleash::{Traffic, actuator, api, rollout, unique, unleash};
+
+/// A guard rule (verdicts only: the plan acts) and a plan.
+fn rules(flag: &str, plan: &str) -> String {
+    format!(
+        "rules:\n  - name: {flag}-guard\n    flag: {flag}\n    treatment: \"true\"\n    control: \"false\"\n    where: {{ service: payments, environment: production }}\n    per: [region]\n    when: [ {{ error_rate: {{ above: 0.2 }} }} ]\n    window: 30s\n    min_samples: 10\n    for: 1s\n{plan}"
+    )
+}
+
+fn plan(flag: &str, steps: &str, min_healthy: &str, regions: &str) -> String {
+    format!(
+        "rollouts:\n  - name: {flag}-plan\n    flag: {flag}\n    actuator: unleash\n    environment: production\n    regions: {regions}\n    treatment: \"true\"\n    steps: {steps}\n    min_healthy: {min_healthy}\n    min_samples: 10\n"
+    )
+}
+
+async fn daemon(server: &crate::unleash::Unleash, rules: &str) -> (Daemon, FlagServer) {
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), rules, &flags);
+    config.actuators.insert("unleash".into(), actuator(server, "FG_TEST_UNLEASH_TOKEN"));
+    (Daemon::start(config, dir).await, flags)
+}
+
+fn instance(daemon: &Daemon, key: &str) -> Value {
+    daemon.store.plan_state(key).unwrap().unwrap_or(Value::Null)
+}
+
+fn strategy_rollout(state: &Value, region: &str) -> (String, bool) {
+    let s = state["strategies"].as_array().unwrap().iter().find(|s| s["constraints"][0]["values"][0] == region).unwrap();
+    (s["parameters"]["rollout"].as_str().unwrap().to_owned(), s["disabled"].as_bool().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_advances_while_healthy_and_rolls_back_on_a_regression_at_25_percent() {
+    let server = unleash().await;
+    let flag = unique("fg-plan");
+    server.create(&flag, &[rollout(&flag, 0, Some("eu-west"))]).await;
+    let (daemon, flags) = daemon(&server, &rules(&flag, &plan(&flag, "[10, 25, 50, 100]", "15s", "[eu-west]"))).await;
+    let key = format!("{flag}-plan/region=eu-west");
+    let errors = tempfile::tempdir().unwrap();
+    let error_file = errors.path().join("regression");
+    let traffic = Traffic::start(&daemon, &server, &flag, &["--regions", "eu-west", "--error-file", error_file.to_str().unwrap()]).await;
+
+    wait_until("step 1 (10 %)", Duration::from_secs(30), || instance(&daemon, &key)["percent"] == 10.0).await;
+    assert_eq!(strategy_rollout(&server.state(&flag).await, "eu-west").0, "10");
+    wait_until("step 2 (25 %) after 15 s healthy", Duration::from_secs(60), || instance(&daemon, &key)["percent"] == 25.0).await;
+    assert_eq!(strategy_rollout(&server.state(&flag).await, "eu-west").0, "25");
+    // The regression ships at 25 %.
+    std::fs::write(&error_file, "").unwrap();
+    wait_until("the rollback", Duration::from_secs(60), || instance(&daemon, &key)["status"] == "rolled_back").await;
+    let kill = instance(&daemon, &key)["action"].as_i64().unwrap();
+    wait_until("the kill to be confirmed", Duration::from_secs(20), || crate::unleash::state_of(&daemon, kill) != "pending").await;
+    let (percent, disabled) = strategy_rollout(&server.state(&flag).await, "eu-west");
+    assert_eq!((percent.as_str(), disabled), ("25", true), "rolled back at 25 %, never reached 50 %");
+    traffic.stop().await;
+
+    let steps: Vec<Value> =
+        daemon.store.audit_log(500, None, Some("rollout_step")).unwrap().into_iter().filter_map(|r| r.after).map(|a| a["detail"]["percent"].clone()).collect();
+    assert_eq!(steps, vec![json!(25.0), json!(10.0)], "every step audited (newest first)");
+    assert!(daemon.audit_kinds().contains(&"rollout_rolled_back".to_owned()));
+    wait_until("the rollback notification", Duration::from_secs(10), || {
+        flags.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.contains("ROLLED BACK")))
+    })
+    .await;
+    // The API shows it.
+    let list: Value = flagguard::app::http_client(Duration::from_secs(5))
+        .unwrap()
+        .get(format!("http://{}/v1/rollouts", daemon.addrs.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["rollouts"][0]["instances"][0]["status"], "rolled_back");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_changed_by_hand_mid_plan_pauses_it_instead_of_being_overwritten() {
+    let server = unleash().await;
+    let flag = unique("fg-plandrift");
+    server.create(&flag, &[rollout(&flag, 0, Some("eu-west"))]).await;
+    let (daemon, flags) = daemon(&server, &rules(&flag, &plan(&flag, "[10, 50, 100]", "4s", "[eu-west]"))).await;
+    let key = format!("{flag}-plan/region=eu-west");
+    let traffic = Traffic::start(&daemon, &server, &flag, &["--regions", "eu-west", "--error-rate", "0"]).await;
+    wait_until("step 1 (10 %)", Duration::from_secs(30), || instance(&daemon, &key)["percent"] == 10.0).await;
+    // Someone moves it to 33 % in Unleash's UI.
+    let state = server.state(&flag).await;
+    let id = state["strategies"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("{}/strategies/{id}", server.env_path(&flag)),
+            Some(json!([{ "op": "replace", "path": "/parameters/rollout", "value": "33" }])),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_until("the plan to pause on drift", Duration::from_secs(60), || instance(&daemon, &key)["status"] == "paused").await;
+    traffic.stop().await;
+    let reason = instance(&daemon, &key)["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("drift") && reason.contains("33"), "{reason}");
+    assert_eq!(strategy_rollout(&server.state(&flag).await, "eu-west").0, "33", "the human's change stands");
+    wait_until("the pause notification", Duration::from_secs(10), || {
+        flags.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.contains("PAUSED")))
+    })
+    .await;
+    // Operators can abort it (audited); resuming a running plan is refused.
+    let (status, _) = api(&daemon, &format!("/v1/rollouts/{flag}-plan/resume?region=eu-west"), json!({ "reason": "fixed by hand" })).await;
+    assert_eq!(status, 200);
+    let (status, _) = api(&daemon, &format!("/v1/rollouts/{flag}-plan/resume?region=eu-west"), json!({})).await;
+    assert_eq!(status, 409);
+    let (status, _) = api(&daemon, &format!("/v1/rollouts/{flag}-plan/abort?region=eu-west"), json!({ "actor": "alice" })).await;
+    assert_eq!(status, 200);
+    assert_eq!(instance(&daemon, &key)["status"], "aborted");
+    let aborted = &daemon.store.audit_log(10, None, Some("rollout_abort")).unwrap()[0];
+    assert_eq!(aborted.actor, "alice");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_progress_independently_and_only_the_broken_one_rolls_back() {
+    let server = unleash().await;
+    let flag = unique("fg-plan2r");
+    server.create(&flag, &[rollout(&flag, 0, Some("eu-west")), rollout(&flag, 0, Some("us-east"))]).await;
+    let (daemon, _) = daemon(&server, &rules(&flag, &plan(&flag, "[20, 50, 100]", "3s", "[eu-west, us-east]"))).await;
+    let traffic = Traffic::start(&daemon, &server, &flag, &["--error-regions", "eu-west"]).await;
+    let (eu, us) = (format!("{flag}-plan/region=eu-west"), format!("{flag}-plan/region=us-east"));
+    wait_until("eu-west rolled back", Duration::from_secs(90), || instance(&daemon, &eu)["status"] == "rolled_back").await;
+    wait_until("us-east completed", Duration::from_secs(90), || instance(&daemon, &us)["status"] == "completed").await;
+    traffic.stop().await;
+    let state = server.state(&flag).await;
+    assert_eq!(state["enabled"], true);
+    assert!(strategy_rollout(&state, "eu-west").1, "eu-west's strategy is disabled");
+    assert_eq!(strategy_rollout(&state, "us-east"), ("100".to_owned(), false), "us-east went all the way");
+    daemon.stop().await;
+}
