@@ -82,6 +82,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Flag hygiene: `flags stale` lists removal candidates known to a running daemon.
+    Flags {
+        #[command(subcommand)]
+        command: FlagsCommand,
+    },
     /// Simulates rollouts through the real rule engine and prints the statistics table.
     Simulate {
         /// Rollouts per scenario.
@@ -111,12 +116,33 @@ enum Command {
     },
 }
 
+#[derive(clap::Subcommand)]
+enum FlagsCommand {
+    /// Flags that served one variant to all traffic for `--single-variant-for`, or were not
+    /// evaluated for `--unused-for` (exit 0; 3 on a usage or connection error).
+    Stale {
+        #[arg(long, default_value = "7d")]
+        single_variant_for: String,
+        #[arg(long, default_value = "30d")]
+        unused_for: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
         Command::Gate { flag, environment, region, variant, min_healthy, wait, server, token, json } => runtime()
             .block_on(flagguard::cli::gate::run(flagguard::cli::gate::GateArgs { flag, environment, region, variant, min_healthy, wait, server, token, json })),
+        Command::Flags { command: FlagsCommand::Stale { single_variant_for, unused_for, server, token, json } } => {
+            runtime().block_on(flagguard::cli::flags::stale(&server, token.as_deref(), &single_variant_for, &unused_for, json))
+        }
         Command::Simulate { runs, seed, horizon, family_series, family_runs } => {
             print!("{}", flagguard::cli::simulate::report(runs, seed, horizon.as_secs(), family_series, family_runs));
             0

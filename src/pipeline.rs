@@ -21,6 +21,9 @@ use crate::store::{AuditEntry, Store};
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
 
+/// How often flag usage is written to the store.
+const USAGE_FLUSH: Duration = Duration::from_secs(60);
+
 /// Requests to the pipeline from the API.
 pub enum Command {
     /// Reload the rules now; answers the number of rules or every error.
@@ -61,6 +64,8 @@ pub struct Pipeline {
     /// Restores already applied to the windows (ids), and since when to look for new ones.
     restores_seen: std::collections::HashSet<i64>,
     restores_since: Timestamp,
+    /// When flag usage was last written to the store (flag hygiene).
+    usage_flushed: Timestamp,
 }
 
 /// Lists rule files with their modification time and size, to notice edits.
@@ -113,6 +118,7 @@ impl Pipeline {
             rules_fingerprint,
             restores_seen: Default::default(),
             restores_since,
+            usage_flushed: restores_since,
         }
     }
 
@@ -165,6 +171,28 @@ impl Pipeline {
             self.ingest(batch);
         }
         let _ = self.on_tick(self.clock.now(), true);
+        self.flush_usage(self.clock.now());
+    }
+
+    /// Writes when each flag variant was first and last evaluated to the store.
+    fn flush_usage(&mut self, now: Timestamp) {
+        let usage = self.usage();
+        if let Err(e) = self.store.record_usage(&usage) {
+            tracing::error!(error = %e, "cannot record flag usage");
+        }
+        self.usage_flushed = now;
+    }
+
+    fn usage(&self) -> Vec<crate::rollout::hygiene::Usage> {
+        self.aggregator
+            .usage()
+            .map(|(f, v, first, last)| crate::rollout::hygiene::Usage {
+                flag: f.to_string(),
+                variant: v.to_string(),
+                first_ms: first.as_millis(),
+                last_ms: last.as_millis(),
+            })
+            .collect()
     }
 
     /// Feeds one batch through the correlator into the windows.
@@ -209,6 +237,9 @@ impl Pipeline {
             self.aggregator.drop_idle(now);
             self.publish(now);
             self.progress(now);
+            if now.since(self.usage_flushed) >= USAGE_FLUSH {
+                self.flush_usage(now);
+            }
         }
         fired
     }
@@ -351,6 +382,7 @@ impl Pipeline {
         snapshot.rules = self.rules_view.clone();
         snapshot.rule_set = self.engine.rules().clone();
         snapshot.traces_in_flight = self.correlator.live_traces();
+        snapshot.usage = self.usage();
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 

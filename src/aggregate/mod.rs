@@ -32,12 +32,23 @@ pub struct Aggregator {
     users: HashMap<(FlagKey, Variant), crate::stats::distinct::Distinct>,
     /// Series touched since the rules last looked.
     changed: HashSet<SeriesKey>,
+    /// First and last evaluation of each (flag, variant) since start (flag hygiene), bounded
+    /// like the series.
+    usage: HashMap<(FlagKey, Variant), (Timestamp, Timestamp)>,
     overflow: u64,
 }
 
 impl Aggregator {
     pub fn new(max_series: usize) -> Self {
-        Aggregator { max_series, series: HashMap::new(), unflagged: HashMap::new(), users: HashMap::new(), changed: HashSet::new(), overflow: 0 }
+        Aggregator {
+            max_series,
+            series: HashMap::new(),
+            unflagged: HashMap::new(),
+            users: HashMap::new(),
+            changed: HashSet::new(),
+            usage: HashMap::new(),
+            overflow: 0,
+        }
     }
 
     pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &Window)> {
@@ -59,6 +70,11 @@ impl Aggregator {
     /// Estimated distinct users of a cohort since start (0 without context ids).
     pub fn distinct_users(&self, flag: &FlagKey, variant: &str) -> (f64, f64) {
         self.users.get(&(flag.clone(), Variant(variant.into()))).map_or((0.0, 0.0), |d| (d.estimate(), d.relative_variance()))
+    }
+
+    /// First and last evaluation of each (flag, variant) since start.
+    pub fn usage(&self) -> impl Iterator<Item = (&FlagKey, &Variant, Timestamp, Timestamp)> {
+        self.usage.iter().map(|((f, v), (first, last))| (f, v, *first, *last))
     }
 
     /// Observations refused because the series cap was reached.
@@ -121,6 +137,14 @@ impl Sink for Aggregator {
             && (self.users.len() < self.max_series || self.users.contains_key(&(evaluation.flag.clone(), variant.clone())))
         {
             self.users.entry((evaluation.flag.clone(), variant.clone())).or_default().insert(context);
+        }
+        let room = self.usage.len() < self.max_series;
+        match self.usage.entry((evaluation.flag.clone(), variant.clone())) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().1 = e.get().1.max(now),
+            std::collections::hash_map::Entry::Vacant(e) if room => {
+                e.insert((now, now));
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {}
         }
         let key = SeriesKey { flag: evaluation.flag.clone(), variant: variant.clone(), dims: evaluation.dims.clone() };
         if let Some(w) = self.window(key) {

@@ -88,6 +88,9 @@ pub struct Snapshot {
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
     pub stale_rules: Vec<String>,
     pub traces_in_flight: usize,
+    /// First and last evaluation of each flag variant since start (flag hygiene).
+    #[serde(skip)]
+    pub usage: Vec<crate::rollout::hygiene::Usage>,
     pub series_count: usize,
     pub window_bytes: usize,
 }

@@ -99,6 +99,7 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/{flag}/kill", post(actions::kill))
         .route("/v1/flags/{flag}/rollout", post(actions::rollout))
         .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))
         .route("/v1/audit", get(audit))
         .with_state(state)

@@ -91,3 +91,28 @@ pub async fn operate(
     .map_err(|e| ApiError::Unavailable(e.to_string()))??;
     Ok(Json(json!({ "instance": result? })).into_response())
 }
+
+#[derive(Deserialize)]
+pub struct StaleQuery {
+    /// Default `7d`.
+    pub single_variant_for: Option<String>,
+    /// Default `30d`.
+    pub unused_for: Option<String>,
+}
+
+fn duration(value: Option<&str>, default: &str, name: &str) -> Result<std::time::Duration, ApiError> {
+    humantime::parse_duration(value.unwrap_or(default)).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
+}
+
+/// `GET /v1/flags/stale`: removal candidates (flag hygiene), from the store's history and the
+/// live windows.
+pub async fn stale_flags(State(s): State<ApiState>, Query(q): Query<StaleQuery>) -> Result<Response, ApiError> {
+    let single = duration(q.single_variant_for.as_deref(), "7d", "single_variant_for")?;
+    let unused = duration(q.unused_for.as_deref(), "30d", "unused_for")?;
+    let live = s.snapshots.borrow().usage.clone();
+    let store = s.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.usage()).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let usage = crate::rollout::hygiene::merge(stored.into_iter().chain(live));
+    let flags = crate::rollout::hygiene::stale(&usage, s.clock.now(), single, unused);
+    Ok(Json(json!({ "single_variant_for_s": single.as_secs(), "unused_for_s": unused.as_secs(), "flags": flags, "known_flags": usage.iter().map(|u| u.flag.as_str()).collect::<std::collections::BTreeSet<_>>().len() })).into_response())
+}

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod flags;
 pub mod gate;
 pub mod replay;
 pub mod simulate;

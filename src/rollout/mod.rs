@@ -14,6 +14,7 @@
 //! refuses on a mismatch (someone changed it by hand), and the plan pauses and reports instead of
 //! overwriting.
 
+pub mod hygiene;
 pub mod run;
 
 use std::path::PathBuf;

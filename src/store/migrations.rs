@@ -63,6 +63,14 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     );",
+    // 5: when each flag variant was first and last evaluated (flag hygiene).
+    "CREATE TABLE flag_usage (
+        flag TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        PRIMARY KEY (flag, variant)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

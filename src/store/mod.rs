@@ -491,6 +491,35 @@ impl Store {
         Ok(())
     }
 
+    /// Merges first/last evaluation times of flag variants, in one transaction.
+    pub fn record_usage(&self, usage: &[crate::rollout::hygiene::Usage]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for u in usage {
+            tx.execute(
+                "INSERT INTO flag_usage (flag, variant, first_ms, last_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(flag, variant) DO UPDATE SET first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms)",
+                params![u.flag, u.variant, u.first_ms as i64, u.last_ms as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn usage(&self) -> Result<Vec<crate::rollout::hygiene::Usage>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT flag, variant, first_ms, last_ms FROM flag_usage")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(crate::rollout::hygiene::Usage {
+                flag: r.get(0)?,
+                variant: r.get(1)?,
+                first_ms: r.get::<_, i64>(2)? as u64,
+                last_ms: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Whether an action for `target` is pending (e.g. a restore in flight).
     pub fn has_pending(&self, target: &str) -> Result<bool, StoreError> {
         let conn = self.lock();

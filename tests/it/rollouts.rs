@@ -145,3 +145,48 @@ async fn two_regions_progress_independently_and_only_the_broken_one_rolls_back()
     assert_eq!(strategy_rollout(&state, "us-east"), ("100".to_owned(), false), "us-east went all the way");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_stale_lists_a_flag_serving_one_variant_to_everyone() {
+    use flagguard::cli::traffic::{Request, build};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(Daemon::config(dir.path(), "rules: []\n", &flags), dir).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", daemon.addrs.grpc)).await.unwrap();
+    let send = |flag: &'static str, split: bool| {
+        let requests: Vec<Request> = (0..20)
+            .map(|i| Request { user: i, variant: if split && i % 2 == 1 { "off" } else { "on" }.into(), region: "eu".into(), payments_error: false })
+            .collect();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        build(flag, "production", &requests, now, &mut rand::rng())
+    };
+    client.export(send("hygiene-done", false)).await.unwrap();
+    client.export(send("hygiene-live", true)).await.unwrap();
+    let server = format!("http://{}", daemon.addrs.api);
+    let mut answer = Value::Null;
+    let start = std::time::Instant::now();
+    while answer["flags"].as_array().is_none_or(|f| f.is_empty()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "no stale flag reported: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Keep the live flag live; the done one only ever serves `on`.
+        client.export(send("hygiene-live", true)).await.unwrap();
+        client.export(send("hygiene-done", false)).await.unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flagguard"))
+            .args(["flags", "stale", "--single-variant-for", "1s", "--unused-for", "1h", "--json", "--server", &server])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        answer = serde_json::from_slice(&out.stdout).unwrap();
+    }
+    let found: Vec<(String, String)> =
+        answer["flags"].as_array().unwrap().iter().map(|f| (f["flag"].as_str().unwrap().to_owned(), f["why"].as_str().unwrap().to_owned())).collect();
+    assert_eq!(found, vec![("hygiene-done".to_owned(), "single_variant".to_owned())]);
+    assert_eq!(answer["flags"][0]["variant"], "on");
+    // Unreachable daemon: exit 3.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flagguard")).args(["flags", "stale", "--server", "http://127.0.0.1:9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    daemon.stop().await;
+}
