@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flagguard::aggregate::Aggregator;
-use flagguard::cli::traffic::{Request, build};
+use flagguard::cli::traffic::realistic;
 use flagguard::correlate::{CorrelateSettings, Correlator};
 use flagguard::ingest::otlp::{ExtractOptions, convert_traces};
 use flagguard::time::Timestamp;
@@ -18,42 +18,12 @@ use prost::Message;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }), ..Default::default() }
-}
-
-/// A realistic export request: `traces` traces of 5 spans with ~10 attributes each.
-pub fn request(traces: u64, seed: u64) -> ExportTraceServiceRequest {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let requests: Vec<Request> = (0..traces)
-        .map(|i| Request { user: i, variant: if i % 20 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: i % 97 == 0 })
-        .collect();
-    let mut req = build("checkout-v2", "production", &requests, 1_700_000_000_000_000_000, &mut rng);
-    for rs in &mut req.resource_spans {
-        for ss in &mut rs.scope_spans {
-            for span in &mut ss.spans {
-                span.attributes.extend([
-                    kv("http.request.method", "POST"),
-                    kv("url.path", "/api/v2/checkout/confirm"),
-                    kv("server.address", "checkout.internal.example.com"),
-                    kv("network.protocol.version", "1.1"),
-                    kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
-                    kv("http.route", "/api/v2/checkout/{id}/confirm"),
-                    kv("client.address", "10.42.17.3"),
-                    kv("thread.name", "http-nio-8080-exec-17"),
-                ]);
-            }
-        }
-    }
-    req
-}
-
 fn spans(req: &ExportTraceServiceRequest) -> u64 {
     req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
 }
 
 fn hot_path(c: &mut Criterion) {
-    let req = request(103, 1);
+    let req = realistic(103, 1);
     let bytes = req.encode_to_vec();
     let n = spans(&req);
     let mut group = c.benchmark_group("per_request");
@@ -71,7 +41,7 @@ fn hot_path(c: &mut Criterion) {
     let mut t = 1_000_000u64;
     // A fresh request per iteration would measure the generator; re-using one means the
     // correlator sees duplicates after the first pass, so use a few distinct ones.
-    let variants: Vec<Vec<u8>> = (0..16).map(|i| request(103, 100 + i).encode_to_vec()).collect();
+    let variants: Vec<Vec<u8>> = (0..16).map(|i| realistic(103, 100 + i).encode_to_vec()).collect();
     let mut i = 0;
     group.bench_function("decode + extract + correlate + aggregate", |b| {
         b.iter(|| {

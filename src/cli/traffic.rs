@@ -97,3 +97,30 @@ pub fn build(flag: &str, environment: &str, requests: &[Request], now_ns: u64, r
     }
     ExportTraceServiceRequest { resource_spans }
 }
+
+/// A realistic export request for benchmarks: `traces` traces of 5 spans with ~10 attributes
+/// each (~470 bytes per span), one flag evaluation per trace, 5 % on `on`, 1 % failing.
+pub fn realistic(traces: u64, seed: u64) -> ExportTraceServiceRequest {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let requests: Vec<Request> = (0..traces)
+        .map(|i| Request { user: i, variant: if i % 20 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: i % 97 == 0 })
+        .collect();
+    let mut req = build("checkout-v2", "production", &requests, 1_700_000_000_000_000_000, &mut rng);
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            for span in &mut ss.spans {
+                span.attributes.extend([
+                    kv("http.request.method", "POST"),
+                    kv("url.path", "/api/v2/checkout/confirm"),
+                    kv("server.address", "checkout.internal.example.com"),
+                    kv("network.protocol.version", "1.1"),
+                    kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+                    kv("http.route", "/api/v2/checkout/{id}/confirm"),
+                    kv("client.address", "10.42.17.3"),
+                    kv("thread.name", "http-nio-8080-exec-17"),
+                ]);
+            }
+        }
+    }
+    req
+}

@@ -156,7 +156,9 @@ impl Traffic {
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/unleash_traffic.py"))
             .args(["--protocol", "grpc", "--endpoint", &format!("http://{}", daemon.addrs.grpc)])
             .args(["--unleash-url", &server.url, "--unleash-token", &server.backend, "--flag", flag])
-            .args(["--rate", "40", "--error-rate", "0.6", "--regions", "eu-west,us-east"])
+            // Unleash's SDK feature list can lag the admin API: the client keeps polling rather
+            // than exiting when its first fetch does not know the flag yet.
+            .args(["--rate", "40", "--error-rate", "0.6", "--regions", "eu-west,us-east", "--allow-missing-flag"])
             .args(extra)
             .arg("--stop-file")
             .arg(stop.path().join("stop"))

@@ -1,0 +1,475 @@
+//! flagguard-load: the performance comparison's tools (`scripts/bench-load.sh` runs them).
+//!
+//! - `null`: a null OTLP/gRPC receiver built from the same crates as flagguard (tonic + prost):
+//!   it decodes each export request and counts its spans, nothing else.
+//! - `drive`: a load generator. It pre-encodes realistic export requests once (512 spans of ~10
+//!   attributes, one flag evaluation per trace) and only patches fresh trace ids into the bytes
+//!   per send, over several connections, so that the generator is never the bottleneck; it
+//!   reports spans/s and the receiver's CPU-seconds (from `/proc/PID/stat`).
+//! - `memory`: fills flagguard's windows with N series over an hour of simulated time and reports
+//!   RSS and bytes per series.
+//! - `detect`: runs the real daemon under background load and measures, per probe, from the
+//!   moment the OTLP request that completes a breach is accepted to the moment the flag server
+//!   receives the kill.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use clap::{Parser, Subcommand};
+use flagguard::cli::traffic::{Request, build, realistic};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Null OTLP/gRPC receiver: prints `listening ADDR`, then decodes and counts.
+    Null {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Sends pre-encoded requests to `target` for `duration`; prints one JSON line.
+    Drive {
+        /// `http://HOST:PORT` of an OTLP/gRPC receiver.
+        target: String,
+        /// The receiver's process id (for its CPU-seconds).
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Traces per request (5 spans each).
+        #[arg(long, default_value_t = 103)]
+        traces: u64,
+        /// Requests per second over all connections; 0: as fast as the receiver takes them.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
+    /// Windows memory with N series and an hour of history.
+    Memory {
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        history: Duration,
+        /// Seconds between two requests of one series.
+        #[arg(long, default_value_t = 1)]
+        every: u64,
+    },
+    /// Detection latency of the real daemon (`--flagguard` binary) under background load.
+    Detect {
+        #[arg(long)]
+        flagguard: std::path::PathBuf,
+        /// Background load in requests per second (each `--traces` traces).
+        #[arg(long, default_value_t = 100.0)]
+        background_rate: f64,
+        #[arg(long, default_value_t = 103)]
+        traces: u64,
+        #[arg(long, default_value_t = 50)]
+        probes: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match cli.command {
+            Cmd::Null { listen } => null(listen).await,
+            Cmd::Drive { target, pid, connections, in_flight, duration, traces, rate } => drive(&target, pid, connections, in_flight, duration, traces, rate).await,
+            Cmd::Memory { series, history, every } => memory(series, history, every),
+            Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
+        }
+    });
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------- null receiver
+
+#[derive(Default, Clone)]
+struct Null {
+    spans: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Null {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.spans.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn null(listen: SocketAddr) -> i32 {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("null: bind {listen}: {e}");
+            return 1;
+        }
+    };
+    println!("listening {}", listener.local_addr().expect("bound"));
+    let service = Null::default();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The same limits flagguard's receiver uses.
+    let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(service.clone()).max_decoding_message_size(16 << 20));
+    let _ = server.serve_with_incoming_shutdown(incoming, async { tokio::signal::ctrl_c().await.ok().unwrap_or_default() }).await;
+    eprintln!("null: {} spans", service.spans.load(Ordering::Relaxed));
+    0
+}
+
+// ------------------------------------------------------------------------------- generator
+
+/// Sends already-encoded export requests (bytes) and decodes the response.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        ExportTraceServiceResponse::decode(bytes).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+/// One pre-encoded request and where its trace ids are, to make them fresh per send.
+struct Template {
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
+    spans: u64,
+}
+
+impl Template {
+    fn new(req: &ExportTraceServiceRequest) -> Template {
+        let bytes = req.encode_to_vec();
+        let ids: std::collections::HashSet<Vec<u8>> = req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).map(|s| s.trace_id.clone()).collect();
+        let mut offsets = Vec::new();
+        for id in &ids {
+            let mut from = 0;
+            while let Some(at) = bytes[from..].windows(id.len()).position(|w| w == id.as_slice()) {
+                offsets.push(from + at);
+                from += at + 1;
+            }
+        }
+        let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum();
+        Template { bytes, offsets, spans }
+    }
+
+    /// The request with every trace id's first 4 bytes XORed with `salt`.
+    fn fresh(&self, salt: u32) -> Bytes {
+        let mut out = self.bytes.clone();
+        let salt = salt.to_le_bytes();
+        for &off in &self.offsets {
+            for (b, s) in out[off..off + 4].iter_mut().zip(salt) {
+                *b ^= s;
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+}
+
+fn rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+async fn send(channel: tonic::transport::Channel, body: Bytes) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    grpc.unary(tonic::Request::new(body), path, RawCodec).await.map(|_| ())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, duration: Duration, traces: u64, rate: f64) -> i32 {
+    let templates: Arc<Vec<Template>> = Arc::new((0..16).map(|seed| Template::new(&realistic(traces, seed))).collect());
+    let spans_per_request = templates[0].spans;
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        match tonic::transport::Endpoint::from_shared(target.to_owned()).map(|e| e.connect_lazy()) {
+            Ok(c) => channels.push(c),
+            Err(e) => {
+                eprintln!("drive: {target}: {e}");
+                return 3;
+            }
+        }
+    }
+    let (ok, refused, salt) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU32::new(1)));
+    let cpu_start = cpu_seconds(pid);
+    let start = Instant::now();
+    let workers = connections * in_flight;
+    let per_worker = if rate > 0.0 { Some(Duration::from_secs_f64(workers as f64 / rate)) } else { None };
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (channel, templates, ok, refused, salt) = (channels[w % connections].clone(), templates.clone(), ok.clone(), refused.clone(), salt.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut next = Instant::now();
+            while start.elapsed() < duration {
+                let s = salt.fetch_add(1, Ordering::Relaxed);
+                let body = templates[s as usize % templates.len()].fresh(s);
+                match send(channel.clone(), body).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                };
+                if let Some(every) = per_worker {
+                    next += every;
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_start.zip(cpu_seconds(pid)).map(|(a, b)| b - a);
+    let spans = ok.load(Ordering::Relaxed) * spans_per_request;
+    let result = serde_json::json!({
+        "target": target,
+        "seconds": seconds,
+        "requests_ok": ok.load(Ordering::Relaxed),
+        "requests_refused": refused.load(Ordering::Relaxed),
+        "spans_per_request": spans_per_request,
+        "bytes_per_request": templates[0].bytes.len(),
+        "spans_per_s": spans as f64 / seconds,
+        "receiver_cpu_s": cpu,
+        "spans_per_cpu_s": cpu.filter(|c| *c > 0.0).map(|c| spans as f64 / c),
+        "receiver_rss_bytes": rss_bytes(&pid.to_string()),
+    });
+    println!("{result}");
+    0
+}
+
+// ---------------------------------------------------------------------------------- memory
+
+fn memory(series: usize, history: Duration, every: u64) -> i32 {
+    use flagguard::aggregate::Aggregator;
+    use flagguard::correlate::Sink;
+    use flagguard::model::{Dims, FlagKey, Outcome, SpanId, TraceId, Variant};
+    use flagguard::time::Timestamp;
+    let before = rss_bytes("self").unwrap_or(0);
+    let mut agg = Aggregator::new(series + 10);
+    let keys: Vec<(FlagKey, Variant, Dims)> = (0..series)
+        .map(|i| {
+            let dims = Dims { service: format!("svc-{}", i % 20).into(), environment: "production".into(), region: format!("region-{}", i % 5).into() };
+            (FlagKey::new(None, &format!("flag-{}", i / 200)), Variant(if i % 2 == 0 { "on" } else { "off" }.into()), dims)
+        })
+        .collect();
+    let start = Timestamp(1_700_000_000_000);
+    let started = Instant::now();
+    let mut n = 0u64;
+    for t in (0..history.as_secs()).step_by(every.max(1) as usize) {
+        let now = start.plus(Duration::from_secs(t));
+        for (i, (flag, variant, dims)) in keys.iter().enumerate() {
+            let outcome = Outcome {
+                trace: TraceId([0; 16]),
+                span: SpanId([0; 8]),
+                dims: dims.clone(),
+                error: (t as usize + i) % 50 == 0,
+                latency_us: 1_000 + ((t as usize * 7919 + i * 104_729) % 400_000) as u64,
+            };
+            agg.observe(flag, variant, &outcome, now);
+            n += 1;
+        }
+    }
+    let after = rss_bytes("self").unwrap_or(0);
+    let window_bytes = agg.bytes();
+    println!(
+        "{}",
+        serde_json::json!({
+            "series": agg.series_count(), "history_s": history.as_secs(), "requests": n, "fill_seconds": started.elapsed().as_secs_f64(),
+            "rss_bytes": after, "rss_growth_bytes": after.saturating_sub(before), "window_bytes": window_bytes,
+            "bytes_per_series": window_bytes / series.max(1), "rss_per_series": after.saturating_sub(before) / series.max(1) as u64,
+        })
+    );
+    0
+}
+
+// ------------------------------------------------------------------------------- detection
+
+async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, probes: usize) -> i32 {
+    use axum::routing::post;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The flag server: remembers when each kill arrived.
+    let kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/kill/{flag}",
+            post({
+                let kills = kills.clone();
+                move |axum::extract::Path(flag): axum::extract::Path<String>| async move {
+                    kills.lock().unwrap().entry(flag).or_insert_with(Instant::now);
+                    "ok"
+                }
+            }),
+        )
+        .into_make_service();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hook = listener.local_addr().expect("bound");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
+    std::fs::write(
+        dir.path().join("rules/probe.yaml"),
+        "rules:\n  - name: probe\n    flag: \"probe-*\"\n    treatment: \"on\"\n    control: \"off\"\n    where: { service: payments }\n    when: [ { error_rate: { above: 0.3 } } ]\n    window: 10s\n    min_samples: 20\n    cooldown: 1h\n    action: { kill: hook }\n    mode: enforce\n",
+    )
+    .expect("rule");
+    let config = dir.path().join("flagguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nrules_dir = \"{}\"\n[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"warn,flagguard=info\"\n[rules]\nmax_concurrent_kills = 100000\n[actuators.hook]\ntype = \"webhook\"\nurl = \"http://{hook}/kill/{{flag}}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("rules").display()
+        ),
+    )
+    .expect("config");
+    let mut child = tokio::process::Command::new(flagguard)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("flagguard serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "flagguard is running"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(v["grpc"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let grpc = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(addr)) => format!("http://{addr}"),
+        _ => {
+            eprintln!("detect: the daemon did not start");
+            return 1;
+        }
+    };
+    let channel = tonic::transport::Endpoint::from_shared(grpc.clone()).expect("endpoint").connect_lazy();
+    // Background load: healthy traffic of another flag at `background_rate`.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (channel, stop) = (channel.clone(), stop.clone());
+        let templates: Vec<Template> = (0..16).map(|seed| Template::new(&realistic(traces, 1000 + seed))).collect();
+        tokio::spawn(async move {
+            let every = Duration::from_secs_f64(1.0 / background_rate.max(0.1));
+            let mut next = Instant::now();
+            let mut salt = 1u32;
+            let mut inflight = tokio::task::JoinSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let body = templates[salt as usize % templates.len()].fresh(salt);
+                salt += 1;
+                let channel = channel.clone();
+                inflight.spawn(async move { send(channel, body).await });
+                while inflight.len() > 16 {
+                    inflight.join_next().await;
+                }
+                next += every;
+                tokio::time::sleep_until(next.into()).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel.clone());
+    let mut latencies = Vec::new();
+    let mut missed = 0;
+    for i in 0..probes {
+        let flag = format!("probe-{i}");
+        // 25 users on `on` with every payment failing, 25 healthy on `off`: the evidence is
+        // complete with this one request (min_samples 20 per arm).
+        let requests: Vec<Request> =
+            (0..50).map(|u| Request { user: u, variant: if u % 2 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: u % 2 == 0 }).collect();
+        let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let export = build(&flag, "production", &requests, now_ns, &mut rand::rng());
+        if client.export(export).await.is_err() {
+            missed += 1;
+            continue;
+        }
+        let accepted = Instant::now();
+        let deadline = accepted + Duration::from_secs(10);
+        loop {
+            if let Some(at) = kills.lock().unwrap().get(&flag) {
+                latencies.push(at.saturating_duration_since(accepted).as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline {
+                missed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = background.await;
+    let _ = child.kill().await;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
+    println!(
+        "{}",
+        serde_json::json!({ "probes": probes, "detected": latencies.len(), "missed": missed, "background_rps": background_rate,
+                            "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": latencies.last() })
+    );
+    0
+}
