@@ -3,12 +3,12 @@
 # built from the same crates, side by side on this machine, then detection latency under
 # background load and window memory with N series. Prints a Markdown table.
 #
-#   scripts/bench-load.sh [SECONDS per throughput run, default 15]
+#   scripts/bench-load.sh [SECONDS measured per throughput run, default 30, after 10 s of warm-up]
 #
 # Not part of the test suite (it takes a few minutes and wants an otherwise idle machine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-SECONDS_PER_RUN="${1:-15}"
+SECONDS_PER_RUN="${1:-30}"
 cargo build --release --locked --bins >&2
 BIN=target/release
 WORK="$(mktemp -d)"
@@ -23,7 +23,7 @@ field() { python3 -c "import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]
 NULL_PID=$!; PIDS+=("$NULL_PID")
 for _ in $(seq 100); do grep -q listening "$WORK/null.out" 2>/dev/null && break; sleep 0.1; done
 NULL_ADDR="$(awk '/listening/ {print $2}' "$WORK/null.out")"
-NULL="$("$BIN/flagguard-load" drive "http://$NULL_ADDR" --pid "$NULL_PID" --duration "${SECONDS_PER_RUN}s")"
+NULL="$("$BIN/flagguard-load" drive "http://$NULL_ADDR" --pid "$NULL_PID" --warmup 10s --duration "${SECONDS_PER_RUN}s")"
 kill "$NULL_PID"
 
 # --- flagguard, doing all of its work: a rule guards the flag the load evaluates
@@ -59,7 +59,7 @@ for l in open(sys.argv[1]):
     try: v=json.loads(l)
     except Exception: continue
     if v.get("message")=="flagguard is running": print(v["grpc"]); break' "$WORK/fg.err")"
-FG="$("$BIN/flagguard-load" drive "http://$FG_GRPC" --pid "$FG_PID" --duration "${SECONDS_PER_RUN}s")"
+FG="$("$BIN/flagguard-load" drive "http://$FG_GRPC" --pid "$FG_PID" --warmup 10s --duration "${SECONDS_PER_RUN}s")"
 kill "$FG_PID"
 
 # --- detection latency under background load: half of flagguard's measured capacity

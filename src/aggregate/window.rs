@@ -50,7 +50,7 @@ impl Stats {
     }
 
     fn close(&mut self) {
-        if let Some(Latency::Dense(_)) = &self.latency {
+        if let Some(Latency::Dense(_) | Latency::Raw(_)) = &self.latency {
             self.latency = self.latency.as_ref().map(|l| Latency::Sparse(l.to_sparse()));
         }
     }
@@ -136,7 +136,7 @@ impl Window {
         let stats = self.open_bucket(now);
         stats.requests += 1;
         stats.errors += error as u64;
-        stats.latency.get_or_insert_with(|| Latency::Dense(Box::new(latency::dense()))).record(latency_us);
+        stats.latency.get_or_insert_with(|| Latency::Raw(Vec::new())).record(latency_us);
     }
 
     /// Records one flag evaluation (exposure) of this cohort.

@@ -52,6 +52,9 @@ enum Cmd {
         in_flight: usize,
         #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Load sent before measuring (connections up, heaps grown), not counted.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
         /// Traces per request (5 spans each).
         #[arg(long, default_value_t = 103)]
         traces: u64,
@@ -83,13 +86,19 @@ enum Cmd {
     },
 }
 
+/// The same allocator as flagguard, so that the null receiver is compared like for like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async move {
         match cli.command {
             Cmd::Null { listen } => null(listen).await,
-            Cmd::Drive { target, pid, connections, in_flight, duration, traces, rate } => drive(&target, pid, connections, in_flight, duration, traces, rate).await,
+            Cmd::Drive { target, pid, connections, in_flight, duration, warmup, traces, rate } => {
+                drive(&target, pid, connections, in_flight, warmup, duration, traces, rate).await
+            }
             Cmd::Memory { series, history, every } => memory(series, history, every),
             Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
         }
@@ -181,7 +190,8 @@ struct Template {
 impl Template {
     fn new(req: &ExportTraceServiceRequest) -> Template {
         let bytes = req.encode_to_vec();
-        let ids: std::collections::HashSet<Vec<u8>> = req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).map(|s| s.trace_id.clone()).collect();
+        let ids: std::collections::HashSet<Vec<u8>> =
+            req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).map(|s| s.trace_id.clone()).collect();
         let mut offsets = Vec::new();
         for id in &ids {
             let mut from = 0;
@@ -234,7 +244,7 @@ async fn send(channel: tonic::transport::Channel, body: Bytes) -> Result<(), ton
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, duration: Duration, traces: u64, rate: f64) -> i32 {
+async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, warmup: Duration, duration: Duration, traces: u64, rate: f64) -> i32 {
     let templates: Arc<Vec<Template>> = Arc::new((0..16).map(|seed| Template::new(&realistic(traces, seed))).collect());
     let spans_per_request = templates[0].spans;
     let mut channels = Vec::new();
@@ -248,22 +258,26 @@ async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, dur
         }
     }
     let (ok, refused, salt) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU32::new(1)));
-    let cpu_start = cpu_seconds(pid);
     let start = Instant::now();
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(warmup.is_zero()));
     let workers = connections * in_flight;
     let per_worker = if rate > 0.0 { Some(Duration::from_secs_f64(workers as f64 / rate)) } else { None };
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (channel, templates, ok, refused, salt) = (channels[w % connections].clone(), templates.clone(), ok.clone(), refused.clone(), salt.clone());
+        let (channel, templates, ok, refused, salt, measuring) =
+            (channels[w % connections].clone(), templates.clone(), ok.clone(), refused.clone(), salt.clone(), measuring.clone());
         tasks.push(tokio::spawn(async move {
             let mut next = Instant::now();
-            while start.elapsed() < duration {
+            while start.elapsed() < warmup + duration {
                 let s = salt.fetch_add(1, Ordering::Relaxed);
                 let body = templates[s as usize % templates.len()].fresh(s);
-                match send(channel.clone(), body).await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
-                };
+                let sent = send(channel.clone(), body).await;
+                if measuring.load(Ordering::Relaxed) {
+                    match sent {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
                 if let Some(every) = per_worker {
                     next += every;
                     tokio::time::sleep_until(next.into()).await;
@@ -271,10 +285,14 @@ async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, dur
             }
         }));
     }
+    tokio::time::sleep(warmup).await;
+    let cpu_start = cpu_seconds(pid);
+    let measured_from = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = measured_from.elapsed().as_secs_f64();
     let cpu = cpu_start.zip(cpu_seconds(pid)).map(|(a, b)| b - a);
     let spans = ok.load(Ordering::Relaxed) * spans_per_request;
     let result = serde_json::json!({
@@ -304,7 +322,8 @@ fn memory(series: usize, history: Duration, every: u64) -> i32 {
     let mut agg = Aggregator::new(series + 10);
     let keys: Vec<(FlagKey, Variant, Dims)> = (0..series)
         .map(|i| {
-            let dims = Dims { service: format!("svc-{}", i % 20).into(), environment: "production".into(), region: format!("region-{}", i % 5).into() };
+            // Every series distinct: 50 flags × 2 variants × 100 services (or fewer for small N).
+            let dims = Dims { service: format!("svc-{}", (i / 2) % 100).into(), environment: "production".into(), region: "eu-west".into() };
             (FlagKey::new(None, &format!("flag-{}", i / 200)), Variant(if i % 2 == 0 { "on" } else { "off" }.into()), dims)
         })
         .collect();
@@ -314,13 +333,8 @@ fn memory(series: usize, history: Duration, every: u64) -> i32 {
     for t in (0..history.as_secs()).step_by(every.max(1) as usize) {
         let now = start.plus(Duration::from_secs(t));
         for (i, (flag, variant, dims)) in keys.iter().enumerate() {
-            let outcome = Outcome {
-                trace: TraceId([0; 16]),
-                span: SpanId([0; 8]),
-                dims: dims.clone(),
-                error: (t as usize + i) % 50 == 0,
-                latency_us: 1_000 + ((t as usize * 7919 + i * 104_729) % 400_000) as u64,
-            };
+            let outcome =
+                Outcome { trace: TraceId([0; 16]), span: SpanId([0; 8]), dims: dims.clone(), error: (t as usize + i).is_multiple_of(50), latency_us: latency(t, i) };
             agg.observe(flag, variant, &outcome, now);
             n += 1;
         }
@@ -336,6 +350,20 @@ fn memory(series: usize, history: Duration, every: u64) -> i32 {
         })
     );
     0
+}
+
+/// A log-normal-ish latency (median 20 ms, σ 0.5), deterministic in (t, i): what request
+/// latencies of one endpoint look like, so histograms hold a realistic number of distinct bins.
+fn latency(t: u64, i: usize) -> u64 {
+    let mut x = (t.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)).wrapping_add(0x1656_67B1_9E37_79F9);
+    let mut uniform = || {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 29;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let z = (uniform() + uniform() + uniform() - 1.5) * 2.0;
+    (20_000.0 * (0.5 * z).exp()) as u64
 }
 
 // ------------------------------------------------------------------------------- detection
@@ -438,8 +466,9 @@ async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, 
         let flag = format!("probe-{i}");
         // 25 users on `on` with every payment failing, 25 healthy on `off`: the evidence is
         // complete with this one request (min_samples 20 per arm).
-        let requests: Vec<Request> =
-            (0..50).map(|u| Request { user: u, variant: if u % 2 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: u % 2 == 0 }).collect();
+        let requests: Vec<Request> = (0..50)
+            .map(|u| Request { user: u, variant: if u % 2 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: u % 2 == 0 })
+            .collect();
         let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         let export = build(&flag, "production", &requests, now_ns, &mut rand::rng());
         if client.export(export).await.is_err() {
