@@ -13,10 +13,7 @@ use flagguard::correlate::{CorrelateSettings, Correlator};
 use flagguard::ingest::otlp::{ExtractOptions, convert_traces};
 use flagguard::time::Timestamp;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 fn spans(req: &ExportTraceServiceRequest) -> u64 {
     req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()

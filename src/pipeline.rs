@@ -362,6 +362,7 @@ impl Pipeline {
         }
         m.traces_evicted.get_or_create(&vec![("reason", "idle".to_owned())]).inc_by(delta(counts.evicted_idle, self.counted.evicted_idle));
         m.traces_evicted.get_or_create(&vec![("reason", "capacity".to_owned())]).inc_by(delta(counts.evicted_capacity, self.counted.evicted_capacity));
+        m.traces_evicted.get_or_create(&vec![("reason", "tombstone_cap".to_owned())]).inc_by(delta(counts.tombstones_dropped, self.counted.tombstones_dropped));
         m.evaluation_errors.inc_by(delta(counts.evaluation_errors, self.counted.evaluation_errors));
         m.evaluations_without_variant.inc_by(delta(counts.without_variant, self.counted.without_variant));
         m.series_overflow.inc_by(self.aggregator.overflow().saturating_sub(m.series_overflow.get()));

@@ -333,8 +333,13 @@ fn memory(series: usize, history: Duration, every: u64) -> i32 {
     for t in (0..history.as_secs()).step_by(every.max(1) as usize) {
         let now = start.plus(Duration::from_secs(t));
         for (i, (flag, variant, dims)) in keys.iter().enumerate() {
-            let outcome =
-                Outcome { trace: TraceId([0; 16]), span: SpanId([0; 8]), dims: dims.clone(), error: (t as usize + i).is_multiple_of(50), latency_us: latency(t, i) };
+            let outcome = Outcome {
+                trace: TraceId([0; 16]),
+                span: SpanId([0; 8]),
+                dims: dims.clone(),
+                error: (t as usize + i).is_multiple_of(50),
+                latency_us: latency(t, i),
+            };
             agg.observe(flag, variant, &outcome, now);
             n += 1;
         }

@@ -175,7 +175,7 @@ pub struct AggregateConfig {
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        AggregateConfig { max_series: 50_000, tick: Duration::from_millis(100), snapshot_interval: Duration::from_secs(1) }
+        AggregateConfig { max_series: 50_000, tick: Duration::from_millis(25), snapshot_interval: Duration::from_secs(1) }
     }
 }
 

@@ -54,6 +54,8 @@ pub struct CorrelateCounts {
     pub mixed: u64,
     pub evicted_idle: u64,
     pub evicted_capacity: u64,
+    /// Tombstones dropped early because `max_traces` tombstones were already kept.
+    pub tombstones_dropped: u64,
     pub evaluation_errors: u64,
     pub without_variant: u64,
 }
@@ -99,13 +101,24 @@ pub struct Correlator {
     traces: TraceMap,
     /// (deadline, trace): checked lazily, a trace's real deadline may have moved later.
     deadlines: BinaryHeap<Reverse<(Timestamp, TraceId)>>,
+    /// Tombstones in the order they were made, which is the order they expire (one TTL): so
+    /// they need no heap entry, and at most `max_traces` are kept (oldest dropped first), which
+    /// bounds memory at any load.
+    tombstones: std::collections::VecDeque<(Timestamp, TraceId)>,
     live: usize,
     counts: CorrelateCounts,
 }
 
 impl Correlator {
     pub fn new(settings: CorrelateSettings) -> Self {
-        Correlator { settings, traces: TraceMap::default(), deadlines: BinaryHeap::new(), live: 0, counts: CorrelateCounts::default() }
+        Correlator {
+            settings,
+            traces: TraceMap::default(),
+            deadlines: BinaryHeap::new(),
+            tombstones: Default::default(),
+            live: 0,
+            counts: CorrelateCounts::default(),
+        }
     }
 
     pub fn counts(&self) -> &CorrelateCounts {
@@ -202,6 +215,19 @@ impl Correlator {
             self.deadlines.pop();
             self.expire(trace, now, false, sink);
         }
+        while let Some(&(until, trace)) = self.tombstones.front() {
+            if until > now {
+                break;
+            }
+            self.tombstones.pop_front();
+            self.drop_tombstone(trace);
+        }
+    }
+
+    fn drop_tombstone(&mut self, trace: TraceId) {
+        if self.traces.get(&trace).is_some_and(|s| s.tombstone_until.is_some()) {
+            self.traces.remove(&trace);
+        }
     }
 
     fn enforce_capacity(&mut self, now: Timestamp, sink: &mut impl Sink) {
@@ -215,12 +241,8 @@ impl Correlator {
     /// (capacity) a live trace is evicted even if it is not idle yet.
     fn expire(&mut self, trace: TraceId, now: Timestamp, force: bool, sink: &mut impl Sink) {
         let Some(state) = self.traces.get_mut(&trace) else { return };
-        if let Some(until) = state.tombstone_until {
-            if until <= now || force {
-                self.traces.remove(&trace);
-            } else {
-                self.deadlines.push(Reverse((until, trace)));
-            }
+        if state.tombstone_until.is_some() {
+            // Tombstones expire through `tombstones`, not the heap.
             return;
         }
         let idle_deadline = state.last_seen.plus(self.settings.trace_idle);
@@ -244,9 +266,16 @@ impl Correlator {
         }
         let until = now.plus(self.settings.tombstone_ttl);
         state.seen.extend(state.outcomes.drain(..).map(|o| o.span));
-        state.outcomes.shrink_to_fit();
+        state.outcomes = Vec::new();
+        state.seen.shrink_to_fit();
         state.tombstone_until = Some(until);
-        self.deadlines.push(Reverse((until, trace)));
+        self.tombstones.push_back((until, trace));
+        while self.tombstones.len() > self.settings.max_traces {
+            if let Some((_, oldest)) = self.tombstones.pop_front() {
+                self.counts.tombstones_dropped += 1;
+                self.drop_tombstone(oldest);
+            }
+        }
     }
 }
 

@@ -151,3 +151,19 @@ fn capacity_evicts_oldest_early_and_counts_it() {
     assert_eq!(c.counts().evicted_capacity, 1);
     assert_eq!(r.unflagged, vec![("a".into(), false)]);
 }
+
+#[test]
+fn tombstones_are_capped_oldest_first_so_memory_is_bounded_at_any_load() {
+    let mut c = Correlator::new(CorrelateSettings { trace_idle: Duration::from_secs(30), tombstone_ttl: Duration::from_secs(120), max_traces: 3 });
+    let mut r = Recorder::default();
+    for trace in 1..=5u8 {
+        c.evaluation(&eval(trace, "f", "on"), t(u64::from(trace)), &mut r);
+    }
+    c.evict_idle(t(40_000), &mut r);
+    assert_eq!((c.live_traces(), c.traces_held(), c.counts().tombstones_dropped), (0, 3, 2), "the two oldest tombstones dropped");
+    // A late span of a dropped tombstone starts a fresh trace; of a kept one, it is late.
+    c.outcome(outcome(5, 9, "payments", true), t(41_000), &mut r);
+    assert_eq!(c.counts().late, 1);
+    c.evict_idle(t(160_000), &mut r);
+    assert_eq!(c.traces_held(), 0, "kept tombstones still expire after their TTL");
+}
