@@ -218,6 +218,7 @@ impl App {
                 clock: clock.clone(),
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
+                tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role),
             },
             alerts,
         );

@@ -9,7 +9,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::{ApiError, ApiState, Page};
+use axum::Extension;
+
+/// Who acts: the authenticated caller; without authentication, what the body says (or `api`).
+pub fn actor(caller: Option<Extension<Caller>>, claimed: Option<String>) -> String {
+    match caller {
+        Some(Extension(c)) if c.name != "anonymous" => format!("token:{}", c.name),
+        _ => claimed.unwrap_or_else(|| "api".into()),
+    }
+}
 use crate::act::{ActionKind, ActionRequest};
 use crate::store::AuditEntry;
 
@@ -46,9 +56,14 @@ pub struct Reason {
 /// `POST /v1/actions/{id}/restore`: undo a kill (the flag returns to the state the kill saved;
 /// its cooldown is cleared and its windows restart). On a kill a human already overrode in the
 /// flag system, it only acknowledges the drift (no call) and re-arms the rule.
-pub async fn restore(State(s): State<ApiState>, Path(id): Path<i64>, body: Option<Json<Reason>>) -> Result<Response, ApiError> {
+pub async fn restore(
+    State(s): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<i64>,
+    body: Option<Json<Reason>>,
+) -> Result<Response, ApiError> {
     let Json(body) = body.unwrap_or_default();
-    let actor = body.actor.clone().unwrap_or_else(|| "api".into());
+    let actor = actor(caller, body.actor.clone());
     let now = s.clock.now();
     let store = s.store.clone();
     let outcome = blocking(move || -> Result<Result<(i64, &'static str), ApiError>, crate::store::StoreError> {
@@ -102,7 +117,7 @@ pub struct Target {
     pub actor: Option<String>,
 }
 
-fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target) -> Result<ActionRequest, ApiError> {
+fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target, actor: String) -> Result<ActionRequest, ApiError> {
     if !s.actuators.contains(&t.actuator) {
         return Err(ApiError::BadRequest(format!("actuator {:?} is not configured", t.actuator)));
     }
@@ -119,7 +134,7 @@ fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target) -> R
         region: t.region.clone(),
         scope: t.region.iter().map(|r| ("region".to_owned(), r.clone())).collect(),
         percent: t.percent.filter(|_| kind == ActionKind::Rollout),
-        actor: Some(t.actor.clone().unwrap_or_else(|| "api".into())),
+        actor: Some(actor),
         reason: Some(t.reason.clone()),
         evidence: json!({ "manual": true, "reason": t.reason }),
         ..ActionRequest::new(kind, &t.actuator, flag)
@@ -159,14 +174,19 @@ async fn queue(s: &ApiState, request: ActionRequest) -> Result<Response, ApiErro
 }
 
 /// `POST /v1/flags/{flag}/kill`: a manual kill, through the outbox like an automatic one.
-pub async fn kill(State(s): State<ApiState>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
-    let request = operator_request(&s, ActionKind::Kill, &flag, &t)?;
+pub async fn kill(State(s): State<ApiState>, caller: Option<Extension<Caller>>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
+    let request = operator_request(&s, ActionKind::Kill, &flag, &t, actor(caller, t.actor.clone()))?;
     queue(&s, request).await
 }
 
 /// `POST /v1/flags/{flag}/rollout`: set the rollout percentage (refused while the flag is
 /// killed; a later kill supersedes it while pending).
-pub async fn rollout(State(s): State<ApiState>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
-    let request = operator_request(&s, ActionKind::Rollout, &flag, &t)?;
+pub async fn rollout(
+    State(s): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    Path(flag): Path<String>,
+    Json(t): Json<Target>,
+) -> Result<Response, ApiError> {
+    let request = operator_request(&s, ActionKind::Rollout, &flag, &t, actor(caller, t.actor.clone()))?;
     queue(&s, request).await
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub mod actions;
 pub mod alerts;
+pub mod auth;
 pub mod dashboard;
 pub mod gates;
 pub mod rollouts;
@@ -71,6 +72,7 @@ pub struct ApiState {
     /// Wakes the executor after an operator action is queued.
     pub wake: Arc<tokio::sync::Notify>,
     pub actuators: std::collections::BTreeSet<String>,
+    pub tokens: auth::Tokens,
 }
 
 /// Builds the API router; `alerts` serves `POST /v1/alerts/{source}`.
@@ -102,8 +104,9 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))
         .route("/v1/audit", get(audit))
-        .with_state(state)
+        .with_state(state.clone())
         .merge(alert_routes)
+        .layer(axum::middleware::from_fn_with_state(state.tokens.clone(), auth::check))
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
@@ -139,9 +142,12 @@ async fn verdicts(State(s): State<ApiState>) -> Response {
     Json(json!({ "at": snap.at, "verdicts": snap.verdicts, "stale_rules": snap.stale_rules })).into_response()
 }
 
-async fn reload(State(s): State<ApiState>) -> Result<Response, ApiError> {
+async fn reload(State(s): State<ApiState>, caller: Option<axum::Extension<auth::Caller>>) -> Result<Response, ApiError> {
     let (reply, answer) = oneshot::channel();
-    s.commands.send(Command::ReloadRules { actor: "api".into(), reply }).await.map_err(|_| ApiError::Unavailable("pipeline is shutting down".into()))?;
+    s.commands
+        .send(Command::ReloadRules { actor: actions::actor(caller, None), reply })
+        .await
+        .map_err(|_| ApiError::Unavailable("pipeline is shutting down".into()))?;
     match answer.await {
         Ok(Ok(n)) => Ok(Json(json!({ "rules": n })).into_response()),
         Ok(Err(errors)) => Err(ApiError::InvalidRules(errors)),

@@ -39,6 +39,7 @@ pub struct Which {
 /// Pause, resume or abort one plan instance.
 pub async fn operate(
     State(s): State<ApiState>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
     Path((name, op)): Path<(String, String)>,
     Query(which): Query<Which>,
     body: Option<Json<Reason>>,
@@ -57,7 +58,7 @@ pub async fn operate(
         other => return Err(ApiError::NotFound(format!("no operation {other:?} (pause, resume, abort)"))),
     };
     let now = s.clock.now();
-    let actor = body.actor.clone().unwrap_or_else(|| "api".into());
+    let actor = super::actions::actor(caller, body.actor.clone());
     let store = s.store.clone();
     let plan = plan.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Result<PlanState, ApiError>, crate::store::StoreError> {

@@ -96,6 +96,9 @@ impl ConfigFile {
                 *secret = "<redacted>".into();
             }
         }
+        for t in copy.api.tokens.iter_mut() {
+            t.token = "<redacted>".into();
+        }
         if copy.act.notify_url.is_some() {
             copy.act.notify_url = Some("<redacted>".into());
         }
@@ -250,14 +253,33 @@ impl Default for ActConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Listen address. Default `127.0.0.1:8080` (loopback until access control exists).
+    /// Listen address. Default `127.0.0.1:8080`.
     pub listen: String,
+    /// Bearer tokens and their roles. None configured: no authentication (keep the API on
+    /// loopback then).
+    pub tokens: Vec<TokenConfig>,
+    /// A file of tokens, one per line: `ROLE NAME TOKEN` (`#` comments).
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// The role of requests without a token when tokens are configured (e.g. `viewer` for the
+    /// dashboard). Default none: 401.
+    pub anonymous_role: Option<crate::api::auth::Role>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into() }
+        ApiConfig { listen: "127.0.0.1:8080".into(), tokens: Vec::new(), tokens_file: None, anonymous_role: None }
     }
+}
+
+/// `[[api.tokens]]`: one API caller.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who (recorded as the actor of what it does).
+    pub name: String,
+    pub role: crate::api::auth::Role,
+    /// The secret, only as `${VAR}`.
+    pub token: String,
 }
 
 /// `[log]`.

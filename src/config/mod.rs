@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use file::{
-    ActuatorConfig, AlertSourceConfig, ConfigFile, FlagdConfig, FlagsmithApi, FlagsmithConfig, LaunchDarklyConfig, ReadBackConfig, UnleashConfig, VerifyConfig,
-    WebhookConfig,
+    ActuatorConfig, AlertSourceConfig, ConfigFile, FlagdConfig, FlagsmithApi, FlagsmithConfig, LaunchDarklyConfig, ReadBackConfig, TokenConfig, UnleashConfig,
+    VerifyConfig, WebhookConfig,
 };
 
 /// Why the configuration cannot be used (exit code 64).
@@ -28,6 +28,8 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub api_listen: SocketAddr,
+    /// API callers: (name, role, secret), from `api.tokens` and `api.tokens_file`.
+    pub tokens: Vec<(String, crate::api::auth::Role, String)>,
 }
 
 impl Config {
@@ -205,8 +207,36 @@ impl Config {
                 }
             }
         }
+        let mut tokens = Vec::new();
+        for (i, t) in file.api.tokens.iter().enumerate() {
+            let field = format!("api.tokens[{i}].token");
+            if !t.token.contains("${") {
+                errors.push(format!("{field}: give the token as ${{VAR}} (read from the environment), not literally"));
+            } else {
+                match expand_env(&t.token) {
+                    Ok(secret) if secret.len() >= 16 => tokens.push((t.name.clone(), t.role, secret)),
+                    Ok(_) => errors.push(format!("{field}: the token of {} is shorter than 16 characters", t.name)),
+                    Err(var) => errors.push(format!("{field}: environment variable {var} is not set")),
+                }
+            }
+        }
+        if let Some(path) = &file.api.tokens_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => match crate::api::auth::parse_file(&text) {
+                    Ok(mut parsed) => tokens.append(&mut parsed),
+                    Err(e) => errors.push(format!("api.tokens_file: {}: {e}", path.display())),
+                },
+                Err(e) => errors.push(format!("api.tokens_file: {}: {e}", path.display())),
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (name, _, _) in &tokens {
+            if !names.insert(name.clone()) {
+                errors.push(format!("api.tokens: the name {name:?} is used twice"));
+            }
+        }
         match (grpc, http, api, errors.is_empty()) {
-            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => Ok(Config { file, grpc_listen, http_listen, api_listen }),
+            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => Ok(Config { file, grpc_listen, http_listen, api_listen, tokens }),
             _ => Err(ConfigError::Invalid(errors)),
         }
     }

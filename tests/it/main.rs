@@ -4,6 +4,7 @@
 mod actions;
 mod alerts;
 mod api;
+mod auth;
 mod check_cli;
 mod contract;
 mod dashboard;
