@@ -248,7 +248,7 @@ impl Pipeline {
     /// drained / recovered (or escalated / unverified / failed), queues auto-restores, audits
     /// and notifies every step, and hands an undrained kill to the fallback actuator.
     fn verify_kills(&mut self, now: Timestamp) {
-        let rows = match self.store.watched_kills() {
+        let rows = match self.store.watched_kills(now.minus(crate::store::WATCH_AFTER_DRAIN)) {
             Ok(rows) => rows,
             Err(e) => return tracing::error!(error = %e, "cannot read the watched kills"),
         };

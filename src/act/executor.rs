@@ -257,7 +257,8 @@ impl Executor {
     /// else: `overridden`, audited and notified — never fought.
     async fn check_drift(&self, last: &mut HashMap<i64, Timestamp>) {
         let store = self.store.clone();
-        let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.watched_kills()).await else { return };
+        let since = self.clock.now().minus(crate::store::WATCH_AFTER_DRAIN);
+        let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.watched_kills(since)).await else { return };
         let now = self.clock.now();
         last.retain(|id, _| rows.iter().any(|r| r.id == *id));
         for row in rows.into_iter().filter(|r| r.state != "sent") {

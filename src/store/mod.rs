@@ -125,6 +125,9 @@ pub fn kill_covers(kill_target: &str, other: &str) -> bool {
     f == flag && (e == env || e == "*" || env == "*") && (scope.is_empty() || scope == sc)
 }
 
+/// How long a drained or recovered kill stays watched (recovery, auto-restore, drift).
+pub const WATCH_AFTER_DRAIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The parts of an action target (`actuator|flag|environment|scope`).
 pub fn target_parts(target: &str) -> (&str, &str, &str, &str) {
     let mut parts = target.splitn(4, '|');
@@ -444,12 +447,16 @@ impl Store {
         Ok(true)
     }
 
-    /// Kills whose effect is being watched (`sent`, `confirmed`, `drained`, `recovered`), oldest
-    /// first.
-    pub fn watched_kills(&self) -> Result<Vec<ActionRow>, StoreError> {
+    /// Kills whose effect is being watched, oldest first: `sent` and `confirmed` (until they
+    /// drain or the drain deadline passes), and `drained` / `recovered` ones that entered that
+    /// state after `since` (recovery, auto-restore and drift checks end after a while).
+    pub fn watched_kills(&self, since: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("{} WHERE kind = 'kill' AND state IN ('sent', 'confirmed', 'drained', 'recovered') ORDER BY id", Store::ROW))?;
-        let rows = stmt.query_map([], Store::row)?;
+        let mut stmt = conn.prepare(&format!(
+            "{} WHERE kind = 'kill' AND (state IN ('sent', 'confirmed') OR (state IN ('drained', 'recovered') AND state_ms >= ?1)) ORDER BY id",
+            Store::ROW
+        ))?;
+        let rows = stmt.query_map(params![since.as_millis() as i64], Store::row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

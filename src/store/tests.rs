@@ -97,13 +97,26 @@ fn transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills() 
     let Submitted::New(kill) = store.submit("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
     assert!(!store.transition(kill, &["confirmed"], "drained", None, &decided(2)).unwrap(), "still pending");
     store.finish(kill, "confirmed", 1, None, None, &decided(2)).unwrap();
-    assert_eq!(store.watched_kills().unwrap().len(), 1);
+    assert_eq!(store.watched_kills(Timestamp(0)).unwrap().len(), 1);
     assert!(store.transition(kill, &["confirmed"], "overridden", Some("re-enabled"), &decided(3)).unwrap());
     assert!(!store.transition(kill, &["confirmed"], "overridden", None, &decided(3)).unwrap(), "audited once");
-    assert!(store.watched_kills().unwrap().is_empty());
+    assert!(store.watched_kills(Timestamp(0)).unwrap().is_empty());
     assert_eq!(store.submit("t", "kill", &json!({}), "k2", "s", &decided(4)).unwrap(), Submitted::Suppressed(kill), "never fight a human");
     assert!(store.transition(kill, &["overridden"], "restored", None, &decided(5)).unwrap());
     assert!(matches!(store.submit("t", "kill", &json!({}), "k3", "s", &decided(6)).unwrap(), Submitted::New(_)), "re-armed after acknowledgement");
     let timeline: Vec<String> = store.timeline(kill).unwrap().into_iter().map(|r| r.kind).collect();
     assert_eq!(timeline, ["kill_decided", "kill_decided", "kill_decided", "kill_suppressed", "kill_decided"]);
+}
+
+#[test]
+fn drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not() {
+    let store = Store::in_memory().unwrap();
+    let Submitted::New(a) = store.submit("a", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    let Submitted::New(b) = store.submit("b", "kill", &json!({}), "k2", "s2", &decided(1)).unwrap() else { panic!() };
+    store.finish(a, "confirmed", 1, None, None, &decided(10)).unwrap();
+    store.finish(b, "confirmed", 1, None, None, &decided(10)).unwrap();
+    assert!(store.transition(b, &["confirmed"], "drained", None, &decided(20)).unwrap());
+    let ids = |since| store.watched_kills(Timestamp(since)).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(0), vec![a, b]);
+    assert_eq!(ids(21), vec![a], "drained before `since`: no longer watched; confirmed still is");
 }
