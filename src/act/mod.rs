@@ -311,6 +311,11 @@ pub fn restore_request(kill: &crate::store::ActionRow, actor: &str, reason: Opti
         return Err(format!("action {} is a {}, not a kill", kill.id, kill.kind));
     }
     let request: ActionRequest = serde_json::from_value(kill.request.clone()).map_err(|e| format!("unreadable action {}: {e}", kill.id))?;
+    // A kill that never reached the flag system saved no state: "restoring" it could turn on a
+    // flag that was off.
+    if kill.result.is_none() {
+        return Err(format!("kill {} never reached the flag system ({}); there is nothing to restore", kill.id, kill.state));
+    }
     Ok(ActionRequest {
         kind: ActionKind::Restore,
         restores: Some(kill.id),

@@ -148,6 +148,14 @@ impl Pipeline {
                         self.save(&state, None, now, json!({}), None)?;
                         self.wake_executor.notify_one();
                     }
+                    // The flag is killed: a plan does not turn it back on; pause and say why.
+                    Err(why) if why.contains("killed") => {
+                        state.status = Status::Paused;
+                        state.reason = Some(why.clone());
+                        let text = format!("rollout {} PAUSED for {}: {why}", plan.name, describe(plan, region));
+                        self.save(&state, Some("rollout_paused"), now, json!({ "error": why }), Some(text))?;
+                    }
+                    // Another action for the target is in flight: try again next tick.
                     Err(why) => tracing::info!(plan = %plan.name, %why, "rollout step not queued yet"),
                 }
                 Ok(())

@@ -331,6 +331,8 @@ async fn a_wrong_token_escalates_at_once_and_is_never_audited() {
     assert_eq!(action.attempts, 1, "a 401 is not retried");
     assert!(action.last_error.unwrap().contains("401"));
     assert_eq!(server.state(&flag).await["enabled"], true, "nothing changed in Unleash");
+    let (status, body) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({})).await;
+    assert_eq!(status, 409, "a kill that never happened has nothing to restore: {body}");
     let all = serde_json::to_string(&daemon.store.audit_log(1000, None, None).unwrap()).unwrap();
     assert!(!all.contains("not-the-token") && !all.contains(&server.admin), "a credential leaked into the audit log");
     daemon.stop().await;
