@@ -259,6 +259,7 @@ impl Pipeline {
             let step = crate::act::verify::step(&self.aggregator, &request, &row.state, Timestamp(row.state_ms), now, &cfg);
             let stored = match step {
                 crate::act::verify::Step::Wait => continue,
+                crate::act::verify::Step::Restore if self.store.restore_attempted(row.id).unwrap_or(true) => continue,
                 crate::act::verify::Step::Restore => {
                     let actor = format!("rule:{} (auto_restore)", request.rule);
                     crate::act::submit_restore(&self.store, &row, &actor, Some("auto_restore after recovery".into()), now).map(|queued| {

@@ -3,7 +3,7 @@
 //! transient failures with backoff and finishes the rest, always through the store.
 //! A restart resumes whatever is pending: the outbox is the queue.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,15 +46,24 @@ impl Executor {
     /// Runs until `shutdown`, then lets in-flight calls finish within `grace` (the outbox keeps
     /// whatever does not).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
-        let mut in_flight: HashSet<i64> = HashSet::new();
+        // Action id → target: one action per target at a time, so that a kill never races a
+        // restore (or rollout change) of the same target already in flight.
+        let mut in_flight: HashMap<i64, String> = HashMap::new();
         let mut tasks: JoinSet<i64> = JoinSet::new();
-        let mut drift_checked: HashMap<i64, Timestamp> = HashMap::new();
-        let mut last_drift = self.clock.now();
+        // Drift read-backs in their own task: a hung flag system must not delay kills.
+        let drift = {
+            let (this, stop) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut checked: HashMap<i64, Timestamp> = HashMap::new();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(DRIFT_TICK) => this.check_drift(&mut checked).await,
+                    }
+                }
+            })
+        };
         loop {
-            if self.clock.now().since(last_drift) >= DRIFT_TICK {
-                last_drift = self.clock.now();
-                self.check_drift(&mut drift_checked).await;
-            }
             let now = self.clock.now();
             let store = self.store.clone();
             let due = tokio::task::spawn_blocking(move || (store.due(now), store.next_due())).await;
@@ -66,7 +75,8 @@ impl Executor {
                 }
             };
             for row in due {
-                if in_flight.insert(row.id) {
+                if !in_flight.contains_key(&row.id) && !in_flight.values().any(|t| *t == row.target) {
+                    in_flight.insert(row.id, row.target.clone());
                     let this = self.clone();
                     tasks.spawn(async move {
                         let id = row.id;
@@ -90,6 +100,7 @@ impl Executor {
                 _ = shutdown.cancelled() => break,
             }
         }
+        drift.abort();
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!("in-flight actions did not finish within the grace period; the outbox resumes them at restart");
@@ -166,7 +177,11 @@ impl Executor {
             Ok(done) => {
                 let state = if done.verified { "confirmed" } else { "sent" };
                 let after = json!({ "result": done.applied.after, "read_back": done.read_back, "widened": done.widened, "attempts": attempts, "triggers": row.triggers });
-                let result_json = json!({ "before": done.applied.before, "after": done.applied.after });
+                // A widened kill saves what it really killed: its restore must undo exactly that.
+                let result_json = match (&done.widened, request) {
+                    (Some(_), Some(r)) => json!({ "before": done.applied.before, "after": done.applied.after, "request": r }),
+                    _ => json!({ "before": done.applied.before, "after": done.applied.after }),
+                };
                 (
                     state,
                     None,

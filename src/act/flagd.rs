@@ -20,11 +20,14 @@ pub struct FlagdFile {
     path: PathBuf,
     off_variant: String,
     slices: BTreeMap<String, String>,
+    /// Read-modify-write of the file, one at a time (actions of different targets may run
+    /// concurrently; two writers would undo each other).
+    lock: tokio::sync::Mutex<()>,
 }
 
 impl FlagdFile {
     pub fn new(config: &FlagdConfig) -> FlagdFile {
-        FlagdFile { path: config.path.clone(), off_variant: config.off_variant.clone(), slices: config.slices.clone() }
+        FlagdFile { path: config.path.clone(), off_variant: config.off_variant.clone(), slices: config.slices.clone(), lock: tokio::sync::Mutex::new(()) }
     }
 
     fn off(&self, request: &ActionRequest) -> String {
@@ -126,6 +129,7 @@ impl Actuator for FlagdFile {
     }
 
     async fn kill(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
+        let _writing = self.lock.lock().await;
         let off = self.off(request);
         let condition = self.condition(request)?;
         let mut doc = self.load().await?;
@@ -143,6 +147,7 @@ impl Actuator for FlagdFile {
     async fn restore(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
         let saved =
             request.saved.as_ref().and_then(|s| s.get("definition")).cloned().ok_or_else(|| ActError::Permanent("no saved definition to restore".into()))?;
+        let _writing = self.lock.lock().await;
         let off = self.off(request);
         let condition = self.condition(request)?;
         let mut doc = self.load().await?;
@@ -161,6 +166,7 @@ impl Actuator for FlagdFile {
         }
         let treatment = request.treatment.first().cloned().ok_or_else(|| ActError::Permanent("the rollout names no treatment variant".into()))?;
         let control = self.off(request);
+        let _writing = self.lock.lock().await;
         let mut doc = self.load().await?;
         let def = definition(&mut doc, &request.flag)?;
         for v in [&treatment, &control] {

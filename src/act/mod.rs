@@ -310,7 +310,9 @@ pub fn restore_request(kill: &crate::store::ActionRow, actor: &str, reason: Opti
     if kill.kind != "kill" {
         return Err(format!("action {} is a {}, not a kill", kill.id, kill.kind));
     }
-    let request: ActionRequest = serde_json::from_value(kill.request.clone()).map_err(|e| format!("unreadable action {}: {e}", kill.id))?;
+    // A widened kill saved the request it really carried out.
+    let effective = kill.result.as_ref().and_then(|r| r.get("request")).cloned().unwrap_or_else(|| kill.request.clone());
+    let request: ActionRequest = serde_json::from_value(effective).map_err(|e| format!("unreadable action {}: {e}", kill.id))?;
     // A kill that never reached the flag system saved no state: "restoring" it could turn on a
     // flag that was off.
     if kill.result.is_none() {

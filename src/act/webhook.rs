@@ -168,6 +168,8 @@ pub fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body
 
 /// Maps a transport error: timeouts and connection failures are transient.
 pub fn transport_error(e: reqwest::Error) -> ActError {
+    // Without the URL: it may hold a secret (`${VAR}` in a webhook or notification URL).
+    let e = e.without_url();
     if e.is_builder() { ActError::Permanent(format!("bad request: {e}")) } else { ActError::transient(format!("{e}")) }
 }
 

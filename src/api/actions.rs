@@ -17,7 +17,9 @@ use axum::Extension;
 pub fn actor(caller: Option<Extension<Caller>>, claimed: Option<String>) -> String {
     match caller {
         Some(Extension(c)) if c.name != "anonymous" => format!("token:{}", c.name),
-        _ => claimed.unwrap_or_else(|| "api".into()),
+        // Anonymous callers may say who they are, marked as a claim.
+        Some(_) => format!("anonymous:{}", claimed.unwrap_or_default()),
+        None => claimed.unwrap_or_else(|| "api".into()),
     }
 }
 use crate::act::{ActionKind, ActionRequest};

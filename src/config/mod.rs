@@ -166,6 +166,19 @@ impl Config {
             {
                 errors.push(format!("actuators.{name}.verify.fallback: {fallback:?} must name another configured actuator"));
             }
+            // A → B → … → A would hand an unkillable flag around forever.
+            let mut seen = vec![name.as_str()];
+            let mut next = actuator.verify().fallback.as_deref();
+            while let Some(n) = next {
+                if seen.contains(&n) {
+                    if n == name.as_str() && seen.len() > 1 {
+                        errors.push(format!("actuators.{name}.verify.fallback: the fallbacks form a cycle ({} → {n})", seen.join(" → ")));
+                    }
+                    break;
+                }
+                seen.push(n);
+                next = file.actuators.get(n).and_then(|a| a.verify().fallback.as_deref());
+            }
         }
         let actuator_names: Vec<String> = file.actuators.keys().cloned().collect();
         for (name, source) in &file.alerts {

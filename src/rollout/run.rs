@@ -89,6 +89,14 @@ impl Pipeline {
             match row.as_ref().map(|r| r.state.as_str()) {
                 Some("pending") if gate != Decision::Rollback => return Ok(()),
                 Some("pending") => {}
+                Some("confirmed" | "sent") if state.target_step.is_some_and(|to| to >= plan.steps.len()) => {
+                    // The plan was edited to fewer steps while this one was in flight.
+                    state.status = Status::Paused;
+                    state.action = None;
+                    state.reason = Some("the plan's steps changed while a step was in flight; resume to continue".into());
+                    self.save(&state, Some("rollout_paused"), now, json!({ "action": id }), None)?;
+                    return Ok(());
+                }
                 Some("confirmed" | "sent") => {
                     let to = state.target_step.unwrap_or(0);
                     state.step = Some(to);

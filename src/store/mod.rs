@@ -219,13 +219,25 @@ impl Store {
                 .query_row("SELECT id FROM outbox WHERE target = ?1 AND kind = 'kill' ORDER BY id DESC LIMIT 1", params![a.target], |r| r.get(0))
                 .optional()?
                 .filter(|id| Store::state_in(tx, *id).as_deref() == Some("overridden"));
-            if let Some(id) = overridden {
+            // Only automatic kills defer to the human; an operator's or a plan's kill goes out.
+            let automatic = a.audit.actor.starts_with("rule:") || a.audit.actor.starts_with("alert:");
+            if let (Some(id), true) = (overridden, automatic) {
                 Store::insert_audit(tx, &AuditEntry { kind: "kill_suppressed".into(), action_id: Some(id), ..a.audit.clone() })?;
                 return Ok(Submitted::Suppressed(id));
             }
             Store::supersede_rollouts(tx, a.target, a.audit)?;
+            // A kill supersedes a pending restore of the same target too (the executor runs one
+            // action per target at a time, so one already in flight finishes first).
+            let restore: Option<i64> = tx
+                .query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' AND kind = 'restore'", params![a.target], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = restore {
+                tx.execute("UPDATE outbox SET state = 'superseded', state_ms = ?2, updated_ms = ?2 WHERE id = ?1", params![id, now])?;
+                Store::insert_audit(tx, &AuditEntry { kind: "restore_superseded".into(), action_id: Some(id), ..a.audit.clone() })?;
+            }
         }
-        let open: Option<i64> = tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending'", params![a.target], |r| r.get(0)).optional()?;
+        let open: Option<i64> =
+            tx.query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' AND kind = ?2", params![a.target, a.kind], |r| r.get(0)).optional()?;
         Ok(match open {
             Some(id) => {
                 tx.execute("UPDATE outbox SET triggers = triggers + 1, updated_ms = ?2 WHERE id = ?1", params![id, now])?;
@@ -280,8 +292,12 @@ impl Store {
             return Ok(Err(format!("action {id} ({other}) is still pending for this target")));
         }
         if kind == "rollout" {
-            let mut stmt =
-                tx.prepare("SELECT id, target FROM outbox WHERE kind = 'kill' AND state IN ('pending', 'sent', 'confirmed', 'drained', 'unverified')")?;
+            // Any kill that reached the flag system and was not restored (or overridden by a
+            // human) still holds the flag off.
+            let mut stmt = tx.prepare(
+                "SELECT id, target FROM outbox WHERE kind = 'kill' AND (state IN ('pending', 'sent', 'confirmed', 'drained', 'unverified', 'recovered', 'failed') \
+                 OR (state = 'escalated' AND result IS NOT NULL))",
+            )?;
             let killed: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
             if let Some((id, _)) = killed.iter().find(|(_, t)| kill_covers(t, target)) {
@@ -525,6 +541,14 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether a restore of kill `kill_id` was ever queued (auto-restore tries once).
+    pub fn restore_attempted(&self, kill_id: i64) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n: i64 =
+            conn.query_row("SELECT COUNT(*) FROM outbox WHERE kind = 'restore' AND json_extract(request, '$.restores') = ?1", params![kill_id], |r| r.get(0))?;
+        Ok(n > 0)
     }
 
     /// Whether an action for `target` is pending (e.g. a restore in flight).

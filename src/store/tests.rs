@@ -120,3 +120,16 @@ fn drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not() {
     assert_eq!(ids(0), vec![a, b]);
     assert_eq!(ids(21), vec![a], "drained before `since`: no longer watched; confirmed still is");
 }
+
+#[test]
+fn a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift() {
+    let store = Store::in_memory().unwrap();
+    let restore = store.submit_operator("t", "restore", &json!({}), "r", &decided(1)).unwrap().unwrap();
+    let Submitted::New(kill) = store.submit("t", "kill", &json!({}), "k", "s", &decided(2)).unwrap() else { panic!("a new kill, not joined to the restore") };
+    assert_eq!(store.action(restore).unwrap().unwrap().state, "superseded");
+    store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {}})), &decided(3)).unwrap();
+    assert!(store.transition(kill, &["confirmed"], "overridden", None, &decided(4)).unwrap());
+    assert!(matches!(store.submit("t", "kill", &json!({}), "k2", "s", &decided(5)).unwrap(), Submitted::Suppressed(_)), "a rule defers");
+    let operator = AuditEntry { actor: "token:alice".into(), ..decided(6) };
+    assert!(matches!(store.submit("t", "kill", &json!({}), "k3", "s", &operator).unwrap(), Submitted::New(_)), "an operator's kill goes out");
+}
