@@ -366,9 +366,16 @@ async fn a_human_re_enabling_a_killed_flag_is_drift_reported_and_never_fought() 
         flags.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.starts_with("DRIFT")))
     })
     .await;
-    // Another kill of the same target is suppressed, not sent: the human wins.
-    let (status, _) = api(&daemon, &format!("/v1/flags/{flag}/kill"), kill.clone()).await;
-    assert_eq!(status, 202);
+    // A rule firing again on the same target is suppressed, not sent: the human wins.
+    let target = daemon.store.action(id).unwrap().unwrap().target;
+    let rule = flagguard::store::AuditEntry {
+        at: flagguard::time::Timestamp::now(),
+        actor: "rule:checkout".into(),
+        kind: "kill_decided".into(),
+        ..Default::default()
+    };
+    let again = daemon.store.submit(&target, "kill", &daemon.store.action(id).unwrap().unwrap().request, "k-again", "rule/x", &rule).unwrap();
+    assert_eq!(again, flagguard::store::Submitted::Suppressed(id));
     assert!(daemon.audit_kinds().contains(&"kill_suppressed".to_owned()));
     assert_eq!(server.state(&flag).await["enabled"], true, "flagguard did not turn it off again");
     assert_eq!(kill_ids(&daemon), vec![id]);
