@@ -28,7 +28,7 @@ pub struct Flagsmith {
 
 impl Flagsmith {
     pub fn new(config: &FlagsmithConfig, client: reqwest::Client) -> Result<Flagsmith, String> {
-        let token = crate::config::expand_env(&config.token).map_err(|var| format!("environment variable {var} is not set"))?;
+        let token = super::http::token(&config.token)?;
         Ok(Flagsmith { api: JsonApi::new("flagsmith", &config.url, ("authorization", format!("Api-Key {token}")), client), config: config.clone() })
     }
 

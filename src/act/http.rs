@@ -97,14 +97,12 @@ pub fn retry_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Percent-encodes a path segment.
-pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Percent-encodes a path segment (the webhook's placeholder encoding).
+pub use super::webhook::percent_encode as segment;
+
+/// The credential of an API actuator, read from the environment (`token = "${VAR}"`).
+pub fn token(configured: &str) -> Result<String, String> {
+    crate::config::expand_env(configured).map_err(|var| format!("environment variable {var} is not set"))
 }
 
 /// The flag system's environment for a request: the telemetry environment through `map`, else

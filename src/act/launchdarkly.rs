@@ -28,7 +28,7 @@ pub struct LaunchDarkly {
 
 impl LaunchDarkly {
     pub fn new(config: &LaunchDarklyConfig, client: reqwest::Client) -> Result<LaunchDarkly, String> {
-        let token = crate::config::expand_env(&config.token).map_err(|var| format!("environment variable {var} is not set"))?;
+        let token = super::http::token(&config.token)?;
         let api = JsonApi::new("launchdarkly", &config.url, ("authorization", token), client).with_header("LD-API-Version", "20240415");
         Ok(LaunchDarkly { api, config: config.clone() })
     }

@@ -28,7 +28,7 @@ pub struct Unleash {
 
 impl Unleash {
     pub fn new(config: &UnleashConfig, client: reqwest::Client) -> Result<Unleash, String> {
-        let token = crate::config::expand_env(&config.token).map_err(|var| format!("environment variable {var} is not set"))?;
+        let token = super::http::token(&config.token)?;
         Ok(Unleash { api: JsonApi::new("unleash", &config.url, ("authorization", token), client), config: config.clone() })
     }
 

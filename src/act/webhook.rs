@@ -130,7 +130,8 @@ fn substitute(template: &str, values: &[(&'static str, String)], encode: bool) -
     out
 }
 
-fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -380,14 +380,8 @@ async fn daemon_with(name: &str, actuator: ActuatorConfig, rules: &str, tune: im
     (Daemon::start(config, dir).await, notify)
 }
 
-async fn call_api(daemon: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    let response =
-        flagguard::app::http_client(Duration::from_secs(10)).unwrap().post(format!("http://{}{path}", daemon.addrs.api)).json(&body).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
 async fn manual_kill(daemon: &Daemon, actuator: &str, flag: &str, region: Option<&str>) -> i64 {
-    let (status, body) = call_api(
+    let (status, body) = api(
         daemon,
         &format!("/v1/flags/{flag}/kill"),
         json!({ "actuator": actuator, "environment": "production", "region": region, "treatment": ["true"], "reason": "contract test" }),
@@ -424,12 +418,12 @@ async fn launchdarkly_semantic_patch_kill_restore_rollout_and_its_error_codes() 
     assert_eq!(patch.body["instructions"], json!([{ "kind": "turnFlagOff" }]));
     assert!(patch.body["comment"].as_str().unwrap().contains("contract test"), "{}", patch.body);
 
-    let (status, _) = call_api(&daemon, &format!("/v1/actions/{id}/restore"), json!({ "reason": "fixed" })).await;
+    let (status, _) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({ "reason": "fixed" })).await;
     assert_eq!(status, 202);
     wait_until("the restore", Duration::from_secs(20), || state(&daemon, id).state == "restored").await;
     assert!(ld.on("checkout-v2", "production"));
 
-    let (status, body) = call_api(
+    let (status, body) = api(
         &daemon,
         "/v1/flags/checkout-v2/rollout",
         json!({ "actuator": "ld", "environment": "production", "treatment": ["true"], "percent": 12.5, "reason": "step" }),
@@ -442,7 +436,7 @@ async fn launchdarkly_semantic_patch_kill_restore_rollout_and_its_error_codes() 
 
     // Approval required: permanent, escalated after one attempt, nothing changed.
     let (status, body) =
-        call_api(&daemon, "/v1/flags/checkout-v2/kill", json!({ "actuator": "ld", "environment": "approval", "treatment": ["true"], "reason": "x" })).await;
+        api(&daemon, "/v1/flags/checkout-v2/kill", json!({ "actuator": "ld", "environment": "approval", "treatment": ["true"], "reason": "x" })).await;
     assert_eq!(status, 202);
     let row = settled(&daemon, body["action"].as_i64().unwrap()).await;
     assert_eq!((row.state.as_str(), row.attempts), ("escalated", 1));
@@ -466,7 +460,7 @@ async fn flagsmith_classic_versioned_and_segment_kills() {
     assert_eq!(settled(&daemon, id).await.state, "confirmed");
     assert!(!fs.enabled("env-v1", "checkout-v2"));
     assert!(fs.log.lock().unwrap().iter().any(|s| s.method == "PATCH" && s.headers["authorization"] == format!("Api-Key {FLAGSMITH_KEY}")));
-    let (status, _) = call_api(&daemon, &format!("/v1/actions/{id}/restore"), json!({})).await;
+    let (status, _) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({})).await;
     assert_eq!(status, 202);
     wait_until("the restore", Duration::from_secs(20), || state(&daemon, id).state == "restored").await;
     assert!(fs.enabled("env-v1", "checkout-v2"));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::*;
-use crate::unleash::{Traffic, actuator, api, rollout, unique, unleash};
+use crate::unleash::{Traffic, actuator, rollout, unique, unleash};
 
 /// A guard rule (verdicts only: the plan acts) and a plan.
 fn rules(flag: &str, plan: &str) -> String {

@@ -185,12 +185,6 @@ fn kill_ids(daemon: &Daemon) -> Vec<i64> {
     daemon.store.actions(100).unwrap().into_iter().filter(|a| a.kind == "kill").map(|a| a.id).collect()
 }
 
-pub async fn api(daemon: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    let response =
-        flagguard::app::http_client(Duration::from_secs(10)).unwrap().post(format!("http://{}{path}", daemon.addrs.api)).json(&body).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regression_is_killed_in_unleash_confirmed_drained_restored_and_rolled_out() {
     let server = unleash().await;
