@@ -198,6 +198,7 @@ impl Pipeline {
     /// Feeds one batch through the correlator into the windows.
     pub fn ingest(&mut self, batch: Batch) {
         let now = self.clock.now();
+        self.metrics.queue_items.dec_by((batch.evaluations.len() + batch.outcomes.len()) as i64);
         for evaluation in &batch.evaluations {
             self.correlator.evaluation(evaluation, now, &mut self.aggregator);
         }
@@ -260,6 +261,12 @@ impl Pipeline {
             let stored = match step {
                 crate::act::verify::Step::Wait => continue,
                 crate::act::verify::Step::Restore if self.store.restore_attempted(row.id).unwrap_or(true) => continue,
+                // An auto-restore is automatic too: held while a control says so, tried later.
+                crate::act::verify::Step::Restore
+                    if self.store.controls().map(|c| c.hold(&request.flag, Some(&request.rule), now).is_some()).unwrap_or(true) =>
+                {
+                    continue;
+                }
                 crate::act::verify::Step::Restore => {
                     let actor = format!("rule:{} (auto_restore)", request.rule);
                     crate::act::submit_restore(&self.store, &row, &actor, Some("auto_restore after recovery".into()), now).map(|queued| {
@@ -358,6 +365,7 @@ impl Pipeline {
             ("late", counts.late, self.counted.late),
             ("duplicate", counts.duplicate, self.counted.duplicate),
             ("mixed", counts.mixed, self.counted.mixed),
+            ("trace_cap", counts.trace_cap, self.counted.trace_cap),
         ] {
             m.attribution.get_or_create(&vec![("attribution", label.to_owned())]).inc_by(delta(new, old));
         }

@@ -267,7 +267,18 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
         ..AuditEntry::default()
     };
     let mut queued = false;
+    let held = match (decision.kind, decision.mode) {
+        (DecisionKind::Kill, Mode::Enforce) => store.controls()?.hold(&decision.flag, Some(&decision.rule), decision.at),
+        _ => None,
+    };
     let summary = match (decision.kind, decision.mode) {
+        (DecisionKind::Kill, Mode::Enforce) if let Some(why) = held => {
+            // Held, not queued: the cooldown applies, so the rule fires again after it if the
+            // slice is still breached and the control is gone.
+            let entry = AuditEntry { after: Some(serde_json::json!({ "held": why })), ..audit("kill_held") };
+            store.record_fired(&decision.slice_key, decision.at, &entry)?;
+            format!("[held] flagguard would kill {} (rule {}), but {why}", describe(&request), decision.rule)
+        }
         (DecisionKind::Kill, Mode::Enforce) => {
             let key = idempotency_key(&target, decision.at);
             let submitted =

@@ -71,6 +71,12 @@ const MIGRATIONS: &[&str] = &[
         last_ms INTEGER NOT NULL,
         PRIMARY KEY (flag, variant)
     );",
+    // 6: operator controls over automatic actions (one JSON document, see `controls::Controls`).
+    "CREATE TABLE controls (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

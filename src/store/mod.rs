@@ -611,6 +611,39 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The operator controls in force (pause, allow/deny lists, silences).
+    pub fn controls(&self) -> Result<crate::controls::Controls, StoreError> {
+        let conn = self.lock();
+        let state: Option<String> = conn.query_row("SELECT state FROM controls WHERE id = 1", [], |r| r.get(0)).optional()?;
+        Ok(state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default())
+    }
+
+    /// Changes the controls with `change` and audits before and after, in one transaction.
+    /// `change` may refuse (`Err(e)`); nothing is written then.
+    pub fn update_controls<E>(
+        &self,
+        change: impl FnOnce(&mut crate::controls::Controls) -> Result<(), E>,
+        audit: &AuditEntry,
+    ) -> Result<Result<crate::controls::Controls, E>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let state: Option<String> = tx.query_row("SELECT state FROM controls WHERE id = 1", [], |r| r.get(0)).optional()?;
+        let before: crate::controls::Controls = state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let mut after = before.clone();
+        if let Err(why) = change(&mut after) {
+            return Ok(Err(why));
+        }
+        let json = serde_json::to_string(&after).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO controls (id, state, updated_ms) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            params![json, audit.at.as_millis() as i64],
+        )?;
+        let entry = AuditEntry { before: serde_json::to_value(&before).ok(), after: serde_json::to_value(&after).ok(), ..audit.clone() };
+        Store::insert_audit(&tx, &entry)?;
+        tx.commit()?;
+        Ok(Ok(after))
+    }
+
     /// Pending actions (for /readyz and /metrics).
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         let conn = self.lock();
