@@ -71,14 +71,20 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
     TcpListener::bind(addr).await.map_err(|source| AppError::Bind { what, addr, source })
 }
 
-/// The HTTP client for flag systems: rustls with the platform's roots (ring provider).
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, AppError> {
+/// The HTTP client for flag systems: rustls with the platform's roots (ring provider) plus
+/// `ca_file`'s. Redirects are not followed: a redirect would carry the actuator's credential
+/// headers to another host.
+pub fn http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, AppError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("flagguard/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| AppError::HttpClient(e.to_string()))
+    let mut builder =
+        reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).user_agent(concat!("flagguard/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| AppError::HttpClient(format!("act.ca_file {}: {e}", path.display())))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| AppError::HttpClient(format!("act.ca_file {}: {e}", path.display())))? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| AppError::HttpClient(e.to_string()))
 }
 
 impl App {
@@ -91,7 +97,7 @@ impl App {
             .map_err(|errors| AppError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
         let metrics = Arc::new(Metrics::new());
         metrics.rules_loaded.set(rules.rules.len() as i64);
-        let client = http_client(file.act.timeout)?;
+        let client = http_client(file.act.timeout, file.act.ca_file.as_deref())?;
         let mut actuators: HashMap<String, Arc<dyn Actuator>> = HashMap::new();
         for (name, actuator) in &file.actuators {
             let built: Arc<dyn Actuator> = match actuator {
@@ -161,7 +167,8 @@ impl App {
             ExtractOptions { flag_attribute_prefixes: file.otlp.flag_attribute_prefixes.clone() },
             file.otlp.retry_after,
             metrics.clone(),
-        );
+        )
+        .with_queue_items(file.otlp.queue_items);
         if let Some(dir) = &file.record.dir {
             let settings = crate::ingest::record::RecordSettings { dir: dir.clone(), file_bytes: file.record.file_bytes, max_bytes: file.record.max_bytes };
             match crate::ingest::record::Recorder::start(settings) {
@@ -182,22 +189,37 @@ impl App {
         });
 
         let listeners_stop = shutdown.child_token();
-        let grpc_routes = crate::ingest::grpc::router(ingest.clone(), file.otlp.max_body_bytes);
+        let otlp_auth = crate::ingest::OtlpAuth::new(&config.otlp_tokens, metrics.clone());
+        let otlp_tls = file.otlp.tls.clone().map(crate::tls::Reloading::new).transpose();
+        let otlp_tls = match otlp_tls {
+            Ok(tls) => tls,
+            // Validated at start; the files changed since: refuse to serve plaintext instead.
+            Err(e) => return tracing::error!(error = %e, "cannot load otlp.tls; not starting"),
+        };
+        if let Some(tls) = &otlp_tls {
+            tokio::spawn(tls.clone().watch("otlp", listeners_stop.clone()));
+        }
+        let grpc_routes = crate::ingest::grpc::router(ingest.clone(), file.otlp.max_body_bytes, otlp_auth.clone());
         let grpc_stop = listeners_stop.clone();
+        let grpc_tls = otlp_tls.clone();
         let grpc_task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-            let served = tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned()).await;
+            let server = tonic::transport::Server::builder().add_routes(grpc_routes);
+            let served = match grpc_tls {
+                Some(tls) => {
+                    let incoming = crate::tls::accept(grpc_listener, tls, "otlp-grpc", grpc_stop.clone()).into_stream();
+                    server.serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned()).await
+                }
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                    server.serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned()).await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "OTLP gRPC server failed");
             }
         });
-        let http_app = crate::ingest::http::router(ingest.clone(), file.otlp.max_body_bytes);
-        let http_stop = listeners_stop.clone();
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, http_app).with_graceful_shutdown(http_stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "OTLP HTTP server failed");
-            }
-        });
+        let http_app = crate::ingest::http::router(ingest.clone(), file.otlp.max_body_bytes, otlp_auth);
+        let http_task = tokio::spawn(serve_http(http_listener, otlp_tls, http_app, "OTLP HTTP", listeners_stop.clone()));
         drop(ingest);
         let alerts = crate::api::alerts::AlertsState {
             routes: Arc::new(crate::api::alerts::routes(&file.alerts, clock.now())),
@@ -218,17 +240,19 @@ impl App {
                 clock: clock.clone(),
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
-                tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role),
+                tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).serve_any_host(file.api.allow_unauthenticated),
             },
             alerts,
         );
         let api_stop = CancellationToken::new();
-        let api_stop_signal = api_stop.clone();
-        let api_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(api_listener, api_app).with_graceful_shutdown(api_stop_signal.cancelled_owned()).await {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
+        let api_tls = match file.api.tls.clone().map(crate::tls::Reloading::new).transpose() {
+            Ok(tls) => tls,
+            Err(e) => return tracing::error!(error = %e, "cannot load api.tls; not starting"),
+        };
+        if let Some(tls) = &api_tls {
+            tokio::spawn(tls.clone().watch("api", api_stop.clone()));
+        }
+        let api_task = tokio::spawn(serve_http(api_listener, api_tls, api_app, "API", api_stop.clone()));
 
         let pipeline = Pipeline::new(
             Correlator::new(CorrelateSettings {
@@ -296,5 +320,19 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
         let _ = store.audit(&AuditEntry { at: clock.now(), actor: "system".into(), kind: "stopped".into(), ..AuditEntry::default() });
         tracing::info!("stopped");
+    }
+}
+
+/// Serves an axum app on a listener, over TLS when configured, until `stop`.
+async fn serve_http(listener: TcpListener, tls: Option<crate::tls::Reloading>, app: axum::Router, what: &'static str, stop: CancellationToken) {
+    let served = match tls {
+        Some(tls) => {
+            let listener = crate::tls::accept(listener, tls, what, stop.clone());
+            axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await,
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, server = what, "server failed");
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub outcomes: Counter,
     /// Batches waiting between ingest and the pipeline.
     pub queue_depth: Gauge,
+    /// Evaluations and outcomes queued for the pipeline (the budget `otlp.queue_items` bounds).
+    pub queue_items: Gauge,
     pub traces_in_flight: Gauge,
     /// Traces leaving the correlator, by reason (idle, capacity).
     pub traces_evicted: Family<Labels, Counter>,
@@ -67,6 +69,7 @@ impl Metrics {
             evaluations_without_variant: Counter::default(),
             outcomes: Counter::default(),
             queue_depth: Gauge::default(),
+            queue_items: Gauge::default(),
             traces_in_flight: Gauge::default(),
             traces_evicted: Family::default(),
             attribution: Family::default(),
@@ -93,6 +96,7 @@ impl Metrics {
         registry.register("flag_evaluations_without_variant", "Flag evaluations with no variant or value", m.evaluations_without_variant.clone());
         registry.register("request_outcomes", "Entry-span outcomes seen", m.outcomes.clone());
         registry.register("ingest_queue_depth", "Batches queued between ingest and the pipeline", m.queue_depth.clone());
+        registry.register("ingest_queue_items", "Evaluations and outcomes queued between ingest and the pipeline", m.queue_items.clone());
         registry.register("traces_in_flight", "Traces held by the correlator", m.traces_in_flight.clone());
         registry.register("traces_evicted", "Traces evicted from the correlator by reason", m.traces_evicted.clone());
         registry.register("attribution", "Request outcomes by attribution", m.attribution.clone());

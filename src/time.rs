@@ -35,8 +35,10 @@ impl Timestamp {
     }
 
     /// Formats as RFC 3339 with milliseconds (UTC).
+    /// Times past the year 9999 (which RFC 3339 cannot write) print as 9999-12-31T23:59:59.999Z.
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0)).to_string()
+        const MAX_MS: u64 = 253_402_300_799_999;
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0.min(MAX_MS))).to_string()
     }
 }
 

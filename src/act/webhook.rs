@@ -271,11 +271,12 @@ mod tests {
         let config = |url: &str| WebhookConfig { url: url.into(), body: Some("{}".into()), ..bare("") };
         let mut scoped = request();
         scoped.scope = vec![("region".into(), "eu-west".into())];
-        let whole = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+        let whole = Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}"), crate::app::http_client(Duration::from_secs(1), None).unwrap()).unwrap();
         let Err(ActError::Permanent(message)) = whole.kill(&scoped, "k").await else { panic!("must refuse") };
         assert!(message.contains("region=eu-west"), "{message}");
         let regional =
-            Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}/regions/{region}"), crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+            Webhook::new("w", &config("http://127.0.0.1:9/flags/{flag}/regions/{region}"), crate::app::http_client(Duration::from_secs(1), None).unwrap())
+                .unwrap();
         assert!(regional.uses.contains(&"region"));
     }
 
@@ -284,7 +285,7 @@ mod tests {
         // SAFETY: a variable no other test reads.
         unsafe { std::env::set_var("FG_TEST_WEBHOOK_SECRET", "s3cr3t") };
         let config = bare("http://h/hook/${FG_TEST_WEBHOOK_SECRET}/{flag}");
-        let hook = Webhook::new("w", &config, crate::app::http_client(Duration::from_secs(1)).unwrap()).unwrap();
+        let hook = Webhook::new("w", &config, crate::app::http_client(Duration::from_secs(1), None).unwrap()).unwrap();
         assert!(hook.url.contains("s3cr3t"));
         assert!(!hook.url_unexpanded.contains("s3cr3t"));
     }

@@ -119,19 +119,21 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
         return error(StatusCode::NOT_FOUND, &format!("alert source {name} is not enabled: configure [alerts.{name}]"));
     };
     let now = state.clock.now();
+    if body.len() > route.max_body {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {} bytes", route.max_body));
+    }
+    // Authenticated first, so that unauthenticated requests cannot spend the route's rate
+    // limit and lock real alerts out during an incident.
+    if let Err(e) = verify(source, &route.auth, &headers, &body, now) {
+        Metrics::count(&state.metrics.alert_auth_failures, &[("source", source.name())]);
+        tracing::warn!(%source, reason = %e, "alert webhook refused");
+        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
     let limited = route.limiter.lock().unwrap_or_else(|p| p.into_inner()).take(now);
     if let Err(wait) = limited {
         let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit of this alert route exceeded");
         response.headers_mut().insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
         return response;
-    }
-    if body.len() > route.max_body {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {} bytes", route.max_body));
-    }
-    if let Err(e) = verify(source, &route.auth, &headers, &body, now) {
-        Metrics::count(&state.metrics.alert_auth_failures, &[("source", source.name())]);
-        tracing::warn!(%source, reason = %e, "alert webhook refused");
-        return error(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     let alerts = match sources::parse(source, &body) {
         Ok(alerts) => alerts,
@@ -167,14 +169,25 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                 _ => None,
             };
             let slice_key;
+            let mut held = None;
             let idem;
             let audit;
             let action = match &planned {
                 Some((t, target_key, request)) => {
                     slice_key = format!("alert/{}/{target_key}", t.mapping);
                     idem = idempotency_key(target_key, now);
-                    let kind = if t.mode == Mode::Enforce { "kill_decided" } else { "kill_dry_run" };
+                    held = match t.mode {
+                        Mode::Enforce => store.controls()?.hold(&t.flag, Some(&format!("alert:{}", t.mapping)), now),
+                        Mode::DryRun => None,
+                    };
+                    let enforce = t.mode == Mode::Enforce && held.is_none();
+                    let kind = match (t.mode, &held) {
+                        (Mode::Enforce, None) => "kill_decided",
+                        (Mode::Enforce, Some(_)) => "kill_held",
+                        (Mode::DryRun, _) => "kill_dry_run",
+                    };
                     audit = AuditEntry {
+                        after: held.as_ref().map(|why| json!({ "held": why })),
                         at: now,
                         actor: format!("alert:{source}"),
                         kind: kind.into(),
@@ -185,7 +198,7 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                     };
                     Some(NewAction {
                         target: target_key,
-                        kind: if t.mode == Mode::Enforce { "kill" } else { "" },
+                        kind: if enforce { "kill" } else { "" },
                         request,
                         idempotency_key: &idem,
                         slice_key: &slice_key,
@@ -217,7 +230,11 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                 }
                 (Some(Ok(t)), submitted) => {
                     if notify && !matches!(submitted, Some(Submitted::Joined(_))) {
-                        let verb = if t.mode == Mode::Enforce { "flagguard is killing" } else { "[dry-run] flagguard would kill" };
+                        let verb = match (t.mode, &held) {
+                            (Mode::Enforce, None) => "flagguard is killing".to_owned(),
+                            (Mode::Enforce, Some(why)) => format!("[held: {why}] flagguard would kill"),
+                            (Mode::DryRun, _) => "[dry-run] flagguard would kill".to_owned(),
+                        };
                         let scope: Vec<String> = t.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         let text = format!(
                             "{verb} {} ({}) via {} on alert {} from {source} (mapping {})",
@@ -234,7 +251,7 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                         Some(Submitted::Joined(id)) | Some(Submitted::Suppressed(id)) => (Some(id), true),
                         None => (None, false),
                     };
-                    report.actions.push(json!({ "flag": t.flag, "via": t.actuator, "mode": t.mode.as_str(), "action_id": id, "joined": joined }));
+                    report.actions.push(json!({ "flag": t.flag, "via": t.actuator, "mode": t.mode.as_str(), "action_id": id, "joined": joined, "held": held }));
                 }
             }
         }

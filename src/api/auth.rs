@@ -40,13 +40,21 @@ pub struct Caller {
 pub struct Tokens {
     entries: Arc<Vec<([u8; 32], Caller)>>,
     anonymous: Option<Role>,
+    /// Serve any `Host` without tokens (`api.allow_unauthenticated`, behind a proxy).
+    any_host: bool,
 }
 
 impl Tokens {
     /// From the configuration: `(name, role, secret)` triples.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role, String)>, anonymous: Option<Role>) -> Tokens {
         let entries = tokens.into_iter().map(|(name, role, secret)| (Sha256::digest(secret.as_bytes()).into(), Caller { name, role })).collect();
-        Tokens { entries: Arc::new(entries), anonymous }
+        Tokens { entries: Arc::new(entries), anonymous, any_host: false }
+    }
+
+    /// Without tokens, serve requests for any `Host` (not only localhost and IP addresses).
+    pub fn serve_any_host(mut self, yes: bool) -> Tokens {
+        self.any_host = yes;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -100,8 +108,47 @@ pub fn required(method: &Method, path: &str) -> Option<Role> {
     Some(Role::Operator)
 }
 
+/// Refuses what a web page in an operator's browser could send: a mutation from another
+/// origin (`Origin` or `Sec-Fetch-Site` say so; curl and SDKs send neither), and — without
+/// tokens — any request whose `Host` is a name other than `localhost` (DNS rebinding: a page
+/// of evil.example resolving to 127.0.0.1). Alert webhooks are exempt (they authenticate).
+fn same_origin(request: &Request, loopback_hosts_only: bool) -> Result<(), String> {
+    let path = request.uri().path();
+    if path.starts_with("/v1/alerts/") || matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return Ok(());
+    }
+    let headers = request.headers();
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = get("host").unwrap_or("");
+    if loopback_hosts_only {
+        let name = host.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(host, |(name, _)| name);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if !(name.is_empty() || name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()) {
+            return Err(format!("Host {host:?} refused: without api.tokens only localhost and IP addresses are served (DNS rebinding)"));
+        }
+    }
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if matches!(get("sec-fetch-site"), Some("cross-site" | "same-site")) {
+            return Err("cross-site request refused".into());
+        }
+        if let Some(origin) = get("origin").filter(|o| *o != "null") {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            if origin_host != host {
+                return Err(format!("cross-origin request from {origin} refused"));
+            }
+        } else if get("origin") == Some("null") {
+            return Err("request from an opaque origin refused".into());
+        }
+    }
+    Ok(())
+}
+
 /// The middleware: 401 without a valid token, 403 with too small a role.
 pub async fn check(State(tokens): State<Tokens>, mut request: Request, next: Next) -> Response {
+    if let Err(why) = same_origin(&request, !tokens.enabled() && !tokens.any_host) {
+        return (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({ "error": why }))).into_response();
+    }
     if !tokens.enabled() {
         return next.run(request).await;
     }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub mod actions;
 pub mod alerts;
 pub mod auth;
+pub mod controls;
 pub mod dashboard;
 pub mod gates;
 pub mod rollouts;
@@ -104,6 +105,11 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))
         .route("/v1/audit", get(audit))
+        .route("/v1/controls", get(controls::get))
+        .route("/v1/controls/pause", post(controls::pause))
+        .route("/v1/controls/resume", post(controls::resume))
+        .route("/v1/controls/flags/{flag}", axum::routing::put(controls::list_flag).delete(controls::unlist_flag))
+        .route("/v1/rules/{rule}/silence", post(controls::silence).delete(controls::unsilence))
         .with_state(state.clone())
         .merge(alert_routes)
         .layer(axum::middleware::from_fn_with_state(state.tokens.clone(), auth::check))

@@ -99,6 +99,9 @@ impl ConfigFile {
         for t in copy.api.tokens.iter_mut() {
             t.token = "<redacted>".into();
         }
+        for t in copy.otlp.bearer_tokens.iter_mut() {
+            *t = "<redacted>".into();
+        }
         if copy.act.notify_url.is_some() {
             copy.act.notify_url = Some("<redacted>".into());
         }
@@ -120,12 +123,21 @@ pub struct OtlpConfig {
     /// Batches queued between the receivers and the pipeline. Default 1024. When full, callers
     /// get a retryable UNAVAILABLE / 503 with `retry_after`.
     pub queue_capacity: usize,
+    /// Flag evaluations and request outcomes queued between the receivers and the pipeline,
+    /// bounding memory whatever the batch sizes. Default 2,000,000 (≈ 200 MB). Beyond:
+    /// retryable backpressure, as for `queue_capacity`.
+    pub queue_items: usize,
     /// Retry delay suggested to callers when the queue is full. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
     /// Span attribute prefixes that carry flag evaluations as `PREFIX<flag-key> = <variant>`
     /// (e.g. `app.flags.`). Default none.
     pub flag_attribute_prefixes: Vec<String>,
+    /// Bearer tokens OTLP senders must present (`Authorization: Bearer …`; `${VAR}` only,
+    /// at least 16 characters). Default none: no authentication.
+    pub bearer_tokens: Vec<String>,
+    /// TLS for both OTLP listeners; `client_ca` requires client certificates (mTLS).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for OtlpConfig {
@@ -135,8 +147,11 @@ impl Default for OtlpConfig {
             http_listen: "127.0.0.1:4318".into(),
             max_body_bytes: 20 * 1024 * 1024,
             queue_capacity: 1024,
+            queue_items: 2_000_000,
             retry_after: Duration::from_secs(1),
             flag_attribute_prefixes: Vec::new(),
+            bearer_tokens: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -235,6 +250,9 @@ pub struct ActConfig {
     /// Slack-compatible webhook (`{"text": …}`) told of every automatic action, escalation and
     /// incident. Default none.
     pub notify_url: Option<String>,
+    /// PEM CA bundle trusted for calls to flag systems, in addition to the platform's roots
+    /// (a private CA in front of a self-hosted Unleash or Flagsmith). Default none.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ActConfig {
@@ -245,6 +263,7 @@ impl Default for ActConfig {
             max_backoff: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
             notify_url: None,
+            ca_file: None,
         }
     }
 }
@@ -263,11 +282,16 @@ pub struct ApiConfig {
     /// The role of requests without a token when tokens are configured (e.g. `viewer` for the
     /// dashboard). Default none: 401.
     pub anonymous_role: Option<crate::api::auth::Role>,
+    /// TLS for the API (`client_ca` requires client certificates).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Serve the API on a non-loopback address without tokens. Default false: refused, since
+    /// anyone who reaches it could restore killed flags and move rollouts.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into(), tokens: Vec::new(), tokens_file: None, anonymous_role: None }
+        ApiConfig { listen: "127.0.0.1:8080".into(), tokens: Vec::new(), tokens_file: None, anonymous_role: None, tls: None, allow_unauthenticated: false }
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// API callers: (name, role, secret), from `api.tokens` and `api.tokens_file`.
     pub tokens: Vec<(String, crate::api::auth::Role, String)>,
+    /// OTLP bearer tokens, expanded from `otlp.bearer_tokens`.
+    pub otlp_tokens: Vec<String>,
 }
 
 impl Config {
@@ -242,6 +244,37 @@ impl Config {
                 Err(e) => errors.push(format!("api.tokens_file: {}: {e}", path.display())),
             }
         }
+        let mut otlp_tokens = Vec::new();
+        for (i, t) in file.otlp.bearer_tokens.iter().enumerate() {
+            let field = format!("otlp.bearer_tokens[{i}]");
+            match expand_env(t) {
+                _ if !t.contains("${") => errors.push(format!("{field}: give the token as ${{VAR}} (read from the environment), not literally")),
+                Ok(secret) if secret.len() >= 16 => otlp_tokens.push(secret),
+                Ok(_) => errors.push(format!("{field}: the token is shorter than 16 characters")),
+                Err(var) => errors.push(format!("{field}: environment variable {var} is not set")),
+            }
+        }
+        for (field, tls) in [("otlp.tls", &file.otlp.tls), ("api.tls", &file.api.tls)] {
+            if let Some(Err(e)) = tls.as_ref().map(crate::tls::load) {
+                errors.push(format!("{field}: {e}"));
+            }
+        }
+        if let Some(Err(e)) = file.act.ca_file.as_deref().map(crate::tls::read_certs) {
+            errors.push(format!("act.ca_file: {e}"));
+        }
+        if let Some(api) = api
+            && !api.ip().is_loopback()
+            && tokens.is_empty()
+            && !file.api.allow_unauthenticated
+        {
+            errors.push(format!(
+                "api.listen: {api} is reachable from other hosts but no api.tokens are configured; anyone who reaches it could restore killed flags \
+                 (configure tokens, listen on loopback, or set api.allow_unauthenticated = true behind an authenticating proxy)"
+            ));
+        }
+        if file.api.anonymous_role.is_some_and(|r| r > crate::api::auth::Role::Viewer) && !file.api.allow_unauthenticated {
+            errors.push("api.anonymous_role: at most viewer (anyone could act otherwise), unless api.allow_unauthenticated = true".into());
+        }
         let mut names = std::collections::HashSet::new();
         for (name, _, _) in &tokens {
             if !names.insert(name.clone()) {
@@ -249,7 +282,7 @@ impl Config {
             }
         }
         match (grpc, http, api, errors.is_empty()) {
-            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => Ok(Config { file, grpc_listen, http_listen, api_listen, tokens }),
+            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => Ok(Config { file, grpc_listen, http_listen, api_listen, tokens, otlp_tokens }),
             _ => Err(ConfigError::Invalid(errors)),
         }
     }

@@ -58,7 +58,17 @@ pub struct CorrelateCounts {
     pub tombstones_dropped: u64,
     pub evaluation_errors: u64,
     pub without_variant: u64,
+    /// Outcomes or flags beyond a trace's caps (`MAX_OUTCOMES_PER_TRACE`,
+    /// `MAX_FLAGS_PER_TRACE`): an outcome is still attributed to the flags already seen but not
+    /// kept for later ones; a flag is not attributed in that trace.
+    pub trace_cap: u64,
 }
+
+/// Outcomes (entry spans) one trace keeps for flags evaluated later. Real traces have a few
+/// dozen; the cap bounds what one crafted request can cost (every outcome × every flag).
+pub const MAX_OUTCOMES_PER_TRACE: usize = 1024;
+/// Distinct flags attributed in one trace.
+pub const MAX_FLAGS_PER_TRACE: usize = 64;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Cohort {
@@ -148,6 +158,7 @@ impl Correlator {
         let Some(trace) = evaluation.trace else { return };
         let state = Self::state(&mut self.traces, &mut self.deadlines, &mut self.live, self.settings.trace_idle, trace, now);
         state.last_seen = now;
+        let full = state.cohorts.len() >= MAX_FLAGS_PER_TRACE;
         match state.cohorts.iter_mut().find(|c| c.flag() == &evaluation.flag) {
             Some(Cohort::Exposed(_, seen)) if seen == variant => {}
             Some(cohort @ Cohort::Exposed(..)) => {
@@ -155,6 +166,7 @@ impl Correlator {
                 self.counts.mixed += 1;
             }
             Some(Cohort::Mixed(_)) => {}
+            None if full => self.counts.trace_cap += 1,
             None => {
                 state.cohorts.push(Cohort::Exposed(evaluation.flag.clone(), variant.clone()));
                 for outcome in &state.outcomes {
@@ -182,7 +194,9 @@ impl Correlator {
                 self.counts.attributed += 1;
             }
         }
-        if tombstone {
+        if state.outcomes.len() + state.seen.len() >= MAX_OUTCOMES_PER_TRACE {
+            self.counts.trace_cap += 1;
+        } else if tombstone {
             self.counts.late += 1;
             state.seen.push(outcome.span);
         } else {

@@ -167,3 +167,22 @@ fn tombstones_are_capped_oldest_first_so_memory_is_bounded_at_any_load() {
     c.evict_idle(t(160_000), &mut r);
     assert_eq!(c.traces_held(), 0, "kept tombstones still expire after their TTL");
 }
+
+#[test]
+fn one_crafted_trace_costs_at_most_its_caps() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    for i in 0..(MAX_OUTCOMES_PER_TRACE as u32 + 10) {
+        let span = SpanId((i as u64 + 1).to_le_bytes());
+        c.outcome(Outcome { span, ..outcome(7, 0, "api", false) }, t(1), &mut r);
+    }
+    assert_eq!(c.counts().trace_cap, 10, "outcomes past the cap are not kept");
+    for f in 0..(MAX_FLAGS_PER_TRACE + 3) {
+        c.evaluation(&eval(7, &format!("flag-{f}"), "on"), t(2), &mut r);
+    }
+    assert_eq!(c.counts().trace_cap, 13, "flags past the cap are not attributed");
+    assert_eq!(r.observed.len(), MAX_FLAGS_PER_TRACE * MAX_OUTCOMES_PER_TRACE, "each kept outcome once per kept flag");
+    // A later outcome still reaches the flags already seen.
+    c.outcome(Outcome { span: SpanId([0xee; 8]), ..outcome(7, 0, "api", true) }, t(3), &mut r);
+    assert_eq!(r.observed.iter().filter(|o| o.3).count(), MAX_FLAGS_PER_TRACE);
+}

@@ -71,7 +71,7 @@ fn unquote_json(s: &str) -> String {
 /// `body` is a log record's body (v1.29–v1.33 emitters put `{"value": …}` there).
 pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEvaluation> {
     let key = attr_str(attrs, "feature_flag.key").or_else(|| attr_str(attrs, "feature_flag.flag_key"))?;
-    if key.is_empty() {
+    if !usable(key) {
         return None;
     }
     let variant = attr_str(attrs, "feature_flag.result.variant")
@@ -79,7 +79,8 @@ pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEval
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| attr(attrs, "feature_flag.result.value").and_then(stringify))
-        .or_else(|| body.and_then(body_value).and_then(stringify));
+        .or_else(|| body.and_then(body_value).and_then(stringify))
+        .filter(|v| usable(v));
     let reason = attr_str(attrs, "feature_flag.result.reason").or_else(|| attr_str(attrs, "feature_flag.evaluation.reason"));
     let error_type =
         attr_str(attrs, "error.type").map(str::to_owned).or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
@@ -90,6 +91,13 @@ pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEval
         error_type,
         context: attr_str(attrs, "feature_flag.context.id").filter(|c| !c.is_empty()).map(context_hash),
     })
+}
+
+/// Whether a flag key, variant or dimension value can become part of an action target and a
+/// flag system's URL: 1–256 bytes, no control characters, no `|` (the target separator), not
+/// `.` or `..` (a path segment that URL normalisation would resolve). Others are not used.
+pub fn usable(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s != "." && s != ".." && !s.chars().any(|c| c.is_control() || c == '|')
 }
 
 /// A stable 64-bit hash of a context id (FNV-1a): distinct-user counting needs only equality.
@@ -257,5 +265,18 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key, "checkout-v2");
         assert_eq!(out[0].variant.as_deref(), Some("on"));
+    }
+}
+
+#[cfg(test)]
+mod usable_tests {
+    #[test]
+    fn values_that_could_rewrite_a_url_or_a_target_are_not_used() {
+        for bad in ["", ".", "..", "a|b", "line\nbreak", &"x".repeat(257)] {
+            assert!(!super::usable(bad), "{bad:?}");
+        }
+        for good in ["checkout-v2", "eu-west-1", "new.flow", "on", &"x".repeat(256)] {
+            assert!(super::usable(good), "{good:?}");
+        }
     }
 }

@@ -55,7 +55,8 @@ impl LogsService for GrpcLogs {
 }
 
 /// Builds the tonic router with both services; `max_message` applies after decompression.
-pub fn router(ingest: Arc<Ingest>, max_message: usize) -> tonic::service::Routes {
+/// `auth` runs as an interceptor, before the message is decoded.
+pub fn router(ingest: Arc<Ingest>, max_message: usize, auth: super::OtlpAuth) -> tonic::service::Routes {
     let traces = TraceServiceServer::new(GrpcTraces(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -64,5 +65,10 @@ pub fn router(ingest: Arc<Ingest>, max_message: usize) -> tonic::service::Routes
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message);
-    tonic::service::Routes::new(traces).add_service(logs)
+    let check = move |request: Request<()>| -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization").map(|v| v.as_bytes());
+        if auth.allows(header, Transport::Grpc) { Ok(request) } else { Err(Status::unauthenticated("a valid bearer token is required")) }
+    };
+    tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(traces, check.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(logs, check))
 }

@@ -22,7 +22,7 @@ const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
 #[derive(Clone, Copy, PartialEq)]
-enum Encoding {
+pub enum Encoding {
     Protobuf,
     Json,
 }
@@ -43,13 +43,27 @@ struct HttpState {
 }
 
 /// Builds the OTLP/HTTP router. `max_body` bounds the decompressed body.
-pub fn router(ingest: Arc<Ingest>, max_body: usize) -> Router {
+/// `auth` is checked before the body is read.
+pub fn router(ingest: Arc<Ingest>, max_body: usize, auth: super::OtlpAuth) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
         .with_state(HttpState { ingest, max_body })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestDecompressionLayer::new().gzip(true).pass_through_unaccepted(false))
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
+}
+
+async fn authenticate(
+    axum::extract::State(auth): axum::extract::State<super::OtlpAuth>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if auth.allows(request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()), Transport::Http) {
+        return next.run(request).await;
+    }
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a valid bearer token is required").into_response()
 }
 
 fn media_type(headers: &HeaderMap) -> Result<Encoding, IngestError> {
@@ -69,7 +83,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<By
     })
 }
 
-fn decode<T: Message + Default + serde::de::DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, IngestError> {
+pub fn decode<T: Message + Default + serde::de::DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, IngestError> {
     match encoding {
         Encoding::Protobuf => T::decode(body).map_err(|e| IngestError::Invalid(e.to_string())),
         Encoding::Json => {

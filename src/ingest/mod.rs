@@ -42,6 +42,44 @@ pub enum IngestError {
     TooLarge { limit: usize },
 }
 
+/// Optional bearer-token authentication of OTLP requests (`otlp.bearer_tokens`): only the
+/// tokens' SHA-256 is kept, each compared in constant time. Checked before the body is read
+/// (HTTP) or decoded (gRPC interceptor); refused requests are UNAUTHENTICATED / 401 and counted
+/// as `otlp_requests_total{result="unauthenticated"}`.
+#[derive(Clone, Default)]
+pub struct OtlpAuth {
+    hashes: Arc<Vec<[u8; 32]>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl OtlpAuth {
+    pub fn new(tokens: &[String], metrics: Arc<Metrics>) -> OtlpAuth {
+        use sha2::Digest;
+        OtlpAuth { hashes: Arc::new(tokens.iter().map(|t| sha2::Sha256::digest(t.as_bytes()).into()).collect()), metrics: Some(metrics) }
+    }
+
+    /// Whether a request with this `authorization` header (or gRPC metadata) may pass.
+    pub fn allows(&self, authorization: Option<&[u8]>, transport: Transport) -> bool {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        if self.hashes.is_empty() {
+            return true;
+        }
+        let token = authorization.and_then(|v| v.strip_prefix(b"Bearer ")).map(|t| t.trim_ascii());
+        let digest: Option<[u8; 32]> = token.map(|t| sha2::Sha256::digest(t).into());
+        let mut ok = false;
+        if let Some(digest) = digest {
+            for hash in self.hashes.iter() {
+                ok |= bool::from(hash.ct_eq(&digest));
+            }
+        }
+        if !ok && let Some(m) = &self.metrics {
+            Metrics::count(&m.otlp_requests, &[("transport", transport.label()), ("signal", "any"), ("result", "unauthenticated")]);
+        }
+        ok
+    }
+}
+
 /// What a caller is told about an accepted request.
 #[derive(Debug, Default, PartialEq)]
 pub struct Accepted {
@@ -73,11 +111,19 @@ pub struct Ingest {
     options: ExtractOptions,
     retry_after: Duration,
     metrics: Arc<Metrics>,
+    /// Evaluations and outcomes that may wait for the pipeline at once (memory bound).
+    max_queued_items: usize,
 }
 
 impl Ingest {
     pub fn new(tx: mpsc::Sender<Batch>, options: ExtractOptions, retry_after: Duration, metrics: Arc<Metrics>) -> Self {
-        Ingest { tx, recorder: None, options, retry_after, metrics }
+        Ingest { tx, recorder: None, options, retry_after, metrics, max_queued_items: usize::MAX }
+    }
+
+    /// Bounds the items waiting for the pipeline (beyond: retryable backpressure).
+    pub fn with_queue_items(mut self, max: usize) -> Self {
+        self.max_queued_items = max;
+        self
     }
 
     /// Records every accepted request from now on.
@@ -121,7 +167,19 @@ impl Ingest {
         let useful = !batch.evaluations.is_empty() || !batch.outcomes.is_empty();
         let (spans, logs, evaluations, outcomes) = (batch.spans_seen, batch.logs_seen, batch.evaluations.len(), batch.outcomes.len());
         if useful {
+            let items = evaluations + outcomes;
+            let queued = self.metrics.queue_items.get().max(0) as usize;
+            // One request larger than the whole budget is still taken when nothing waits.
+            if queued > 0 && queued + items > self.max_queued_items {
+                let error = IngestError::Overloaded { retry_after: self.retry_after };
+                self.count_refused(signal, transport, &error);
+                return Err(error);
+            }
+            self.metrics.queue_items.inc_by(items as i64);
             let sent = self.tx.try_send(batch);
+            if sent.is_err() {
+                self.metrics.queue_items.dec_by(items as i64);
+            }
             if let Err(e) = sent {
                 let error = match e {
                     mpsc::error::TrySendError::Full(_) => IngestError::Overloaded { retry_after: self.retry_after },

@@ -60,8 +60,12 @@ impl Converted {
 /// Reads the slicing dimensions from a resource.
 pub fn resource_dims(resource: Option<&Resource>) -> Dims {
     let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-    let get = |name: &str| -> Arc<str> { extract::attr_str(attrs, name).unwrap_or("").into() };
-    let environment = extract::attr_str(attrs, "deployment.environment.name").or_else(|| extract::attr_str(attrs, "deployment.environment")).unwrap_or("");
+    // A value flagguard could not put in an action target or a URL reads as unknown.
+    let get = |name: &str| -> Arc<str> { extract::attr_str(attrs, name).filter(|v| extract::usable(v)).unwrap_or("").into() };
+    let environment = extract::attr_str(attrs, "deployment.environment.name")
+        .or_else(|| extract::attr_str(attrs, "deployment.environment"))
+        .filter(|v| extract::usable(v))
+        .unwrap_or("");
     Dims { service: get("service.name"), environment: environment.into(), region: get("cloud.region") }
 }
 

@@ -26,7 +26,7 @@ async fn roles_gate_every_route_and_name_the_actor() {
     std::fs::write(dir.path().join("tokens"), "# role name token\nadmin root admin-secret-0123456789\n").unwrap();
     config.api.tokens_file = Some(dir.path().join("tokens"));
     let daemon = Daemon::start(config, dir).await;
-    let http = flagguard::app::http_client(Duration::from_secs(5)).unwrap();
+    let http = flagguard::app::http_client(Duration::from_secs(5), None).unwrap();
     let base = format!("http://{}", daemon.addrs.api);
     let call = |method: reqwest::Method, path: &str, token: Option<&str>| {
         let mut r = http.request(method, format!("{base}{path}")).json(&json!({ "actuator": "flags", "environment": "production", "reason": "INC-9" }));

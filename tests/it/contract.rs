@@ -317,7 +317,7 @@ impl FaultProxy {
             arrivals: Default::default(),
             script: Arc::new(Mutex::new(script.into())),
             upstream: upstream.trim_end_matches('/').to_owned(),
-            client: flagguard::app::http_client(Duration::from_secs(30)).unwrap(),
+            client: flagguard::app::http_client(Duration::from_secs(30), None).unwrap(),
         };
         let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });

@@ -16,6 +16,7 @@ mod python_sdk;
 mod replay;
 mod restart;
 mod rollouts;
+mod security;
 mod support;
 mod unleash;
 mod webdriver;

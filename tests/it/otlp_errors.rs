@@ -129,7 +129,7 @@ async fn a_full_queue_answers_retryable_backpressure() {
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let ingest = Arc::new(Ingest::new(tx, ExtractOptions::default(), Duration::from_secs(3), Arc::new(Metrics::new())));
     let body = request(2).encode_to_vec();
-    let http = flagguard::ingest::http::router(ingest.clone(), 1 << 20);
+    let http = flagguard::ingest::http::router(ingest.clone(), 1 << 20, Default::default());
     let call = || axum::http::Request::post("/v1/traces").header("content-type", "application/x-protobuf").body(axum::body::Body::from(body.clone())).unwrap();
     assert_eq!(http.clone().oneshot(call()).await.unwrap().status(), 200, "the first batch fills the queue");
     let refused = http.oneshot(call()).await.unwrap();
@@ -138,7 +138,7 @@ async fn a_full_queue_answers_retryable_backpressure() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let routes = flagguard::ingest::grpc::router(ingest, 1 << 20);
+    let routes = flagguard::ingest::grpc::router(ingest, 1 << 20, Default::default());
     tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
     let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let status = client.export(request(2)).await.unwrap_err();

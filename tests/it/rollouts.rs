@@ -73,7 +73,7 @@ async fn a_plan_advances_while_healthy_and_rolls_back_on_a_regression_at_25_perc
     })
     .await;
     // The API shows it.
-    let list: Value = flagguard::app::http_client(Duration::from_secs(5))
+    let list: Value = flagguard::app::http_client(Duration::from_secs(5), None)
         .unwrap()
         .get(format!("http://{}/v1/rollouts", daemon.addrs.api))
         .send()

@@ -225,7 +225,12 @@ pub fn python_client() -> PathBuf {
 
 /// POSTs JSON to the daemon's API; the status and the JSON answer (`Null` if none).
 pub async fn api(daemon: &Daemon, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let response =
-        flagguard::app::http_client(Duration::from_secs(10)).unwrap().post(format!("http://{}{path}", daemon.addrs.api)).json(&body).send().await.unwrap();
+    let response = flagguard::app::http_client(Duration::from_secs(10), None)
+        .unwrap()
+        .post(format!("http://{}{path}", daemon.addrs.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     (response.status().as_u16(), response.json().await.unwrap_or(serde_json::Value::Null))
 }

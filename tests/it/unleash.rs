@@ -47,7 +47,7 @@ pub async fn unleash() -> Unleash {
         url: env["UNLEASH_URL"].clone(),
         admin: env["UNLEASH_ADMIN_TOKEN"].clone(),
         backend: env["UNLEASH_BACKEND_TOKEN"].clone(),
-        client: flagguard::app::http_client(Duration::from_secs(10)).unwrap(),
+        client: flagguard::app::http_client(Duration::from_secs(10), None).unwrap(),
     }
 }
 

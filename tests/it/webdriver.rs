@@ -30,7 +30,7 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new(chromedriver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver starts");
         // Installs the rustls provider reqwest needs (the client speaks plain HTTP here).
-        let http = flagguard::app::http_client(Duration::from_secs(60)).unwrap();
+        let http = flagguard::app::http_client(Duration::from_secs(60), None).unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         while http.get(format!("{base}/status")).send().await.is_err() {
