@@ -82,6 +82,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copies the store (audit log, outbox, state) to OUT while the daemon runs: a consistent
+    /// online backup (SQLite `VACUUM INTO`). Exit 0 done, 1 failed, 64 bad configuration.
+    Backup {
+        #[arg(long, short, env = "FLAGGUARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// The backup file to create (must not exist).
+        out: PathBuf,
+    },
     /// Flag hygiene: `flags stale` lists removal candidates known to a running daemon.
     Flags {
         #[command(subcommand)]
@@ -149,6 +157,7 @@ fn main() {
         Command::Flags { command: FlagsCommand::Stale { single_variant_for, unused_for, server, token, json } } => {
             runtime().block_on(flagguard::cli::flags::stale(&server, token.as_deref(), &single_variant_for, &unused_for, json))
         }
+        Command::Backup { config, out } => backup(config, &out),
         Command::Simulate { runs, seed, horizon, family_series, family_runs } => {
             print!("{}", flagguard::cli::simulate::report(runs, seed, horizon.as_secs(), family_series, family_runs));
             0
@@ -192,6 +201,30 @@ fn replay(rules: PathBuf, config_path: Option<PathBuf>, incident_start: Option<S
     }
 }
 
+fn backup(config_path: Option<PathBuf>, out: &std::path::Path) -> i32 {
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 64;
+        }
+    };
+    if out.exists() {
+        eprintln!("backup: {} exists; give a new file", out.display());
+        return 1;
+    }
+    match flagguard::store::Store::open(&config.file.data_dir).and_then(|store| store.backup(out)) {
+        Ok(()) => {
+            println!("backed up {} to {}", config.file.data_dir.join("flagguard.db").display(), out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("backup: {e}");
+            1
+        }
+    }
+}
+
 fn serve(config_path: Option<PathBuf>, grace: Duration, record: Option<PathBuf>) -> i32 {
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -204,8 +237,13 @@ fn serve(config_path: Option<PathBuf>, grace: Duration, record: Option<PathBuf>)
     if record.is_some() {
         config.file.record.dir = record;
     }
-    flagguard::telemetry::init_logging(config.file.log.format, &config.file.log.level);
     runtime().block_on(async move {
+        // Built inside the runtime: the OTLP/gRPC exporters need it.
+        let exporters = flagguard::otel::exporters().unwrap_or_else(|e| {
+            eprintln!("flagguard: its own telemetry is off: {e}");
+            flagguard::otel::Exporters::default()
+        });
+        flagguard::telemetry::init_logging(config.file.log.format, &config.file.log.level, &exporters);
         let app = match App::build(config, Arc::new(SystemClock)).await {
             Ok(app) => app,
             Err(e) => {
@@ -217,6 +255,16 @@ fn serve(config_path: Option<PathBuf>, grace: Duration, record: Option<PathBuf>)
                 };
             }
         };
+        let addrs = app.addrs();
+        if let Err(e) = flagguard::otel::check(&[addrs.grpc, addrs.http]) {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("flagguard: {e}");
+            return 64;
+        }
+        exporters.observe(&app.metrics());
+        if exporters.active() {
+            tracing::info!("exporting flagguard's own traces and metrics over OTLP");
+        }
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
@@ -224,6 +272,7 @@ fn serve(config_path: Option<PathBuf>, grace: Duration, record: Option<PathBuf>)
             signal.cancel();
         });
         app.run(shutdown, grace).await;
+        exporters.shutdown();
         0
     })
 }

@@ -23,6 +23,8 @@ use crate::time::{Clock, Timestamp};
 
 /// How often flag usage is written to the store.
 const USAGE_FLUSH: Duration = Duration::from_secs(60);
+/// How often the audit log is pruned when `audit.retention` is set.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Requests to the pipeline from the API.
 pub enum Command {
@@ -43,6 +45,8 @@ pub struct PipelineSettings {
     pub notify: bool,
     /// Per actuator: how its kills are verified.
     pub verify: std::collections::HashMap<String, crate::config::VerifyConfig>,
+    /// Audit records older than this are deleted (hourly). None: kept forever.
+    pub audit_retention: Option<Duration>,
 }
 
 pub struct Pipeline {
@@ -66,6 +70,8 @@ pub struct Pipeline {
     restores_since: Timestamp,
     /// When flag usage was last written to the store (flag hygiene).
     usage_flushed: Timestamp,
+    /// When the audit log was last pruned (retention).
+    pruned: Timestamp,
 }
 
 /// Lists rule files with their modification time and size, to notice edits.
@@ -119,6 +125,7 @@ impl Pipeline {
             restores_seen: Default::default(),
             restores_since,
             usage_flushed: restores_since,
+            pruned: Timestamp(0),
         }
     }
 
@@ -240,6 +247,16 @@ impl Pipeline {
             self.progress(now);
             if now.since(self.usage_flushed) >= USAGE_FLUSH {
                 self.flush_usage(now);
+            }
+            if let Some(retention) = self.settings.audit_retention
+                && now.since(self.pruned) >= PRUNE_EVERY
+            {
+                self.pruned = now;
+                match self.store.prune_audit(now.minus(retention), now) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "audit records past retention deleted"),
+                    Err(e) => tracing::error!(error = %e, "cannot prune the audit log"),
+                }
             }
         }
         fired
@@ -425,6 +442,7 @@ impl Pipeline {
     }
 
     /// Reloads the rules directory; an invalid set keeps the current one and says why.
+    #[tracing::instrument(name = "flagguard.rules.reload", skip(self))]
     pub fn reload(&mut self, actor: &str) -> Result<usize, Vec<String>> {
         let now = self.clock.now();
         match crate::rules::load_dir(&self.settings.rules_dir, &self.settings.actuators) {
@@ -432,8 +450,10 @@ impl Pipeline {
                 let n = set.rules.len();
                 let before: Vec<String> = self.engine.rules().rules.iter().map(|r| r.name.clone()).collect();
                 let after: Vec<String> = set.rules.iter().map(|r| r.name.clone()).collect();
+                let old_view = RulesView::of(self.engine.rules(), now, None);
                 self.engine.replace_rules(Arc::new(set));
                 self.rules_view = RulesView::of(self.engine.rules(), now, None);
+                let diff = rules_diff(&old_view, &self.rules_view);
                 // Publish at once: the API reads alert mappings from the snapshot.
                 self.publish(now);
                 Metrics::count(&self.metrics.rule_reloads, &[("result", "ok")]);
@@ -445,6 +465,7 @@ impl Pipeline {
                     kind: "rules_reloaded".into(),
                     before: Some(serde_json::json!(before)),
                     after: Some(serde_json::json!(after)),
+                    evidence: Some(serde_json::json!({ "diff": diff })),
                     ..AuditEntry::default()
                 };
                 if let Err(e) = self.store.audit(&audit) {
@@ -461,4 +482,32 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// What a rule reload changed: rules added, removed, and per changed rule its changed settings
+/// (lines moving inside a file are not changes).
+fn rules_diff(before: &RulesView, after: &RulesView) -> serde_json::Value {
+    let by_name = |v: &RulesView| -> std::collections::BTreeMap<String, serde_json::Value> {
+        v.rules
+            .iter()
+            .map(|r| {
+                let mut value = serde_json::to_value(r).unwrap_or_default();
+                if let Some(o) = value.as_object_mut() {
+                    o.remove("line");
+                }
+                (r.name.clone(), value)
+            })
+            .collect()
+    };
+    let (old, new) = (by_name(before), by_name(after));
+    let added: Vec<&String> = new.keys().filter(|k| !old.contains_key(*k)).collect();
+    let removed: Vec<&String> = old.keys().filter(|k| !new.contains_key(*k)).collect();
+    let changed: serde_json::Map<String, serde_json::Value> = new
+        .iter()
+        .filter_map(|(name, rule)| {
+            let diff = crate::store::diff::json_diff(old.get(name)?, rule);
+            (!diff.is_empty()).then(|| (name.clone(), serde_json::json!(diff)))
+        })
+        .collect();
+    serde_json::json!({ "added": added, "removed": removed, "changed": changed })
 }

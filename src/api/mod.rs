@@ -101,10 +101,12 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/actions/{id}/restore", post(actions::restore))
         .route("/v1/flags/{flag}/kill", post(actions::kill))
         .route("/v1/flags/{flag}/rollout", post(actions::rollout))
+        .route("/v1/flags/{flag}/restore", post(actions::restore_flag))
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))
         .route("/v1/audit", get(audit))
+        .route("/v1/audit/export", get(audit_export))
         .route("/v1/controls", get(controls::get))
         .route("/v1/controls/pause", post(controls::pause))
         .route("/v1/controls/resume", post(controls::resume))
@@ -168,11 +170,78 @@ pub struct Page {
     pub kind: Option<String>,
 }
 
-async fn audit(State(s): State<ApiState>, Query(p): Query<Page>) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(100).min(1000);
+/// `GET /v1/audit` and `/v1/audit/export` filters.
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+    after: Option<i64>,
+    kind: Option<String>,
+    actor: Option<String>,
+    rule: Option<String>,
+    flag: Option<String>,
+    /// RFC 3339 or milliseconds since the epoch.
+    since: Option<String>,
+    until: Option<String>,
+    action: Option<i64>,
+}
+
+impl AuditQuery {
+    fn filter(self, limit: u32) -> Result<crate::store::AuditFilter, ApiError> {
+        let time =
+            |name: &str, v: Option<String>| v.map(|v| crate::cli::replay::parse_time(&v).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))).transpose();
+        Ok(crate::store::AuditFilter {
+            limit,
+            before_id: self.before,
+            after_id: self.after,
+            since: time("since", self.since)?,
+            until: time("until", self.until)?,
+            kind: self.kind,
+            actor: self.actor,
+            rule: self.rule,
+            flag: self.flag,
+            action_id: self.action,
+        })
+    }
+}
+
+async fn audit(State(s): State<ApiState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = q.filter(limit)?;
     let store = s.store.clone();
-    let records =
-        tokio::task::spawn_blocking(move || store.audit_log(limit, p.before, p.kind.as_deref())).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let records = tokio::task::spawn_blocking(move || store.audit_query(&filter)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
     let next = records.last().map(|r| r.id);
     Ok(Json(json!({ "audit": records, "next_before": next })).into_response())
+}
+
+/// `GET /v1/audit/export`: every matching record as JSON lines, oldest first, streamed in
+/// pages (a bounded amount in memory whatever the log's size).
+async fn audit_export(State(s): State<ApiState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+    const PAGE: u32 = 1000;
+    let mut filter = q.filter(PAGE)?;
+    filter.before_id = None;
+    filter.after_id = Some(filter.after_id.unwrap_or(0));
+    let store = s.store.clone();
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let page = match store.audit_query(&filter) {
+                Ok(page) => page,
+                Err(e) => return drop(tx.blocking_send(Err(std::io::Error::other(e.to_string())))),
+            };
+            let Some(last) = page.last().map(|r| r.id) else { return };
+            let mut out = Vec::with_capacity(page.len() * 256);
+            for record in &page {
+                if serde_json::to_writer(&mut out, record).is_ok() {
+                    out.push(b'\n');
+                }
+            }
+            if tx.blocking_send(Ok(out.into())).is_err() || page.len() < PAGE as usize {
+                return;
+            }
+            filter.after_id = Some(last);
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

@@ -87,6 +87,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
             actuators: BTreeSet::new(),
             notify: false,
             verify: Default::default(),
+            audit_retention: None,
         },
     );
     let options = ExtractOptions { flag_attribute_prefixes: config.otlp.flag_attribute_prefixes.clone() };

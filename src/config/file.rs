@@ -32,6 +32,18 @@ pub struct ConfigFile {
     /// Alert webhook sources, by name (`alertmanager`, `grafana`, `datadog`, `newrelic`,
     /// `dynatrace`, `pagerduty`, `generic`). A source without a section is disabled (404).
     pub alerts: BTreeMap<String, AlertSourceConfig>,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit log's retention.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Delete audit records older than this (checked hourly; the deletion is audited), e.g.
+    /// `"400d"`. Default none: kept forever. Export first (`GET /v1/audit/export`) if you must
+    /// keep them elsewhere.
+    #[serde(with = "humantime_serde::option")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for ConfigFile {
@@ -49,6 +61,7 @@ impl Default for ConfigFile {
             actuators: BTreeMap::new(),
             record: RecordConfig::default(),
             alerts: BTreeMap::new(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //!   `superseded` (a rollout change overtaken by a kill) are terminal too;
 //! - the audit log is append-only; schema changes are numbered migrations (`user_version`).
 
+pub mod diff;
 pub mod migrations;
 
 use std::collections::HashMap;
@@ -66,6 +67,24 @@ pub struct AuditRecord {
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
     pub evidence: Option<serde_json::Value>,
+}
+
+/// Which audit records to read (every field optional but `limit`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub limit: u32,
+    /// Newest first, older than this id (paging backwards).
+    pub before_id: Option<i64>,
+    /// Oldest first, newer than this id (paging forwards, export).
+    pub after_id: Option<i64>,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    pub rule: Option<String>,
+    /// Records whose target names this flag.
+    pub flag: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub action_id: Option<i64>,
 }
 
 /// An outbox row.
@@ -602,13 +621,74 @@ impl Store {
 
     /// Audit records, newest first, optionally before an id (pagination) and of one kind.
     pub fn audit_log(&self, limit: u32, before_id: Option<i64>, kind: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_query(&AuditFilter { limit, before_id, kind: kind.map(str::to_owned), ..AuditFilter::default() })
+    }
+
+    /// Audit records matching `filter`: newest first, or oldest first from `after_id`.
+    pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let order = if f.after_id.is_some() { "ASC" } else { "DESC" };
+        let mut stmt = conn.prepare(&format!(
             "SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit \
-             WHERE (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?1",
+             WHERE (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR id > ?4) \
+             AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR rule = ?6) AND (?7 IS NULL OR instr(target, '|' || ?7 || '|') > 0) \
+             AND (?8 IS NULL OR at_ms >= ?8) AND (?9 IS NULL OR at_ms < ?9) AND (?10 IS NULL OR action_id = ?10) \
+             ORDER BY id {order} LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                f.limit,
+                f.before_id,
+                f.kind,
+                f.after_id,
+                f.actor,
+                f.rule,
+                f.flag,
+                f.since.map(|t| t.as_millis() as i64),
+                f.until.map(|t| t.as_millis() as i64),
+                f.action_id
+            ],
+            Store::audit_row,
         )?;
-        let rows = stmt.query_map(params![limit, before_id, kind], Store::audit_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Retention: deletes audit records older than `cutoff` and records that it did (the one
+    /// deletion of the append-only log, by configuration, itself audited). Returns the count.
+    pub fn prune_audit(&self, cutoff: Timestamp, now: Timestamp) -> Result<usize, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let deleted = tx.execute("DELETE FROM audit WHERE at_ms < ?1", params![cutoff.as_millis() as i64])?;
+        if deleted > 0 {
+            Store::insert_audit(
+                &tx,
+                &AuditEntry {
+                    at: now,
+                    actor: "system".into(),
+                    kind: "audit_pruned".into(),
+                    after: Some(serde_json::json!({ "deleted": deleted, "older_than": cutoff.rfc3339() })),
+                    ..AuditEntry::default()
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// An online, consistent copy of the whole database to `path` (SQLite `VACUUM INTO`; the
+    /// daemon keeps running). `path` must not exist.
+    pub fn backup(&self, path: &Path) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// The configuration recorded by the last `started` record, if any (to audit what changed).
+    pub fn last_started_config(&self) -> Result<Option<serde_json::Value>, StoreError> {
+        let conn = self.lock();
+        let after: Option<Option<String>> =
+            conn.query_row("SELECT after FROM audit WHERE kind = 'started' ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).optional()?;
+        Ok(parse(after.flatten()).and_then(|v| v.get("config").cloned()))
     }
 
     /// The operator controls in force (pause, allow/deny lists, silences).

@@ -133,3 +133,46 @@ fn a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift()
     let operator = AuditEntry { actor: "token:alice".into(), ..decided(6) };
     assert!(matches!(store.submit("t", "kill", &json!({}), "k3", "s", &operator).unwrap(), Submitted::New(_)), "an operator's kill goes out");
 }
+
+#[test]
+fn audit_filters_page_forward_and_retention_prunes_with_a_record() {
+    let store = Store::in_memory().unwrap();
+    for (i, (actor, target)) in
+        [("token:alice", "flags|checkout|production|"), ("rule:r", "flags|search|production|"), ("token:alice", "flags|search|staging|")].iter().enumerate()
+    {
+        store
+            .audit(&AuditEntry {
+                at: Timestamp(1_000 * (i as u64 + 1)),
+                actor: (*actor).into(),
+                kind: "k".into(),
+                target: Some((*target).into()),
+                ..AuditEntry::default()
+            })
+            .unwrap();
+    }
+    let q = |f: AuditFilter| store.audit_query(&AuditFilter { limit: 10, ..f }).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(q(AuditFilter { actor: Some("token:alice".into()), ..AuditFilter::default() }), vec![3, 1], "newest first");
+    assert_eq!(q(AuditFilter { flag: Some("search".into()), ..AuditFilter::default() }), vec![3, 2]);
+    assert_eq!(q(AuditFilter { flag: Some("sear".into()), ..AuditFilter::default() }), Vec::<i64>::new(), "a whole flag key, not a prefix");
+    assert_eq!(q(AuditFilter { after_id: Some(1), ..AuditFilter::default() }), vec![2, 3], "oldest first after an id");
+    assert_eq!(q(AuditFilter { since: Some(Timestamp(2_000)), until: Some(Timestamp(3_000)), ..AuditFilter::default() }), vec![2]);
+
+    assert_eq!(store.prune_audit(Timestamp(2_500), Timestamp(10_000)).unwrap(), 2);
+    let left = store.audit_log(10, None, None).unwrap();
+    assert_eq!(left.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["audit_pruned", "k"]);
+    assert_eq!(left[0].after.as_ref().unwrap()["deleted"], 2);
+    assert_eq!(store.prune_audit(Timestamp(2_500), Timestamp(11_000)).unwrap(), 0, "nothing more, and no record of nothing");
+}
+
+#[test]
+fn a_backup_is_a_consistent_copy_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.submit("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
+    let out = dir.path().join("backup.db");
+    store.backup(&out).unwrap();
+    let copy = Store::init(Connection::open(&out).unwrap()).unwrap();
+    assert_eq!(copy.actions(10).unwrap().len(), 1);
+    assert_eq!(copy.audit_log(10, None, None).unwrap()[0].kind, "kill_decided");
+    assert!(store.backup(&out).is_err(), "never overwrites");
+}
