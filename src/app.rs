@@ -145,6 +145,10 @@ impl App {
         self.addrs
     }
 
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     pub fn store(&self) -> Store {
         self.store.clone()
     }
@@ -178,13 +182,23 @@ impl App {
         }
         let ingest = Arc::new(ingest);
 
+        // The configuration is audited at every start, with what changed since the last one.
+        let redacted = serde_json::to_value(file.redacted()).unwrap_or_default();
+        let changed = match store.last_started_config() {
+            Ok(Some(previous)) => serde_json::json!(crate::store::diff::json_diff(&previous, &redacted)),
+            _ => serde_json::Value::Null,
+        };
         let _ = store.audit(&AuditEntry {
             at: clock.now(),
             actor: "system".into(),
             kind: "started".into(),
-            after: Some(
-                serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listen": addrs, "config": file.redacted(), "rules": engine.rules().rules.len() }),
-            ),
+            after: Some(serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "listen": addrs,
+                "config": redacted,
+                "config_changed": changed,
+                "rules": engine.rules().rules.len(),
+            })),
             ..AuditEntry::default()
         });
 
@@ -275,6 +289,7 @@ impl App {
                 actuators: config.actuator_names(),
                 notify: file.act.notify_url.is_some(),
                 verify: config.verify_settings(),
+                audit_retention: file.audit.retention,
             },
         );
         let pipeline_stop = CancellationToken::new();

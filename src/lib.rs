@@ -33,6 +33,7 @@ pub mod controls;
 pub mod correlate;
 pub mod ingest;
 pub mod model;
+pub mod otel;
 pub mod pipeline;
 pub mod rollout;
 pub mod rules;

@@ -107,6 +107,7 @@ impl Executor {
         }
     }
 
+    #[tracing::instrument(name = "flagguard.action", skip_all, fields(action = row.id, kind = %row.kind, target = %row.target, attempt = row.attempts + 1))]
     async fn execute(&self, row: ActionRow) {
         let mut request: ActionRequest = match serde_json::from_value(row.request.clone()) {
             Ok(r) => r,

@@ -111,6 +111,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The handler of `POST /v1/alerts/{source}`.
+#[tracing::instrument(name = "flagguard.alert", skip_all, fields(source = %name))]
 pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(source) = Source::parse(&name) else {
         return error(StatusCode::NOT_FOUND, &format!("unknown alert source {name:?}"));

@@ -57,6 +57,17 @@ impl Converted {
     }
 }
 
+/// Whether a resource is flagguard's own telemetry (`flagguard.self = true`), looped back by a
+/// Collector: never part of the cohorts.
+fn is_self(resource: Option<&Resource>) -> bool {
+    resource.is_some_and(|r| {
+        r.attributes.iter().any(|kv| {
+            kv.key == crate::otel::SELF_ATTRIBUTE
+                && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(opentelemetry_proto::tonic::common::v1::any_value::Value::BoolValue(true)))
+        })
+    })
+}
+
 /// Reads the slicing dimensions from a resource.
 pub fn resource_dims(resource: Option<&Resource>) -> Dims {
     let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
@@ -95,6 +106,9 @@ pub fn convert_traces(request: &ExportTraceServiceRequest, options: &ExtractOpti
     let mut out = Converted::default();
     let mut raw = Vec::new();
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
+        if is_self(resource_spans.resource.as_ref()) {
+            continue;
+        }
         let dims = resource_dims(resource_spans.resource.as_ref());
         for scope_spans in &resource_spans.scope_spans {
             for (si, span) in scope_spans.spans.iter().enumerate() {
@@ -188,6 +202,9 @@ pub fn is_error(span: &Span) -> bool {
 pub fn convert_logs(request: &ExportLogsServiceRequest) -> Converted {
     let mut out = Converted::default();
     for (ri, resource_logs) in request.resource_logs.iter().enumerate() {
+        if is_self(resource_logs.resource.as_ref()) {
+            continue;
+        }
         let dims = resource_dims(resource_logs.resource.as_ref());
         for scope_logs in &resource_logs.scope_logs {
             for (li, record) in scope_logs.log_records.iter().enumerate() {
