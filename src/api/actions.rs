@@ -192,3 +192,48 @@ pub async fn rollout(
     let request = operator_request(&s, ActionKind::Rollout, &flag, &t, actor(caller, t.actor.clone()))?;
     queue(&s, request).await
 }
+
+/// `POST /v1/flags/{flag}/restore`: body of [`FlagRestore`].
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FlagRestore {
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// `POST /v1/flags/{flag}/restore`: restores the flag's newest kill that still holds it off
+/// (narrowed by `environment` / `region`), as `POST /v1/actions/{id}/restore` does. 404 when no
+/// kill holds the flag; 409 naming the actions when several targets match (say which).
+pub async fn restore_flag(
+    State(s): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    Path(flag): Path<String>,
+    body: Option<Json<FlagRestore>>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.unwrap_or_default();
+    let store = s.store.clone();
+    let rows = blocking(move || store.actions(1000)).await??;
+    let holding = ["confirmed", "sent", "drained", "recovered", "unverified", "failed", "escalated", "overridden"];
+    let mut newest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for row in rows.iter().filter(|r| r.kind == "kill") {
+        let (_, f, env, scope) = crate::store::target_parts(&row.target);
+        let region_ok = body.region.as_deref().is_none_or(|r| scope.split(',').any(|kv| kv == format!("region={r}")));
+        if f != flag || body.environment.as_deref().is_some_and(|e| e != env) || !region_ok {
+            continue;
+        }
+        // Rows are newest first: the first row per target decides whether it still holds.
+        newest.entry(row.target.clone()).or_insert(if holding.contains(&row.state.as_str()) { row.id } else { 0 });
+    }
+    let ids: Vec<i64> = newest.values().copied().filter(|id| *id > 0).collect();
+    match ids.as_slice() {
+        [] => Err(ApiError::NotFound(format!("no kill holds {flag} off"))),
+        [id] => restore(State(s), caller, Path(*id), Some(Json(Reason { reason: body.reason, actor: body.actor }))).await,
+        many => Err(ApiError::Conflict(format!("several kills hold {flag} off (actions {many:?}); give environment and region, or restore by action id"))),
+    }
+}

@@ -84,6 +84,21 @@ async fn a_denied_flag_is_held_but_an_operators_kill_goes_out() {
     let (status, body) = api(&daemon, "/v1/flags/denied/kill", json!({ "actuator": "flags", "environment": "production", "reason": "INC-7" })).await;
     assert_eq!(status, 202, "{body}");
     wait_until("the operator's kill", Duration::from_secs(10), || server.kill_calls().len() == 1).await;
+    wait_until("the kill's completion", Duration::from_secs(10), || {
+        daemon.store.actions(10).unwrap().iter().any(|a| a.kind == "kill" && matches!(a.state.as_str(), "sent" | "confirmed"))
+    })
+    .await;
+    // Restoring by flag finds that kill; a second restore has nothing left to restore.
+    let (status, body) = api(&daemon, "/v1/flags/denied/restore", json!({ "reason": "INC-7 resolved" })).await;
+    assert_eq!(status, 202, "{body}");
+    wait_until("the restore", Duration::from_secs(10), || daemon.audit_kinds().iter().any(|k| k == "restore_escalated")).await;
+    // It is the operator's kill that is being restored (this webhook has no restore template,
+    // so the restore is escalated to a human, as documented).
+    let kill_id = daemon.store.actions(10).unwrap().iter().find(|a| a.kind == "kill").unwrap().id;
+    let restore = &daemon.store.audit_log(1, None, Some("restore_decided")).unwrap()[0];
+    assert_eq!(restore.after.as_ref().unwrap()["restores"], kill_id);
+    assert_eq!(restore.target.as_deref(), Some("flags|denied|production|"));
+    assert_eq!(api(&daemon, "/v1/flags/nothing-killed/restore", json!({})).await.0, 404);
     let controls: serde_json::Value = http.get(format!("http://{}/v1/controls", daemon.addrs.api)).send().await.unwrap().json().await.unwrap();
     assert_eq!(controls["paused"], false);
     assert_eq!(controls["controls"]["flags"]["denied"]["list"], "deny");
