@@ -151,6 +151,7 @@ schema = {key: struct_fields(config_rs, struct) for key, struct in {
     "aggregate": "AggregateConfig", "rules": "RulesConfig", "act": "ActConfig",
     "api": "ApiConfig", "log": "LogConfig", "record": "RecordConfig",
     "webhook": "WebhookConfig", "flagd": "FlagdConfig", "alerts": "AlertSourceConfig",
+    "audit": "AuditConfig",
 }.items()}
 missing = [k or "top level" for k, v in schema.items() if v is None]
 check(not missing, "configuration structs found in src/config/file.rs", f"not found: {missing}")
@@ -354,7 +355,7 @@ else:
             check(("ConfigMap", v["configMap"]["name"]) in k8s, f"volume {v['name']}: ConfigMap {v['configMap']['name']} defined")
     refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
     check(refs == ["flagguard-secrets"], "envFrom: the flagguard-secrets Secret (secret.example.yaml)", str(refs))
-    check(all(v == "REPLACE_ME" or str(v).startswith("https://hooks.slack.com/services/REPLACE")
+    check(all(str(v).startswith("REPLACE_ME") or str(v).startswith("https://hooks.slack.com/services/REPLACE")
               for v in secret.get("stringData", {}).values()), "secret.example.yaml holds placeholders only")
 kust = (yaml_docs.get("deploy/kubernetes/kustomization.yaml") or [{}])[0]
 res = kust.get("resources", [])
@@ -670,7 +671,9 @@ else:
     print(f"      using {flagguard_bin} (built {__import__('time').ctime(os.path.getmtime(flagguard_bin))};"
           " a binary older than src/ may disagree with it)")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FLAG_API_TOKEN": "check-deploy-placeholder",
-           "RUST_LOG": "error"}
+           "FLAGGUARD_OPERATOR_TOKEN": "check-deploy-operator-placeholder",
+           "FLAGGUARD_ADMIN_TOKEN": "check-deploy-admin-placeholder",
+           "FLAGGUARD_OTLP_TOKEN": "check-deploy-otlp-placeholder", "RUST_LOG": "error"}
     empty = os.path.join(work, "no-rules")
     os.makedirs(empty, exist_ok=True)
     pairs = {
