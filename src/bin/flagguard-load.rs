@@ -84,6 +84,24 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         probes: usize,
     },
+    /// Soak: mixed traffic for `duration` with kills and rule reloads, RSS sampled.
+    Soak {
+        #[arg(long)]
+        flagguard: std::path::PathBuf,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Background requests per second (each `--traces` traces of 5 spans).
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 103)]
+        traces: u64,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        probe_every: Duration,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        reload_every: Duration,
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        sample_every: Duration,
+    },
 }
 
 /// The same allocator as flagguard, so that the null receiver is compared like for like.
@@ -101,6 +119,9 @@ fn main() {
             }
             Cmd::Memory { series, history, every } => memory(series, history, every),
             Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
+            Cmd::Soak { flagguard, duration, rate, traces, probe_every, reload_every, sample_every } => {
+                soak(&flagguard, duration, rate, traces, probe_every, reload_every, sample_every).await
+            }
         }
     });
     std::process::exit(code);
@@ -373,86 +394,92 @@ fn latency(t: u64, i: usize) -> u64 {
 
 // ------------------------------------------------------------------------------- detection
 
-async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, probes: usize) -> i32 {
-    use axum::routing::post;
-    let dir = tempfile::tempdir().expect("temp dir");
-    // The flag server: remembers when each kill arrived.
-    let kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
-    let app = axum::Router::new()
-        .route(
-            "/kill/{flag}",
-            post({
-                let kills = kills.clone();
-                move |axum::extract::Path(flag): axum::extract::Path<String>| async move {
-                    kills.lock().unwrap().entry(flag).or_insert_with(Instant::now);
-                    "ok"
-                }
-            }),
+/// A real `flagguard serve` child with a rule guarding `probe-*` flags and a flag server that
+/// remembers when each kill arrived.
+struct Harness {
+    dir: tempfile::TempDir,
+    child: tokio::process::Child,
+    channel: tonic::transport::Channel,
+    kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+}
+
+const PROBE_RULE: &str = "rules:\n  - name: probe\n    flag: \"probe-*\"\n    treatment: \"on\"\n    control: \"off\"\n    where: { service: payments }\n    when: [ { error_rate: { above: 0.3 } } ]\n    window: 10s\n    min_samples: 20\n    cooldown: 1h\n    action: { kill: hook }\n    mode: enforce\n";
+
+impl Harness {
+    async fn start(flagguard: &std::path::Path) -> Option<Harness> {
+        use axum::routing::post;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
+        let app = axum::Router::new()
+            .route(
+                "/kill/{flag}",
+                post({
+                    let kills = kills.clone();
+                    move |axum::extract::Path(flag): axum::extract::Path<String>| async move {
+                        kills.lock().unwrap().entry(flag).or_insert_with(Instant::now);
+                        "ok"
+                    }
+                }),
+            )
+            .into_make_service();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hook = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
+        std::fs::write(dir.path().join("rules/probe.yaml"), PROBE_RULE).expect("rule");
+        let config = dir.path().join("flagguard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nrules_dir = \"{}\"\n[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"warn,flagguard=info\"\n[rules]\nmax_concurrent_kills = 100000\n[actuators.hook]\ntype = \"webhook\"\nurl = \"http://{hook}/kill/{{flag}}\"\n",
+                dir.path().join("data").display(),
+                dir.path().join("rules").display()
+            ),
         )
-        .into_make_service();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hook = listener.local_addr().expect("bound");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
-    std::fs::write(
-        dir.path().join("rules/probe.yaml"),
-        "rules:\n  - name: probe\n    flag: \"probe-*\"\n    treatment: \"on\"\n    control: \"off\"\n    where: { service: payments }\n    when: [ { error_rate: { above: 0.3 } } ]\n    window: 10s\n    min_samples: 20\n    cooldown: 1h\n    action: { kill: hook }\n    mode: enforce\n",
-    )
-    .expect("rule");
-    let config = dir.path().join("flagguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\nrules_dir = \"{}\"\n[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"warn,flagguard=info\"\n[rules]\nmax_concurrent_kills = 100000\n[actuators.hook]\ntype = \"webhook\"\nurl = \"http://{hook}/kill/{{flag}}\"\n",
-            dir.path().join("data").display(),
-            dir.path().join("rules").display()
-        ),
-    )
-    .expect("config");
-    let mut child = tokio::process::Command::new(flagguard)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("flagguard serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let mut tx = Some(tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "flagguard is running"
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(v["grpc"].as_str().unwrap_or_default().to_owned());
+        .expect("config");
+        let mut child = tokio::process::Command::new(flagguard)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("flagguard serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "flagguard is running"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(v["grpc"].as_str().unwrap_or_default().to_owned());
+                }
             }
-        }
-    });
-    let grpc = match tokio::time::timeout(Duration::from_secs(30), rx).await {
-        Ok(Ok(addr)) => format!("http://{addr}"),
-        _ => {
-            eprintln!("detect: the daemon did not start");
-            return 1;
-        }
-    };
-    let channel = tonic::transport::Endpoint::from_shared(grpc.clone()).expect("endpoint").connect_lazy();
-    // Background load: healthy traffic of another flag at `background_rate`.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let background = {
-        let (channel, stop) = (channel.clone(), stop.clone());
+        });
+        let grpc = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(addr)) => format!("http://{addr}"),
+            _ => return None,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(grpc).expect("endpoint").connect_lazy();
+        Some(Harness { dir, child, channel, kills })
+    }
+
+    /// Healthy traffic of another flag at `rate` requests per second until `stop`.
+    fn background(&self, rate: f64, traces: u64, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+        let channel = self.channel.clone();
         let templates: Vec<Template> = (0..16).map(|seed| Template::new(&realistic(traces, 1000 + seed))).collect();
         tokio::spawn(async move {
-            let every = Duration::from_secs_f64(1.0 / background_rate.max(0.1));
+            let every = Duration::from_secs_f64(1.0 / rate.max(0.1));
             let mut next = Instant::now();
             let mut salt = 1u32;
             let mut inflight = tokio::task::JoinSet::new();
             while !stop.load(Ordering::Relaxed) {
                 let body = templates[salt as usize % templates.len()].fresh(salt);
-                salt += 1;
+                salt = salt.wrapping_add(1);
                 let channel = channel.clone();
                 inflight.spawn(async move { send(channel, body).await });
                 while inflight.len() > 16 {
@@ -462,42 +489,53 @@ async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, 
                 tokio::time::sleep_until(next.into()).await;
             }
         })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel.clone());
-    let mut latencies = Vec::new();
-    let mut missed = 0;
-    for i in 0..probes {
-        let flag = format!("probe-{i}");
+    }
+
+    /// Sends one request that completes a regression of `flag` and waits for its kill:
+    /// milliseconds from acceptance to the flag server's receipt, or None if missed.
+    async fn probe(&self, flag: &str) -> Option<f64> {
+        let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(self.channel.clone());
         // 25 users on `on` with every payment failing, 25 healthy on `off`: the evidence is
         // complete with this one request (min_samples 20 per arm).
         let requests: Vec<Request> = (0..50)
             .map(|u| Request { user: u, variant: if u % 2 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: u % 2 == 0 })
             .collect();
         let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        let export = build(&flag, "production", &requests, now_ns, &mut rand::rng());
-        if client.export(export).await.is_err() {
-            missed += 1;
-            continue;
-        }
+        client.export(build(flag, "production", &requests, now_ns, &mut rand::rng())).await.ok()?;
         let accepted = Instant::now();
         let deadline = accepted + Duration::from_secs(10);
         loop {
-            if let Some(at) = kills.lock().unwrap().get(&flag) {
-                latencies.push(at.saturating_duration_since(accepted).as_secs_f64() * 1000.0);
-                break;
+            if let Some(at) = self.kills.lock().unwrap().get(flag) {
+                return Some(at.saturating_duration_since(accepted).as_secs_f64() * 1000.0);
             }
             if Instant::now() > deadline {
-                missed += 1;
-                break;
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, probes: usize) -> i32 {
+    let Some(mut h) = Harness::start(flagguard).await else {
+        eprintln!("detect: the daemon did not start");
+        return 1;
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = h.background(background_rate, traces, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut latencies = Vec::new();
+    let mut missed = 0;
+    for i in 0..probes {
+        match h.probe(&format!("probe-{i}")).await {
+            Some(ms) => latencies.push(ms),
+            None => missed += 1,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let _ = background.await;
-    let _ = child.kill().await;
+    let _ = h.child.kill().await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
     println!(
@@ -506,4 +544,80 @@ async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, 
                             "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": latencies.last() })
     );
     0
+}
+
+/// An hour (or `duration`) of mixed traffic against the real daemon: healthy background load,
+/// a regression of a new flag every `probe_every` (each must be killed), the rule file
+/// rewritten every `reload_every` (each rewrite hot-reloaded), the daemon's RSS sampled every
+/// `sample_every`. One JSON line per sample, then a summary line; exit 1 if a probe was missed
+/// or the daemon died.
+#[allow(clippy::too_many_arguments)]
+async fn soak(
+    flagguard: &std::path::Path,
+    duration: Duration,
+    rate: f64,
+    traces: u64,
+    probe_every: Duration,
+    reload_every: Duration,
+    sample_every: Duration,
+) -> i32 {
+    let Some(mut h) = Harness::start(flagguard).await else {
+        eprintln!("soak: the daemon did not start");
+        return 1;
+    };
+    let pid = h.child.id().unwrap_or_default().to_string();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = h.background(rate, traces, stop.clone());
+    let start = Instant::now();
+    let (mut next_probe, mut next_reload, mut next_sample) = (start, start + reload_every, start);
+    let (mut probes, mut missed, mut reloads) = (0u64, 0u64, 0u64);
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while start.elapsed() < duration {
+        let now = Instant::now();
+        if now >= next_sample {
+            let Some(rss) = rss_bytes(&pid) else {
+                eprintln!("soak: the daemon is gone");
+                return 1;
+            };
+            let minute = start.elapsed().as_secs_f64() / 60.0;
+            samples.push((minute, rss));
+            println!(
+                "{}",
+                serde_json::json!({ "minute": (minute * 10.0).round() / 10.0, "rss_mib": rss >> 20, "probes": probes, "missed": missed, "reloads": reloads })
+            );
+            next_sample += sample_every;
+        }
+        if now >= next_reload {
+            // A real edit (the window alternates), so that every reload changes the rule set.
+            let window = if reloads % 2 == 0 { "12s" } else { "10s" };
+            let _ = std::fs::write(h.dir.path().join("rules/probe.yaml"), PROBE_RULE.replace("window: 10s", &format!("window: {window}")));
+            reloads += 1;
+            next_reload += reload_every;
+        }
+        if now >= next_probe {
+            probes += 1;
+            if h.probe(&format!("probe-{probes}")).await.is_none() {
+                missed += 1;
+            }
+            next_probe += probe_every;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = background.await;
+    let _ = h.child.kill().await;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let half = samples.len() / 2;
+    let max_first_half = samples[..half.max(1)].iter().map(|s| s.1).max().unwrap_or(0);
+    let max_second_half = samples[half..].iter().map(|s| s.1).max().unwrap_or(0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "summary": true, "minutes": duration.as_secs() / 60, "background_rps": rate, "probes": probes, "missed": missed, "reloads": reloads,
+            "rss_first_mib": samples.first().map(|s| mib(s.1).round()), "rss_max_mib": mib(samples.iter().map(|s| s.1).max().unwrap_or(0)).round(),
+            "rss_last_mib": samples.last().map(|s| mib(s.1).round()),
+            "max_first_half_mib": mib(max_first_half).round(), "max_second_half_mib": mib(max_second_half).round(),
+        })
+    );
+    if missed > 0 { 1 } else { 0 }
 }
