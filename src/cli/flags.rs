@@ -25,7 +25,8 @@ pub async fn stale(server: &str, token: Option<&str>, single_variant_for: &str, 
 }
 
 async fn ask(server: &str, token: Option<&str>, single_variant_for: &str, unused_for: &str) -> Result<Value, String> {
-    let client = crate::app::http_client(Duration::from_secs(10), None).map_err(|e| e.to_string())?;
+    let client = crate::app::http_client(Duration::from_secs(10), std::env::var_os("FLAGGUARD_CA_FILE").as_deref().map(std::path::Path::new))
+        .map_err(|e| e.to_string())?;
     let mut url = reqwest::Url::parse(server).map_err(|e| format!("--server {server}: {e}"))?;
     url.path_segments_mut().map_err(|_| format!("--server {server} cannot be a base URL"))?.pop_if_empty().extend(["v1", "flags", "stale"]);
     url.query_pairs_mut().append_pair("single_variant_for", single_variant_for).append_pair("unused_for", unused_for);

@@ -52,7 +52,7 @@ async fn ask(client: &reqwest::Client, args: &GateArgs) -> Result<Value, String>
 
 /// Runs the gate; returns the exit code.
 pub async fn run(args: GateArgs) -> i32 {
-    let client = match crate::app::http_client(Duration::from_secs(10), None) {
+    let client = match crate::app::http_client(Duration::from_secs(10), std::env::var_os("FLAGGUARD_CA_FILE").as_deref().map(std::path::Path::new)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gate: {e}");

@@ -4,14 +4,17 @@
 mod actions;
 mod alerts;
 mod api;
+mod audit;
 mod auth;
 mod check_cli;
 mod contract;
 mod dashboard;
 mod extraction;
+mod fuzz_replay;
 mod gates;
 mod node_sdk;
 mod otlp_errors;
+mod own_telemetry;
 mod python_sdk;
 mod replay;
 mod restart;
