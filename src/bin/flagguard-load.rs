@@ -501,7 +501,19 @@ impl Harness {
             .map(|u| Request { user: u, variant: if u % 2 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: u % 2 == 0 })
             .collect();
         let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        client.export(build(flag, "production", &requests, now_ns, &mut rand::rng())).await.ok()?;
+        // Bounded: a probe that cannot be delivered counts as missed, never stalls the run.
+        let export = client.export(build(flag, "production", &requests, now_ns, &mut rand::rng()));
+        match tokio::time::timeout(Duration::from_secs(10), export).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                eprintln!("probe {flag}: refused: {status}");
+                return None;
+            }
+            Err(_) => {
+                eprintln!("probe {flag}: no answer within 10 s");
+                return None;
+            }
+        }
         let accepted = Instant::now();
         let deadline = accepted + Duration::from_secs(10);
         loop {
@@ -596,7 +608,11 @@ async fn soak(
         }
         if now >= next_probe {
             probes += 1;
-            if h.probe(&format!("probe-{probes}")).await.is_none() {
+            let flag = format!("probe-{probes}");
+            let took = h.probe(&flag).await;
+            eprintln!("soak: {flag} killed after {took:?} ms");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            if took.is_none() {
                 missed += 1;
             }
             next_probe += probe_every;
