@@ -217,7 +217,14 @@ impl App {
         let grpc_stop = listeners_stop.clone();
         let grpc_tls = otlp_tls.clone();
         let grpc_task = tokio::spawn(async move {
-            let server = tonic::transport::Server::builder().add_routes(grpc_routes);
+            // Bounded per connection, and idle or dead peers dropped: a slow or stuck client
+            // cannot hold a request open for ever.
+            let server = tonic::transport::Server::builder()
+                .timeout(Duration::from_secs(30))
+                .concurrency_limit_per_connection(64)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .add_routes(grpc_routes);
             let served = match grpc_tls {
                 Some(tls) => {
                     let incoming = crate::tls::accept(grpc_listener, tls, "otlp-grpc", grpc_stop.clone()).into_stream();

@@ -53,11 +53,27 @@ impl FlagdFile {
         serde_json::from_str(&text).map_err(|e| ActError::Permanent(format!("{} is not JSON: {e}", self.path.display())))
     }
 
+    /// Writes a new file beside the old one (an unpredictable name, created exclusively, so a
+    /// planted symlink cannot redirect the write) and renames it over the old one: flagd never
+    /// reads a half-written file.
     async fn save(&self, doc: &Value) -> Result<(), ActError> {
-        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
         let out = serde_json::to_vec_pretty(doc).map_err(|e| ActError::Permanent(e.to_string()))?;
-        tokio::fs::write(&tmp, out).await.map_err(|e| ActError::transient(format!("write {}: {e}", tmp.display())))?;
-        tokio::fs::rename(&tmp, &self.path).await.map_err(|e| ActError::transient(format!("rename to {}: {e}", self.path.display())))
+        let path = self.path.clone();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| ActError::transient(format!("create a file in {}: {e}", dir.display())))?;
+            // flagd (often another user) must still read it: keep the old file's permissions,
+            // not the temporary file's 0600.
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let _ = tmp.as_file().set_permissions(meta.permissions());
+            }
+            tmp.write_all(&out).and_then(|_| tmp.as_file().sync_all()).map_err(|e| ActError::transient(format!("write {}: {e}", tmp.path().display())))?;
+            tmp.persist(&path).map_err(|e| ActError::transient(format!("rename to {}: {e}", path.display())))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ActError::transient(e.to_string()))?
     }
 }
 

@@ -67,6 +67,16 @@ pub enum AlertStatus {
 }
 
 impl AlertStatus {
+    /// The status as a metric label: firing, resolved or other (a sender's own words would make
+    /// the label set unbounded).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+            AlertStatus::Other(_) => "other",
+        }
+    }
+
     pub fn label(&self) -> &str {
         match self {
             AlertStatus::Firing => "firing",

@@ -149,7 +149,7 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
     let outcome = tokio::task::spawn_blocking(move || {
         let mut report = Report { alerts: alerts.len(), ..Report::default() };
         for alert in &alerts {
-            Metrics::count(&metrics.alerts_received, &[("source", source.name()), ("status", alert.status.label())]);
+            Metrics::count(&metrics.alerts_received, &[("source", source.name()), ("status", alert.status.metric_label())]);
             let received = AuditEntry {
                 at: now,
                 actor: format!("alert:{source}"),

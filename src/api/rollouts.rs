@@ -50,6 +50,9 @@ pub async fn operate(
     if !plan.regions.is_empty() && which.region.as_ref().is_none_or(|r| !plan.regions.contains(r)) {
         return Err(ApiError::BadRequest(format!("plan {name} runs per region: give ?region= one of {:?}", plan.regions)));
     }
+    if plan.regions.is_empty() && which.region.is_some() {
+        return Err(ApiError::BadRequest(format!("plan {name} does not run per region: leave out ?region=")));
+    }
     let key = plan.key(which.region.as_deref());
     let (from, to): (&[Status], Status) = match op.as_str() {
         "pause" => (&[Status::Running], Status::Paused),

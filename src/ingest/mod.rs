@@ -65,7 +65,7 @@ impl OtlpAuth {
         if self.hashes.is_empty() {
             return true;
         }
-        let token = authorization.and_then(|v| v.strip_prefix(b"Bearer ")).map(|t| t.trim_ascii());
+        let token = authorization.filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).map(|v| v[7..].trim_ascii());
         let digest: Option<[u8; 32]> = token.map(|t| sha2::Sha256::digest(t).into());
         let mut ok = false;
         if let Some(digest) = digest {

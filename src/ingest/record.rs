@@ -42,7 +42,12 @@ pub struct RecordSettings {
 pub struct Recorder {
     tx: SyncSender<Record>,
     pub dropped: Arc<AtomicU64>,
+    /// Bytes queued for the writer: bounded by `MAX_QUEUED_BYTES` whatever the request sizes.
+    queued: Arc<AtomicU64>,
 }
+
+/// Requests waiting for the disk beyond this are dropped (and counted), never kept in memory.
+const MAX_QUEUED_BYTES: u64 = 256 << 20;
 
 impl Recorder {
     /// Starts the writer thread.
@@ -50,9 +55,12 @@ impl Recorder {
         std::fs::create_dir_all(&settings.dir)?;
         let (tx, rx) = sync_channel::<Record>(4096);
         let dropped = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicU64::new(0));
+        let written = queued.clone();
         std::thread::Builder::new().name("flagguard-recorder".into()).spawn(move || {
             let mut writer: Option<(BufWriter<File>, u64)> = None;
             for record in rx {
+                written.fetch_sub(record.protobuf.len() as u64, Ordering::Relaxed);
                 if writer.as_ref().is_none_or(|(_, size)| *size >= settings.file_bytes) {
                     if let Some((mut w, _)) = writer.take() {
                         let _ = w.flush();
@@ -78,12 +86,19 @@ impl Recorder {
                 }
             }
         })?;
-        Ok(Recorder { tx, dropped })
+        Ok(Recorder { tx, dropped, queued })
     }
 
     /// Queues a request; never blocks.
     pub fn record(&self, record: Record) {
+        let len = record.protobuf.len() as u64;
+        if self.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record) {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
