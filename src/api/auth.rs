@@ -153,7 +153,11 @@ pub async fn check(State(tokens): State<Tokens>, mut request: Request, next: Nex
         return next.run(request).await;
     }
     let Some(needed) = required(request.method(), request.uri().path()) else { return next.run(request).await };
-    let bearer = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]));
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]));
     let caller = match bearer {
         Some(token) => tokens.caller(token.trim()),
         None => tokens.anonymous.map(|role| Caller { name: "anonymous".into(), role }),

@@ -84,6 +84,19 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         probes: usize,
     },
+    /// Overload: the daemon's capacity measured, then twice that offered for `duration`, with a
+    /// regression injected halfway and every refused request retried afterwards.
+    Overload {
+        #[arg(long)]
+        flagguard: std::path::PathBuf,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 103)]
+        traces: u64,
+        /// Offered load as a multiple of the measured capacity.
+        #[arg(long, default_value_t = 2.0)]
+        factor: f64,
+    },
     /// Soak: mixed traffic for `duration` with kills and rule reloads, RSS sampled.
     Soak {
         #[arg(long)]
@@ -119,6 +132,7 @@ fn main() {
             }
             Cmd::Memory { series, history, every } => memory(series, history, every),
             Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
+            Cmd::Overload { flagguard, duration, traces, factor } => overload(&flagguard, duration, traces, factor).await,
             Cmd::Soak { flagguard, duration, rate, traces, probe_every, reload_every, sample_every } => {
                 soak(&flagguard, duration, rate, traces, probe_every, reload_every, sample_every).await
             }
@@ -636,4 +650,178 @@ async fn soak(
         })
     );
     if missed > 0 { 1 } else { 0 }
+}
+
+/// Whether a refusal is the daemon's retryable backpressure.
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+}
+
+/// Sends requests as fast as `workers` connections-in-flight allow for `seconds` (after
+/// `warmup`): accepted requests per second.
+async fn saturate(channel: &tonic::transport::Channel, templates: &Arc<Vec<Template>>, warmup: Duration, seconds: Duration) -> f64 {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let end = Instant::now() + warmup + seconds;
+    let mut tasks = Vec::new();
+    for w in 0..16u32 {
+        let (channel, templates, accepted, counting) = (channel.clone(), templates.clone(), accepted.clone(), counting.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut salt = 0x4000_0000u32 + w * 0x10_0000;
+            while Instant::now() < end {
+                salt += 1;
+                if send(channel.clone(), templates[salt as usize % templates.len()].fresh(salt)).await.is_ok() && counting.load(Ordering::Relaxed) {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    counting.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    accepted.load(Ordering::Relaxed) as f64 / seconds.as_secs_f64()
+}
+
+async fn overload(flagguard: &std::path::Path, duration: Duration, traces: u64, factor: f64) -> i32 {
+    let Some(mut h) = Harness::start(flagguard).await else {
+        eprintln!("overload: the daemon did not start");
+        return 1;
+    };
+    let pid = h.child.id().unwrap_or_default().to_string();
+    let templates: Arc<Vec<Template>> = Arc::new((0..16).map(|seed| Template::new(&realistic(traces, seed))).collect());
+    let spans_per_request = templates[0].spans;
+    let capacity = saturate(&h.channel, &templates, Duration::from_secs(3), Duration::from_secs(10)).await;
+    let rss_before = rss_bytes(&pid).unwrap_or(0);
+    let offered = capacity * factor;
+    eprintln!("overload: capacity {capacity:.0} requests/s; offering {offered:.0}/s for {duration:?}");
+
+    // Offer `offered` requests per second, whatever the answers; remember every refused one.
+    let (accepted, refused, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let to_retry: Arc<std::sync::Mutex<Vec<u32>>> = Default::default();
+    let rss_max = Arc::new(AtomicU64::new(rss_before));
+    let sampling = {
+        let (pid, rss_max) = (pid.clone(), rss_max.clone());
+        tokio::spawn(async move {
+            while let Some(rss) = rss_bytes(&pid) {
+                rss_max.fetch_max(rss, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let every = Duration::from_secs_f64(1.0 / offered.max(1.0));
+    let mut next = start;
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    let mut probe: Option<tokio::task::JoinHandle<(u32, Option<f64>)>> = None;
+    while start.elapsed() < duration {
+        // The regression, halfway: delivered with retries like any client, then timed to the kill.
+        if probe.is_none() && start.elapsed() >= duration / 2 {
+            let (channel, kills) = (h.channel.clone(), h.kills.clone());
+            probe = Some(tokio::spawn(async move {
+                let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel);
+                let requests: Vec<Request> = (0..50)
+                    .map(|u| Request { user: u, variant: if u % 2 == 0 { "on" } else { "off" }.into(), region: "eu-west".into(), payments_error: u % 2 == 0 })
+                    .collect();
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+                    let request = build("probe-overload", "production", &requests, now_ns, &mut rand::rng());
+                    match client.export(request).await {
+                        Ok(_) => break,
+                        Err(_) if attempts < 200 => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => return (attempts, None),
+                    }
+                }
+                let accepted_at = Instant::now();
+                while accepted_at.elapsed() < Duration::from_secs(20) {
+                    if let Some(at) = kills.lock().unwrap().get("probe-overload") {
+                        return (attempts, Some(at.saturating_duration_since(accepted_at).as_secs_f64() * 1000.0));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                (attempts, None)
+            }));
+        }
+        sent += 1;
+        let salt = sent as u32;
+        let (channel, templates, accepted, refused, failed, to_retry) =
+            (h.channel.clone(), templates.clone(), accepted.clone(), refused.clone(), failed.clone(), to_retry.clone());
+        inflight.spawn(async move {
+            match send(channel, templates[salt as usize % templates.len()].fresh(salt)).await {
+                Ok(()) => drop(accepted.fetch_add(1, Ordering::Relaxed)),
+                Err(status) => {
+                    if retryable(&status) {
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    };
+                    to_retry.lock().unwrap().push(salt);
+                }
+            }
+        });
+        while inflight.try_join_next().is_some() {}
+        // A client's own bound: past 1024 outstanding it waits (counted as offered all the same).
+        while inflight.len() > 1024 {
+            inflight.join_next().await;
+        }
+        next += every;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    while inflight.join_next().await.is_some() {}
+    let offered_seconds = start.elapsed().as_secs_f64();
+    let rss_during = rss_max.load(Ordering::Relaxed);
+    let (probe_attempts, probe_ms) = match probe {
+        Some(p) => p.await.unwrap_or((0, None)),
+        None => (0, None),
+    };
+
+    // Load drops: every refused request is retried until accepted (or 120 s pass).
+    let pending: Vec<u32> = std::mem::take(&mut *to_retry.lock().unwrap());
+    let (refused_total, retried) = (pending.len() as u64, Arc::new(AtomicU64::new(0)));
+    let queue = Arc::new(std::sync::Mutex::new(pending));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (channel, templates, queue, retried) = (h.channel.clone(), templates.clone(), queue.clone(), retried.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some(salt) = queue.lock().unwrap().pop() else { return };
+                loop {
+                    match send(channel.clone(), templates[salt as usize % templates.len()].fresh(salt)).await {
+                        Ok(()) => {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(_) => return,
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let alive = rss_bytes(&pid).is_some();
+    sampling.abort();
+    let _ = h.child.kill().await;
+    let mib = |b: u64| (b as f64 / 1048576.0).round();
+    let (accepted, retried) = (accepted.load(Ordering::Relaxed), retried.load(Ordering::Relaxed));
+    let lost = sent - accepted - retried;
+    println!(
+        "{}",
+        serde_json::json!({
+            "capacity_rps": capacity.round(), "capacity_spans_per_s": (capacity * spans_per_request as f64).round(), "factor": factor,
+            "offered_rps": (sent as f64 / offered_seconds).round(), "seconds": offered_seconds.round(),
+            "sent": sent, "accepted_at_once": accepted, "refused_retryable": refused.load(Ordering::Relaxed), "failed_other": failed.load(Ordering::Relaxed),
+            "refused_total": refused_total, "accepted_on_retry": retried, "lost": lost,
+            "rss_before_mib": mib(rss_before), "rss_max_during_mib": mib(rss_during), "daemon_alive": alive,
+            "regression_delivery_attempts": probe_attempts, "regression_kill_ms_after_acceptance": probe_ms,
+        })
+    );
+    if lost == 0 && alive && probe_ms.is_some() { 0 } else { 1 }
 }
