@@ -76,6 +76,7 @@ async fn filter_export_diffs_and_backup() {
     changed_config.data_dir = data.path().to_path_buf();
     changed_config.act.max_attempts = 3;
     let daemon = Daemon::start(changed_config, dir).await;
+    wait_until("the second start's record", Duration::from_secs(10), || daemon.store.audit_log(10, None, Some("started")).unwrap().len() == 2).await;
     let started = daemon.store.audit_log(1, None, Some("started")).unwrap();
     let diff = &started[0].after.as_ref().unwrap()["config_changed"];
     assert!(diff.as_array().unwrap().iter().any(|d| d["path"] == "act.max_attempts" && d["before"] == 8 && d["after"] == 3), "{diff}");
