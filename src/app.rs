@@ -43,6 +43,8 @@ pub enum AppError {
     Actuator { name: String, message: String },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    #[error("{what}: {source}")]
+    Tls { what: &'static str, source: crate::tls::TlsError },
 }
 
 /// The addresses actually bound (port 0 in the configuration picks a free port).
@@ -65,6 +67,8 @@ pub struct App {
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     engine: RuleEngine,
     actuators: HashMap<String, Arc<dyn Actuator>>,
+    /// TLS of the OTLP listeners and of the API, loaded at build (a bad file refuses to start).
+    tls: (Option<crate::tls::Reloading>, Option<crate::tls::Reloading>),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -132,13 +136,17 @@ impl App {
             store.last_fired()?,
             now,
         );
+        let load = |what: &'static str, files: &Option<crate::tls::TlsFiles>| {
+            files.clone().map(crate::tls::Reloading::new).transpose().map_err(|source| AppError::Tls { what, source })
+        };
+        let tls = (load("otlp.tls", &file.otlp.tls)?, load("api.tls", &file.api.tls)?);
         let grpc = bind("OTLP gRPC", config.grpc_listen).await?;
         let http = bind("OTLP HTTP", config.http_listen).await?;
         let api = bind("API", config.api_listen).await?;
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let addrs = Addrs { grpc: local(&grpc, config.grpc_listen), http: local(&http, config.http_listen), api: local(&api, config.api_listen) };
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot { rule_set: engine.rules().clone(), ..Snapshot::default() }));
-        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators })
+        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, tls })
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -159,7 +167,8 @@ impl App {
 
     /// Runs until `shutdown` is cancelled, then stops in order within the grace period.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators } = self;
+        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, tls } = self;
+        let (otlp_tls, api_tls) = tls;
         let file = &config.file;
         let (grpc_listener, http_listener, api_listener) = listeners;
         let (batch_tx, batch_rx) = mpsc::channel(file.otlp.queue_capacity);
@@ -204,12 +213,6 @@ impl App {
 
         let listeners_stop = shutdown.child_token();
         let otlp_auth = crate::ingest::OtlpAuth::new(&config.otlp_tokens, metrics.clone());
-        let otlp_tls = file.otlp.tls.clone().map(crate::tls::Reloading::new).transpose();
-        let otlp_tls = match otlp_tls {
-            Ok(tls) => tls,
-            // Validated at start; the files changed since: refuse to serve plaintext instead.
-            Err(e) => return tracing::error!(error = %e, "cannot load otlp.tls; not starting"),
-        };
         if let Some(tls) = &otlp_tls {
             tokio::spawn(tls.clone().watch("otlp", listeners_stop.clone()));
         }
@@ -261,15 +264,11 @@ impl App {
                 clock: clock.clone(),
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
-                tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).serve_any_host(file.api.allow_unauthenticated),
+                tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
             },
             alerts,
         );
         let api_stop = CancellationToken::new();
-        let api_tls = match file.api.tls.clone().map(crate::tls::Reloading::new).transpose() {
-            Ok(tls) => tls,
-            Err(e) => return tracing::error!(error = %e, "cannot load api.tls; not starting"),
-        };
         if let Some(tls) = &api_tls {
             tokio::spawn(tls.clone().watch("api", api_stop.clone()));
         }

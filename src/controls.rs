@@ -73,10 +73,10 @@ impl Controls {
         if let Some(silence) = rule.and_then(|r| self.silences.get(r)).filter(|s| s.active(now)) {
             return Some(format!("rule {} is silenced {}", rule.unwrap_or_default(), silence.describe()));
         }
-        match self.flags.get(flag) {
+        match self.flags.get(flag).filter(|c| c.set.active(now)) {
             Some(FlagControl { list: List::Deny, set }) => Some(format!("flag {flag} is on the deny list {}", set.describe())),
             Some(FlagControl { list: List::Allow, .. }) => None,
-            None if self.flags.values().any(|c| c.list == List::Allow) => Some(format!("flag {flag} is not on the allow list")),
+            None if self.flags.values().any(|c| c.list == List::Allow && c.set.active(now)) => Some(format!("flag {flag} is not on the allow list")),
             None => None,
         }
     }
@@ -120,6 +120,16 @@ mod tests {
         let allow = Controls { flags: BTreeMap::from([("checkout".into(), FlagControl { list: List::Allow, set: set(None) })]), ..Controls::default() };
         assert_eq!(allow.hold("checkout", None, Timestamp(2_000)), None);
         assert!(allow.hold("search", None, Timestamp(2_000)).is_some_and(|w| w.contains("not on the allow list")));
+    }
+
+    #[test]
+    fn list_entries_expire_too() {
+        let deny = Controls { flags: BTreeMap::from([("billing".into(), FlagControl { list: List::Deny, set: set(Some(5_000)) })]), ..Controls::default() };
+        assert!(deny.hold("billing", None, Timestamp(4_000)).is_some());
+        assert_eq!(deny.hold("billing", None, Timestamp(5_000)), None);
+        let allow = Controls { flags: BTreeMap::from([("checkout".into(), FlagControl { list: List::Allow, set: set(Some(5_000)) })]), ..Controls::default() };
+        assert!(allow.hold("search", None, Timestamp(4_000)).is_some());
+        assert_eq!(allow.hold("search", None, Timestamp(5_000)), None, "an expired allow entry no longer narrows");
     }
 
     #[test]

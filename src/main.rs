@@ -209,6 +209,11 @@ fn backup(config_path: Option<PathBuf>, out: &std::path::Path) -> i32 {
             return 64;
         }
     };
+    let db = config.file.data_dir.join("flagguard.db");
+    if !db.exists() {
+        eprintln!("backup: no store at {} (check data_dir)", db.display());
+        return 1;
+    }
     if out.exists() {
         eprintln!("backup: {} exists; give a new file", out.display());
         return 1;

@@ -72,6 +72,8 @@ pub struct Pipeline {
     usage_flushed: Timestamp,
     /// When the audit log was last pruned (retention).
     pruned: Timestamp,
+    /// Slices whose kill an operator control held: slice key → (flag, rule).
+    held: std::collections::HashMap<String, (String, String)>,
 }
 
 /// Lists rule files with their modification time and size, to notice edits.
@@ -126,6 +128,7 @@ impl Pipeline {
             restores_since,
             usage_flushed: restores_since,
             pruned: Timestamp(0),
+            held: Default::default(),
         }
     }
 
@@ -181,6 +184,34 @@ impl Pipeline {
         self.flush_usage(self.clock.now());
     }
 
+    /// Remembers a decision an operator control held (its slice re-arms once the control is
+    /// lifted).
+    fn held_if_so(&mut self, decision: &crate::rules::engine::Decision, now: Timestamp) {
+        let held = self.store.controls().map(|c| c.hold(&decision.flag, Some(&decision.rule), now).is_some()).unwrap_or(false);
+        if held {
+            self.held.insert(decision.slice_key.clone(), (decision.flag.clone(), decision.rule.clone()));
+        }
+    }
+
+    /// Re-arms the slices whose held kill no control holds any more: forgets their cooldown,
+    /// so the rule fires again as soon as the slice is still breached for `for`.
+    fn release_held(&mut self, now: Timestamp) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Ok(controls) = self.store.controls() else { return };
+        let released: Vec<String> =
+            self.held.iter().filter(|(_, (flag, rule))| controls.hold(flag, Some(rule), now).is_none()).map(|(slice, _)| slice.clone()).collect();
+        for slice in released {
+            self.held.remove(&slice);
+            self.engine.rearm(&slice);
+            if let Err(e) = self.store.clear_cooldown(&slice) {
+                tracing::error!(error = %e, %slice, "cannot clear the cooldown of a released slice");
+            }
+            tracing::info!(%slice, "control lifted: the slice is re-armed");
+        }
+    }
+
     /// Writes when each flag variant was first and last evaluated to the store.
     fn flush_usage(&mut self, now: Timestamp) {
         let usage = self.usage();
@@ -226,7 +257,12 @@ impl Pipeline {
             for decision in &decisions {
                 tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");
                 match crate::act::submit(&self.store, decision, self.settings.notify) {
-                    Ok(queued) => wake |= queued,
+                    Ok(queued) => {
+                        wake |= queued;
+                        if decision.kind == crate::rules::engine::DecisionKind::Kill && decision.mode == crate::rules::Mode::Enforce {
+                            self.held_if_so(decision, now);
+                        }
+                    }
                     // Re-armed: the slice fires again once seen Breached for `for`: not lost.
                     Err(e) => {
                         tracing::error!(error = %e, rule = %decision.rule, "cannot write the decision to the store; re-armed");
@@ -240,6 +276,7 @@ impl Pipeline {
             fired = decisions;
         }
         if full {
+            self.release_held(now);
             self.verify_kills(now);
             self.apply_restores(now);
             self.aggregator.drop_idle(now);

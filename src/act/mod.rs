@@ -273,8 +273,9 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
     };
     let summary = match (decision.kind, decision.mode) {
         (DecisionKind::Kill, Mode::Enforce) if let Some(why) = held => {
-            // Held, not queued: the cooldown applies, so the rule fires again after it if the
-            // slice is still breached and the control is gone.
+            // Held, not queued. The pipeline re-arms the slice as soon as the control is lifted
+            // (`Pipeline::release_held`), so a regression caught during a pause is killed
+            // right after it, not a cooldown later.
             let entry = AuditEntry { after: Some(serde_json::json!({ "held": why })), ..audit("kill_held") };
             store.record_fired(&decision.slice_key, decision.at, &entry)?;
             format!("[held] flagguard would kill {} (rule {}), but {why}", describe(&request), decision.rule)

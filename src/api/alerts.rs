@@ -208,7 +208,10 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                 }
                 None => None,
             };
-            let outcome = store.accept_alert(source.name(), &alert.dedup_key, alert.status.label(), &received, action.as_ref())?;
+            // A held delivery is remembered under its own status, so that the sender's next
+            // re-delivery after the control is lifted is not a duplicate and acts.
+            let status = if held.is_some() { "firing-held" } else { alert.status.label() };
+            let outcome = store.accept_alert(source.name(), &alert.dedup_key, status, &received, action.as_ref())?;
             if outcome.duplicate {
                 report.duplicates += 1;
                 continue;

@@ -40,20 +40,20 @@ pub struct Caller {
 pub struct Tokens {
     entries: Arc<Vec<([u8; 32], Caller)>>,
     anonymous: Option<Role>,
-    /// Serve any `Host` without tokens (`api.allow_unauthenticated`, behind a proxy).
-    any_host: bool,
+    /// Host names (besides localhost and IP addresses) served to requests without a token.
+    allowed_hosts: Arc<Vec<String>>,
 }
 
 impl Tokens {
     /// From the configuration: `(name, role, secret)` triples.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role, String)>, anonymous: Option<Role>) -> Tokens {
         let entries = tokens.into_iter().map(|(name, role, secret)| (Sha256::digest(secret.as_bytes()).into(), Caller { name, role })).collect();
-        Tokens { entries: Arc::new(entries), anonymous, any_host: false }
+        Tokens { entries: Arc::new(entries), anonymous, allowed_hosts: Arc::default() }
     }
 
-    /// Without tokens, serve requests for any `Host` (not only localhost and IP addresses).
-    pub fn serve_any_host(mut self, yes: bool) -> Tokens {
-        self.any_host = yes;
+    /// Host names served to requests without a token (`api.allowed_hosts`).
+    pub fn allow_hosts(mut self, hosts: Vec<String>) -> Tokens {
+        self.allowed_hosts = Arc::new(hosts);
         self
     }
 
@@ -109,22 +109,32 @@ pub fn required(method: &Method, path: &str) -> Option<Role> {
 }
 
 /// Refuses what a web page in an operator's browser could send: a mutation from another
-/// origin (`Origin` or `Sec-Fetch-Site` say so; curl and SDKs send neither), and — without
-/// tokens — any request whose `Host` is a name other than `localhost` (DNS rebinding: a page
-/// of evil.example resolving to 127.0.0.1). Alert webhooks are exempt (they authenticate).
-fn same_origin(request: &Request, loopback_hosts_only: bool) -> Result<(), String> {
+/// origin (`Origin` or `Sec-Fetch-Site` say so; curl and SDKs send neither), and — for a
+/// request served without a token (no tokens configured, or the anonymous role) — a `Host`
+/// that is a name other than `localhost` or one of `api.allowed_hosts` (DNS rebinding: a page
+/// of evil.example resolving to 127.0.0.1 is same-origin with itself, so only the Host tells).
+/// Alert webhooks and the probe / scrape routes are exempt.
+fn same_origin(request: &Request, tokenless: bool, allowed_hosts: &[String]) -> Result<(), String> {
     let path = request.uri().path();
     if path.starts_with("/v1/alerts/") || matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return Ok(());
     }
     let headers = request.headers();
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = get("host").unwrap_or("");
-    if loopback_hosts_only {
+    // HTTP/2 carries the host as `:authority`, in the URI.
+    let host = get("host").map(str::to_owned).or_else(|| request.uri().authority().map(|a| a.to_string())).unwrap_or_default();
+    let host = host.as_str();
+    if tokenless {
         let name = host.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(host, |(name, _)| name);
         let name = name.trim_start_matches('[').trim_end_matches(']');
-        if !(name.is_empty() || name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()) {
-            return Err(format!("Host {host:?} refused: without api.tokens only localhost and IP addresses are served (DNS rebinding)"));
+        let allowed = name.is_empty()
+            || name.eq_ignore_ascii_case("localhost")
+            || name.parse::<std::net::IpAddr>().is_ok()
+            || allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(name));
+        if !allowed {
+            return Err(format!(
+                "Host {host:?} refused for a request without a token: only localhost, IP addresses and api.allowed_hosts are served (DNS rebinding)"
+            ));
         }
     }
     let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -146,18 +156,19 @@ fn same_origin(request: &Request, loopback_hosts_only: bool) -> Result<(), Strin
 
 /// The middleware: 401 without a valid token, 403 with too small a role.
 pub async fn check(State(tokens): State<Tokens>, mut request: Request, next: Next) -> Response {
-    if let Err(why) = same_origin(&request, !tokens.enabled() && !tokens.any_host) {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].to_owned()));
+    let tokenless = !tokens.enabled() || (bearer.is_none() && tokens.anonymous.is_some());
+    if let Err(why) = same_origin(&request, tokenless, &tokens.allowed_hosts) {
         return (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({ "error": why }))).into_response();
     }
     if !tokens.enabled() {
         return next.run(request).await;
     }
     let Some(needed) = required(request.method(), request.uri().path()) else { return next.run(request).await };
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]));
     let caller = match bearer {
         Some(token) => tokens.caller(token.trim()),
         None => tokens.anonymous.map(|role| Caller { name: "anonymous".into(), role }),
@@ -192,6 +203,27 @@ mod tests {
         assert_eq!(required(&Method::GET, "/healthz"), None);
         assert_eq!(required(&Method::POST, "/v1/alerts/alertmanager"), None, "webhooks authenticate per source");
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn requests_without_a_token_need_a_local_or_allowed_host() {
+        let req = |host: Option<&str>, uri: &str| {
+            let mut b = axum::http::Request::builder().method(Method::GET).uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        let allowed = vec!["flagguard.internal".to_owned()];
+        for ok in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "[::1]", "flagguard.internal:8080"] {
+            assert!(same_origin(&req(Some(ok), "/v1/actions"), true, &allowed).is_ok(), "{ok}");
+        }
+        assert!(same_origin(&req(Some("evil.example:8080"), "/v1/actions"), true, &allowed).is_err(), "rebinding");
+        assert!(same_origin(&req(Some("evil.example:8080"), "/v1/actions"), false, &allowed).is_ok(), "with a token the host is not the defence");
+        assert!(same_origin(&req(Some("evil.example"), "/metrics"), true, &allowed).is_ok(), "scrapes are exempt");
+        // HTTP/2: no Host header, the authority is in the URI.
+        assert!(same_origin(&req(None, "https://evil.example:8080/v1/actions"), true, &allowed).is_err());
+        assert!(same_origin(&req(None, "https://localhost:8080/v1/actions"), true, &allowed).is_ok());
     }
 
     #[test]

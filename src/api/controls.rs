@@ -51,8 +51,10 @@ async fn change(s: ApiState, caller: Option<Extension<Caller>>, body: Option<Jso
     let Json(body) = body.unwrap_or_default();
     let now = s.clock.now();
     let actor = actor(caller, body.actor.clone());
+    const MAX_FOR: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
     let until_ms = match body.duration.as_deref().map(humantime::parse_duration) {
-        Some(Ok(d)) if !d.is_zero() => Some(now.as_millis() + d.as_millis() as u64),
+        Some(Ok(d)) if d > MAX_FOR => return Err(ApiError::BadRequest("`for` is at most a year (without `for`, a pause lasts until resumed)".into())),
+        Some(Ok(d)) if !d.is_zero() => Some(now.as_millis().saturating_add(d.as_millis() as u64)),
         Some(Ok(_)) => return Err(ApiError::BadRequest("`for` must be longer than zero".into())),
         Some(Err(e)) => return Err(ApiError::BadRequest(format!("`for`: {e} (e.g. \"30m\", \"2h\")"))),
         None => None,

@@ -209,9 +209,11 @@ async fn audit(State(s): State<ApiState>, Query(q): Query<AuditQuery>) -> Result
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let filter = q.filter(limit)?;
     let store = s.store.clone();
+    let forward = filter.after_id.is_some();
     let records = tokio::task::spawn_blocking(move || store.audit_query(&filter)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
     let next = records.last().map(|r| r.id);
-    Ok(Json(json!({ "audit": records, "next_before": next })).into_response())
+    let cursor = if forward { "next_after" } else { "next_before" };
+    Ok(Json(json!({ "audit": records, cursor: next })).into_response())
 }
 
 /// `GET /v1/audit/export`: every matching record as JSON lines, oldest first, streamed in
@@ -223,11 +225,15 @@ async fn audit_export(State(s): State<ApiState>, Query(q): Query<AuditQuery>) ->
     filter.after_id = Some(filter.after_id.unwrap_or(0));
     let store = s.store.clone();
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
+    // An async task that reads one page at a time on the blocking pool: a slow reader holds
+    // no blocking thread, only this task and at most four pages.
+    tokio::spawn(async move {
         loop {
-            let page = match store.audit_query(&filter) {
-                Ok(page) => page,
-                Err(e) => return drop(tx.blocking_send(Err(std::io::Error::other(e.to_string())))),
+            let (query, f) = (store.clone(), filter.clone());
+            let page = match tokio::task::spawn_blocking(move || query.audit_query(&f)).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => return drop(tx.send(Err(std::io::Error::other(e.to_string()))).await),
+                Err(e) => return drop(tx.send(Err(std::io::Error::other(e.to_string()))).await),
             };
             let Some(last) = page.last().map(|r| r.id) else { return };
             let mut out = Vec::with_capacity(page.len() * 256);
@@ -236,7 +242,7 @@ async fn audit_export(State(s): State<ApiState>, Query(q): Query<AuditQuery>) ->
                     out.push(b'\n');
                 }
             }
-            if tx.blocking_send(Ok(out.into())).is_err() || page.len() < PAGE as usize {
+            if tx.send(Ok(out.into())).await.is_err() || page.len() < PAGE as usize {
                 return;
             }
             filter.after_id = Some(last);

@@ -300,11 +300,22 @@ pub struct ApiConfig {
     /// Serve the API on a non-loopback address without tokens. Default false: refused, since
     /// anyone who reaches it could restore killed flags and move rollouts.
     pub allow_unauthenticated: bool,
+    /// Host names (besides `localhost` and IP addresses) that requests without a token may
+    /// use, e.g. the name of a proxy in front. Others are refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into(), tokens: Vec::new(), tokens_file: None, anonymous_role: None, tls: None, allow_unauthenticated: false }
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            tokens: Vec::new(),
+            tokens_file: None,
+            anonymous_role: None,
+            tls: None,
+            allow_unauthenticated: false,
+            allowed_hosts: Vec::new(),
+        }
     }
 }
 

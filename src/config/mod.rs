@@ -258,6 +258,9 @@ impl Config {
             if let Some(Err(e)) = tls.as_ref().map(crate::tls::load) {
                 errors.push(format!("{field}: {e}"));
             }
+            if tls.as_ref().is_some_and(|t| t.reload_interval < std::time::Duration::from_millis(100)) {
+                errors.push(format!("{field}.reload_interval: at least 100ms"));
+            }
         }
         if let Some(Err(e)) = file.act.ca_file.as_deref().map(crate::tls::read_certs) {
             errors.push(format!("act.ca_file: {e}"));

@@ -79,11 +79,6 @@ impl Pipeline {
         if state.status != Status::Running {
             return Ok(());
         }
-        // Held by an operator control: neither advance nor roll back (the plan stays where it
-        // is; `GET /v1/controls` says why). A step already in flight finishes.
-        if state.action.is_none() && self.store.controls()?.hold(&plan.flag, Some(&format!("rollout:{}", plan.name)), now).is_some() {
-            return Ok(());
-        }
         let query = GateQuery { environment: plan.environment.clone(), region: region.map(str::to_owned), variant: None, min_healthy: None };
         let answer = decide(snapshot, &plan.flag, &query, now).unwrap_or_default();
         let gate: Decision = serde_json::from_value(answer["decision"].clone()).unwrap_or(Decision::Hold);
@@ -135,6 +130,11 @@ impl Pipeline {
             }
             None => 0,
         };
+        // Held by an operator control: neither advance nor roll back (the plan stays where it
+        // is; `GET /v1/controls` says why). A step already in flight finishes.
+        if self.store.controls()?.hold(&plan.flag, Some(&format!("rollout:{}", plan.name)), now).is_some() {
+            return Ok(());
+        }
         match super::next(plan, &state, gate, &why, samples, now) {
             Next::Wait(_) => Ok(()),
             Next::Complete => {

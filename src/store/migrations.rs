@@ -77,6 +77,8 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     );",
+    // 7: audit retention and time filters look records up by time.
+    "CREATE INDEX audit_at ON audit (at_ms);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

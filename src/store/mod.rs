@@ -33,6 +33,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error("unreadable stored state: {0}")]
+    Corrupt(String),
     #[error("database schema version {found} is newer than this flagguard ({known})")]
     TooNew { found: i64, known: i64 },
 }
@@ -631,7 +633,8 @@ impl Store {
         let mut stmt = conn.prepare(&format!(
             "SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit \
              WHERE (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR id > ?4) \
-             AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR rule = ?6) AND (?7 IS NULL OR instr(target, '|' || ?7 || '|') > 0) \
+             AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR rule = ?6) \
+             AND (?7 IS NULL OR target = ?7 OR substr(target, instr(target, '|') + 1, length(?7) + 1) = ?7 || '|') \
              AND (?8 IS NULL OR at_ms >= ?8) AND (?9 IS NULL OR at_ms < ?9) AND (?10 IS NULL OR action_id = ?10) \
              ORDER BY id {order} LIMIT ?1"
         ))?;
@@ -656,9 +659,20 @@ impl Store {
     /// Retention: deletes audit records older than `cutoff` and records that it did (the one
     /// deletion of the append-only log, by configuration, itself audited). Returns the count.
     pub fn prune_audit(&self, cutoff: Timestamp, now: Timestamp) -> Result<usize, StoreError> {
+        // In batches, the lock released between them: a first prune of a large log does not
+        // stall the pipeline, the executor and the API behind one long transaction.
+        let mut deleted = 0;
+        loop {
+            let n = self
+                .lock()
+                .execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at_ms < ?1 ORDER BY id LIMIT 5000)", params![cutoff.as_millis() as i64])?;
+            deleted += n;
+            if n < 5000 {
+                break;
+            }
+        }
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let deleted = tx.execute("DELETE FROM audit WHERE at_ms < ?1", params![cutoff.as_millis() as i64])?;
         if deleted > 0 {
             Store::insert_audit(
                 &tx,
@@ -695,7 +709,16 @@ impl Store {
     pub fn controls(&self) -> Result<crate::controls::Controls, StoreError> {
         let conn = self.lock();
         let state: Option<String> = conn.query_row("SELECT state FROM controls WHERE id = 1", [], |r| r.get(0)).optional()?;
-        Ok(state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default())
+        Store::parse_controls(state)
+    }
+
+    /// Unreadable controls are an error, never "no controls": a lost pause or deny list must
+    /// hold automatic actions (the decision is re-armed), not let them through.
+    fn parse_controls(state: Option<String>) -> Result<crate::controls::Controls, StoreError> {
+        match state {
+            None => Ok(crate::controls::Controls::default()),
+            Some(s) => serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("controls: {e}"))),
+        }
     }
 
     /// Changes the controls with `change` and audits before and after, in one transaction.
@@ -708,7 +731,7 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let state: Option<String> = tx.query_row("SELECT state FROM controls WHERE id = 1", [], |r| r.get(0)).optional()?;
-        let before: crate::controls::Controls = state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let before = Store::parse_controls(state)?;
         let mut after = before.clone();
         if let Err(why) = change(&mut after) {
             return Ok(Err(why));

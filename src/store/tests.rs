@@ -154,12 +154,23 @@ fn audit_filters_page_forward_and_retention_prunes_with_a_record() {
     assert_eq!(q(AuditFilter { actor: Some("token:alice".into()), ..AuditFilter::default() }), vec![3, 1], "newest first");
     assert_eq!(q(AuditFilter { flag: Some("search".into()), ..AuditFilter::default() }), vec![3, 2]);
     assert_eq!(q(AuditFilter { flag: Some("sear".into()), ..AuditFilter::default() }), Vec::<i64>::new(), "a whole flag key, not a prefix");
-    assert_eq!(q(AuditFilter { after_id: Some(1), ..AuditFilter::default() }), vec![2, 3], "oldest first after an id");
+    assert_eq!(q(AuditFilter { flag: Some("production".into()), ..AuditFilter::default() }), Vec::<i64>::new(), "the flag segment, not the environment");
+    store
+        .audit(&AuditEntry {
+            at: Timestamp(3_500),
+            actor: "token:bob".into(),
+            kind: "flag_listed".into(),
+            target: Some("checkout".into()),
+            ..AuditEntry::default()
+        })
+        .unwrap();
+    assert_eq!(q(AuditFilter { flag: Some("checkout".into()), ..AuditFilter::default() }), vec![4, 1], "control changes name the bare flag");
+    assert_eq!(q(AuditFilter { after_id: Some(1), ..AuditFilter::default() }), vec![2, 3, 4], "oldest first after an id");
     assert_eq!(q(AuditFilter { since: Some(Timestamp(2_000)), until: Some(Timestamp(3_000)), ..AuditFilter::default() }), vec![2]);
 
     assert_eq!(store.prune_audit(Timestamp(2_500), Timestamp(10_000)).unwrap(), 2);
     let left = store.audit_log(10, None, None).unwrap();
-    assert_eq!(left.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["audit_pruned", "k"]);
+    assert_eq!(left.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["audit_pruned", "flag_listed", "k"]);
     assert_eq!(left[0].after.as_ref().unwrap()["deleted"], 2);
     assert_eq!(store.prune_audit(Timestamp(2_500), Timestamp(11_000)).unwrap(), 0, "nothing more, and no record of nothing");
 }

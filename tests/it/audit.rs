@@ -41,7 +41,7 @@ async fn filter_export_diffs_and_backup() {
     assert_eq!(checkout["audit"][0]["actor"], "carol");
     let page = get("limit=1").await;
     let older = get(&format!("limit=1&before={}", page["next_before"])).await;
-    assert!(older["audit"][0]["id"].as_i64() < page["audit"][0]["id"].as_i64(), "paging goes back in time");
+    assert!(older["audit"][0]["id"].as_i64().unwrap() < page["audit"][0]["id"].as_i64().unwrap(), "paging goes back in time");
     assert_eq!(http.get(format!("{base}/v1/audit?since=yesterday")).send().await.unwrap().status().as_u16(), 400);
 
     // The reload names what changed in the rule.
@@ -50,14 +50,30 @@ async fn filter_export_diffs_and_backup() {
     assert_eq!(changed[0]["path"], "conditions", "{reload}");
     assert!(changed[0]["after"].to_string().contains("0.2"), "{changed}");
 
-    // Export: every record as one JSON line, oldest first.
+    // Export: every record as one JSON line, oldest first, across several pages (1000 each).
+    wait_until("carol's kill to settle", Duration::from_secs(10), || daemon.store.actions(10).unwrap().iter().all(|a| a.state != "pending")).await;
+    for i in 0..2100 {
+        daemon
+            .store
+            .audit(&flagguard::store::AuditEntry {
+                at: flagguard::time::Timestamp(1_000 + i),
+                actor: "filler".into(),
+                kind: "filler".into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
     let export = http.get(format!("{base}/v1/audit/export")).send().await.unwrap();
     assert_eq!(export.headers()["content-type"], "application/x-ndjson");
     let text = export.text().await.unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
     assert_eq!(lines[0]["kind"], "started");
     assert!(lines.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
-    assert_eq!(lines.len(), daemon.store.audit_log(1000, None, None).unwrap().len());
+    let total: i64 = rusqlite::Connection::open(data.path().join("flagguard.db")).unwrap().query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0)).unwrap();
+    assert!(total > 2100);
+    assert_eq!(lines.len() as i64, total, "every record, across pages");
+    let filtered = http.get(format!("{base}/v1/audit/export?actor=filler")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(filtered.lines().count(), 2100);
 
     // Online backup by the real binary while the daemon runs.
     let config_file = data.path().join("backup.toml");

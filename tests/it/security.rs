@@ -58,6 +58,9 @@ async fn controls_hold_automatic_kills_but_not_a_humans() {
     assert!(audit[0].before.as_ref().unwrap()["pause"].is_null() && audit[0].after.as_ref().unwrap()["pause"]["reason"] == "database failover");
     assert_eq!(api(&daemon, "/v1/controls/resume", json!({})).await.0, 200);
     assert_eq!(api(&daemon, "/v1/controls/resume", json!({})).await.0, 409, "not paused any more");
+    // The regression is still there: once resumed, the held slice is re-armed and killed at
+    // once, not a cooldown (15 min) later.
+    wait_until("the kill after resume", Duration::from_secs(20), || server.kill_calls().len() == 1).await;
 
     daemon.stop().await;
 }
