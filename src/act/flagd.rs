@@ -66,6 +66,9 @@ impl FlagdFile {
             // flagd (often another user) must still read it: keep the old file's permissions,
             // not the temporary file's 0600.
             if let Ok(meta) = std::fs::metadata(&path) {
+                use std::os::unix::fs::MetadataExt;
+                // Owner and group too where allowed (a 0640 root:flagd file stays readable).
+                let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()));
                 let _ = tmp.as_file().set_permissions(meta.permissions());
             }
             tmp.write_all(&out).and_then(|_| tmp.as_file().sync_all()).map_err(|e| ActError::transient(format!("write {}: {e}", tmp.path().display())))?;
