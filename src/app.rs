@@ -225,6 +225,9 @@ impl App {
             let server = tonic::transport::Server::builder()
                 .timeout(Duration::from_secs(30))
                 .concurrency_limit_per_connection(64)
+                // Past the limit a request is refused at once with UNAVAILABLE (retryable),
+                // not queued behind the others until the client times out.
+                .load_shed(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(20)))
                 .add_routes(grpc_routes);

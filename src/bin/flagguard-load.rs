@@ -271,6 +271,11 @@ fn rss_bytes(pid: &str) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
+/// [`send`] bounded by `limit`: no answer in time is a DEADLINE_EXCEEDED (retried like a refusal).
+async fn send_within(limit: Duration, channel: tonic::transport::Channel, body: Bytes) -> Result<(), tonic::Status> {
+    tokio::time::timeout(limit, send(channel, body)).await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+}
+
 async fn send(channel: tonic::transport::Channel, body: Bytes) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -670,7 +675,9 @@ async fn saturate(channel: &tonic::transport::Channel, templates: &Arc<Vec<Templ
             let mut salt = 0x4000_0000u32 + w * 0x10_0000;
             while Instant::now() < end {
                 salt += 1;
-                if send(channel.clone(), templates[salt as usize % templates.len()].fresh(salt)).await.is_ok() && counting.load(Ordering::Relaxed) {
+                if send_within(Duration::from_secs(10), channel.clone(), templates[salt as usize % templates.len()].fresh(salt)).await.is_ok()
+                    && counting.load(Ordering::Relaxed)
+                {
                     accepted.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -730,7 +737,8 @@ async fn overload(flagguard: &std::path::Path, duration: Duration, traces: u64, 
                     attempts += 1;
                     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
                     let request = build("probe-overload", "production", &requests, now_ns, &mut rand::rng());
-                    match client.export(request).await {
+                    let answer = tokio::time::timeout(Duration::from_secs(10), client.export(request)).await;
+                    match answer.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time"))) {
                         Ok(_) => break,
                         Err(_) if attempts < 200 => tokio::time::sleep(Duration::from_millis(100)).await,
                         Err(_) => return (attempts, None),
@@ -751,7 +759,7 @@ async fn overload(flagguard: &std::path::Path, duration: Duration, traces: u64, 
         let (channel, templates, accepted, refused, failed, to_retry) =
             (h.channel.clone(), templates.clone(), accepted.clone(), refused.clone(), failed.clone(), to_retry.clone());
         inflight.spawn(async move {
-            match send(channel, templates[salt as usize % templates.len()].fresh(salt)).await {
+            match send_within(Duration::from_secs(10), channel, templates[salt as usize % templates.len()].fresh(salt)).await {
                 Ok(()) => drop(accepted.fetch_add(1, Ordering::Relaxed)),
                 Err(status) => {
                     if retryable(&status) {
@@ -791,7 +799,7 @@ async fn overload(flagguard: &std::path::Path, duration: Duration, traces: u64, 
             loop {
                 let Some(salt) = queue.lock().unwrap().pop() else { return };
                 loop {
-                    match send(channel.clone(), templates[salt as usize % templates.len()].fresh(salt)).await {
+                    match send_within(Duration::from_secs(10), channel.clone(), templates[salt as usize % templates.len()].fresh(salt)).await {
                         Ok(()) => {
                             retried.fetch_add(1, Ordering::Relaxed);
                             break;
