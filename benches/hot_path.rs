@@ -10,7 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flagguard::aggregate::Aggregator;
 use flagguard::cli::traffic::realistic;
 use flagguard::correlate::{CorrelateSettings, Correlator};
-use flagguard::ingest::otlp::{ExtractOptions, convert_traces};
+use flagguard::ingest::otlp::{ExtractOptions, convert_traces, convert_traces_wire};
 use flagguard::time::Timestamp;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -27,12 +27,13 @@ fn hot_path(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n));
     group.measurement_time(Duration::from_secs(3));
     group.bench_function("null: prost decode", |b| b.iter(|| ExportTraceServiceRequest::decode(bytes.as_slice()).map(|r| spans(&r))));
-    group.bench_function("decode + extract", |b| {
+    group.bench_function("prost decode + extract (the OTLP/JSON path's conversion)", |b| {
         b.iter(|| {
             let r = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap_or_default();
             convert_traces(&r, &ExtractOptions::default())
         })
     });
+    group.bench_function("wire read + extract (protobuf path)", |b| b.iter(|| convert_traces_wire(&bytes, &ExtractOptions::default())));
     let mut correlator = Correlator::new(CorrelateSettings::default());
     let mut aggregator = Aggregator::new(50_000);
     let mut t = 1_000_000u64;
@@ -40,13 +41,13 @@ fn hot_path(c: &mut Criterion) {
     // correlator sees duplicates after the first pass, so use a few distinct ones.
     let variants: Vec<Vec<u8>> = (0..16).map(|i| realistic(103, 100 + i).encode_to_vec()).collect();
     let mut i = 0;
-    group.bench_function("decode + extract + correlate + aggregate", |b| {
+    group.bench_function("wire read + extract + correlate + aggregate", |b| {
         b.iter(|| {
-            let r = ExportTraceServiceRequest::decode(variants[i % variants.len()].as_slice()).unwrap_or_default();
+            let bytes = &variants[i % variants.len()];
             i += 1;
             t += 10;
             let now = Timestamp(t);
-            let batch = convert_traces(&r, &ExtractOptions::default()).batch;
+            let batch = convert_traces_wire(bytes, &ExtractOptions::default()).map(|c| c.batch).unwrap_or_default();
             for e in &batch.evaluations {
                 correlator.evaluation(e, now, &mut aggregator);
             }

@@ -7,13 +7,13 @@
 //!
 //! | target       | input                                   | daemon code it drives                          |
 //! |--------------|-----------------------------------------|------------------------------------------------|
-//! | `otlp_proto` | selector byte (bit 0: 0 traces, 1 logs) + protobuf body | `ingest::http::decode` (protobuf; gRPC decodes the same way with prost) → `Ingest::accept_traces` / `accept_logs` (`otlp::convert_*`, `extract`) |
+//! | `otlp_proto` | selector byte (bit 0: 0 traces, 1 logs) + protobuf body | traces: `Ingest::accept_traces_protobuf` (the `ingest::wire` reader, as gRPC and OTLP/HTTP read it), checked against prost's decode + `otlp::convert_traces` for equality; logs: `ingest::http::decode` → `Ingest::accept_logs` |
 //! | `otlp_json`  | an OTLP/JSON body (tried as traces, then as logs) | `ingest::http::decode` (JSON) → `Ingest::accept_*` |
 //! | `rules`      | a rule file's text (UTF-8, else skipped) | `rules::parse`, then `RulesView::of` and a `RuleEngine` judging fixed sample traffic |
 //! | `alerts`     | selector byte (source = `Source::ALL[b % 7]`) + webhook body | `alerts::sources::parse` → `mapping::map` → `act::alert_request` |
 //! | `correlate`  | a small program of synthetic evaluations, outcomes, clock steps and ticks | `Correlator` → `Aggregator` → `RuleEngine::evaluate`, `Snapshot::build` |
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,9 +118,13 @@ pub fn otlp_request(signal: Signal, encoding: Encoding, body: &[u8]) {
     // A fresh queue of one batch: never full, never closed, so acceptance never fails for
     // backpressure and the queued batch can be checked.
     let (tx, mut rx) = mpsc::channel::<Batch>(1);
-    let options = ExtractOptions { flag_attribute_prefixes: vec!["app.flags.".to_owned(), "flag.".to_owned()] };
-    let ingest = Ingest::new(tx, options, Duration::from_secs(1), METRICS.with(Arc::clone));
+    let ingest = Ingest::new(tx, ingest_options(), Duration::from_secs(1), METRICS.with(Arc::clone));
     let result = match signal {
+        // As the daemon does: protobuf traces through the wire reader, checked against prost.
+        Signal::Traces if encoding == Encoding::Protobuf => {
+            wire_agrees_with_prost(&ingest_options(), body);
+            ingest.accept_traces_protobuf(body, Transport::Http)
+        }
         Signal::Traces => decode::<ExportTraceServiceRequest>(encoding, body).and_then(|request| ingest.accept_traces(&request, Transport::Http)),
         Signal::Logs => decode::<ExportLogsServiceRequest>(encoding, body).and_then(|request| ingest.accept_logs(&request, Transport::Http)),
     };
@@ -131,6 +135,25 @@ pub fn otlp_request(signal: Signal, encoding: Encoding, body: &[u8]) {
             let _ = error.to_string();
             ingest.count_refused(signal.name(), Transport::Http, &error);
             assert!(rx.try_recv().is_err(), "a refused request queued a batch");
+        }
+    }
+}
+
+fn ingest_options() -> ExtractOptions {
+    ExtractOptions { flag_attribute_prefixes: vec!["app.flags.".to_owned(), "flag.".to_owned()] }
+}
+
+/// The selective wire reader (`ingest::wire`) against prost on the same bytes: whatever prost
+/// decodes must convert to the same batch; the wire reader may accept more (content it skips is
+/// not validated), never less.
+fn wire_agrees_with_prost(options: &ExtractOptions, body: &[u8]) {
+    use prost::Message;
+    let by_wire = flagguard::ingest::otlp::convert_traces_wire(body, options);
+    if let Ok(request) = ExportTraceServiceRequest::decode(body) {
+        let by_prost = flagguard::ingest::otlp::convert_traces(&request, options);
+        match by_wire {
+            Ok(by_wire) => assert_eq!(format!("{by_prost:?}"), format!("{by_wire:?}"), "prost and the wire reader disagree"),
+            Err(e) => panic!("the wire reader refused ({e}) what prost accepts: {by_prost:?}"),
         }
     }
 }
@@ -236,7 +259,7 @@ fn numbered_trace(i: u32) -> TraceId {
 }
 
 /// One `RuleEngine::evaluate` as the pipeline's tick runs it, plus what the API reads after it.
-fn judge(engine: &mut RuleEngine, aggregator: &Aggregator, now: Timestamp, changed: Option<&HashSet<SeriesKey>>) -> Vec<Decision> {
+fn judge(engine: &mut RuleEngine, aggregator: &Aggregator, now: Timestamp, changed: Option<&flagguard::aggregate::FastSet<SeriesKey>>) -> Vec<Decision> {
     let decisions = engine.evaluate(aggregator, changed, now);
     for decision in &decisions {
         let _ = decision.record.to_string();

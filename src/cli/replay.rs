@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
@@ -20,7 +19,7 @@ use crate::aggregate::snapshot::Snapshot;
 use crate::config::ConfigFile;
 use crate::correlate::{CorrelateSettings, Correlator};
 use crate::ingest::ExtractOptions;
-use crate::ingest::otlp::{convert_logs, convert_traces};
+use crate::ingest::otlp::{convert_logs, convert_traces_wire};
 use crate::ingest::record::{self, Signal};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::rules::Mode;
@@ -141,9 +140,10 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
     for r in &records {
         run_ticks_until(r.arrival, &mut pipeline, &mut lines);
         clock.set(r.arrival);
+        // Read as the daemon reads them: traces by the wire reader, logs by prost.
         let converted = match r.signal {
-            Signal::Traces => ExportTraceServiceRequest::decode(r.protobuf.as_slice()).map(|req| convert_traces(&req, &options)),
-            Signal::Logs => ExportLogsServiceRequest::decode(r.protobuf.as_slice()).map(|req| convert_logs(&req)),
+            Signal::Traces => convert_traces_wire(&r.protobuf, &options).map_err(|e| e.to_string()),
+            Signal::Logs => ExportLogsServiceRequest::decode(r.protobuf.as_slice()).map(|req| convert_logs(&req)).map_err(|e| e.to_string()),
         }
         .map_err(|e| format!("corrupt record at {}: {e}", r.arrival))?;
         spans += converted.batch.spans_seen;

@@ -2,7 +2,7 @@
 //! flag evaluation's key, variant, provider, set id and error (reference:
 //! `otel-feature-flags.md` §4). Pure functions over OTLP attribute lists.
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use super::wire::{Attrs, Val};
 
 pub const EVENT_NEW: &str = "feature_flag.evaluation";
 pub const EVENT_OLD: &str = "feature_flag";
@@ -18,40 +18,34 @@ pub struct RawEvaluation {
     pub context: Option<u64>,
 }
 
-/// Finds the attribute `name` (first occurrence).
-pub fn attr<'a>(attrs: &'a [KeyValue], name: &str) -> Option<&'a AnyValue> {
-    attrs.iter().find(|kv| kv.key == name).and_then(|kv| kv.value.as_ref())
-}
-
 /// Returns a string attribute (only string-typed values).
-pub fn attr_str<'a>(attrs: &'a [KeyValue], name: &str) -> Option<&'a str> {
-    match attr(attrs, name)?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.as_str()),
+pub fn attr_str<'a>(attrs: Attrs<'a>, name: &str) -> Option<&'a str> {
+    match attrs.get(name)? {
+        Val::Str(s) => Some(s),
         _ => None,
     }
 }
 
-/// Returns an integer attribute (int, or a string holding an int: some SDKs stringify).
-pub fn attr_int(attrs: &[KeyValue], name: &str) -> Option<i64> {
-    match attr(attrs, name)?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        Value::StringValue(s) => s.parse().ok(),
-        Value::DoubleValue(d) => Some(*d as i64),
+/// An integer value (int, or a string holding an int: some SDKs stringify).
+pub fn as_int(value: Option<Val<'_>>) -> Option<i64> {
+    match value? {
+        Val::Int(i) => Some(i),
+        Val::Str(s) => s.parse().ok(),
+        Val::Double(d) => Some(d as i64),
         _ => None,
     }
 }
 
 /// Renders an attribute value as the variant string SDKs mean by it: strings as themselves
 /// (with Python's JSON quoting removed), booleans and numbers in their usual text form.
-pub fn stringify(value: &AnyValue) -> Option<String> {
-    match value.value.as_ref()? {
-        Value::StringValue(s) => Some(unquote_json(s)),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        Value::BytesValue(b) => Some(hex::encode(b)),
-        Value::ArrayValue(_) | Value::KvlistValue(_) => None,
-        Value::StringValueStrindex(_) => None,
+pub fn stringify(value: Val<'_>) -> Option<String> {
+    match value {
+        Val::Str(s) => Some(unquote_json(s)),
+        Val::Bool(b) => Some(b.to_string()),
+        Val::Int(i) => Some(i.to_string()),
+        Val::Double(d) => Some(d.to_string()),
+        Val::Bytes(b) => Some(hex::encode(b)),
+        Val::List(_) | Val::Other => None,
     }
 }
 
@@ -67,29 +61,51 @@ fn unquote_json(s: &str) -> String {
     s.to_owned()
 }
 
+/// The attributes a flag evaluation is read from, looked up in one pass.
+const EVALUATION_ATTRIBUTES: [&str; 10] = [
+    "feature_flag.key",
+    "feature_flag.flag_key",
+    "feature_flag.result.variant",
+    "feature_flag.variant",
+    "feature_flag.result.value",
+    "feature_flag.result.reason",
+    "feature_flag.evaluation.reason",
+    "error.type",
+    "feature_flag.set.id",
+    "feature_flag.context.id",
+];
+
+/// A string value (only string-typed values).
+pub fn as_str(value: Option<Val<'_>>) -> Option<&str> {
+    match value? {
+        Val::Str(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// Reads a flag evaluation from an attribute list, with the documented lookup order.
 /// `body` is a log record's body (v1.29–v1.33 emitters put `{"value": …}` there).
-pub fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEvaluation> {
-    let key = attr_str(attrs, "feature_flag.key").or_else(|| attr_str(attrs, "feature_flag.flag_key"))?;
+pub fn evaluation(attrs: Attrs<'_>, body: Option<Val<'_>>) -> Option<RawEvaluation> {
+    let [key, flag_key, result_variant, old_variant, result_value, reason, old_reason, error_type, set_id, context] = attrs.lookup(EVALUATION_ATTRIBUTES);
+    let key = as_str(key).or_else(|| as_str(flag_key))?;
     if !usable(key) {
         return None;
     }
-    let variant = attr_str(attrs, "feature_flag.result.variant")
-        .or_else(|| attr_str(attrs, "feature_flag.variant"))
+    let variant = as_str(result_variant)
+        .or_else(|| as_str(old_variant))
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
-        .or_else(|| attr(attrs, "feature_flag.result.value").and_then(stringify))
+        .or_else(|| result_value.and_then(stringify))
         .or_else(|| body.and_then(body_value).and_then(stringify))
         .filter(|v| usable(v));
-    let reason = attr_str(attrs, "feature_flag.result.reason").or_else(|| attr_str(attrs, "feature_flag.evaluation.reason"));
-    let error_type =
-        attr_str(attrs, "error.type").map(str::to_owned).or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
+    let reason = as_str(reason).or_else(|| as_str(old_reason));
+    let error_type = as_str(error_type).map(str::to_owned).or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
     Some(RawEvaluation {
         key: key.to_owned(),
-        set_id: attr_str(attrs, "feature_flag.set.id").filter(|s| !s.is_empty()).map(str::to_owned),
+        set_id: as_str(set_id).filter(|s| !s.is_empty()).map(str::to_owned),
         variant,
         error_type,
-        context: attr_str(attrs, "feature_flag.context.id").filter(|c| !c.is_empty()).map(context_hash),
+        context: as_str(context).filter(|c| !c.is_empty()).map(context_hash),
     })
 }
 
@@ -105,35 +121,40 @@ pub fn context_hash(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-fn body_value(body: &AnyValue) -> Option<&AnyValue> {
-    match body.value.as_ref()? {
-        Value::KvlistValue(list) => list.values.iter().find(|kv| kv.key == "value").and_then(|kv| kv.value.as_ref()),
+fn body_value(body: Val<'_>) -> Option<Val<'_>> {
+    match body {
+        Val::List(list) => list.get("value"),
         _ => None,
     }
 }
 
 /// Reads evaluations expressed as span attributes under configured prefixes
 /// (`app.flags.checkout-v2 = "on"` with prefix `app.flags.`).
-pub fn prefixed_evaluations(attrs: &[KeyValue], prefixes: &[String], out: &mut Vec<RawEvaluation>) {
+pub fn prefixed_evaluations(attrs: Attrs<'_>, prefixes: &[String], out: &mut Vec<RawEvaluation>) {
     if prefixes.is_empty() {
         return;
     }
-    for kv in attrs {
+    attrs.for_each(|name, value| {
         for prefix in prefixes {
-            if let Some(key) = kv.key.strip_prefix(prefix.as_str()) {
+            if let Some(key) = name.strip_prefix(prefix.as_str()) {
                 if key.is_empty() {
                     continue;
                 }
-                let variant = kv.value.as_ref().and_then(stringify);
+                let variant = value.and_then(stringify);
                 out.push(RawEvaluation { key: key.to_owned(), set_id: None, variant, error_type: None, context: None });
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+
+    fn evaluation(attrs: &[KeyValue], body: Option<&AnyValue>) -> Option<RawEvaluation> {
+        super::evaluation(Attrs::Prost(attrs), body.and_then(Val::from_prost))
+    }
 
     pub fn kv(key: &str, value: Value) -> KeyValue {
         KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
@@ -261,7 +282,7 @@ mod tests {
     fn prefixed_attributes() {
         let mut out = Vec::new();
         let attrs = vec![kv("app.flags.checkout-v2", s("on")), kv("app.flags.", s("x")), kv("other", s("y"))];
-        prefixed_evaluations(&attrs, &["app.flags.".to_owned()], &mut out);
+        prefixed_evaluations(Attrs::Prost(&attrs), &["app.flags.".to_owned()], &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key, "checkout-v2");
         assert_eq!(out[0].variant.as_deref(), Some("on"));

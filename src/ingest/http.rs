@@ -107,6 +107,10 @@ trait Signal {
     /// The JSON field of the partial-success count.
     const REJECTED_FIELD: &'static str;
     fn accept(ingest: &Ingest, request: &Self::Request) -> Result<Accepted, IngestError>;
+    /// Accepts a protobuf body.
+    fn accept_protobuf(ingest: &Ingest, body: &Bytes) -> Result<Accepted, IngestError> {
+        Self::accept(ingest, &decode(Encoding::Protobuf, body)?)
+    }
     fn reply(accepted: &Accepted) -> Vec<u8>;
 }
 
@@ -119,6 +123,10 @@ impl Signal for Traces {
     const REJECTED_FIELD: &'static str = "rejectedSpans";
     fn accept(ingest: &Ingest, request: &Self::Request) -> Result<Accepted, IngestError> {
         ingest.accept_traces(request, Transport::Http)
+    }
+    /// Read by the selective wire reader, not decoded by prost.
+    fn accept_protobuf(ingest: &Ingest, body: &Bytes) -> Result<Accepted, IngestError> {
+        ingest.accept_traces_protobuf(body, Transport::Http)
     }
     fn reply(a: &Accepted) -> Vec<u8> {
         let partial_success =
@@ -154,8 +162,11 @@ fn export<S: Signal>(State(state): State<HttpState>, headers: HeaderMap, body: R
     let result = (|| {
         let encoding = media_type(&headers)?;
         let body = body_bytes(body, state.max_body)?;
-        let request: S::Request = decode(encoding, &body)?;
-        Ok((encoding, S::accept(&state.ingest, &request)?))
+        let accepted = match encoding {
+            Encoding::Protobuf => S::accept_protobuf(&state.ingest, &body)?,
+            Encoding::Json => S::accept(&state.ingest, &decode(encoding, &body)?)?,
+        };
+        Ok((encoding, accepted))
     })();
     match result {
         Ok((Encoding::Protobuf, accepted)) => ok(Encoding::Protobuf, S::reply(&accepted)),

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod otlp;
 pub mod record;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +143,15 @@ impl Ingest {
         let converted = otlp::convert_traces(request, &self.options);
         let accepted = self.accept(converted, "traces", transport)?;
         self.record(record::Signal::Traces, || prost::Message::encode_to_vec(request));
+        Ok(accepted)
+    }
+
+    /// Accepts a protobuf trace request from its bytes (gRPC and OTLP/HTTP protobuf), read by
+    /// the selective [`wire`] reader; bytes that are not a protobuf message are invalid.
+    pub fn accept_traces_protobuf(&self, request: &[u8], transport: Transport) -> Result<Accepted, IngestError> {
+        let converted = otlp::convert_traces_wire(request, &self.options).map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let accepted = self.accept(converted, "traces", transport)?;
+        self.record(record::Signal::Traces, || request.to_vec());
         Ok(accepted)
     }
 

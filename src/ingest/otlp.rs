@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
 use super::extract::{self, EVENT_NEW, EVENT_OLD, RawEvaluation};
+use super::wire::{self, Attrs, SpanView, Val, WireError};
 use crate::model::{Batch, Dims, Evaluation, FlagKey, Outcome, SpanId, TraceId, Variant};
 
 /// Span flags bit: the parent span is remote (W3C `is_remote`, OTLP 1.1+).
@@ -57,27 +57,22 @@ impl Converted {
     }
 }
 
-/// Whether a resource is flagguard's own telemetry (`flagguard.self = true`), looped back by a
-/// Collector: never part of the cohorts.
-fn is_self(resource: Option<&Resource>) -> bool {
-    resource.is_some_and(|r| {
-        r.attributes.iter().any(|kv| {
-            kv.key == crate::otel::SELF_ATTRIBUTE
-                && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(opentelemetry_proto::tonic::common::v1::any_value::Value::BoolValue(true)))
-        })
-    })
+fn prost_resource(resource: Option<&Resource>) -> Attrs<'_> {
+    resource.map_or(Attrs::EMPTY, |r| Attrs::Prost(&r.attributes))
 }
 
-/// Reads the slicing dimensions from a resource.
-pub fn resource_dims(resource: Option<&Resource>) -> Dims {
-    let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+/// Reads the slicing dimensions from a resource's attributes; `None` for flagguard's own
+/// telemetry (`flagguard.self = true`), looped back by a Collector: never part of the cohorts.
+pub fn resource_dims(attrs: Attrs<'_>) -> Option<Dims> {
+    let [service, environment, old_environment, region, own] =
+        attrs.lookup(["service.name", "deployment.environment.name", "deployment.environment", "cloud.region", crate::otel::SELF_ATTRIBUTE]);
+    if own == Some(Val::Bool(true)) {
+        return None;
+    }
     // A value flagguard could not put in an action target or a URL reads as unknown.
-    let get = |name: &str| -> Arc<str> { extract::attr_str(attrs, name).filter(|v| extract::usable(v)).unwrap_or("").into() };
-    let environment = extract::attr_str(attrs, "deployment.environment.name")
-        .or_else(|| extract::attr_str(attrs, "deployment.environment"))
-        .filter(|v| extract::usable(v))
-        .unwrap_or("");
-    Dims { service: get("service.name"), environment: environment.into(), region: get("cloud.region") }
+    let usable = |v: Option<&str>| -> Arc<str> { v.filter(|v| extract::usable(v)).unwrap_or("").into() };
+    let environment = extract::as_str(environment).or_else(|| extract::as_str(old_environment));
+    Some(Dims { service: usable(extract::as_str(service)), environment: usable(environment), region: usable(extract::as_str(region)) })
 }
 
 fn trace_id(bytes: &[u8]) -> Option<TraceId> {
@@ -101,75 +96,125 @@ fn to_evaluation(raw: RawEvaluation, trace: Option<TraceId>, dims: &Dims) -> Eva
     }
 }
 
-/// Converts a trace export request.
+/// Converts a trace export request decoded by prost (OTLP/JSON).
 pub fn convert_traces(request: &ExportTraceServiceRequest, options: &ExtractOptions) -> Converted {
-    let mut out = Converted::default();
-    let mut raw = Vec::new();
+    let mut converter = TraceConverter::new(options);
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
-        if is_self(resource_spans.resource.as_ref()) {
+        if !converter.start_resource(prost_resource(resource_spans.resource.as_ref())) {
             continue;
         }
-        let dims = resource_dims(resource_spans.resource.as_ref());
         for scope_spans in &resource_spans.scope_spans {
             for (si, span) in scope_spans.spans.iter().enumerate() {
-                let Some(trace) = trace_id(&span.trace_id) else {
-                    out.reject(format!("resource {ri} span {si}: trace_id must be 16 bytes and non-zero, got {} bytes", span.trace_id.len()));
-                    continue;
-                };
-                let Some(span_id_value) = span_id(&span.span_id) else {
-                    out.reject(format!("resource {ri} span {si}: span_id must be 8 bytes and non-zero, got {} bytes", span.span_id.len()));
-                    continue;
-                };
-                if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-                    out.reject(format!("resource {ri} span {si}: parent_span_id must be empty or 8 bytes, got {}", span.parent_span_id.len()));
-                    continue;
-                }
-                out.batch.spans_seen += 1;
-                span_evaluations(span, options, &mut raw);
-                for r in raw.drain(..) {
-                    out.batch.evaluations.push(to_evaluation(r, Some(trace), &dims));
-                }
-                if is_entry(span) {
-                    out.batch.outcomes.push(Outcome {
-                        trace,
-                        span: span_id_value,
-                        dims: dims.clone(),
-                        error: is_error(span),
-                        latency_us: span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1_000,
-                    });
-                }
+                converter.convert_span(ri, si, &SpanView::from_prost(span));
             }
         }
     }
-    out
+    converter.out
+}
+
+/// Converts a protobuf trace export request straight from its bytes ([`wire`]): the same result
+/// as prost's decode followed by [`convert_traces`], without allocating the request.
+pub fn convert_traces_wire(request: &[u8], options: &ExtractOptions) -> Result<Converted, WireError> {
+    let mut converter = TraceConverter::new(options);
+    wire::walk_traces(request, &mut converter)?;
+    Ok(converter.out)
+}
+
+/// The conversion of one trace request, fed resource by resource and span by span.
+struct TraceConverter<'o> {
+    options: &'o ExtractOptions,
+    out: Converted,
+    dims: Dims,
+    raw: Vec<RawEvaluation>,
+}
+
+impl<'o> TraceConverter<'o> {
+    fn new(options: &'o ExtractOptions) -> Self {
+        TraceConverter { options, out: Converted::default(), dims: Dims::default(), raw: Vec::new() }
+    }
+
+    /// Starts a resource; false when its spans are to be skipped (flagguard's own telemetry).
+    fn start_resource(&mut self, attrs: Attrs<'_>) -> bool {
+        match resource_dims(attrs) {
+            Some(dims) => {
+                self.dims = dims;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn convert_span(&mut self, ri: usize, si: usize, span: &SpanView<'_>) {
+        let out = &mut self.out;
+        let Some(trace) = trace_id(span.trace_id) else {
+            out.reject(format!("resource {ri} span {si}: trace_id must be 16 bytes and non-zero, got {} bytes", span.trace_id.len()));
+            return;
+        };
+        let Some(span_id_value) = span_id(span.span_id) else {
+            out.reject(format!("resource {ri} span {si}: span_id must be 8 bytes and non-zero, got {} bytes", span.span_id.len()));
+            return;
+        };
+        if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
+            out.reject(format!("resource {ri} span {si}: parent_span_id must be empty or 8 bytes, got {}", span.parent_span_id.len()));
+            return;
+        }
+        out.batch.spans_seen += 1;
+        span_evaluations(span, self.options, &mut self.raw);
+        for r in self.raw.drain(..) {
+            out.batch.evaluations.push(to_evaluation(r, Some(trace), &self.dims));
+        }
+        if is_entry(span) {
+            out.batch.outcomes.push(Outcome {
+                trace,
+                span: span_id_value,
+                dims: self.dims.clone(),
+                error: is_error(span),
+                latency_us: span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1_000,
+            });
+        }
+    }
+}
+
+impl<'a> wire::TraceVisitor<'a> for TraceConverter<'_> {
+    fn resource(&mut self, _: usize, attributes: Attrs<'a>) -> bool {
+        self.start_resource(attributes)
+    }
+
+    fn span(&mut self, ri: usize, si: usize, span: SpanView<'a>) {
+        self.convert_span(ri, si, &span);
+    }
 }
 
 /// Collects the evaluations a span carries: its flag events, itself when it is a SpanHook
 /// evaluation span, and configured prefixed attributes.
-fn span_evaluations(span: &Span, options: &ExtractOptions, out: &mut Vec<RawEvaluation>) {
-    for event in &span.events {
-        if (event.name == EVENT_NEW || event.name == EVENT_OLD)
-            && let Some(raw) = extract::evaluation(&event.attributes, None)
-        {
-            out.push(raw);
-        }
+fn span_evaluations(span: &SpanView<'_>, options: &ExtractOptions, out: &mut Vec<RawEvaluation>) {
+    if span.flag_events {
+        span.events.for_each(|event| {
+            if (event.name == EVENT_NEW.as_bytes() || event.name == EVENT_OLD.as_bytes())
+                && let Some(raw) = extract::evaluation(event.attributes, None)
+            {
+                out.push(raw);
+            }
+        });
     }
-    if span.name == EVENT_NEW
-        && let Some(raw) = extract::evaluation(&span.attributes, None)
+    if span.name == EVENT_NEW.as_bytes()
+        && let Some(raw) = extract::evaluation(span.attributes, None)
     {
         out.push(raw);
     }
-    extract::prefixed_evaluations(&span.attributes, &options.flag_attribute_prefixes, out);
+    extract::prefixed_evaluations(span.attributes, &options.flag_attribute_prefixes, out);
 }
 
 /// An entry span is one request of its service: SERVER or CONSUMER, or a span whose parent is
 /// absent or remote — except CLIENT and PRODUCER spans, which are calls, never requests.
-pub fn is_entry(span: &Span) -> bool {
+pub fn is_entry(span: &SpanView<'_>) -> bool {
     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
     match kind {
         SpanKind::Server | SpanKind::Consumer => true,
         SpanKind::Client | SpanKind::Producer => false,
-        SpanKind::Internal | SpanKind::Unspecified => span.name != EVENT_NEW && (span.parent_span_id.is_empty() || span.flags & FLAG_PARENT_IS_REMOTE != 0),
+        SpanKind::Internal | SpanKind::Unspecified => {
+            span.name != EVENT_NEW.as_bytes() && (span.parent_span_id.is_empty() || span.flags & FLAG_PARENT_IS_REMOTE != 0)
+        }
     }
 }
 
@@ -179,19 +224,19 @@ const GRPC_SERVER_ERRORS: [i64; 6] = [2, 4, 12, 13, 14, 15];
 
 /// A request failed when its status is ERROR; when the status is UNSET, an HTTP status ≥ 500 or
 /// a gRPC server-error code also counts. 4xx never counts. OK is never an error.
-pub fn is_error(span: &Span) -> bool {
-    let code = span.status.as_ref().map(|s| s.code).unwrap_or(0);
+pub fn is_error(span: &SpanView<'_>) -> bool {
+    let code = span.status_code;
     if code == StatusCode::Error as i32 {
         return true;
     }
     if code != StatusCode::Unset as i32 {
         return false;
     }
-    let attrs = &span.attributes;
-    if let Some(status) = extract::attr_int(attrs, "http.response.status_code").or_else(|| extract::attr_int(attrs, "http.status_code")) {
+    let [http, old_http, grpc] = span.attributes.lookup(["http.response.status_code", "http.status_code", "rpc.grpc.status_code"]);
+    if let Some(status) = extract::as_int(http).or_else(|| extract::as_int(old_http)) {
         return status >= 500;
     }
-    if let Some(code) = extract::attr_int(attrs, "rpc.grpc.status_code") {
+    if let Some(code) = extract::as_int(grpc) {
         return GRPC_SERVER_ERRORS.contains(&code);
     }
     false
@@ -202,13 +247,10 @@ pub fn is_error(span: &Span) -> bool {
 pub fn convert_logs(request: &ExportLogsServiceRequest) -> Converted {
     let mut out = Converted::default();
     for (ri, resource_logs) in request.resource_logs.iter().enumerate() {
-        if is_self(resource_logs.resource.as_ref()) {
-            continue;
-        }
-        let dims = resource_dims(resource_logs.resource.as_ref());
+        let Some(dims) = resource_dims(prost_resource(resource_logs.resource.as_ref())) else { continue };
         for scope_logs in &resource_logs.scope_logs {
             for (li, record) in scope_logs.log_records.iter().enumerate() {
-                let is_event = record.event_name == EVENT_NEW || extract::attr_str(&record.attributes, "event.name") == Some(EVENT_NEW);
+                let is_event = record.event_name == EVENT_NEW || extract::attr_str(Attrs::Prost(&record.attributes), "event.name") == Some(EVENT_NEW);
                 if !is_event {
                     out.batch.logs_seen += 1;
                     continue;
@@ -218,7 +260,7 @@ pub fn convert_logs(request: &ExportLogsServiceRequest) -> Converted {
                     continue;
                 }
                 out.batch.logs_seen += 1;
-                if let Some(raw) = extract::evaluation(&record.attributes, record.body.as_ref()) {
+                if let Some(raw) = extract::evaluation(Attrs::Prost(&record.attributes), record.body.as_ref().and_then(Val::from_prost)) {
                     out.batch.evaluations.push(to_evaluation(raw, trace_id(&record.trace_id), &dims));
                 }
             }
@@ -230,14 +272,21 @@ pub fn convert_logs(request: &ExportLogsServiceRequest) -> Converted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span::Event};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
 
     fn kv(key: &str, value: &str) -> KeyValue {
         KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }), ..Default::default() }
     }
     fn kvi(key: &str, value: i64) -> KeyValue {
         KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
+    }
+    fn entry(span: &Span) -> bool {
+        is_entry(&SpanView::from_prost(span))
+    }
+    fn error(span: &Span) -> bool {
+        is_error(&SpanView::from_prost(span))
     }
     fn span(kind: SpanKind, parent: &[u8]) -> Span {
         Span {
@@ -253,33 +302,33 @@ mod tests {
 
     #[test]
     fn entry_span_rules() {
-        assert!(is_entry(&span(SpanKind::Server, &[3; 8])));
-        assert!(is_entry(&span(SpanKind::Consumer, &[3; 8])));
-        assert!(!is_entry(&span(SpanKind::Client, &[])));
-        assert!(is_entry(&span(SpanKind::Internal, &[])));
-        assert!(!is_entry(&span(SpanKind::Internal, &[3; 8])));
+        assert!(entry(&span(SpanKind::Server, &[3; 8])));
+        assert!(entry(&span(SpanKind::Consumer, &[3; 8])));
+        assert!(!entry(&span(SpanKind::Client, &[])));
+        assert!(entry(&span(SpanKind::Internal, &[])));
+        assert!(!entry(&span(SpanKind::Internal, &[3; 8])));
         let mut remote = span(SpanKind::Internal, &[3; 8]);
         remote.flags = 0x300;
-        assert!(is_entry(&remote));
+        assert!(entry(&remote));
     }
 
     #[test]
     fn error_rules() {
         let mut s = span(SpanKind::Server, &[]);
-        assert!(!is_error(&s));
+        assert!(!error(&s));
         s.status = Some(Status { code: 2, message: String::new() });
-        assert!(is_error(&s));
+        assert!(error(&s));
         s.status = Some(Status { code: 1, message: String::new() });
         s.attributes = vec![kvi("http.response.status_code", 503)];
-        assert!(!is_error(&s), "status OK wins over the HTTP code");
+        assert!(!error(&s), "status OK wins over the HTTP code");
         s.status = None;
-        assert!(is_error(&s));
+        assert!(error(&s));
         s.attributes = vec![kvi("http.response.status_code", 404)];
-        assert!(!is_error(&s), "4xx is the caller's error");
+        assert!(!error(&s), "4xx is the caller's error");
         s.attributes = vec![kvi("rpc.grpc.status_code", 14)];
-        assert!(is_error(&s));
+        assert!(error(&s));
         s.attributes = vec![kvi("rpc.grpc.status_code", 5)];
-        assert!(!is_error(&s));
+        assert!(!error(&s));
     }
 
     fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {

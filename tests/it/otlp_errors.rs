@@ -119,6 +119,22 @@ async fn grpc_gzip_and_partial_success() {
     let partial = reply.partial_success.expect("partial success");
     assert_eq!(partial.rejected_spans, 1);
     assert!(partial.error_message.contains("span_id must be 8 bytes"));
+
+    // Bytes that are not an OTLP trace request (field 1 holds 0xff 0xff, not a ResourceSpans):
+    // INVALID_ARGUMENT, which exporters do not retry.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", daemon.addrs.grpc)).unwrap().connect().await.unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Garbage {
+        #[prost(bytes = "vec", tag = "1")]
+        value: Vec<u8>,
+    }
+    let garbage = Garbage { value: vec![0xff, 0xff] };
+    let status = raw.unary(tonic::Request::new(garbage), path, tonic_prost::ProstCodec::<_, ExportTraceServiceResponse>::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("failed to decode protobuf"), "{status:?}");
     daemon.stop().await;
 }
 
