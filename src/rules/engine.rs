@@ -178,7 +178,7 @@ impl RuleEngine {
     /// Judges slices and returns the decisions due. With `changed`, only slices containing a
     /// changed series are judged (the fast tick); without, all of them (the slow tick, which
     /// also lets windows slide and finds stale rules).
-    pub fn evaluate(&mut self, aggregator: &Aggregator, changed: Option<&HashSet<SeriesKey>>, now: Timestamp) -> Vec<Decision> {
+    pub fn evaluate(&mut self, aggregator: &Aggregator, changed: Option<&crate::aggregate::FastSet<SeriesKey>>, now: Timestamp) -> Vec<Decision> {
         let rules = self.rules.clone();
         let mut candidates = Vec::new();
         for (ri, rule) in rules.rules.iter().enumerate() {
