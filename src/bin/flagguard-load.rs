@@ -33,15 +33,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Null OTLP/gRPC receiver: prints `listening ADDR`, then decodes and counts.
+    /// Null OTLP receiver, gRPC and HTTP protobuf: prints `listening GRPC_ADDR HTTP_ADDR`, then
+    /// decodes and counts.
     Null {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http_listen: SocketAddr,
     },
     /// Sends pre-encoded requests to `target` for `duration`; prints one JSON line.
     Drive {
-        /// `http://HOST:PORT` of an OTLP/gRPC receiver.
+        /// `http://HOST:PORT` of an OTLP/gRPC receiver (with `--http`: of an OTLP/HTTP one).
         target: String,
+        /// OTLP/HTTP protobuf (`POST /v1/traces`, HTTP/1.1, one connection per request in
+        /// flight) instead of gRPC.
+        #[arg(long)]
+        http: bool,
         /// The receiver's process id (for its CPU-seconds).
         #[arg(long)]
         pid: u32,
@@ -126,9 +133,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async move {
         match cli.command {
-            Cmd::Null { listen } => null(listen).await,
-            Cmd::Drive { target, pid, connections, in_flight, duration, warmup, traces, rate } => {
-                drive(&target, pid, connections, in_flight, warmup, duration, traces, rate).await
+            Cmd::Null { listen, http_listen } => null(listen, http_listen).await,
+            Cmd::Drive { target, http, pid, connections, in_flight, duration, warmup, traces, rate } => {
+                drive(&target, http, pid, connections, in_flight, warmup, duration, traces, rate).await
             }
             Cmd::Memory { series, history, every } => memory(series, history, every),
             Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
@@ -157,16 +164,35 @@ impl TraceService for Null {
     }
 }
 
-async fn null(listen: SocketAddr) -> i32 {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("null: bind {listen}: {e}");
+async fn null(listen: SocketAddr, http_listen: SocketAddr) -> i32 {
+    let (listener, http_listener) = match (tokio::net::TcpListener::bind(listen).await, tokio::net::TcpListener::bind(http_listen).await) {
+        (Ok(l), Ok(h)) => (l, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("null: bind {listen} / {http_listen}: {e}");
             return 1;
         }
     };
-    println!("listening {}", listener.local_addr().expect("bound"));
+    println!("listening {} {}", listener.local_addr().expect("bound"), http_listener.local_addr().expect("bound"));
     let service = Null::default();
+    // OTLP/HTTP protobuf: prost decode, count, an empty response (flagguard's body limit).
+    let http_spans = service.spans.clone();
+    let http = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let spans = http_spans.clone();
+                async move {
+                    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                        return (http::StatusCode::BAD_REQUEST, Vec::new());
+                    };
+                    let n: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                    spans.fetch_add(n as u64, Ordering::Relaxed);
+                    (http::StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+                }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+    tokio::spawn(async move { axum::serve(http_listener, http).await });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // The same limits flagguard's receiver uses.
     let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(service.clone()).max_decoding_message_size(16 << 20));
@@ -283,14 +309,43 @@ async fn send(channel: tonic::transport::Channel, body: Bytes) -> Result<(), ton
     grpc.unary(tonic::Request::new(body), path, RawCodec).await.map(|_| ())
 }
 
+/// Where `drive` sends: gRPC channels, or an HTTP/1.1 client and the `/v1/traces` URL.
+#[derive(Clone)]
+enum Transport {
+    Grpc(tonic::transport::Channel),
+    Http(reqwest::Client, Arc<str>),
+}
+
+impl Transport {
+    async fn send(&self, body: Bytes) -> Result<(), String> {
+        match self {
+            Transport::Grpc(channel) => send(channel.clone(), body).await.map_err(|e| e.to_string()),
+            Transport::Http(client, url) => {
+                let response = client.post(&**url).header("content-type", "application/x-protobuf").body(body).send().await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                let _ = response.bytes().await;
+                if status.is_success() { Ok(()) } else { Err(status.to_string()) }
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, warmup: Duration, duration: Duration, traces: u64, rate: f64) -> i32 {
+async fn drive(target: &str, http: bool, pid: u32, connections: usize, in_flight: usize, warmup: Duration, duration: Duration, traces: u64, rate: f64) -> i32 {
     let templates: Arc<Vec<Template>> = Arc::new((0..16).map(|seed| Template::new(&realistic(traces, seed))).collect());
     let spans_per_request = templates[0].spans;
     let mut channels = Vec::new();
+    if http {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder().pool_max_idle_per_host(connections * in_flight).build().expect("HTTP client");
+        channels.push(Transport::Http(client, format!("{}/v1/traces", target.trim_end_matches('/')).into()));
+    }
     for _ in 0..connections {
+        if http {
+            break;
+        }
         match tonic::transport::Endpoint::from_shared(target.to_owned()).map(|e| e.connect_lazy()) {
-            Ok(c) => channels.push(c),
+            Ok(c) => channels.push(Transport::Grpc(c)),
             Err(e) => {
                 eprintln!("drive: {target}: {e}");
                 return 3;
@@ -305,13 +360,13 @@ async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, war
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (channel, templates, ok, refused, salt, measuring) =
-            (channels[w % connections].clone(), templates.clone(), ok.clone(), refused.clone(), salt.clone(), measuring.clone());
+            (channels[w % channels.len()].clone(), templates.clone(), ok.clone(), refused.clone(), salt.clone(), measuring.clone());
         tasks.push(tokio::spawn(async move {
             let mut next = Instant::now();
             while start.elapsed() < warmup + duration {
                 let s = salt.fetch_add(1, Ordering::Relaxed);
                 let body = templates[s as usize % templates.len()].fresh(s);
-                let sent = send(channel.clone(), body).await;
+                let sent = channel.send(body).await;
                 if measuring.load(Ordering::Relaxed) {
                     match sent {
                         Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
@@ -337,6 +392,7 @@ async fn drive(target: &str, pid: u32, connections: usize, in_flight: usize, war
     let spans = ok.load(Ordering::Relaxed) * spans_per_request;
     let result = serde_json::json!({
         "target": target,
+        "transport": if http { "http/protobuf" } else { "grpc" },
         "seconds": seconds,
         "requests_ok": ok.load(Ordering::Relaxed),
         "requests_refused": refused.load(Ordering::Relaxed),
