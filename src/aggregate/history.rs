@@ -147,7 +147,7 @@ mod tests {
         let t = Timestamp(1_000_000);
         for (service, error) in [("payments", true), ("payments", false), ("checkout", false)] {
             let o = Outcome { trace: TraceId([1; 16]), span: SpanId([1; 8]), dims: dims(service), error, latency_us: 2000 };
-            agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o, t);
+            agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o, None, t);
         }
         let e =
             Evaluation { trace: None, flag: FlagKey("f".into()), variant: Some(Variant("on".into())), error_type: None, dims: dims("checkout"), context: None };
@@ -179,9 +179,9 @@ mod tests {
         // `a` has data long ago and now; `b` only now: their windows switch resolution at different times.
         // `a` reports every 5 s for 4 min (its oldest minutes move to 1-min buckets); `b` once.
         for s in (0..240u64).step_by(5) {
-            agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o("a"), t0.plus(std::time::Duration::from_secs(s)));
+            agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o("a"), None, t0.plus(std::time::Duration::from_secs(s)));
         }
-        agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o("b"), t0.plus(std::time::Duration::from_secs(30)));
+        agg.observe(&FlagKey("f".into()), &Variant("on".into()), &o("b"), None, t0.plus(std::time::Duration::from_secs(30)));
         let h = history(&agg, &HistoryQuery { flag: "f".into(), ..HistoryQuery::default() }, t0.plus(std::time::Duration::from_secs(5 * 60)));
         let points = &h.variants["on"];
         for pair in points.windows(2) {

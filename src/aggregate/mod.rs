@@ -122,10 +122,13 @@ impl Aggregator {
 }
 
 impl Sink for Aggregator {
-    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, now: Timestamp) {
+    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, user: Option<u64>, now: Timestamp) {
         let key = SeriesKey { flag: flag.clone(), variant: variant.clone(), dims: outcome.dims.clone() };
         if let Some(w) = self.window(key) {
             w.record_request(now, outcome.error, outcome.latency_us);
+            // Without a context id, the trace is its own user: requests count as independent.
+            let user = user.unwrap_or_else(|| u64::from_le_bytes(outcome.trace.0[..8].try_into().expect("8 of 16 bytes")));
+            w.record_user(user, outcome.error);
         }
     }
 
@@ -170,7 +173,7 @@ mod tests {
         let dims = Dims { service: "s".into(), environment: "e".into(), region: "r".into() };
         let outcome = Outcome { trace: TraceId([1; 16]), span: SpanId([1; 8]), dims, error: false, latency_us: 10 };
         for flag in ["a", "b", "c", "a"] {
-            agg.observe(&FlagKey(flag.into()), &Variant("on".into()), &outcome, Timestamp(1));
+            agg.observe(&FlagKey(flag.into()), &Variant("on".into()), &outcome, None, Timestamp(1));
         }
         assert_eq!(agg.series_count(), 2);
         assert_eq!(agg.overflow(), 1, "only the new series past the cap is refused");

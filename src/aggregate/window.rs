@@ -111,6 +111,9 @@ pub struct Window {
     /// holds everything from here on.
     dropped_before: [u64; 3],
     last_record: Timestamp,
+    /// Requests and errors per bucket of hashed users, since the series started (saturating):
+    /// the user-level variance of sequential tests ([`crate::stats::design_effect`]).
+    users: Option<Box<crate::stats::UserBuckets>>,
 }
 
 fn floor(t: u64, width: u64) -> u64 {
@@ -137,6 +140,19 @@ impl Window {
         stats.requests += 1;
         stats.errors += error as u64;
         stats.latency.get_or_insert_with(|| Latency::Raw(Vec::new())).record(latency_us);
+    }
+
+    /// Counts one request of `user` (a hash) in its user bucket.
+    pub fn record_user(&mut self, user: u64, error: bool) {
+        let buckets = self.users.get_or_insert_with(Default::default);
+        let b = &mut buckets.0[crate::stats::user_bucket(user)];
+        b[0] = b[0].saturating_add(1);
+        b[1] = b[1].saturating_add(u32::from(error));
+    }
+
+    /// Requests and errors per user bucket since the series started (`None` before any request).
+    pub fn user_buckets(&self) -> Option<&crate::stats::UserBuckets> {
+        self.users.as_deref()
     }
 
     /// Records one flag evaluation (exposure) of this cohort.
@@ -215,21 +231,33 @@ impl Window {
 
     /// Sums the buckets that overlap `[start, ∞)`, each time range read from exactly one level.
     pub fn summary_since(&self, start: Timestamp) -> Summary {
-        let mut total = Stats::default();
-        let points = self.points_since(start);
-        let covered_from = points.first().map_or(start.as_millis(), |p| p.0);
-        for (_, _, stats) in points {
-            total.add(stats);
-        }
-        let mut summary = Summary::empty(Timestamp(covered_from));
-        summary.requests = total.requests;
-        summary.errors = total.errors;
-        summary.exposures = total.exposures;
-        summary.evaluation_errors = total.evaluation_errors;
-        if let Some(l) = &total.latency {
-            l.add_into(&mut summary.latency);
+        // Covered from the oldest bucket read, which may be after `start` (no older data).
+        let mut summary = Summary::empty(Timestamp(u64::MAX));
+        self.add_since(start, &mut summary);
+        if summary.covered_from == Timestamp(u64::MAX) {
+            summary.covered_from = start;
         }
         summary
+    }
+
+    /// Adds the buckets that overlap `[start, ∞)` into `summary` (and moves its `covered_from`
+    /// back to the oldest bucket read). Each bucket's latency goes straight into the summary's
+    /// dense histogram: merging sparse buckets into each other first re-encoded them at every
+    /// step, which made a 6-hour sum quadratic.
+    pub fn add_since(&self, start: Timestamp, summary: &mut Summary) {
+        let points = self.points_since(start);
+        if let Some(first) = points.first() {
+            summary.covered_from = summary.covered_from.min(Timestamp(first.0));
+        }
+        for (_, _, stats) in points {
+            summary.requests += stats.requests;
+            summary.errors += stats.errors;
+            summary.exposures += stats.exposures;
+            summary.evaluation_errors += stats.evaluation_errors;
+            if let Some(l) = &stats.latency {
+                l.add_into(&mut summary.latency);
+            }
+        }
     }
 
     /// Where this window switches from level 2 to level 1 and from level 1 to level 0 (ms).
@@ -265,11 +293,16 @@ impl Window {
         self.advanced_to = self.advanced_to.max(other.advanced_to);
         self.cascaded_1 = self.cascaded_1.max(other.cascaded_1);
         self.last_record = self.last_record.max(other.last_record);
+        if let Some(theirs) = &other.users {
+            self.users.get_or_insert_with(Default::default).add(theirs);
+        }
     }
 
     /// Approximate heap bytes held (for the memory report).
     pub fn bytes(&self) -> usize {
-        self.levels.iter().flat_map(|l| l.iter()).map(|b| std::mem::size_of::<Bucket>() + b.stats.latency.as_ref().map_or(0, Latency::bytes)).sum()
+        let buckets: usize =
+            self.levels.iter().flat_map(|l| l.iter()).map(|b| std::mem::size_of::<Bucket>() + b.stats.latency.as_ref().map_or(0, Latency::bytes)).sum();
+        buckets + self.users.as_ref().map_or(0, |_| std::mem::size_of::<crate::stats::UserBuckets>())
     }
 }
 

@@ -436,7 +436,7 @@ fn memory(series: usize, history: Duration, every: u64) -> i32 {
                 error: (t as usize + i).is_multiple_of(50),
                 latency_us: latency(t, i),
             };
-            agg.observe(flag, variant, &outcome, now);
+            agg.observe(flag, variant, &outcome, None, now);
             n += 1;
         }
     }

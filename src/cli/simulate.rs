@@ -123,26 +123,28 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                 let spec = if arm == 0 && regressed { scenario.treatment } else { scenario.control };
                 let rate = if arm == 0 { scenario.treatment.rate_per_s } else { scenario.control.rate_per_s };
                 for _ in 0..poisson(&mut rng, rate) {
-                    let p = if scenario.bursty {
+                    // The request's user (its context id hash): a persistent user when bursty, a
+                    // fresh one per request otherwise.
+                    let (p, user) = if scenario.bursty {
                         let mut pick = rng.random::<f64>() * total_weight[arm];
-                        let mut chosen = 0.0;
-                        for &(w, p, _) in users.iter().filter(|u| u.2 == arm) {
-                            chosen = p;
+                        let mut chosen = (0.0, 0u64);
+                        for (u, &(w, p, _)) in users.iter().enumerate().filter(|(_, u)| u.2 == arm) {
+                            chosen = (p, u as u64);
                             if pick < w {
                                 break;
                             }
                             pick -= w;
                         }
-                        chosen * spec.error_p / 0.01
+                        (chosen.0 * spec.error_p / 0.01, chosen.1)
                     } else {
-                        spec.error_p
+                        (spec.error_p, rng.random::<u64>())
                     };
                     let error = rng.random::<f64>() < p;
                     counts[k][arm * 2] += 1;
                     counts[k][arm * 2 + 1] += error as u64;
                     let outcome =
                         Outcome { trace: TraceId([1; 16]), span: SpanId([1; 8]), dims: dims.clone(), error, latency_us: latency_us(&mut rng, spec.latency_ms) };
-                    agg.observe(flag, variant, &outcome, now);
+                    agg.observe(flag, variant, &outcome, Some(user), now);
                 }
             }
             // The naive comparison: a one-sided z-test at 99 % on the cumulative counts, every second.
@@ -316,6 +318,22 @@ mod tests {
         let naive = results.iter().filter(|r| r.naive_after_s.is_some()).count() as u64;
         assert!(binomial_tail(runs, killed, 0.01) > 0.001, "{killed}/{runs} false kills is significantly above 1 %");
         assert!(binomial_tail(runs, naive, 0.01) < 0.001, "the naive test should fail this check: {naive}/{runs}");
+    }
+
+    /// The same with a few heavy, error-prone users: the arms differ by which users they got,
+    /// not by the flag. Requests are not independent; the user-level variance (design effect)
+    /// keeps the rule within α where a test on requests — the naive one here — kills often.
+    #[test]
+    fn a_a_with_bursty_users_stays_within_alpha() {
+        let mut scenario = scenarios(300)[1].clone();
+        assert!(scenario.bursty);
+        scenario.horizon_s = 300;
+        let runs = 60u64;
+        let results = parallel(runs, |i| run(&scenario, 5_000 + i));
+        let killed = results.iter().filter(|r| r.killed_after_s.is_some()).count() as u64;
+        let naive = results.iter().filter(|r| r.naive_after_s.is_some()).count() as u64;
+        assert!(binomial_tail(runs, killed, 0.01) > 0.001, "{killed}/{runs} false kills is significantly above 1 %");
+        assert!(binomial_tail(runs, naive, 0.01) < 0.001, "requests are correlated here, the naive test should fail: {naive}/{runs}");
     }
 
     #[test]

@@ -37,7 +37,9 @@ impl Default for CorrelateSettings {
 /// Where observations go (the aggregator, or a test recorder).
 pub trait Sink {
     /// One request outcome attributed to cohort (flag, variant) in the outcome's slice.
-    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, now: Timestamp);
+    /// `user` is the trace's user (the first `feature_flag.context.id` hash seen in it), for
+    /// the user-level variance of sequential tests.
+    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, user: Option<u64>, now: Timestamp);
     /// One request outcome of a trace that evaluated no flag.
     fn unflagged(&mut self, dims: &Dims, error: bool, latency_us: u64, now: Timestamp);
     /// One flag evaluation (an exposure), in the evaluating service's slice.
@@ -93,11 +95,13 @@ struct TraceState {
     /// `seen` keeps the span ids for dedupe.
     tombstone_until: Option<Timestamp>,
     seen: Vec<SpanId>,
+    /// The trace's user: the first context id hash among its evaluations.
+    user: Option<u64>,
 }
 
 impl TraceState {
     fn new(now: Timestamp) -> Self {
-        TraceState { last_seen: now, cohorts: Vec::new(), outcomes: Vec::new(), tombstone_until: None, seen: Vec::new() }
+        TraceState { last_seen: now, cohorts: Vec::new(), outcomes: Vec::new(), tombstone_until: None, seen: Vec::new(), user: None }
     }
 }
 
@@ -158,6 +162,7 @@ impl Correlator {
         let Some(trace) = evaluation.trace else { return };
         let state = Self::state(&mut self.traces, &mut self.deadlines, &mut self.live, self.settings.trace_idle, trace, now);
         state.last_seen = now;
+        state.user = state.user.or(evaluation.context);
         let full = state.cohorts.len() >= MAX_FLAGS_PER_TRACE;
         match state.cohorts.iter_mut().find(|c| c.flag() == &evaluation.flag) {
             Some(Cohort::Exposed(_, seen)) if seen == variant => {}
@@ -170,7 +175,7 @@ impl Correlator {
             None => {
                 state.cohorts.push(Cohort::Exposed(evaluation.flag.clone(), variant.clone()));
                 for outcome in &state.outcomes {
-                    sink.observe(&evaluation.flag, variant, outcome, now);
+                    sink.observe(&evaluation.flag, variant, outcome, state.user, now);
                     self.counts.attributed += 1;
                 }
             }
@@ -190,7 +195,7 @@ impl Correlator {
         let tombstone = state.tombstone_until.is_some();
         for cohort in &state.cohorts {
             if let Cohort::Exposed(flag, variant) = cohort {
-                sink.observe(flag, variant, &outcome, now);
+                sink.observe(flag, variant, &outcome, state.user, now);
                 self.counts.attributed += 1;
             }
         }

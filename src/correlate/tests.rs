@@ -4,12 +4,14 @@ use std::sync::Arc;
 #[derive(Default)]
 struct Recorder {
     observed: Vec<(String, String, String, bool)>,
+    users: Vec<Option<u64>>,
     unflagged: Vec<(String, bool)>,
     exposures: Vec<(String, Option<String>, bool)>,
 }
 
 impl Sink for Recorder {
-    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, _now: Timestamp) {
+    fn observe(&mut self, flag: &FlagKey, variant: &Variant, outcome: &Outcome, user: Option<u64>, _now: Timestamp) {
+        self.users.push(user);
         self.observed.push((flag.to_string(), variant.to_string(), outcome.dims.service.to_string(), outcome.error));
     }
     fn unflagged(&mut self, dims: &Dims, error: bool, _latency_us: u64, _now: Timestamp) {
@@ -185,4 +187,28 @@ fn one_crafted_trace_costs_at_most_its_caps() {
     // A later outcome still reaches the flags already seen.
     c.outcome(Outcome { span: SpanId([0xee; 8]), ..outcome(7, 0, "api", true) }, t(3), &mut r);
     assert_eq!(r.observed.iter().filter(|o| o.3).count(), MAX_FLAGS_PER_TRACE);
+}
+
+#[test]
+fn observations_carry_the_traces_user() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.outcome(outcome(1, 1, "payments", false), t(0), &mut r);
+    let mut with_user = eval(1, "f", "on");
+    with_user.context = Some(42);
+    c.evaluation(&with_user, t(10), &mut r);
+    c.evaluation(
+        &{
+            let mut e = eval(1, "g", "on");
+            e.context = Some(7);
+            e
+        },
+        t(15),
+        &mut r,
+    );
+    c.outcome(outcome(1, 2, "frontend", false), t(20), &mut r);
+    c.evaluation(&eval(2, "f", "on"), t(30), &mut r);
+    c.outcome(outcome(2, 1, "payments", false), t(40), &mut r);
+    // Trace 1: the first context id seen is its user, for outcomes before and after; trace 2 has none.
+    assert_eq!(r.users, vec![Some(42), Some(42), Some(42), Some(42), None]);
 }

@@ -232,7 +232,7 @@ impl RuleEngine {
             let mut total = Summary::empty(since);
             for (window, r) in members {
                 if *r == role {
-                    total.add(&window.summary_since(since));
+                    window.add_since(since, &mut total);
                 }
             }
             total
@@ -287,7 +287,23 @@ impl RuleEngine {
                     .collect()
             })
             .collect();
+        // Per arm, the user-level design effect of the error rate (user buckets summed over the
+        // arm's series); only sequential conditions use it.
+        let design_effect = |role: Role| {
+            let mut sum = [[0u64; 2]; crate::stats::USER_BUCKETS];
+            for (window, r) in members {
+                if let (true, Some(buckets)) = (*r == role, window.user_buckets()) {
+                    for (s, b) in sum.iter_mut().zip(&buckets.0) {
+                        s[0] += u64::from(b[0]);
+                        s[1] += u64::from(b[1]);
+                    }
+                }
+            }
+            crate::stats::design_effect(&sum)
+        };
+        let design_effects = if cumulative.is_some() { (design_effect(Role::Treatment), design_effect(Role::Control)) } else { (1.0, 1.0) };
         let inputs = Inputs {
+            design_effects,
             treatment: &treatment,
             baseline: has_control.then_some((BaselineKind::Control, &control)),
             cumulative: cumulative.as_ref().map(|(t, c)| (t, c)),

@@ -109,6 +109,9 @@ pub struct Inputs<'a> {
     pub thresholds: &'a [Option<f64>],
     /// Per condition: for a `BurnRate`, one entry per window pair.
     pub burn: &'a [Vec<BurnWindows>],
+    /// Per arm (treatment, control): the user-level design effect of the error rate
+    /// (`stats::design_effect`), by which the error-rate test's binomial variance is multiplied.
+    pub design_effects: (f64, f64),
     /// Multiplies every sequential condition's alpha (alpha spending across test segments:
     /// 1, 1/2, 1/4, … so that the segments together stay within alpha).
     pub alpha_scale: f64,
@@ -117,7 +120,7 @@ pub struct Inputs<'a> {
 impl<'a> Inputs<'a> {
     /// Inputs of absolute conditions only.
     pub fn window(treatment: &'a Summary, baseline: Option<(BaselineKind, &'a Summary)>) -> Self {
-        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[], alpha_scale: 1.0 }
+        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[], alpha_scale: 1.0, design_effects: (1.0, 1.0) }
     }
 }
 
@@ -153,7 +156,13 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
             }
             Condition::ErrorRateAboveControl { margin, alpha, tau } => match inputs.cumulative {
                 Some((t, c)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
-                    let arms = Arms { treatment_n: t.requests, treatment_x: t.errors, control_n: c.requests, control_x: c.errors };
+                    let arms = Arms {
+                        treatment_n: t.requests,
+                        treatment_x: t.errors,
+                        control_n: c.requests,
+                        control_x: c.errors,
+                        design_effect: inputs.design_effects,
+                    };
                     let test = msprt(arms, *margin, alpha * inputs.alpha_scale, *tau);
                     e_values.push((test.statistic, alpha * inputs.alpha_scale));
                     (if test.rejected { Outcome::Breached { shared: false } } else { Outcome::Fine }, sequential_record(&test, arms, *margin, "error rate"))
@@ -170,7 +179,9 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
             Condition::LatencyAboveControl { alpha, .. } => match (inputs.cumulative, inputs.thresholds.get(i).copied().flatten()) {
                 (Some((t, c)), Some(threshold_ms)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
                     let above = |s: &Summary| s.latency.len().saturating_sub(s.latency.count_between(0, (threshold_ms * 1000.0) as u64));
-                    let arms = Arms { treatment_n: t.latency.len(), treatment_x: above(t), control_n: c.latency.len(), control_x: above(c) };
+                    // Requests counted as independent here: the user buckets count errors only.
+                    let arms =
+                        Arms { treatment_n: t.latency.len(), treatment_x: above(t), control_n: c.latency.len(), control_x: above(c), ..Default::default() };
                     let test = msprt(arms, 0.0, alpha * inputs.alpha_scale, 0.02);
                     e_values.push((test.statistic, alpha * inputs.alpha_scale));
                     let mut record = sequential_record(&test, arms, 0.0, "share of requests slower than the threshold");
@@ -281,6 +292,7 @@ fn sequential_record(test: &Msprt, arms: Arms, margin: f64, what: &str) -> Value
         "margin": margin,
         "samples": { "treatment": arms.treatment_n, "control": arms.control_n },
         "events": { "treatment": arms.treatment_x, "control": arms.control_x },
+        "design_effect": { "treatment": arms.design_effect.0.max(1.0), "control": arms.design_effect.1.max(1.0) },
     })
 }
 

@@ -16,6 +16,60 @@
 
 pub mod distinct;
 
+/// How many buckets users are hashed into for the user-level (cluster-robust) variance.
+pub const USER_BUCKETS: usize = 64;
+
+/// (requests, errors) per bucket of hashed users.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserBuckets(pub [[u32; 2]; USER_BUCKETS]);
+
+impl Default for UserBuckets {
+    fn default() -> Self {
+        UserBuckets([[0; 2]; USER_BUCKETS])
+    }
+}
+
+impl UserBuckets {
+    pub fn add(&mut self, other: &UserBuckets) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            mine[0] = mine[0].saturating_add(theirs[0]);
+            mine[1] = mine[1].saturating_add(theirs[1]);
+        }
+    }
+}
+
+/// The bucket of a user (a 64-bit hash): the top bits of a multiplicative mix.
+pub fn user_bucket(user: u64) -> usize {
+    (user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - USER_BUCKETS.trailing_zeros())) as usize
+}
+
+/// The design effect of a proportion (errors / requests) observed over users: the user-level
+/// (cluster-robust) variance of the proportion divided by the binomial variance that treats
+/// every request as independent, at least 1.
+///
+/// Every request of a user lands in the same bucket, so buckets are independent groups of whole
+/// users and the spread of their residuals `x_k − p̂·n_k` estimates the variance of `x − p̂·n`
+/// whatever the correlation within a user (the random-groups estimator of survey sampling;
+/// the linearised variance of a ratio): `V_users = B/(B−1) · Σ (x_k − p̂ n_k)² / n²` over the
+/// `B` buckets with requests, against `V_binomial = p̂(1 − p̂)/n`. With independent requests the
+/// ratio is about 1 (its noise is that of a χ² with `B − 1` degrees of freedom, so it is floored
+/// at 1); a few heavy users whose error rates differ make it large. Fewer than two buckets with
+/// requests cannot show the spread: 1.
+pub fn design_effect(buckets: &[[u64; 2]]) -> f64 {
+    let (n, x) = buckets.iter().fold((0u64, 0u64), |(n, x), b| (n + b[0], x + b[1]));
+    let used = buckets.iter().filter(|b| b[0] > 0).count();
+    if n == 0 || used < 2 {
+        return 1.0;
+    }
+    let p = x as f64 / n as f64;
+    let spread: f64 = buckets.iter().map(|b| (b[1] as f64 - p * b[0] as f64).powi(2)).sum::<f64>() * used as f64 / (used - 1) as f64;
+    // The binomial variance with the same half pseudo-count as the test (zero errors still give a
+    // positive variance), times n², to compare with the spread.
+    let q = (x as f64 + 0.5) / (n as f64 + 1.0);
+    let binomial = q * (1.0 - q) * n as f64;
+    (spread / binomial).max(1.0)
+}
+
 /// The p-value of a sample-ratio mismatch: `treatment` users out of `treatment + control`,
 /// when the treatment should get `expected_share` of them. With exact counts this is the χ²
 /// test with one degree of freedom; the relative variance of each estimate (sketches) is added
@@ -53,6 +107,9 @@ pub struct Arms {
     pub treatment_x: u64,
     pub control_n: u64,
     pub control_x: u64,
+    /// Per arm, the factor the binomial variance is multiplied by ([`design_effect`]); values
+    /// below 1 (the default 0) count as 1: requests independent.
+    pub design_effect: (f64, f64),
 }
 
 /// One mSPRT evaluation.
@@ -84,7 +141,8 @@ pub fn msprt(arms: Arms, margin: f64, alpha: f64, tau: f64) -> Msprt {
     let p = |x: u64, n: u64| (x as f64 + 0.5) / (n as f64 + 1.0);
     let (pt, pc) = (p(arms.treatment_x, arms.treatment_n), p(arms.control_x, arms.control_n));
     let effect = arms.treatment_x as f64 / arms.treatment_n as f64 - arms.control_x as f64 / arms.control_n as f64;
-    let v = pt * (1.0 - pt) / arms.treatment_n as f64 + pc * (1.0 - pc) / arms.control_n as f64;
+    let (dt, dc) = (arms.design_effect.0.max(1.0), arms.design_effect.1.max(1.0));
+    let v = dt * pt * (1.0 - pt) / arms.treatment_n as f64 + dc * pc * (1.0 - pc) / arms.control_n as f64;
     let t2 = tau * tau;
     let d = effect - margin;
     // Two-sided normal mixture centred on the margin...

@@ -2,7 +2,7 @@ use super::*;
 
 #[test]
 fn no_difference_is_no_evidence() {
-    let m = msprt(Arms { treatment_n: 1000, treatment_x: 10, control_n: 1000, control_x: 10 }, 0.0, 0.01, 0.01);
+    let m = msprt(Arms { treatment_n: 1000, treatment_x: 10, control_n: 1000, control_x: 10, ..Default::default() }, 0.0, 0.01, 0.01);
     assert!(!m.rejected);
     assert!(m.statistic < 1.0);
     assert!(m.interval.0 < 0.0 && m.interval.1 > 0.0);
@@ -10,7 +10,7 @@ fn no_difference_is_no_evidence() {
 
 #[test]
 fn a_large_difference_is_rejected_and_the_interval_excludes_the_margin() {
-    let m = msprt(Arms { treatment_n: 2000, treatment_x: 200, control_n: 2000, control_x: 20 }, 0.01, 0.01, 0.02);
+    let m = msprt(Arms { treatment_n: 2000, treatment_x: 200, control_n: 2000, control_x: 20, ..Default::default() }, 0.01, 0.01, 0.02);
     assert!(m.rejected, "{m:?}");
     assert!(m.statistic >= m.boundary);
     assert!((m.effect - 0.09).abs() < 1e-9);
@@ -20,7 +20,7 @@ fn a_large_difference_is_rejected_and_the_interval_excludes_the_margin() {
 #[test]
 fn the_margin_protects_small_effects() {
     // 1.5 points worse, with a 2-point margin: never rejected, however many samples.
-    let m = msprt(Arms { treatment_n: 1_000_000, treatment_x: 25_000, control_n: 1_000_000, control_x: 10_000 }, 0.02, 0.01, 0.01);
+    let m = msprt(Arms { treatment_n: 1_000_000, treatment_x: 25_000, control_n: 1_000_000, control_x: 10_000, ..Default::default() }, 0.02, 0.01, 0.01);
     assert!(!m.rejected, "{m:?}");
 }
 
@@ -28,7 +28,7 @@ fn the_margin_protects_small_effects() {
 fn rejection_is_one_sided() {
     let mut crossed = false;
     for x in 0..60 {
-        let m = msprt(Arms { treatment_n: 500, treatment_x: x, control_n: 500, control_x: 5 }, 0.0, 0.05, 0.02);
+        let m = msprt(Arms { treatment_n: 500, treatment_x: x, control_n: 500, control_x: 5, ..Default::default() }, 0.0, 0.05, 0.02);
         assert_eq!(m.rejected, m.statistic >= m.boundary, "x={x}: {m:?}");
         crossed |= m.rejected;
         assert!(!m.rejected || m.effect > 0.0, "never rejects on a better treatment: x={x}");
@@ -41,7 +41,7 @@ fn rejection_is_one_sided() {
 #[test]
 fn a_healthy_slice_has_no_evidence_against_a_positive_margin() {
     for n in [1_000u64, 10_000, 100_000] {
-        let m = msprt(Arms { treatment_n: n, treatment_x: n / 100, control_n: n, control_x: n / 100 }, 0.01, 0.01, 0.01);
+        let m = msprt(Arms { treatment_n: n, treatment_x: n / 100, control_n: n, control_x: n / 100, ..Default::default() }, 0.01, 0.01, 0.01);
         assert!(m.statistic < 1.0, "n={n}: {m:?}");
     }
 }
@@ -75,4 +75,38 @@ fn sample_ratio_mismatch() {
     // 51 % of 200 000 is a mismatch with exact counts, but not with two 1024-sketches (~3 % error each).
     assert!(srm(102_000.0, 98_000.0, 0.5, exact) < 0.001);
     assert!(srm(102_000.0, 98_000.0, 0.5, (1.0 / 1022.0, 1.0 / 1022.0)) > 0.05);
+}
+
+/// Independent requests: the user-level variance matches the binomial one (design effect near
+/// 1); a few heavy users with their own error rates: far above 1.
+#[test]
+fn the_design_effect_sees_errors_concentrated_in_users() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut independent = [[0u64; 2]; USER_BUCKETS];
+    let mut clustered = [[0u64; 2]; USER_BUCKETS];
+    for _ in 0..20_000 {
+        let b = &mut independent[user_bucket(rng.random())];
+        b[0] += 1;
+        b[1] += u64::from(rng.random_bool(0.01));
+        // 5 heavy users send half the requests; one of them fails 10 % of the time.
+        let user: u64 = if rng.random_bool(0.5) { rng.random_range(0..5) } else { rng.random_range(100..100_000) };
+        let b = &mut clustered[user_bucket(user)];
+        b[0] += 1;
+        b[1] += u64::from(rng.random_bool(if user == 0 { 0.1 } else { 0.002 }));
+    }
+    let d = design_effect(&independent);
+    assert!((1.0..1.6).contains(&d), "independent: {d}");
+    let d = design_effect(&clustered);
+    assert!(d > 5.0, "clustered: {d}");
+    assert_eq!(design_effect(&[[100, 3], [0, 0]]), 1.0, "one bucket cannot show a spread");
+}
+
+#[test]
+fn a_design_effect_widens_the_test() {
+    let arms = Arms { treatment_n: 5000, treatment_x: 75, control_n: 5000, control_x: 50, ..Default::default() };
+    let plain = msprt(arms, 0.0, 0.05, 0.01);
+    let clustered = msprt(Arms { design_effect: (6.0, 6.0), ..arms }, 0.0, 0.05, 0.01);
+    assert!(clustered.statistic < plain.statistic, "{plain:?} vs {clustered:?}");
+    assert!(clustered.interval.1 - clustered.interval.0 > 2.0 * (plain.interval.1 - plain.interval.0));
 }

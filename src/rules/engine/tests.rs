@@ -35,7 +35,7 @@ fn feed(agg: &mut Aggregator, flag: &str, variant: &str, region: &str, n: u64, e
     let dims = Dims { service: "payments".into(), environment: "prod".into(), region: region.into() };
     for i in 0..n {
         let outcome = Outcome { trace: TraceId([1; 16]), span: SpanId([2; 8]), dims: dims.clone(), error: i < errors, latency_us: 1000 };
-        agg.observe(&FlagKey(flag.into()), &Variant(variant.into()), &outcome, at);
+        agg.observe(&FlagKey(flag.into()), &Variant(variant.into()), &outcome, None, at);
     }
 }
 
