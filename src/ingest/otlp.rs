@@ -64,11 +64,14 @@ fn prost_resource(resource: Option<&Resource>) -> Attrs<'_> {
 /// Reads the slicing dimensions from a resource's attributes; `None` for flagguard's own
 /// telemetry (`flagguard.self = true`), looped back by a Collector: never part of the cohorts.
 pub fn resource_dims(attrs: Attrs<'_>) -> Option<Dims> {
-    let [service, environment, old_environment, region, own] =
-        attrs.lookup(["service.name", "deployment.environment.name", "deployment.environment", "cloud.region", crate::otel::SELF_ATTRIBUTE]);
-    if own == Some(Val::Bool(true)) {
+    // Any occurrence marks it (not only the first): a looped-back batch must never count.
+    let mut own = false;
+    attrs.for_each(|key, value| own |= key == crate::otel::SELF_ATTRIBUTE && value == Some(Val::Bool(true)));
+    if own {
         return None;
     }
+    let [service, environment, old_environment, region] =
+        attrs.lookup(["service.name", "deployment.environment.name", "deployment.environment", "cloud.region"]);
     // A value flagguard could not put in an action target or a URL reads as unknown.
     let usable = |v: Option<&str>| -> Arc<str> { v.filter(|v| extract::usable(v)).unwrap_or("").into() };
     let environment = extract::as_str(environment).or_else(|| extract::as_str(old_environment));

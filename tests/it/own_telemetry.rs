@@ -142,13 +142,19 @@ fn its_own_telemetry_looped_back_is_not_a_cohort() {
     let mut request = build("loop", "production", &requests, 1_700_000_000_000_000_000, &mut rand::rng());
     let options = flagguard::ingest::ExtractOptions::default();
     assert!(!flagguard::ingest::otlp::convert_traces(&request, &options).batch.evaluations.is_empty());
+    // A mark that is not the first occurrence of the key still counts (a Collector processor
+    // may append it after an `insert` of false).
     for rs in &mut request.resource_spans {
-        rs.resource.as_mut().unwrap().attributes.push(KeyValue {
-            key: "flagguard.self".into(),
-            value: Some(AnyValue { value: Some(Value::BoolValue(true)) }),
-            ..Default::default()
-        });
+        for own in [false, true] {
+            rs.resource.as_mut().unwrap().attributes.push(KeyValue {
+                key: "flagguard.self".into(),
+                value: Some(AnyValue { value: Some(Value::BoolValue(own)) }),
+                ..Default::default()
+            });
+        }
     }
     let converted = flagguard::ingest::otlp::convert_traces(&request, &options);
     assert!(converted.batch.evaluations.is_empty() && converted.batch.outcomes.is_empty());
+    let wire = flagguard::ingest::otlp::convert_traces_wire(&prost::Message::encode_to_vec(&request), &options).unwrap();
+    assert!(wire.batch.evaluations.is_empty() && wire.batch.outcomes.is_empty());
 }

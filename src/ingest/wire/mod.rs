@@ -4,14 +4,16 @@
 //! without allocating. prost's full decode allocates every attribute of every span; this reader
 //! allocates nothing (see README, Performance).
 //!
-//! Semantics follow protobuf's merge rules exactly where flagguard reads a field: a scalar that
+//! Semantics follow protobuf's merge rules where flagguard reads a field: a singular scalar that
 //! occurs twice takes its last value, a message that occurs twice (a span's `status`, a
 //! `ResourceSpans.resource`, a `KeyValue.value`) is the merge of its occurrences. The framing of
-//! the request down to each span's own fields is checked as strictly as prost checks it
-//! (varints, lengths, wire types of the fields read, groups); content flagguard never reads (a
-//! span's links, an attribute it never looks up) is skipped, not validated. So every request
-//! prost accepts converts to the same batch (fuzzed: `fuzz/fuzz_targets/otlp_wire.rs`), and a
-//! few malformed ones prost refuses are accepted.
+//! the request down to each span's own fields is checked as prost checks it (varints, lengths,
+//! wire types of the fields read, groups); content flagguard never reads (a span's links, an
+//! attribute it never looks up, the spans of flagguard's own resources) is skipped, not
+//! validated. So every request prost accepts converts to the same batch (property tests in
+//! `tests.rs`; the `otlp_proto` fuzz target compares the two), and a few malformed ones prost
+//! refuses are accepted. Not modelled: a `kvlistValue` occurring twice in one value (prost
+//! joins the lists; this reads the last) — a trace attribute is never read into a list.
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
