@@ -245,6 +245,16 @@ impl Window {
     /// dense histogram: merging sparse buckets into each other first re-encoded them at every
     /// step, which made a 6-hour sum quadratic.
     pub fn add_since(&self, start: Timestamp, summary: &mut Summary) {
+        self.add_parts_since(start, summary, true);
+    }
+
+    /// [`Window::add_since`] without the latency: the counts alone, for conditions that read
+    /// only them (merging histograms was 80 % of a rule evaluation over a 1 h cumulative sum).
+    pub fn add_counts_since(&self, start: Timestamp, summary: &mut Summary) {
+        self.add_parts_since(start, summary, false);
+    }
+
+    fn add_parts_since(&self, start: Timestamp, summary: &mut Summary, latency: bool) {
         let points = self.points_since(start);
         if let Some(first) = points.first() {
             summary.covered_from = summary.covered_from.min(Timestamp(first.0));
@@ -254,7 +264,7 @@ impl Window {
             summary.errors += stats.errors;
             summary.exposures += stats.exposures;
             summary.evaluation_errors += stats.evaluation_errors;
-            if let Some(l) = &stats.latency {
+            if let (true, Some(l)) = (latency, &stats.latency) {
                 l.add_into(&mut summary.latency);
             }
         }

@@ -45,6 +45,13 @@ pub struct Scenario {
     pub min_samples: u64,
 }
 
+impl Scenario {
+    /// Whether the naive z-test on error rates is a comparison for this scenario's rule.
+    fn naive(&self) -> bool {
+        self.when.contains("error_rate")
+    }
+}
+
 /// What happened in one simulated rollout.
 #[derive(Clone, Debug, Default)]
 pub struct Run {
@@ -149,7 +156,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             }
             // The naive comparison: a one-sided z-test at 99 % on the cumulative counts, every second.
             let [nt, et, nc, ec] = counts[k];
-            if run.naive_after_s.is_none() && nt >= scenario.min_samples && nc >= scenario.min_samples {
+            if scenario.naive() && run.naive_after_s.is_none() && nt >= scenario.min_samples && nc >= scenario.min_samples {
                 let (pt, pc) = (et as f64 / nt as f64, ec as f64 / nc as f64);
                 let v = pt * (1.0 - pt) / nt as f64 + pc * (1.0 - pc) / nc as f64;
                 if v > 0.0 && (pt - pc) / v.sqrt() > 2.326 {
@@ -168,7 +175,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                 run.killed_after_s.get_or_insert(second.saturating_sub(scenario.regression_at_s));
             }
         }
-        if scenario.series == 1 && run.killed_after_s.is_some() && run.naive_after_s.is_some() {
+        // Stop once nothing more can happen (the naive test compares error rates only).
+        if scenario.series == 1 && run.killed_after_s.is_some() && (run.naive_after_s.is_some() || !scenario.naive()) {
             break;
         }
     }
@@ -262,13 +270,13 @@ pub fn report(runs: u64, seed: u64, horizon_s: u64, family_series: usize, family
             (Some(m), Some(p)) if scenario.regression_at_s > 0 => format!("{m} s / {p} s"),
             _ => "–".into(),
         };
+        let naive = if scenario.naive() { format!("{naive} ({:.1} %)", 100.0 * naive as f64 / runs as f64) } else { "–".into() };
         let _ = writeln!(
             out,
-            "| {} | {runs} | {killed} | {:.2} % ({:.2} %) | {naive} ({:.1} %) | {timing} |",
+            "| {} | {runs} | {killed} | {:.2} % ({:.2} %) | {naive} | {timing} |",
             scenario.name,
             100.0 * killed as f64 / runs as f64,
             100.0 * binomial_upper(runs, killed, 0.05),
-            100.0 * naive as f64 / runs as f64
         );
     }
     let fam = family(family_series, horizon_s);

@@ -96,6 +96,13 @@ enum Role {
     Control,
 }
 
+/// What of a window a sum reads.
+#[derive(Clone, Copy)]
+enum Part {
+    All,
+    Counts,
+}
+
 /// Per-slice state across evaluations.
 pub struct RuleEngine {
     rules: Arc<RuleSet>,
@@ -228,15 +235,20 @@ impl RuleEngine {
     }
 
     fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, members: &[(&Window, Role)], aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
-        let sum = |role: Role, since: Timestamp| {
+        // `Part::Counts` leaves the latency histogram empty: only for conditions that never
+        // read it (merging histograms over hours of buckets dominated an evaluation).
+        let sum_parts = |role: Role, since: Timestamp, part: Part| {
             let mut total = Summary::empty(since);
             for (window, r) in members {
-                if *r == role {
-                    window.add_since(since, &mut total);
+                match (*r == role, part) {
+                    (false, _) => {}
+                    (true, Part::All) => window.add_since(since, &mut total),
+                    (true, Part::Counts) => window.add_counts_since(since, &mut total),
                 }
             }
             total
         };
+        let sum = |role: Role, since: Timestamp| sum_parts(role, since, Part::All);
         let (mut started, mut thresholds, mut segment) =
             self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone(), s.segment)).unwrap_or((now, vec![None; rule.when.len()], 0));
         // A reloaded rule with other conditions starts its sequential tests afresh.
@@ -256,7 +268,14 @@ impl RuleEngine {
         let treatment = sum(Role::Treatment, window_since);
         let control = sum(Role::Control, window_since);
         // Sequential conditions use everything since the slice was first seen (≤ 6 h kept).
-        let cumulative = rule.when.iter().any(Condition::is_sequential).then(|| (sum(Role::Treatment, started), sum(Role::Control, started)));
+        // Its latency only for a latency comparison (the decision record then shows no
+        // cumulative quantiles for an error-rate rule; the window's are there).
+        let cumulative_part = if rule.when.iter().any(|c| matches!(c, Condition::LatencyAboveControl { .. })) { Part::All } else { Part::Counts };
+        let cumulative = rule
+            .when
+            .iter()
+            .any(Condition::is_sequential)
+            .then(|| (sum_parts(Role::Treatment, started, cumulative_part), sum_parts(Role::Control, started, cumulative_part)));
         for (i, condition) in rule.when.iter().enumerate() {
             if let (Condition::LatencyAboveControl { quantile, ratio, .. }, Some((_, c)), None) = (condition, &cumulative, thresholds[i]) {
                 // Fixed once from the control's own history, never re-estimated: the test stays valid.
@@ -280,9 +299,10 @@ impl RuleEngine {
                 burn_pairs(c)
                     .into_iter()
                     .map(|(l, s)| BurnWindows {
-                        long: sum(Role::Treatment, l),
-                        short: sum(Role::Treatment, s),
-                        baseline: has_control.then(|| (sum(Role::Control, l), sum(Role::Control, s))),
+                        // Burn rates read error rates only.
+                        long: sum_parts(Role::Treatment, l, Part::Counts),
+                        short: sum_parts(Role::Treatment, s, Part::Counts),
+                        baseline: has_control.then(|| (sum_parts(Role::Control, l, Part::Counts), sum_parts(Role::Control, s, Part::Counts))),
                     })
                     .collect()
             })
@@ -468,7 +488,7 @@ impl RuleEngine {
         let mut total = Summary::empty(since);
         for (dims, window) in aggregator.unflagged_iter() {
             if rule.filter.matches(dims) && slice.values.iter().all(|(d, v)| dims.get(*d) == &**v) {
-                total.add(&window.summary_since(since));
+                window.add_since(since, &mut total);
             }
         }
         total
