@@ -111,8 +111,9 @@ pub struct Window {
     /// holds everything from here on.
     dropped_before: [u64; 3],
     last_record: Timestamp,
-    /// Requests and errors per bucket of hashed users, since the series started (saturating):
-    /// the user-level variance of sequential tests ([`crate::stats::design_effect`]).
+    /// Requests and errors per bucket of hashed users, since the series started (wrapping
+    /// counters; the rule engine reads differences over a test segment): the user-level
+    /// variance of sequential tests ([`crate::stats::design_effect`]).
     users: Option<Box<crate::stats::UserBuckets>>,
 }
 
@@ -144,10 +145,7 @@ impl Window {
 
     /// Counts one request of `user` (a hash) in its user bucket.
     pub fn record_user(&mut self, user: u64, error: bool) {
-        let buckets = self.users.get_or_insert_with(Default::default);
-        let b = &mut buckets.0[crate::stats::user_bucket(user)];
-        b[0] = b[0].saturating_add(1);
-        b[1] = b[1].saturating_add(u32::from(error));
+        self.users.get_or_insert_with(Default::default).record(user, error);
     }
 
     /// Requests and errors per user bucket since the series started (`None` before any request).

@@ -22,6 +22,7 @@ use super::{Condition, Mode, Rule, RuleSet};
 use crate::aggregate::snapshot::{TransitionView, VerdictView};
 use crate::aggregate::{Aggregator, Summary, Window};
 use crate::model::{Dimension, FlagKey, SeriesKey};
+use crate::stats::UserBuckets;
 use crate::time::Timestamp;
 
 /// Guards from `[rules]` in the configuration.
@@ -82,6 +83,8 @@ struct SliceState {
     thresholds: Vec<Option<f64>>,
     /// Which test segment this is (see [`SEGMENT`]): its alpha is `alpha / 2^segment`.
     segment: u32,
+    /// Each member series' user buckets when the segment started (sequential rules only).
+    user_base: HashMap<SeriesKey, UserBuckets>,
     verdict: Verdict,
     since: Timestamp,
     breached_since: Option<Timestamp>,
@@ -89,6 +92,9 @@ struct SliceState {
     record: Value,
     mode: Mode,
 }
+
+/// A series of a slice.
+type Member<'a> = (&'a SeriesKey, &'a Window);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Role {
@@ -189,7 +195,7 @@ impl RuleEngine {
         let rules = self.rules.clone();
         let mut candidates = Vec::new();
         for (ri, rule) in rules.rules.iter().enumerate() {
-            let mut members: Vec<(SliceKey, &Window, Role)> = Vec::new();
+            let mut members: Vec<(SliceKey, Member, Role)> = Vec::new();
             let mut dirty: HashSet<SliceKey> = HashSet::new();
             for (key, window) in aggregator.series() {
                 if !self.matches(ri, &key.flag) || !rule.filter.matches(&key.dims) {
@@ -208,12 +214,12 @@ impl RuleEngine {
                 if changed.is_none_or(|c| c.contains(key)) {
                     dirty.insert(slice.clone());
                 }
-                members.push((slice, window, role));
+                members.push((slice, (key, window), role));
             }
-            let mut groups: HashMap<SliceKey, Vec<(&Window, Role)>> = HashMap::new();
-            for (slice, window, role) in members {
+            let mut groups: HashMap<SliceKey, Vec<(Member, Role)>> = HashMap::new();
+            for (slice, member, role) in members {
                 if dirty.contains(&slice) {
-                    groups.entry(slice).or_default().push((window, role));
+                    groups.entry(slice).or_default().push((member, role));
                 }
             }
             // Slices known before but with no series left.
@@ -223,7 +229,7 @@ impl RuleEngine {
                 }
             }
             // Sorted, so that e-BH across slices sees them in the same order every run.
-            let mut groups: Vec<(SliceKey, Vec<(&Window, Role)>)> = groups.into_iter().collect();
+            let mut groups: Vec<(SliceKey, Vec<(Member, Role)>)> = groups.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
             for (slice, members) in groups {
                 if let Some(decision) = self.judge_slice(rule, slice, &members, aggregator, now) {
@@ -234,12 +240,12 @@ impl RuleEngine {
         self.limit_concurrent_kills(candidates, now)
     }
 
-    fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, members: &[(&Window, Role)], aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
+    fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, members: &[(Member, Role)], aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
         // `Part::Counts` leaves the latency histogram empty: only for conditions that never
         // read it (merging histograms over hours of buckets dominated an evaluation).
         let sum_parts = |role: Role, since: Timestamp, part: Part| {
             let mut total = Summary::empty(since);
-            for (window, r) in members {
+            for ((_, window), r) in members {
                 match (*r == role, part) {
                     (false, _) => {}
                     (true, Part::All) => window.add_since(since, &mut total),
@@ -251,10 +257,13 @@ impl RuleEngine {
         let sum = |role: Role, since: Timestamp| sum_parts(role, since, Part::All);
         let (mut started, mut thresholds, mut segment) =
             self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone(), s.segment)).unwrap_or((now, vec![None; rule.when.len()], 0));
+        // Whether the sequential tests start a segment now.
+        let mut fresh = !self.slices.contains_key(&slice);
         // A reloaded rule with other conditions starts its sequential tests afresh.
         if thresholds.len() != rule.when.len() {
             thresholds = vec![None; rule.when.len()];
             started = now;
+            fresh = true;
         }
         // The windows keep 6 h: before the oldest data of a sequential test would fall out of
         // them, the test restarts with half the alpha of the previous segment (alpha spending:
@@ -263,6 +272,7 @@ impl RuleEngine {
             started = now;
             segment += 1;
             thresholds = vec![None; rule.when.len()];
+            fresh = true;
         }
         let window_since = now.minus(rule.window);
         let treatment = sum(Role::Treatment, window_since);
@@ -307,16 +317,19 @@ impl RuleEngine {
                     .collect()
             })
             .collect();
-        // Per arm, the user-level design effect of the error rate (user buckets summed over the
-        // arm's series); only sequential conditions use it.
+        // Per arm, the user-level design effect of the error rate: the user buckets recorded
+        // since the segment started (each member's reading at the start is kept in the slice
+        // state; a member that joined later counts whole), summed over the arm's series. Only
+        // sequential conditions use it. Lifetime buckets would have mixed in users from before
+        // the test, which made long-lived series' effects too large and recent clustering faint.
+        let user_base: Option<HashMap<SeriesKey, UserBuckets>> = (fresh && cumulative.is_some())
+            .then(|| members.iter().filter_map(|((key, window), _)| window.user_buckets().map(|b| ((*key).clone(), b.clone()))).collect());
+        let base = user_base.as_ref().or_else(|| self.slices.get(&slice).map(|s| &s.user_base));
         let design_effect = |role: Role| {
             let mut sum = [[0u64; 2]; crate::stats::USER_BUCKETS];
-            for (window, r) in members {
+            for ((key, window), r) in members {
                 if let (true, Some(buckets)) = (*r == role, window.user_buckets()) {
-                    for (s, b) in sum.iter_mut().zip(&buckets.0) {
-                        s[0] += u64::from(b[0]);
-                        s[1] += u64::from(b[1]);
-                    }
+                    buckets.add_since_into(base.and_then(|b| b.get(*key)), &mut sum);
                 }
             }
             crate::stats::design_effect(&sum)
@@ -373,7 +386,11 @@ impl RuleEngine {
             started,
             thresholds: thresholds.clone(),
             segment,
+            user_base: HashMap::new(),
         });
+        if let Some(base) = user_base {
+            state.user_base = base;
+        }
         state.thresholds = thresholds;
         state.started = started;
         state.segment = segment;

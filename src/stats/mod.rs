@@ -19,7 +19,8 @@ pub mod distinct;
 /// How many buckets users are hashed into for the user-level (cluster-robust) variance.
 pub const USER_BUCKETS: usize = 64;
 
-/// (requests, errors) per bucket of hashed users.
+/// (requests, errors) per bucket of hashed users. The counters wrap: only the difference
+/// between two readings of the same series is meaningful ([`UserBuckets::add_since_into`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct UserBuckets(pub [[u32; 2]; USER_BUCKETS]);
 
@@ -32,8 +33,32 @@ impl Default for UserBuckets {
 impl UserBuckets {
     pub fn add(&mut self, other: &UserBuckets) {
         for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
-            mine[0] = mine[0].saturating_add(theirs[0]);
-            mine[1] = mine[1].saturating_add(theirs[1]);
+            mine[0] = mine[0].wrapping_add(theirs[0]);
+            mine[1] = mine[1].wrapping_add(theirs[1]);
+        }
+    }
+
+    pub fn record(&mut self, user: u64, error: bool) {
+        let b = &mut self.0[user_bucket(user)];
+        b[0] = b[0].wrapping_add(1);
+        b[1] = b[1].wrapping_add(u32::from(error));
+    }
+
+    /// Adds what was recorded since `base` (an earlier reading of this series; `None`: since
+    /// the start) into `sum`. A base that reads ahead of this one (a series that was dropped
+    /// and started again) counts as no base.
+    pub fn add_since_into(&self, base: Option<&UserBuckets>, sum: &mut [[u64; 2]; USER_BUCKETS]) {
+        let diff = |base: &UserBuckets, i: usize, j: usize| self.0[i][j].wrapping_sub(base.0[i][j]);
+        // Fewer than 2^31 requests per bucket within one test segment: a larger difference is a
+        // counter that went backwards.
+        let base = base.filter(|b| (0..USER_BUCKETS).all(|i| diff(b, i, 0) < 1 << 31 && diff(b, i, 1) <= diff(b, i, 0)));
+        for (i, s) in sum.iter_mut().enumerate() {
+            let [n, x] = match base {
+                Some(b) => [diff(b, i, 0), diff(b, i, 1)],
+                None => self.0[i],
+            };
+            s[0] += u64::from(n);
+            s[1] += u64::from(x);
         }
     }
 }

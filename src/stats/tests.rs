@@ -110,3 +110,28 @@ fn a_design_effect_widens_the_test() {
     assert!(clustered.statistic < plain.statistic, "{plain:?} vs {clustered:?}");
     assert!(clustered.interval.1 - clustered.interval.0 > 2.0 * (plain.interval.1 - plain.interval.0));
 }
+
+/// Differences of wrapping counters: what was recorded since a reading, across a wrap; a
+/// reading ahead of the counters (a series that started again) counts as no reading.
+#[test]
+fn user_buckets_read_differences_since_a_base() {
+    let mut buckets = UserBuckets::default();
+    let b = user_bucket(7);
+    buckets.0[b] = [u32::MAX - 1, u32::MAX - 3];
+    let base = buckets.clone();
+    for error in [true, false, true, true] {
+        buckets.record(7, error);
+    }
+    let mut sum = [[0u64; 2]; USER_BUCKETS];
+    buckets.add_since_into(Some(&base), &mut sum);
+    assert_eq!(sum[b], [4, 3], "across the wrap");
+    assert_eq!(sum.iter().map(|s| s[0]).sum::<u64>(), 4);
+    let mut restarted = UserBuckets::default();
+    restarted.record(7, false);
+    let mut sum = [[0u64; 2]; USER_BUCKETS];
+    restarted.add_since_into(Some(&base), &mut sum);
+    assert_eq!(sum[b], [1, 0], "a base ahead of the counters is ignored");
+    let mut sum = [[0u64; 2]; USER_BUCKETS];
+    restarted.add_since_into(None, &mut sum);
+    assert_eq!(sum[b], [1, 0]);
+}

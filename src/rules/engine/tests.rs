@@ -260,3 +260,47 @@ fn sample_ratio_mismatch_is_reported_not_killed() {
     assert_eq!(srm["mismatch"], true, "{srm}");
     assert_eq!((srm["treatment_users"].as_f64(), srm["control_users"].as_f64()), (Some(300.0), Some(700.0)));
 }
+
+/// The design effect reads the users of the current test segment: errors concentrated in one
+/// user before the slice's test started do not widen a test on independent traffic since.
+#[test]
+fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
+    let t0 = Timestamp(1_000_000);
+    let dims = Dims { service: "payments".into(), environment: "prod".into(), region: "eu".into() };
+    let mut agg = Aggregator::new(1000);
+    let observe = |agg: &mut Aggregator, variant: &str, user: u64, error: bool, at: Timestamp| {
+        let outcome = Outcome { trace: TraceId([1; 16]), span: SpanId([2; 8]), dims: dims.clone(), error, latency_us: 1000 };
+        agg.observe(&FlagKey("f".into()), &Variant(variant.into()), &outcome, Some(user), at);
+    };
+    // Before the rule: one user sends 500 requests, half of them failing.
+    for i in 0..500u64 {
+        observe(&mut agg, "on", 1, i % 2 == 0, t0);
+        observe(&mut agg, "off", 1_000_000 + i, false, t0);
+    }
+    let set =
+        Arc::new(RuleSet { rules: vec![rule_when(vec![Condition::ErrorRateAboveControl { margin: 0.0, alpha: 0.01, tau: 0.02 }])], ..RuleSet::default() });
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    let t1 = t0.plus(Duration::from_secs(1));
+    engine.evaluate(&agg, None, t1);
+    // Since: independent users, 1 % errors in both arms.
+    let mut next = 2_000_000u64;
+    for s in 2..60u64 {
+        let t = t0.plus(Duration::from_secs(s));
+        for i in 0..40u64 {
+            next += 1;
+            observe(&mut agg, "on", next, i == 0 && s % 3 == 0, t);
+            next += 1;
+            observe(&mut agg, "off", next, i == 0 && s % 3 == 1, t);
+        }
+        engine.evaluate(&agg, None, t);
+    }
+    let views = engine.views();
+    let deff = &views[0].evidence["conditions"][0]["design_effect"];
+    let treatment = deff["treatment"].as_f64().unwrap();
+    assert!(treatment < 2.0, "the clustered history before the test is not read: {deff}");
+    // Read over the whole life of the series, the same buckets give a large effect.
+    let series = agg.series().find(|(k, _)| k.variant.as_str() == "on").unwrap().1;
+    let mut lifetime = [[0u64; 2]; crate::stats::USER_BUCKETS];
+    series.user_buckets().unwrap().add_since_into(None, &mut lifetime);
+    assert!(crate::stats::design_effect(&lifetime) > 20.0, "{}", crate::stats::design_effect(&lifetime));
+}
