@@ -128,7 +128,7 @@ impl Sink for Aggregator {
             w.record_request(now, outcome.error, outcome.latency_us);
             // Without a context id, the trace is its own user: requests count as independent.
             let user = user.unwrap_or_else(|| u64::from_le_bytes(outcome.trace.0[..8].try_into().expect("8 of 16 bytes")));
-            w.record_user(user, outcome.error);
+            w.record_user(user, outcome.error, outcome.latency_us);
         }
     }
 

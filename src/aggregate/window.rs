@@ -14,6 +14,7 @@
 //! - time is injected; records older than the open bucket go into the open bucket.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
@@ -111,10 +112,24 @@ pub struct Window {
     /// holds everything from here on.
     dropped_before: [u64; 3],
     last_record: Timestamp,
-    /// Requests and errors per bucket of hashed users, since the series started (wrapping
-    /// counters; the rule engine reads differences over a test segment): the user-level
-    /// variance of sequential tests ([`crate::stats::design_effect`]).
+    /// Requests, errors and slow requests per bucket of hashed users, since the series started
+    /// (wrapping counters; the rule engine reads differences over a test segment): the
+    /// user-level variance of sequential tests ([`crate::stats::design_effect`]).
     users: Option<Box<crate::stats::UserBuckets>>,
+    /// Above this latency a request counts as slow in the user buckets.
+    slow_over: SlowOver,
+}
+
+/// A latency in µs (0: none yet) that the rule engine sets once a latency comparison has fixed
+/// its threshold. The engine judges from a shared `&Aggregator`, hence the atomic; the
+/// aggregator is single-threaded, so relaxed ordering is enough.
+#[derive(Debug, Default)]
+struct SlowOver(AtomicU64);
+
+impl Clone for SlowOver {
+    fn clone(&self) -> Self {
+        SlowOver(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 fn floor(t: u64, width: u64) -> u64 {
@@ -144,8 +159,20 @@ impl Window {
     }
 
     /// Counts one request of `user` (a hash) in its user bucket.
-    pub fn record_user(&mut self, user: u64, error: bool) {
-        self.users.get_or_insert_with(Default::default).record(user, error);
+    pub fn record_user(&mut self, user: u64, error: bool, latency_us: u64) {
+        let slow_over = self.slow_over.0.load(Ordering::Relaxed);
+        self.users.get_or_insert_with(Default::default).record(user, error, slow_over > 0 && latency_us > slow_over);
+    }
+
+    /// The latency (µs) above which requests are counted as slow per user, once set.
+    pub fn slow_over_us(&self) -> Option<u64> {
+        Some(self.slow_over.0.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// Sets [`Window::slow_over_us`] (at least 1 µs); the user buckets' slow counts before it
+    /// are of another threshold, so readers take a new base.
+    pub fn set_slow_over_us(&self, latency_us: u64) {
+        self.slow_over.0.store(latency_us.max(1), Ordering::Relaxed);
     }
 
     /// Requests and errors per user bucket since the series started (`None` before any request).

@@ -22,7 +22,7 @@ use super::{Condition, Mode, Rule, RuleSet};
 use crate::aggregate::snapshot::{TransitionView, VerdictView};
 use crate::aggregate::{Aggregator, Summary, Window};
 use crate::model::{Dimension, FlagKey, SeriesKey};
-use crate::stats::UserBuckets;
+use crate::stats::{Event, UserBuckets};
 use crate::time::Timestamp;
 
 /// Guards from `[rules]` in the configuration.
@@ -85,6 +85,9 @@ struct SliceState {
     segment: u32,
     /// Each member series' user buckets when the segment started (sequential rules only).
     user_base: HashMap<SeriesKey, UserBuckets>,
+    /// Each member series' user buckets when it started counting slow requests for the
+    /// rule's fixed latency threshold (latency comparisons only).
+    slow_base: HashMap<SeriesKey, UserBuckets>,
     verdict: Verdict,
     since: Timestamp,
     breached_since: Option<Timestamp>,
@@ -324,19 +327,49 @@ impl RuleEngine {
         // the test, which made long-lived series' effects too large and recent clustering faint.
         let user_base: Option<HashMap<SeriesKey, UserBuckets>> = (fresh && cumulative.is_some())
             .then(|| members.iter().filter_map(|((key, window), _)| window.user_buckets().map(|b| ((*key).clone(), b.clone()))).collect());
-        let base = user_base.as_ref().or_else(|| self.slices.get(&slice).map(|s| &s.user_base));
-        let design_effect = |role: Role| {
+        let arm_effect = |role: Role, base: Option<&HashMap<SeriesKey, UserBuckets>>, event: Event| {
             let mut sum = [[0u64; 2]; crate::stats::USER_BUCKETS];
             for ((key, window), r) in members {
                 if let (true, Some(buckets)) = (*r == role, window.user_buckets()) {
-                    buckets.add_since_into(base.and_then(|b| b.get(*key)), &mut sum);
+                    buckets.add_since_into(base.and_then(|b| b.get(*key)), event, &mut sum);
                 }
             }
             crate::stats::design_effect(&sum)
         };
-        let design_effects = if cumulative.is_some() { (design_effect(Role::Treatment), design_effect(Role::Control)) } else { (1.0, 1.0) };
+        let design_effects = match cumulative {
+            Some(_) => {
+                let base = user_base.as_ref().or_else(|| self.slices.get(&slice).map(|s| &s.user_base));
+                (arm_effect(Role::Treatment, base, Event::Error), arm_effect(Role::Control, base, Event::Error))
+            }
+            None => (1.0, 1.0),
+        };
+        // The same for the latency comparison's "slow" indicator, whose threshold is known only
+        // once fixed: from then on each member counts its requests above it per user bucket,
+        // read from a base taken when the member started counting (the first latency
+        // comparison of the rule sets it; a series guarded by several with other thresholds
+        // counts for the last one set).
+        let mut slow_base = self.slices.get_mut(&slice).map(|s| std::mem::take(&mut s.slow_base)).unwrap_or_default();
+        if fresh {
+            slow_base.clear();
+        }
+        let slow_over = rule.when.iter().zip(&thresholds).find_map(|(c, t)| t.filter(|_| matches!(c, Condition::LatencyAboveControl { .. })));
+        let latency_design_effects = match slow_over.map(|ms| ((ms * 1000.0) as u64).max(1)) {
+            Some(us) => {
+                let keys: HashSet<&SeriesKey> = members.iter().map(|((key, _), _)| *key).collect();
+                slow_base.retain(|key, _| keys.contains(key));
+                for ((key, window), _) in members {
+                    if window.slow_over_us() != Some(us) || !slow_base.contains_key(*key) {
+                        window.set_slow_over_us(us);
+                        slow_base.insert((*key).clone(), window.user_buckets().cloned().unwrap_or_default());
+                    }
+                }
+                (arm_effect(Role::Treatment, Some(&slow_base), Event::Slow), arm_effect(Role::Control, Some(&slow_base), Event::Slow))
+            }
+            None => (1.0, 1.0),
+        };
         let inputs = Inputs {
             design_effects,
+            latency_design_effects,
             treatment: &treatment,
             baseline: has_control.then_some((BaselineKind::Control, &control)),
             cumulative: cumulative.as_ref().map(|(t, c)| (t, c)),
@@ -387,10 +420,12 @@ impl RuleEngine {
             thresholds: thresholds.clone(),
             segment,
             user_base: HashMap::new(),
+            slow_base: HashMap::new(),
         });
         if let Some(base) = user_base {
             state.user_base = base;
         }
+        state.slow_base = slow_base;
         state.thresholds = thresholds;
         state.started = started;
         state.segment = segment;

@@ -112,6 +112,8 @@ pub struct Inputs<'a> {
     /// Per arm (treatment, control): the user-level design effect of the error rate
     /// (`stats::design_effect`), by which the error-rate test's binomial variance is multiplied.
     pub design_effects: (f64, f64),
+    /// The same for the latency comparison's share of slow requests.
+    pub latency_design_effects: (f64, f64),
     /// Multiplies every sequential condition's alpha (alpha spending across test segments:
     /// 1, 1/2, 1/4, … so that the segments together stay within alpha).
     pub alpha_scale: f64,
@@ -120,7 +122,16 @@ pub struct Inputs<'a> {
 impl<'a> Inputs<'a> {
     /// Inputs of absolute conditions only.
     pub fn window(treatment: &'a Summary, baseline: Option<(BaselineKind, &'a Summary)>) -> Self {
-        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[], alpha_scale: 1.0, design_effects: (1.0, 1.0) }
+        Inputs {
+            treatment,
+            baseline,
+            cumulative: None,
+            thresholds: &[],
+            burn: &[],
+            alpha_scale: 1.0,
+            design_effects: (1.0, 1.0),
+            latency_design_effects: (1.0, 1.0),
+        }
     }
 }
 
@@ -179,9 +190,13 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
             Condition::LatencyAboveControl { alpha, .. } => match (inputs.cumulative, inputs.thresholds.get(i).copied().flatten()) {
                 (Some((t, c)), Some(threshold_ms)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
                     let above = |s: &Summary| s.latency.len().saturating_sub(s.latency.count_between(0, (threshold_ms * 1000.0) as u64));
-                    // Requests counted as independent here: the user buckets count errors only.
-                    let arms =
-                        Arms { treatment_n: t.latency.len(), treatment_x: above(t), control_n: c.latency.len(), control_x: above(c), ..Default::default() };
+                    let arms = Arms {
+                        treatment_n: t.latency.len(),
+                        treatment_x: above(t),
+                        control_n: c.latency.len(),
+                        control_x: above(c),
+                        design_effect: inputs.latency_design_effects,
+                    };
                     let test = msprt(arms, 0.0, alpha * inputs.alpha_scale, 0.02);
                     e_values.push((test.statistic, alpha * inputs.alpha_scale));
                     let mut record = sequential_record(&test, arms, 0.0, "share of requests slower than the threshold");

@@ -19,43 +19,54 @@ pub mod distinct;
 /// How many buckets users are hashed into for the user-level (cluster-robust) variance.
 pub const USER_BUCKETS: usize = 64;
 
-/// (requests, errors) per bucket of hashed users. The counters wrap: only the difference
-/// between two readings of the same series is meaningful ([`UserBuckets::add_since_into`]).
+/// (requests, errors, slow requests) per bucket of hashed users. The counters wrap: only the
+/// difference between two readings of the same series is meaningful
+/// ([`UserBuckets::add_since_into`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct UserBuckets(pub [[u32; 2]; USER_BUCKETS]);
+pub struct UserBuckets(pub [[u32; 3]; USER_BUCKETS]);
 
 impl Default for UserBuckets {
     fn default() -> Self {
-        UserBuckets([[0; 2]; USER_BUCKETS])
+        UserBuckets([[0; 3]; USER_BUCKETS])
     }
+}
+
+/// Which event of a request the user buckets are read for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Event {
+    Error = 1,
+    Slow = 2,
 }
 
 impl UserBuckets {
     pub fn add(&mut self, other: &UserBuckets) {
         for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
-            mine[0] = mine[0].wrapping_add(theirs[0]);
-            mine[1] = mine[1].wrapping_add(theirs[1]);
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m = m.wrapping_add(*t);
+            }
         }
     }
 
-    pub fn record(&mut self, user: u64, error: bool) {
+    pub fn record(&mut self, user: u64, error: bool, slow: bool) {
         let b = &mut self.0[user_bucket(user)];
         b[0] = b[0].wrapping_add(1);
         b[1] = b[1].wrapping_add(u32::from(error));
+        b[2] = b[2].wrapping_add(u32::from(slow));
     }
 
-    /// Adds what was recorded since `base` (an earlier reading of this series; `None`: since
-    /// the start) into `sum`. A base that reads ahead of this one (a series that was dropped
-    /// and started again) counts as no base.
-    pub fn add_since_into(&self, base: Option<&UserBuckets>, sum: &mut [[u64; 2]; USER_BUCKETS]) {
+    /// Adds the requests and `event`s recorded since `base` (an earlier reading of this
+    /// series; `None`: since the start) into `sum`. A base that reads ahead of this one (a
+    /// series that was dropped and started again) counts as no base.
+    pub fn add_since_into(&self, base: Option<&UserBuckets>, event: Event, sum: &mut [[u64; 2]; USER_BUCKETS]) {
+        let j = event as usize;
         let diff = |base: &UserBuckets, i: usize, j: usize| self.0[i][j].wrapping_sub(base.0[i][j]);
         // Fewer than 2^31 requests per bucket within one test segment: a larger difference is a
         // counter that went backwards.
-        let base = base.filter(|b| (0..USER_BUCKETS).all(|i| diff(b, i, 0) < 1 << 31 && diff(b, i, 1) <= diff(b, i, 0)));
+        let base = base.filter(|b| (0..USER_BUCKETS).all(|i| diff(b, i, 0) < 1 << 31 && diff(b, i, j) <= diff(b, i, 0)));
         for (i, s) in sum.iter_mut().enumerate() {
-            let [n, x] = match base {
-                Some(b) => [diff(b, i, 0), diff(b, i, 1)],
-                None => self.0[i],
+            let (n, x) = match base {
+                Some(b) => (diff(b, i, 0), diff(b, i, j)),
+                None => (self.0[i][0], self.0[i][j]),
             };
             s[0] += u64::from(n);
             s[1] += u64::from(x);

@@ -117,21 +117,24 @@ fn a_design_effect_widens_the_test() {
 fn user_buckets_read_differences_since_a_base() {
     let mut buckets = UserBuckets::default();
     let b = user_bucket(7);
-    buckets.0[b] = [u32::MAX - 1, u32::MAX - 3];
+    buckets.0[b] = [u32::MAX - 1, u32::MAX - 3, 5];
     let base = buckets.clone();
-    for error in [true, false, true, true] {
-        buckets.record(7, error);
+    for (error, slow) in [(true, false), (false, true), (true, false), (true, false)] {
+        buckets.record(7, error, slow);
     }
     let mut sum = [[0u64; 2]; USER_BUCKETS];
-    buckets.add_since_into(Some(&base), &mut sum);
+    buckets.add_since_into(Some(&base), Event::Error, &mut sum);
     assert_eq!(sum[b], [4, 3], "across the wrap");
     assert_eq!(sum.iter().map(|s| s[0]).sum::<u64>(), 4);
-    let mut restarted = UserBuckets::default();
-    restarted.record(7, false);
     let mut sum = [[0u64; 2]; USER_BUCKETS];
-    restarted.add_since_into(Some(&base), &mut sum);
+    buckets.add_since_into(Some(&base), Event::Slow, &mut sum);
+    assert_eq!(sum[b], [4, 1], "slow requests");
+    let mut restarted = UserBuckets::default();
+    restarted.record(7, false, false);
+    let mut sum = [[0u64; 2]; USER_BUCKETS];
+    restarted.add_since_into(Some(&base), Event::Error, &mut sum);
     assert_eq!(sum[b], [1, 0], "a base ahead of the counters is ignored");
     let mut sum = [[0u64; 2]; USER_BUCKETS];
-    restarted.add_since_into(None, &mut sum);
+    restarted.add_since_into(None, Event::Error, &mut sum);
     assert_eq!(sum[b], [1, 0]);
 }

@@ -301,6 +301,6 @@ fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
     // Read over the whole life of the series, the same buckets give a large effect.
     let series = agg.series().find(|(k, _)| k.variant.as_str() == "on").unwrap().1;
     let mut lifetime = [[0u64; 2]; crate::stats::USER_BUCKETS];
-    series.user_buckets().unwrap().add_since_into(None, &mut lifetime);
+    series.user_buckets().unwrap().add_since_into(None, crate::stats::Event::Error, &mut lifetime);
     assert!(crate::stats::design_effect(&lifetime) > 20.0, "{}", crate::stats::design_effect(&lifetime));
 }
