@@ -297,6 +297,9 @@ pub fn report(runs: u64, seed: u64, horizon_s: u64, family_series: usize, family
             100.0 * binomial_upper(runs, killed, 0.05),
         );
     }
+    if family_runs == 0 {
+        return out;
+    }
     let fam = family(family_series, horizon_s);
     let results: Vec<Run> = parallel(family_runs, |i| run(&fam, seed + 10_000 + i));
     let any = results.iter().filter(|r| r.kills > 0).count() as u64;

@@ -1,11 +1,11 @@
 //! OTLP/gRPC: `TraceService` and `LogsService` on one tonic server (gzip accepted and sent).
-//! Traces are read from the request's bytes by the selective [`super::wire`] reader; logs
+//! Both take the request's bytes: traces are read by the selective [`super::wire`] reader; logs
 //! (rarer, and rarely flag evaluations) are decoded by prost.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
@@ -34,27 +34,72 @@ pub fn to_status(error: IngestError) -> Status {
     }
 }
 
-pub struct GrpcLogs(pub Arc<Ingest>);
-
-/// The OTLP `TraceService`. Unlike the generated server it does not decode the request with
-/// prost: [`RawCodec`] hands over the request's bytes and [`Ingest::accept_traces_protobuf`]
-/// reads them with the selective [`super::wire`] reader. Compression, the message size limit
-/// and the status mapping are tonic's, as for the generated server.
-#[derive(Clone)]
-pub struct TraceServer {
+/// An OTLP export service (`TraceService`, `LogsService`). Unlike the generated servers it
+/// does not decode the request in tonic's codec: [`RawCodec`] hands over the request's bytes
+/// and [`Export::export`] reads them — traces with the selective [`super::wire`] reader, logs
+/// with prost — so that an undecodable request is INVALID_ARGUMENT and counted, where the
+/// generated server answers INTERNAL. Compression, the message size limit and the status
+/// mapping are tonic's, as for the generated servers.
+pub struct RawServer<E> {
     ingest: Arc<Ingest>,
     max_message: usize,
+    export: PhantomData<fn() -> E>,
 }
 
-const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
-const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
-impl tonic::server::NamedService for TraceServer {
-    const NAME: &'static str = TRACE_SERVICE;
+impl<E> Clone for RawServer<E> {
+    fn clone(&self) -> Self {
+        RawServer { ingest: self.ingest.clone(), max_message: self.max_message, export: PhantomData }
+    }
 }
 
-impl<B> tonic::codegen::Service<http::Request<B>> for TraceServer
+/// One signal's export call.
+pub trait Export: 'static {
+    const SERVICE: &'static str;
+    const PATH: &'static str;
+    const SIGNAL: &'static str;
+    type Response: Message + Default + Send + 'static;
+    fn export(ingest: &Ingest, request: &[u8]) -> Result<Self::Response, IngestError>;
+}
+
+pub struct Traces;
+
+impl Export for Traces {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const SIGNAL: &'static str = "traces";
+    type Response = ExportTraceServiceResponse;
+
+    fn export(ingest: &Ingest, request: &[u8]) -> Result<Self::Response, IngestError> {
+        let Accepted { rejected, message } = ingest.accept_traces_protobuf(request, Transport::Grpc)?;
+        let partial_success = (rejected > 0 || !message.is_empty()).then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+}
+
+pub struct Logs;
+
+impl Export for Logs {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const SIGNAL: &'static str = "logs";
+    type Response = ExportLogsServiceResponse;
+
+    fn export(ingest: &Ingest, request: &[u8]) -> Result<Self::Response, IngestError> {
+        let request = ExportLogsServiceRequest::decode(request).map_err(|e| IngestError::Invalid(format!("failed to decode protobuf: {e}")))?;
+        let Accepted { rejected, message } = ingest.accept_logs(&request, Transport::Grpc)?;
+        let partial_success =
+            (rejected > 0 || !message.is_empty()).then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
+        Ok(ExportLogsServiceResponse { partial_success })
+    }
+}
+
+impl<E: Export> tonic::server::NamedService for RawServer<E> {
+    const NAME: &'static str = E::SERVICE;
+}
+
+impl<E, B> tonic::codegen::Service<http::Request<B>> for RawServer<E>
 where
+    E: Export,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
 {
@@ -67,60 +112,59 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != TRACE_EXPORT {
+        if request.uri().path() != E::PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
-        let export = ExportTraces(self.ingest.clone());
+        let call = ExportCall::<E>(self.ingest.clone(), PhantomData);
         let max_message = self.max_message;
         Box::pin(async move {
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
-            let mut grpc = tonic::server::Grpc::new(RawCodec).apply_compression_config(gzip, gzip).apply_max_message_size_config(Some(max_message), None);
-            Ok(grpc.unary(export, request).await)
+            let mut grpc = tonic::server::Grpc::new(RawCodec::<E::Response>(PhantomData))
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(max_message), None);
+            Ok(grpc.unary(call, request).await)
         })
     }
 }
 
-struct ExportTraces(Arc<Ingest>);
+struct ExportCall<E>(Arc<Ingest>, PhantomData<fn() -> E>);
 
-impl tonic::server::UnaryService<Bytes> for ExportTraces {
-    type Response = ExportTraceServiceResponse;
+impl<E: Export> tonic::server::UnaryService<Bytes> for ExportCall<E> {
+    type Response = E::Response;
     type Future = std::future::Ready<Result<Response<Self::Response>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let accepted = self.0.accept_traces_protobuf(request.get_ref(), Transport::Grpc).inspect_err(|error| {
+        let exported = E::export(&self.0, request.get_ref()).inspect_err(|error| {
+            // Overload and shutdown are counted where the batch is refused.
             if matches!(error, IngestError::Invalid(_)) {
-                self.0.count_refused("traces", Transport::Grpc, error);
+                self.0.count_refused(E::SIGNAL, Transport::Grpc, error);
             }
         });
-        std::future::ready(accepted.map_err(to_status).map(|Accepted { rejected, message }| {
-            let partial_success =
-                (rejected > 0 || !message.is_empty()).then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
-            Response::new(ExportTraceServiceResponse { partial_success })
-        }))
+        std::future::ready(exported.map(Response::new).map_err(to_status))
     }
 }
 
 /// Decodes a gRPC message to its bytes (no copy: tonic's buffer is split off) and encodes the
-/// trace service's response with prost.
-struct RawCodec;
+/// response `R` with prost.
+struct RawCodec<R>(PhantomData<fn() -> R>);
 
-impl Codec for RawCodec {
-    type Encode = ExportTraceServiceResponse;
+impl<R: Message + Send + 'static> Codec for RawCodec<R> {
+    type Encode = R;
     type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
+    type Encoder = RawCodec<R>;
+    type Decoder = RawCodec<R>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
+        RawCodec(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
+        RawCodec(PhantomData)
     }
 }
 
-impl Decoder for RawCodec {
+impl<R: Message + Send + 'static> Decoder for RawCodec<R> {
     type Item = Bytes;
     type Error = Status;
 
@@ -129,33 +173,20 @@ impl Decoder for RawCodec {
     }
 }
 
-impl Encoder for RawCodec {
-    type Item = ExportTraceServiceResponse;
+impl<R: Message + Send + 'static> Encoder for RawCodec<R> {
+    type Item = R;
     type Error = Status;
 
-    fn encode(&mut self, item: ExportTraceServiceResponse, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst).map_err(|e| Status::internal(e.to_string()))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for GrpcLogs {
-    async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let Accepted { rejected, message } = self.0.accept_logs(request.get_ref(), Transport::Grpc).map_err(to_status)?;
-        let partial_success =
-            (rejected > 0 || !message.is_empty()).then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
-        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }
 
 /// Builds the tonic router with both services; `max_message` applies after decompression.
 /// `auth` runs as an interceptor, before the message is decoded.
 pub fn router(ingest: Arc<Ingest>, max_message: usize, auth: super::OtlpAuth) -> tonic::service::Routes {
-    let traces = TraceServer { ingest: ingest.clone(), max_message };
-    let logs = LogsServiceServer::new(GrpcLogs(ingest))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message);
+    let traces = RawServer::<Traces> { ingest: ingest.clone(), max_message, export: PhantomData };
+    let logs = RawServer::<Logs> { ingest, max_message, export: PhantomData };
     let check = move |request: Request<()>| -> Result<Request<()>, Status> {
         let header = request.metadata().get("authorization").map(|v| v.as_bytes());
         if auth.allows(header, Transport::Grpc) { Ok(request) } else { Err(Status::unauthenticated("a valid bearer token is required")) }

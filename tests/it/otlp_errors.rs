@@ -132,9 +132,53 @@ async fn grpc_gzip_and_partial_success() {
         value: Vec<u8>,
     }
     let garbage = Garbage { value: vec![0xff, 0xff] };
-    let status = raw.unary(tonic::Request::new(garbage), path, tonic_prost::ProstCodec::<_, ExportTraceServiceResponse>::default()).await.unwrap_err();
+    let status = raw.unary(tonic::Request::new(garbage.clone()), path, tonic_prost::ProstCodec::<_, ExportTraceServiceResponse>::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("failed to decode protobuf"), "{status:?}");
+    // A log record with a flag evaluation over gRPC, gzip: accepted whole.
+    use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    let attribute =
+        |key: &str, value: &str| KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }), ..Default::default() };
+    let record = LogRecord {
+        event_name: "feature_flag.evaluation".into(),
+        attributes: vec![attribute("feature_flag.key", "f"), attribute("feature_flag.result.variant", "on")],
+        trace_id: vec![7; 16],
+        span_id: vec![8; 8],
+        ..Default::default()
+    };
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Default::default()),
+            scope_logs: vec![ScopeLogs { log_records: vec![record], ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    let mut logs_client =
+        LogsServiceClient::connect(format!("http://{}", daemon.addrs.grpc)).await.unwrap().send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let reply = logs_client.export(logs).await.unwrap().into_inner();
+    assert_eq!(reply.partial_success, None);
+
+    // The same for logs (tonic's generated server would answer INTERNAL), counted as invalid.
+    let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.logs.v1.LogsService/Export");
+    raw.ready().await.unwrap();
+    let status = raw
+        .unary(
+            tonic::Request::new(garbage),
+            path,
+            tonic_prost::ProstCodec::<_, opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("failed to decode protobuf"), "{status:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.addrs.api)).await.unwrap().text().await.unwrap();
+    for (signal, result) in [("traces", "invalid"), ("logs", "invalid"), ("logs", "ok")] {
+        let line = format!("flagguard_otlp_requests_total{{transport=\"grpc\",signal=\"{signal}\",result=\"{result}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("flagguard_log_records_received_total 1"), "{metrics}");
     daemon.stop().await;
 }
 
