@@ -175,7 +175,8 @@ impl Window {
         self.slow_over.0.store(latency_us.max(1), Ordering::Relaxed);
     }
 
-    /// Requests and errors per user bucket since the series started (`None` before any request).
+    /// Requests, errors and slow requests per user bucket since the series started (wrapping;
+    /// `None` before any request).
     pub fn user_buckets(&self) -> Option<&crate::stats::UserBuckets> {
         self.users.as_deref()
     }

@@ -345,9 +345,10 @@ impl RuleEngine {
         };
         // The same for the latency comparison's "slow" indicator, whose threshold is known only
         // once fixed: from then on each member counts its requests above it per user bucket,
-        // read from a base taken when the member started counting (the first latency
-        // comparison of the rule sets it; a series guarded by several with other thresholds
-        // counts for the last one set).
+        // read from a base taken when the member started counting. One threshold per series:
+        // the rule's first latency comparison sets it; two rules with different thresholds on
+        // one series re-base each other at every evaluation, so both stay at 1 (requests
+        // counted as independent, as without user buckets).
         let mut slow_base = self.slices.get_mut(&slice).map(|s| std::mem::take(&mut s.slow_base)).unwrap_or_default();
         if fresh {
             slow_base.clear();
