@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::evaluate::{BaselineKind, BurnWindows, Inputs, Judgement, Verdict, judge};
+use super::evaluate::{BaselineKind, BurnWindows, Inputs, Judgement, UserCounts, Verdict, judge};
 use super::{Condition, Mode, Rule, RuleSet};
 use crate::aggregate::snapshot::{TransitionView, VerdictView};
 use crate::aggregate::{Aggregator, Summary, Window};
@@ -327,22 +327,21 @@ impl RuleEngine {
         // the test, which made long-lived series' effects too large and recent clustering faint.
         let user_base: Option<HashMap<SeriesKey, UserBuckets>> = (fresh && cumulative.is_some())
             .then(|| members.iter().filter_map(|((key, window), _)| window.user_buckets().map(|b| ((*key).clone(), b.clone()))).collect());
-        let arm_effect = |role: Role, base: Option<&HashMap<SeriesKey, UserBuckets>>, event: Event| {
+        let arm_counts = |role: Role, base: Option<&HashMap<SeriesKey, UserBuckets>>, event: Event| {
             let mut sum = [[0u64; 2]; crate::stats::USER_BUCKETS];
             for ((key, window), r) in members {
                 if let (true, Some(buckets)) = (*r == role, window.user_buckets()) {
                     buckets.add_since_into(base.and_then(|b| b.get(*key)), event, &mut sum);
                 }
             }
-            crate::stats::design_effect(&sum)
+            UserCounts::of(&sum)
         };
-        let design_effects = match cumulative {
-            Some(_) => {
-                let base = user_base.as_ref().or_else(|| self.slices.get(&slice).map(|s| &s.user_base));
-                (arm_effect(Role::Treatment, base, Event::Error), arm_effect(Role::Control, base, Event::Error))
-            }
-            None => (1.0, 1.0),
-        };
+        // The error-rate test counts from the same buckets, so that its counts and its design
+        // effect cover exactly the segment (the windows' sums are widened to whole buckets).
+        let segment_errors = cumulative.as_ref().map(|_| {
+            let base = user_base.as_ref().or_else(|| self.slices.get(&slice).map(|s| &s.user_base));
+            (arm_counts(Role::Treatment, base, Event::Error), arm_counts(Role::Control, base, Event::Error))
+        });
         // The same for the latency comparison's "slow" indicator, whose threshold is known only
         // once fixed: from then on each member counts its requests above it per user bucket,
         // read from a base taken when the member started counting. One threshold per series:
@@ -364,12 +363,15 @@ impl RuleEngine {
                         slow_base.insert((*key).clone(), window.user_buckets().cloned().unwrap_or_default());
                     }
                 }
-                (arm_effect(Role::Treatment, Some(&slow_base), Event::Slow), arm_effect(Role::Control, Some(&slow_base), Event::Slow))
+                (
+                    arm_counts(Role::Treatment, Some(&slow_base), Event::Slow).design_effect,
+                    arm_counts(Role::Control, Some(&slow_base), Event::Slow).design_effect,
+                )
             }
             None => (1.0, 1.0),
         };
         let inputs = Inputs {
-            design_effects,
+            segment_errors,
             latency_design_effects,
             treatment: &treatment,
             baseline: has_control.then_some((BaselineKind::Control, &control)),

@@ -97,6 +97,22 @@ pub struct BurnWindows {
 }
 
 /// Everything a slice's judgement reads, prepared by the engine from the windows.
+/// One arm's requests and events, read from the user buckets, and their design effect.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UserCounts {
+    pub requests: u64,
+    pub events: u64,
+    pub design_effect: f64,
+}
+
+impl UserCounts {
+    /// Totals and design effect of (requests, events) per user bucket.
+    pub fn of(buckets: &[[u64; 2]]) -> Self {
+        let (requests, events) = buckets.iter().fold((0, 0), |(n, x), b| (n + b[0], x + b[1]));
+        UserCounts { requests, events, design_effect: crate::stats::design_effect(buckets) }
+    }
+}
+
 pub struct Inputs<'a> {
     /// The treatment over the rule's window.
     pub treatment: &'a Summary,
@@ -109,9 +125,10 @@ pub struct Inputs<'a> {
     pub thresholds: &'a [Option<f64>],
     /// Per condition: for a `BurnRate`, one entry per window pair.
     pub burn: &'a [Vec<BurnWindows>],
-    /// Per arm (treatment, control): the user-level design effect of the error rate
-    /// (`stats::design_effect`), by which the error-rate test's binomial variance is multiplied.
-    pub design_effects: (f64, f64),
+    /// Per arm (treatment, control), since the test's segment started: requests, errors and the
+    /// user-level design effect of the error rate (`stats::design_effect`), by which the
+    /// error-rate test's binomial variance is multiplied. Sequential conditions need it.
+    pub segment_errors: Option<(UserCounts, UserCounts)>,
     /// The same for the latency comparison's share of slow requests.
     pub latency_design_effects: (f64, f64),
     /// Multiplies every sequential condition's alpha (alpha spending across test segments:
@@ -122,16 +139,7 @@ pub struct Inputs<'a> {
 impl<'a> Inputs<'a> {
     /// Inputs of absolute conditions only.
     pub fn window(treatment: &'a Summary, baseline: Option<(BaselineKind, &'a Summary)>) -> Self {
-        Inputs {
-            treatment,
-            baseline,
-            cumulative: None,
-            thresholds: &[],
-            burn: &[],
-            alpha_scale: 1.0,
-            design_effects: (1.0, 1.0),
-            latency_design_effects: (1.0, 1.0),
-        }
+        Inputs { treatment, baseline, cumulative: None, thresholds: &[], burn: &[], alpha_scale: 1.0, segment_errors: None, latency_design_effects: (1.0, 1.0) }
     }
 }
 
@@ -165,14 +173,14 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
                 };
                 (outcome, json!({ "observed": observed, "baseline_observed": baseline_observed }))
             }
-            Condition::ErrorRateAboveControl { margin, alpha, tau } => match inputs.cumulative {
+            Condition::ErrorRateAboveControl { margin, alpha, tau } => match inputs.segment_errors {
                 Some((t, c)) if t.requests >= rule.min_samples && c.requests >= rule.min_samples => {
                     let arms = Arms {
                         treatment_n: t.requests,
-                        treatment_x: t.errors,
+                        treatment_x: t.events,
                         control_n: c.requests,
-                        control_x: c.errors,
-                        design_effect: inputs.design_effects,
+                        control_x: c.events,
+                        design_effect: (t.design_effect, c.design_effect),
                     };
                     let test = msprt(arms, *margin, alpha * inputs.alpha_scale, *tau);
                     e_values.push((test.statistic, alpha * inputs.alpha_scale));

@@ -265,9 +265,9 @@ fn sample_ratio_mismatch_is_reported_not_killed() {
 /// user before the slice's test started do not widen a test on independent traffic since.
 #[test]
 fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
-    // On a 10-minute boundary, so that the test's window sums (widened to whole buckets) start
-    // after the history below, as the design effect does.
-    let t0 = Timestamp(1_200_000);
+    // The history lies in the same 5 s bucket as the test's start: the windows' sums, widened
+    // to whole buckets, would include it; the test reads the user buckets and does not.
+    let t0 = Timestamp(1_000_000);
     let dims = Dims { service: "payments".into(), environment: "prod".into(), region: "eu".into() };
     let mut agg = Aggregator::new(1000);
     let observe = |agg: &mut Aggregator, variant: &str, user: u64, error: bool, at: Timestamp| {
@@ -281,12 +281,12 @@ fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
     }
     let set =
         Arc::new(RuleSet { rules: vec![rule_when(vec![Condition::ErrorRateAboveControl { margin: 0.0, alpha: 0.01, tau: 0.02 }])], ..RuleSet::default() });
-    let t1 = t0.plus(Duration::from_secs(600));
+    let t1 = t0.plus(Duration::from_secs(1));
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t1);
     engine.evaluate(&agg, None, t1);
     // Since: independent users, 1 % errors in both arms.
     let mut next = 2_000_000u64;
-    for s in 601..660u64 {
+    for s in 2..60u64 {
         let t = t0.plus(Duration::from_secs(s));
         for i in 0..40u64 {
             next += 1;
@@ -301,6 +301,7 @@ fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
     let treatment = condition["design_effect"]["treatment"].as_f64().unwrap();
     assert!(treatment < 2.0, "the clustered history before the test is not read: {condition}");
     assert!(condition["events"]["treatment"].as_u64().unwrap() < 40, "nor is it in the test's counts: {condition}");
+    assert!(views[0].evidence["cumulative"]["treatment"]["errors"].as_u64().unwrap() >= 250, "the widened window sum has it");
     // Read over the whole life of the series, the same buckets give a large effect.
     let series = agg.series().find(|(k, _)| k.variant.as_str() == "on").unwrap().1;
     let mut lifetime = [[0u64; 2]; crate::stats::USER_BUCKETS];
