@@ -6,15 +6,15 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Accepted, Ingest, IngestError, Transport};
+use super::{Ingest, IngestError, Transport};
 
 /// Maps an ingest error to its gRPC status. Overload carries RetryInfo twice: in the standard
 /// status details and as the `google.rpc.retryinfo-bin` trailer the Python exporter reads.
@@ -70,9 +70,7 @@ impl Export for Traces {
     type Response = ExportTraceServiceResponse;
 
     fn export(ingest: &Ingest, request: &[u8]) -> Result<Self::Response, IngestError> {
-        let Accepted { rejected, message } = ingest.accept_traces_protobuf(request, Transport::Grpc)?;
-        let partial_success = (rejected > 0 || !message.is_empty()).then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
-        Ok(ExportTraceServiceResponse { partial_success })
+        Ok(ingest.accept_traces_protobuf(request, Transport::Grpc)?.trace_response())
     }
 }
 
@@ -86,10 +84,7 @@ impl Export for Logs {
 
     fn export(ingest: &Ingest, request: &[u8]) -> Result<Self::Response, IngestError> {
         let request = ExportLogsServiceRequest::decode(request).map_err(|e| IngestError::Invalid(format!("failed to decode protobuf: {e}")))?;
-        let Accepted { rejected, message } = ingest.accept_logs(&request, Transport::Grpc)?;
-        let partial_success =
-            (rejected > 0 || !message.is_empty()).then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });
-        Ok(ExportLogsServiceResponse { partial_success })
+        Ok(ingest.accept_logs(&request, Transport::Grpc)?.logs_response())
     }
 }
 

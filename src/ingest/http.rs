@@ -11,8 +11,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tower_http::decompression::RequestDecompressionLayer;
 
@@ -129,9 +129,7 @@ impl Signal for Traces {
         ingest.accept_traces_protobuf(body, Transport::Http)
     }
     fn reply(a: &Accepted) -> Vec<u8> {
-        let partial_success =
-            (a.rejected > 0 || !a.message.is_empty()).then(|| ExportTracePartialSuccess { rejected_spans: a.rejected, error_message: a.message.clone() });
-        ExportTraceServiceResponse { partial_success }.encode_to_vec()
+        a.trace_response().encode_to_vec()
     }
 }
 
@@ -143,9 +141,7 @@ impl Signal for Logs {
         ingest.accept_logs(request, Transport::Http)
     }
     fn reply(a: &Accepted) -> Vec<u8> {
-        let partial_success =
-            (a.rejected > 0 || !a.message.is_empty()).then(|| ExportLogsPartialSuccess { rejected_log_records: a.rejected, error_message: a.message.clone() });
-        ExportLogsServiceResponse { partial_success }.encode_to_vec()
+        a.logs_response().encode_to_vec()
     }
 }
 

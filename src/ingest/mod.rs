@@ -16,8 +16,8 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
 use tokio::sync::mpsc;
 
 use crate::model::Batch;
@@ -87,6 +87,25 @@ pub struct Accepted {
     pub rejected: i64,
     /// Empty when everything was usable.
     pub message: String,
+}
+
+impl Accepted {
+    /// Whether the reply carries a partial success (something rejected, or a message).
+    fn partial(&self) -> bool {
+        self.rejected > 0 || !self.message.is_empty()
+    }
+
+    /// The OTLP reply to a trace request, for both transports.
+    pub fn trace_response(&self) -> ExportTraceServiceResponse {
+        let partial_success = self.partial().then(|| ExportTracePartialSuccess { rejected_spans: self.rejected, error_message: self.message.clone() });
+        ExportTraceServiceResponse { partial_success }
+    }
+
+    /// The OTLP reply to a logs request, for both transports.
+    pub fn logs_response(&self) -> ExportLogsServiceResponse {
+        let partial_success = self.partial().then(|| ExportLogsPartialSuccess { rejected_log_records: self.rejected, error_message: self.message.clone() });
+        ExportLogsServiceResponse { partial_success }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
