@@ -336,15 +336,21 @@ mod tests {
     use super::*;
     use crate::stats::binomial_tail;
 
+    /// Runs `runs` rollouts of `scenario` (seeds `seed..`): (rollouts killed, rollouts the
+    /// naive test killed).
+    fn kills(scenario: &Scenario, runs: u64, seed: u64) -> (u64, u64) {
+        let results = parallel(runs, |i| run(scenario, seed + i));
+        let count = |f: fn(&Run) -> bool| results.iter().filter(|r| f(r)).count() as u64;
+        (count(|r| r.killed_after_s.is_some()), count(|r| r.naive_after_s.is_some()))
+    }
+
     /// Under A/A, with peeking every second, the sequential rule's false-kill rate is
     /// consistent with its α = 1 %, while the naive z-test's is far above it.
     #[test]
     fn a_a_false_kills_stay_within_alpha_and_the_naive_test_does_not() {
         let scenario = &scenarios(600)[0];
         let runs = 120u64;
-        let results = parallel(runs, |i| run(scenario, 1_000 + i));
-        let killed = results.iter().filter(|r| r.killed_after_s.is_some()).count() as u64;
-        let naive = results.iter().filter(|r| r.naive_after_s.is_some()).count() as u64;
+        let (killed, naive) = kills(scenario, runs, 1_000);
         assert!(binomial_tail(runs, killed, 0.01) > 0.001, "{killed}/{runs} false kills is significantly above 1 %");
         assert!(binomial_tail(runs, naive, 0.01) < 0.001, "the naive test should fail this check: {naive}/{runs}");
     }
@@ -358,9 +364,7 @@ mod tests {
         assert!(scenario.bursty);
         scenario.horizon_s = 300;
         let runs = 60u64;
-        let results = parallel(runs, |i| run(&scenario, 5_000 + i));
-        let killed = results.iter().filter(|r| r.killed_after_s.is_some()).count() as u64;
-        let naive = results.iter().filter(|r| r.naive_after_s.is_some()).count() as u64;
+        let (killed, naive) = kills(&scenario, runs, 5_000);
         assert!(binomial_tail(runs, killed, 0.01) > 0.001, "{killed}/{runs} false kills is significantly above 1 %");
         assert!(binomial_tail(runs, naive, 0.01) < 0.001, "requests are correlated here, the naive test should fail: {naive}/{runs}");
     }
@@ -374,8 +378,7 @@ mod tests {
         let scenario = scenarios(300)[4].clone();
         assert!(scenario.bursty && scenario.when.contains("latency"));
         let runs = 60u64;
-        let results = parallel(runs, |i| run(&scenario, 7_000 + i));
-        let killed = results.iter().filter(|r| r.killed_after_s.is_some()).count() as u64;
+        let (killed, _) = kills(&scenario, runs, 7_000);
         assert!(binomial_tail(runs, killed, 0.01) > 0.001, "{killed}/{runs} false kills is significantly above 1 %");
     }
 
