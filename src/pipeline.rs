@@ -130,6 +130,16 @@ impl Pipeline {
             pruned: Timestamp(0),
             held: Default::default(),
         }
+        .with_held()
+    }
+
+    /// The slices whose kill a control held before a restart (persisted with their cooldown).
+    fn with_held(mut self) -> Self {
+        match self.store.held_slices() {
+            Ok(held) => self.held.extend(held.into_iter().map(|(slice, flag, rule)| (slice, (flag, rule)))),
+            Err(e) => tracing::error!(error = %e, "cannot read the held slices; they re-arm when their cooldown ends"),
+        }
+        self
     }
 
     /// Runs until `shutdown`; then drains the batches already queued, judges once more and
@@ -309,7 +319,8 @@ impl Pipeline {
         };
         let mut wake = false;
         for row in rows {
-            let Ok(request) = serde_json::from_value::<crate::act::ActionRequest>(row.request.clone()) else { continue };
+            // The drain is measured where the kill was carried out (widened, default environment).
+            let Ok(request) = serde_json::from_value::<crate::act::ActionRequest>(row.effective_request().clone()) else { continue };
             let cfg = self.settings.verify.get(&request.actuator).cloned().unwrap_or_default();
             let step = crate::act::verify::step(&self.aggregator, &request, &row.state, Timestamp(row.state_ms), now, &cfg);
             let stored = match step {
@@ -362,23 +373,27 @@ impl Pipeline {
             evidence: Some(request.evidence.clone()),
             ..AuditEntry::default()
         };
-        if !self.store.transition(row.id, &[row.state.as_str()], state, error.as_deref(), &audit)? {
-            return Ok(());
-        }
-        tracing::info!(action = row.id, target = %row.target, state, "kill verification step");
+        // The step, its fallback kill and its notification in one transaction: none is lost.
+        let mut follow_ups = Vec::new();
         if state == "escalated"
             && let Some(fallback) = &cfg.fallback
         {
             let fallback_request = crate::act::ActionRequest { actuator: fallback.clone(), ..request.clone() };
             let target = fallback_request.target();
-            let key = crate::act::idempotency_key(&target, now);
+            let idempotency_key = crate::act::idempotency_key(&target, now);
             let audit = AuditEntry {
                 kind: "kill_fallback".into(),
                 target: Some(target.clone()),
                 after: Some(serde_json::json!({ "escalated_action": row.id })),
-                ..audit
+                ..audit.clone()
             };
-            self.store.submit(&target, "kill", &serde_json::to_value(&fallback_request).unwrap_or_default(), &key, &format!("fallback/{}", row.id), &audit)?;
+            follow_ups.push(crate::store::FollowUp {
+                target,
+                kind: "kill".into(),
+                request: serde_json::to_value(&fallback_request).unwrap_or_default(),
+                idempotency_key,
+                audit,
+            });
         }
         if self.settings.notify {
             let text = match (state, &error) {
@@ -386,7 +401,10 @@ impl Pipeline {
                 ("drained", None) => format!("the killed cohort of {} has drained (action {})", crate::act::describe(request), row.id),
                 _ => format!("{} is {state} after flagguard's kill (action {})", crate::act::describe(request), row.id),
             };
-            crate::act::notify::enqueue(&self.store, &text, &request.evidence, now)?;
+            follow_ups.push(crate::act::notify::notification(&text, &request.evidence, now));
+        }
+        if self.store.transition_with(row.id, &[row.state.as_str()], state, error.as_deref(), &audit, &follow_ups)? {
+            tracing::info!(action = row.id, target = %row.target, state, "kill verification step");
         }
         Ok(())
     }

@@ -113,22 +113,104 @@ impl Executor {
             Ok(r) => r,
             Err(e) => return self.finish(&row, None, row.attempts, Err(ActError::Permanent(format!("unreadable outbox entry: {e}")))).await,
         };
+        // Superseded since it was read (a kill of the target overtook this restore or rollout):
+        // not called at all. One superseded once its call is under way is finished truthfully.
+        let (store, id) = (self.store.clone(), row.id);
+        if matches!(tokio::task::spawn_blocking(move || store.is_pending(id)).await, Ok(Ok(false))) {
+            return;
+        }
         let attempt = row.attempts + 1;
         let kind = request.kind.as_str();
-        let result = match self.actuators.get(&request.actuator).cloned() {
-            None => Err(ActError::Permanent(format!("actuator {:?} is not configured", request.actuator))),
-            Some(actuator) => {
-                Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", "attempt")]);
-                let started = std::time::Instant::now();
-                let outcome = match tokio::time::timeout(self.settings.timeout, perform(actuator.as_ref(), &mut request, &row.idempotency_key)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ActError::transient(format!("timed out after {:?}", self.settings.timeout))),
-                };
-                self.metrics.actuator_latency.get_or_create(&vec![("actuator", request.actuator.clone())]).observe(started.elapsed().as_secs_f64());
-                outcome
-            }
+        let Some(actuator) = self.actuators.get(&request.actuator).cloned() else {
+            let e = ActError::Permanent(format!("actuator {:?} is not configured", request.actuator));
+            return self.finish(&row, Some(&request), attempt, Err(e)).await;
         };
-        if let Err(ActError::Transient { message, retry_after }) = &result {
+        Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", "attempt")]);
+        let started = std::time::Instant::now();
+        let called = self.call(actuator.as_ref(), &row, &mut request).await;
+        self.metrics.actuator_latency.get_or_create(&vec![("actuator", request.actuator.clone())]).observe(started.elapsed().as_secs_f64());
+        let called = match called {
+            Ok(called) => called,
+            Err(e) => return self.failed(&row, &request, attempt, e).await,
+        };
+        // The call succeeded: what it applied is kept whatever the read-back says, so a kill
+        // that escalates later still has its restore (and the rollout guard still sees it).
+        let result = called.result(&request);
+        let (store, id, saved) = (self.store.clone(), row.id, result.clone());
+        if !matches!(tokio::task::spawn_blocking(move || store.record_applied(id, &saved)).await, Ok(Ok(()))) {
+            tracing::error!(action = row.id, "cannot record what the call applied; the read-back goes on");
+        }
+        let check = match tokio::time::timeout(self.settings.timeout, check(actuator.as_ref(), &request)).await {
+            Ok(check) => check,
+            Err(_) => Check::Failed(ActError::transient(format!("read-back timed out after {:?}", self.settings.timeout))),
+        };
+        let performed = |verified: bool, read_back: Option<serde_json::Value>| Performed {
+            applied: called.applied.clone(),
+            verified,
+            read_back,
+            widened: called.widened.clone(),
+            result: result.clone(),
+        };
+        match check {
+            Check::Agrees { verified, read_back } => self.finish(&row, Some(&request), attempt, Ok(performed(verified, read_back))).await,
+            Check::Disagrees(message) => self.failed(&row, &request, attempt, ActError::transient(message)).await,
+            // The call went through but cannot be confirmed: retried like any transient failure,
+            // then `sent` (the drain check is the proof), never "never reached the flag system".
+            Check::Failed(ActError::Transient { message, retry_after }) if attempt < self.settings.max_attempts => {
+                self.failed(&row, &request, attempt, ActError::Transient { message: format!("read back: {message}"), retry_after }).await
+            }
+            Check::Failed(e) => {
+                tracing::warn!(action = row.id, error = %e, "the call succeeded but its read-back failed; recording it as sent");
+                self.finish(&row, Some(&request), attempt, Ok(performed(false, Some(json!({ "error": format!("read back failed: {e}") }))))).await
+            }
+        }
+    }
+
+    /// The call of one attempt, each step under the call timeout: the environment and the
+    /// widening resolved, a kill's state before it saved (once), then the call.
+    async fn call(&self, actuator: &dyn Actuator, row: &ActionRow, request: &mut ActionRequest) -> Result<Called, ActError> {
+        let timeout = self.settings.timeout;
+        let timed_out = || ActError::transient(format!("timed out after {timeout:?}"));
+        let widened = prepare(actuator, request)?;
+        let saved = match request.kind {
+            ActionKind::Kill => tokio::time::timeout(timeout, self.saved_state(actuator, row, request)).await.map_err(|_| timed_out())??,
+            _ => None,
+        };
+        let mut called = tokio::time::timeout(timeout, call(actuator, request, &row.idempotency_key)).await.map_err(|_| timed_out())??;
+        if saved.is_some() {
+            called.applied.before = saved;
+        }
+        called.widened = widened;
+        Ok(called)
+    }
+
+    /// The state a kill returns to on restore, read before its first call and stored (a retry
+    /// or a restart reuses it). When the target already reads as killed (a second kill, or a
+    /// retry after a call whose answer was lost), the state an earlier kill of the target saved
+    /// still stands.
+    async fn saved_state(&self, actuator: &dyn Actuator, row: &ActionRow, request: &ActionRequest) -> Result<Option<serde_json::Value>, ActError> {
+        if let Some(saved) = &row.saved {
+            return Ok(Some(saved.clone()));
+        }
+        let Some(snapshot) = actuator.snapshot(request).await? else { return Ok(None) };
+        let (store, id, target) = (self.store.clone(), row.id, row.target.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            let serving = snapshot.get("serving").and_then(serde_json::Value::as_bool) != Some(false);
+            let saved = if serving { snapshot } else { store.holding_before(&target, id)?.unwrap_or(snapshot) };
+            store.save_snapshot(id, &saved)?;
+            Ok::<_, crate::store::StoreError>(saved)
+        })
+        .await;
+        match saved {
+            Ok(Ok(saved)) => Ok(Some(saved)),
+            other => Err(ActError::transient(format!("cannot store the state before the kill: {:?}", other.map(|r| r.err())))),
+        }
+    }
+
+    /// A failed attempt: retried while transient and attempts remain, else escalated.
+    async fn failed(&self, row: &ActionRow, request: &ActionRequest, attempt: u32, error: ActError) {
+        let kind = request.kind.as_str();
+        if let ActError::Transient { message, retry_after } = &error {
             Metrics::count(&self.metrics.actuator_errors, &[("actuator", &request.actuator), ("class", "transient")]);
             if attempt < self.settings.max_attempts {
                 let delay = retry::delay(attempt, self.settings.initial_backoff, self.settings.max_backoff, *retry_after, rand::random::<f64>());
@@ -145,18 +227,15 @@ impl Executor {
                 return;
             }
         }
-        self.finish(
-            &row,
-            Some(&request),
-            attempt,
-            result.map_err(|e| match e {
-                ActError::Transient { message, .. } => ActError::Permanent(format!("gave up after {attempt} attempts: {message}")),
-                permanent => permanent,
-            }),
-        )
-        .await;
+        let error = match error {
+            ActError::Transient { message, .. } => ActError::Permanent(format!("gave up after {attempt} attempts: {message}")),
+            permanent => permanent,
+        };
+        self.finish(row, Some(request), attempt, Err(error)).await;
     }
 
+    /// Records an attempt's end and everything that follows from it in one transaction
+    /// ([`crate::store::Store::finish_with`]).
     async fn finish(&self, row: &ActionRow, request: Option<&ActionRequest>, attempts: u32, result: Result<Performed, ActError>) {
         let now = self.clock.now();
         let kind = request.map_or("kill", |r| r.kind.as_str());
@@ -178,16 +257,11 @@ impl Executor {
             Ok(done) => {
                 let state = if done.verified { "confirmed" } else { "sent" };
                 let after = json!({ "result": done.applied.after, "read_back": done.read_back, "widened": done.widened, "attempts": attempts, "triggers": row.triggers });
-                // A widened kill saves what it really killed: its restore must undo exactly that.
-                let result_json = match (&done.widened, request) {
-                    (Some(_), Some(r)) => json!({ "before": done.applied.before, "after": done.applied.after, "request": r }),
-                    _ => json!({ "before": done.applied.before, "after": done.applied.after }),
-                };
                 (
                     state,
                     None,
                     AuditEntry { kind: format!("{kind}_{state}"), before: done.applied.before.clone(), after: Some(after), ..base.clone() },
-                    Some(result_json),
+                    Some(done.result.clone()),
                 )
             }
             Err(e) => (
@@ -206,6 +280,23 @@ impl Executor {
         }
         Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", state)]);
         let id = row.id;
+        let mut follow_ups = Vec::new();
+        if let (Some(r), Err(_)) = (request, &result)
+            && r.kind == ActionKind::Kill
+            && let Some(fallback) = self.fallback_of(r)
+        {
+            let target = fallback.target();
+            let audit =
+                AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": id })), ..base.clone() };
+            let idempotency_key = super::idempotency_key(&target, now);
+            follow_ups.push(crate::store::FollowUp {
+                target,
+                kind: "kill".into(),
+                request: serde_json::to_value(&fallback).unwrap_or_default(),
+                idempotency_key,
+                audit,
+            });
+        }
         let notify_text = match (request, &result) {
             (Some(r), _) if r.kind == ActionKind::Notify => None,
             (Some(r), Ok(done)) => Some(format!(
@@ -217,47 +308,31 @@ impl Executor {
             (Some(r), Err(e)) => Some(format!("ESCALATION: flagguard could not {} {} (action {id}): {e}", r.kind.as_str(), describe(r))),
             _ => None,
         };
-        let fallback = match (request, &result) {
-            (Some(r), Err(_)) if r.kind == ActionKind::Kill => self.fallback_of(r),
-            _ => None,
-        };
-        let evidence = request.map(|r| r.evidence.clone()).unwrap_or_default();
+        if let (true, Some(text)) = (self.settings.notify, notify_text) {
+            follow_ups.push(notify::notification(&text, &request.map(|r| r.evidence.clone()).unwrap_or_default(), now));
+        }
         let restored = match (request, &result) {
-            (Some(r), Ok(_)) if r.kind == ActionKind::Restore => r.restores.map(|k| (k, r.slice_key.clone())),
+            (Some(r), Ok(_)) if r.kind == ActionKind::Restore => Some(crate::store::Restored {
+                target: row.target.clone(),
+                slice_key: r.slice_key.clone(),
+                audit: AuditEntry { kind: "kill_restored".into(), after: Some(json!({ "restore_action": id })), ..base.clone() },
+            }),
             _ => None,
         };
-        let notify = self.settings.notify;
+        let outcome = crate::store::Outcome { id, state, attempts, error, result: result_json, audit, restored, follow_ups };
         let store = self.store.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            store.finish(id, state, attempts, error.as_deref(), result_json.as_ref(), &audit)?;
-            if let Some((kill, slice_key)) = restored {
-                let restored_audit = AuditEntry { kind: "kill_restored".into(), after: Some(json!({ "restore_action": id })), ..base.clone() };
-                store.transition(
-                    kill,
-                    &["sent", "confirmed", "drained", "recovered", "failed", "unverified", "escalated", "overridden"],
-                    "restored",
-                    None,
-                    &restored_audit,
-                )?;
-                if !slice_key.is_empty() {
-                    store.clear_cooldown(&slice_key)?;
-                }
+        match tokio::task::spawn_blocking(move || store.finish_with(&outcome)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(action = row.id, "the action was finished already; its outcome is not recorded twice"),
+            _ => {
+                tracing::error!(action = row.id, "cannot record the action's outcome; it stays pending and is tried again (the call is idempotent)");
+                // Not at once: a store that refuses writes must not turn into a loop of calls.
+                let delay = retry::delay(attempts.max(1), self.settings.initial_backoff, self.settings.max_backoff, None, rand::random::<f64>());
+                let (store, id) = (self.store.clone(), row.id);
+                let _ =
+                    tokio::task::spawn_blocking(move || store.reschedule(id, attempts.saturating_sub(1), now.plus(delay), "cannot record the outcome", now))
+                        .await;
             }
-            if let Some(request) = fallback {
-                let target = request.target();
-                let audit =
-                    AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": id })), ..base.clone() };
-                let key = super::idempotency_key(&target, now);
-                store.submit(&target, "kill", &serde_json::to_value(&request).unwrap_or_default(), &key, &format!("fallback/{id}"), &audit)?;
-            }
-            if let (true, Some(text)) = (notify, notify_text) {
-                notify::enqueue(&store, &text, &evidence, now)?;
-            }
-            Ok::<_, crate::store::StoreError>(())
-        })
-        .await;
-        if !matches!(saved, Ok(Ok(()))) {
-            tracing::error!(action = row.id, "cannot record the action's outcome; it stays pending and will be retried");
         }
         self.wake.notify_one();
     }
@@ -278,7 +353,8 @@ impl Executor {
         let now = self.clock.now();
         last.retain(|id, _| rows.iter().any(|r| r.id == *id));
         for row in rows.into_iter().filter(|r| r.state != "sent") {
-            let Ok(request) = serde_json::from_value::<ActionRequest>(row.request.clone()) else { continue };
+            // A widened kill (or one sent to a default environment) is read back as carried out.
+            let Ok(request) = serde_json::from_value::<ActionRequest>(row.effective_request().clone()) else { continue };
             let (Some(actuator), Some(verify)) = (self.actuators.get(&request.actuator), self.verify.get(&request.actuator)) else { continue };
             if last.get(&row.id).is_some_and(|t| now.since(*t) < verify.drift_interval) {
                 continue;
@@ -310,14 +386,10 @@ impl Executor {
                 ..AuditEntry::default()
             };
             let store = self.store.clone();
-            let notify = self.settings.notify;
-            let evidence = request.evidence.clone();
+            let follow_ups: Vec<_> = self.settings.notify.then(|| notify::notification(&text, &request.evidence, now)).into_iter().collect();
             let id = row.id;
             let _ = tokio::task::spawn_blocking(move || {
-                if store.transition(id, &["confirmed", "drained", "recovered"], "overridden", Some("re-enabled by someone else"), &audit)? && notify {
-                    notify::enqueue(&store, &text, &evidence, now)?;
-                }
-                Ok::<_, crate::store::StoreError>(())
+                store.transition_with(id, &["confirmed", "drained", "recovered"], "overridden", Some("re-enabled by someone else"), &audit, &follow_ups)
             })
             .await;
             self.wake.notify_one();
@@ -333,24 +405,61 @@ pub struct Performed {
     pub read_back: Option<serde_json::Value>,
     /// `on_unscoped: widen` applied: why the slice could not be expressed.
     pub widened: Option<String>,
+    /// What is stored as the action's result (see [`Called::result`]).
+    pub result: serde_json::Value,
 }
 
-/// One attempt: the call, then the read-back. A read-back that disagrees is transient (the
-/// call is idempotent and is simply made again), so it ends in escalation if it never agrees.
-pub async fn perform(actuator: &dyn Actuator, request: &mut ActionRequest, key: &str) -> Result<Performed, ActError> {
-    let mut widened = None;
+/// A call that succeeded.
+pub struct Called {
+    pub applied: super::Applied,
+    pub widened: Option<String>,
+}
+
+impl Called {
+    /// The action's stored result: the state before (what a restore returns to), after, and
+    /// the request as carried out (widened, its environment resolved), which restores, drift
+    /// checks, drain verification and fallbacks act on.
+    pub fn result(&self, request: &ActionRequest) -> serde_json::Value {
+        json!({ "before": self.applied.before, "after": self.applied.after, "request": request })
+    }
+}
+
+/// What the read-back after a successful call says.
+pub enum Check {
+    /// As expected; `verified` false when the flag system cannot be read back.
+    Agrees { verified: bool, read_back: Option<serde_json::Value> },
+    /// The flag system reports otherwise (the call is idempotent and made again).
+    Disagrees(String),
+    /// The read-back itself failed.
+    Failed(ActError),
+}
+
+/// Resolves what the request really targets: the actuator's default environment for a request
+/// without one (so the drain is measured there), and for a kill of a slice the flag system
+/// cannot express, the whole environment (`on_unscoped: widen`, returning why) or a refusal.
+pub fn prepare(actuator: &dyn Actuator, request: &mut ActionRequest) -> Result<Option<String>, ActError> {
+    if request.environment.is_none()
+        && request.scoped("environment").is_none()
+        && let Some(env) = actuator.default_environment()
+    {
+        request.environment = Some(env.to_owned());
+    }
+    if request.kind != ActionKind::Kill {
+        return Ok(None);
+    }
+    let Some(why) = actuator.unexpressible(&request.slice()) else { return Ok(None) };
+    if !request.widen {
+        return Err(ActError::Permanent(format!("cannot kill only this slice: {why} (a rule may set action.on_unscoped: widen)")));
+    }
+    request.scope.retain(|(k, _)| k == "environment");
+    request.region = None;
+    Ok(Some(why))
+}
+
+/// The call of one attempt (after [`prepare`]).
+pub async fn call(actuator: &dyn Actuator, request: &ActionRequest, key: &str) -> Result<Called, ActError> {
     let applied = match request.kind {
-        ActionKind::Kill => {
-            if let Some(why) = actuator.unexpressible(&request.slice()) {
-                if !request.widen {
-                    return Err(ActError::Permanent(format!("cannot kill only this slice: {why} (a rule may set action.on_unscoped: widen)")));
-                }
-                request.scope.retain(|(k, _)| k == "environment");
-                request.region = None;
-                widened = Some(why);
-            }
-            actuator.kill(request, key).await?
-        }
+        ActionKind::Kill | ActionKind::Notify => actuator.kill(request, key).await?,
         ActionKind::Restore => actuator.restore(request, key).await?,
         ActionKind::Rollout => {
             let percent = request
@@ -374,9 +483,20 @@ pub async fn perform(actuator: &dyn Actuator, request: &mut ActionRequest, key: 
             }
             actuator.set_rollout(request, percent, key).await?
         }
-        ActionKind::Notify => return Ok(Performed { applied: actuator.kill(request, key).await?, verified: true, read_back: None, widened: None }),
     };
-    let state = actuator.read(request).await?;
+    Ok(Called { applied, widened: None })
+}
+
+/// The read-back after a successful call. A read-back that disagrees is transient (the call
+/// is idempotent and is simply made again), so it ends in escalation if it never agrees.
+pub async fn check(actuator: &dyn Actuator, request: &ActionRequest) -> Check {
+    if request.kind == ActionKind::Notify {
+        return Check::Agrees { verified: true, read_back: None };
+    }
+    let state = match actuator.read(request).await {
+        Ok(state) => state,
+        Err(e) => return Check::Failed(e),
+    };
     let expected_killed = match request.kind {
         ActionKind::Kill => Some(true),
         ActionKind::Restore => Some(!request.saved.as_ref().and_then(|s| s.get("serving")).and_then(serde_json::Value::as_bool).unwrap_or(true)),
@@ -385,17 +505,17 @@ pub async fn perform(actuator: &dyn Actuator, request: &mut ActionRequest, key: 
     if let (Some(expected), Some(seen)) = (expected_killed, state.killed)
         && expected != seen
     {
-        return Err(ActError::transient(format!(
+        return Check::Disagrees(format!(
             "read back: the flag system reports the target {} after the {} call: {}",
             if seen { "off" } else { "still on" },
             request.kind.as_str(),
             state.detail
-        )));
+        ));
     }
     if let (ActionKind::Rollout, Some(want), Some(seen)) = (request.kind, request.percent, state.rollout)
         && (want - seen).abs() > 0.001
     {
-        return Err(ActError::transient(format!("read back: rollout is {seen} %, not {want} %")));
+        return Check::Disagrees(format!("read back: rollout is {seen} %, not {want} %"));
     }
     let verified = match request.kind {
         ActionKind::Rollout => state.rollout.is_some(),
@@ -403,7 +523,7 @@ pub async fn perform(actuator: &dyn Actuator, request: &mut ActionRequest, key: 
     };
     let read_back =
         (state.killed.is_some() || state.rollout.is_some()).then(|| json!({ "killed": state.killed, "rollout": state.rollout, "detail": state.detail }));
-    Ok(Performed { applied, verified, read_back, widened })
+    Check::Agrees { verified, read_back }
 }
 
 fn past(kind: ActionKind) -> &'static str {

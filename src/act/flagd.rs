@@ -3,9 +3,11 @@
 //! `targeting` removed. `state: DISABLED` is NOT a kill (evaluation then returns the caller's
 //! code default, which may be `true`). A kill of a slice (`per: [region]`, with
 //! `slices = { region = "region" }`) wraps the targeting instead:
-//! `{"if":[{"in":[{"var":"region"},["eu-west"]]},"off",<previous targeting>]}`. Restore writes
-//! back the exact previous definition — unless the flag changed since the kill (a human edited
-//! it: drift, not overwritten). Writes are atomic (new file + rename) because flagd's file
+//! `{"if":[{"in":[{"var":"region"},["eu-west"]]},"off",<previous targeting>]}`. Restore of a
+//! whole-flag kill writes back the exact previous definition; restore of a slice kill removes
+//! only its own wrapper (wherever later slice kills put it), so it never undoes another kill —
+//! and refuses while a later kill holds the whole flag. Either way nothing is overwritten when
+//! the flag no longer reads as killed (a human edited it: drift). Writes are atomic (new file + rename) because flagd's file
 //! watcher sees partial writes.
 
 use std::collections::BTreeMap;
@@ -104,7 +106,7 @@ pub fn killed(doc: &mut Value, flag: &str, off: &str, condition: Option<&Value>)
             obj.insert("defaultVariant".into(), Value::String(off.into()));
             obj.remove("targeting");
         }
-        Some(cond) if is_slice_killed(obj.get("targeting"), cond, off) => {}
+        Some(cond) if is_slice_killed(obj.get("targeting"), cond, off) || has_slice_kill(obj.get("targeting"), cond, off) => {}
         Some(cond) => {
             let previous = obj.remove("targeting").unwrap_or(Value::Null);
             obj.insert("targeting".into(), json!({ "if": [cond, off, previous] }));
@@ -118,11 +120,81 @@ fn is_slice_killed(targeting: Option<&Value>, condition: &Value, off: &str) -> b
     targeting.and_then(|t| t.get("if")).and_then(Value::as_array).is_some_and(|a| a.len() == 3 && a[0] == *condition && a[1] == json!(off))
 }
 
-/// Whether `flag` serves `off` (everywhere, or where `condition` holds).
+/// A kill wrapper `{"if":[cond, off, inner]}`: its condition and its inner targeting.
+fn wrapper<'a>(targeting: &'a Value, off: &str) -> Option<(&'a Value, &'a Value)> {
+    let a = targeting.get("if")?.as_array()?;
+    (a.len() == 3 && a[1] == json!(off)).then(|| (&a[0], &a[2]))
+}
+
+/// Removes the kill wrapper of `condition` from a chain of kill wrappers (a later slice kill
+/// wraps an earlier one); false when it is not there.
+fn unwrap_slice(targeting: &mut Value, condition: &Value, off: &str) -> bool {
+    let Some((cond, inner)) = wrapper(targeting, off) else { return false };
+    if cond == condition {
+        *targeting = inner.clone();
+        return true;
+    }
+    targeting.get_mut("if").and_then(|a| a.get_mut(2)).is_some_and(|inner| unwrap_slice(inner, condition, off))
+}
+
+/// Whether a kill wrapper of `condition` is anywhere in the chain of kill wrappers.
+fn has_slice_kill(targeting: Option<&Value>, condition: &Value, off: &str) -> bool {
+    match targeting.and_then(|t| wrapper(t, off)) {
+        Some((cond, inner)) => cond == condition || has_slice_kill(Some(inner), condition, off),
+        None => false,
+    }
+}
+
+fn whole_killed(def: &Value, off: &str) -> bool {
+    def.get("state").and_then(Value::as_str) != Some("DISABLED")
+        && def.get("defaultVariant").and_then(Value::as_str) == Some(off)
+        && def.get("targeting").is_none_or(Value::is_null)
+}
+
+/// Whether `flag` serves `off` (everywhere, or where `condition` holds). `state: DISABLED`
+/// serves the caller's code default: not a kill.
 pub fn is_killed(doc: &Value, flag: &str, off: &str, condition: Option<&Value>) -> bool {
     let Some(def) = doc.get("flags").and_then(|f| f.get(file_key(flag))) else { return false };
-    let whole = def.get("defaultVariant").and_then(Value::as_str) == Some(off) && def.get("targeting").is_none();
-    whole || condition.is_some_and(|c| is_slice_killed(def.get("targeting"), c, off))
+    if def.get("state").and_then(Value::as_str) == Some("DISABLED") {
+        return false;
+    }
+    whole_killed(def, off) || condition.is_some_and(|c| has_slice_kill(def.get("targeting"), c, off))
+}
+
+/// Undoes a kill in `doc`: a whole-flag kill gets `saved` back; a slice kill loses its own
+/// wrapper (and gets its saved `state` back). Returns the definition it replaced. Refused
+/// (permanent, nothing written) when the flag no longer reads as killed, and for a slice while
+/// the whole flag is killed (by a later kill, which this restore must not undo).
+pub fn restored(doc: &mut Value, flag: &str, off: &str, condition: Option<&Value>, saved: &Value) -> Result<Value, ActError> {
+    let def = definition(doc, flag)?;
+    let current = def.clone();
+    let changed = || ActError::Permanent("the flag changed since the kill (someone edited it); not overwriting their change".into());
+    if current.get("state").and_then(Value::as_str) == Some("DISABLED") {
+        return Err(changed());
+    }
+    match condition {
+        None if whole_killed(&current, off) => *def = saved.clone(),
+        None => return Err(changed()),
+        Some(_) if whole_killed(&current, off) => {
+            return Err(ActError::Permanent(
+                "the whole flag is killed (by a later kill); restoring this slice would undo that kill — restore the whole-flag kill first".into(),
+            ));
+        }
+        Some(cond) => {
+            let obj = def.as_object_mut().ok_or_else(changed)?;
+            let targeting = obj.get_mut("targeting").ok_or_else(changed)?;
+            if !unwrap_slice(targeting, cond, off) {
+                return Err(changed());
+            }
+            if targeting.is_null() {
+                obj.remove("targeting");
+            }
+            if let Some(state) = saved.get("state") {
+                obj.insert("state".into(), state.clone());
+            }
+        }
+    }
+    Ok(current)
 }
 
 /// The treatment's weight in a top-level `fractional` targeting, in percent.
@@ -147,18 +219,28 @@ impl Actuator for FlagdFile {
             .map(|(dim, value)| format!("no context attribute is configured for {dim} (slices.{dim}), so {dim}={value} cannot be killed alone"))
     }
 
+    async fn snapshot(&self, request: &ActionRequest) -> Result<Option<Value>, ActError> {
+        let condition = self.condition(request)?;
+        let doc = self.load().await?;
+        let def = doc.get("flags").and_then(|f| f.get(file_key(&request.flag))).cloned();
+        let def = def.ok_or_else(|| ActError::Permanent(format!("flag {:?} is not in the flagd file", request.flag)))?;
+        let serving = !is_killed(&doc, &request.flag, &self.off(request), condition.as_ref());
+        Ok(Some(json!({ "serving": serving, "definition": def })))
+    }
+
     async fn kill(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
         let _writing = self.lock.lock().await;
         let off = self.off(request);
         let condition = self.condition(request)?;
         let mut doc = self.load().await?;
+        let serving = !is_killed(&doc, &request.flag, &off, condition.as_ref());
         let (before, changed) = killed(&mut doc, &request.flag, &off, condition.as_ref())?;
         if changed {
             self.save(&doc).await?;
         }
         let after = doc.get("flags").and_then(|f| f.get(file_key(&request.flag))).cloned();
         Ok(Applied {
-            before: Some(json!({ "serving": true, "definition": before })),
+            before: Some(json!({ "serving": serving, "definition": before })),
             after: Some(json!({ "definition": after, "changed": changed, "path": self.path })),
         })
     }
@@ -170,13 +252,10 @@ impl Actuator for FlagdFile {
         let off = self.off(request);
         let condition = self.condition(request)?;
         let mut doc = self.load().await?;
-        if !is_killed(&doc, &request.flag, &off, condition.as_ref()) {
-            return Err(ActError::Permanent("the flag changed since the kill (someone edited it); not overwriting their change".into()));
-        }
-        let def = definition(&mut doc, &request.flag)?;
-        let current = std::mem::replace(def, saved.clone());
+        let current = restored(&mut doc, &request.flag, &off, condition.as_ref(), &saved)?;
         self.save(&doc).await?;
-        Ok(Applied { before: Some(current), after: Some(json!({ "definition": saved, "path": self.path })) })
+        let after = doc.get("flags").and_then(|f| f.get(file_key(&request.flag))).cloned();
+        Ok(Applied { before: Some(current), after: Some(json!({ "definition": after, "path": self.path })) })
     }
 
     async fn set_rollout(&self, request: &ActionRequest, percent: f64, _idempotency_key: &str) -> Result<Applied, ActError> {
@@ -262,5 +341,48 @@ mod tests {
         assert!(!is_killed(&d, "checkout-v2", "off", None), "only the slice is off");
         assert!(!killed(&mut d, "checkout-v2", "off", Some(&eu)).unwrap().1, "idempotent");
         assert_eq!(fractional_share(&before, &["on".into()]), Some(50.0));
+    }
+
+    /// Review finding 2: restoring an older regional kill must not undo a newer whole-flag
+    /// kill (it used to write back the saved definition whenever the flag read as killed).
+    #[test]
+    fn an_older_slice_restore_never_undoes_a_newer_whole_kill() {
+        let mut d = doc();
+        let eu = json!({"in": [{"var": "region"}, ["eu-west"]]});
+        let (a_before, _) = killed(&mut d, "checkout-v2", "off", Some(&eu)).unwrap();
+        let (b_before, _) = killed(&mut d, "checkout-v2", "off", None).unwrap();
+        let refused = restored(&mut d.clone(), "checkout-v2", "off", Some(&eu), &a_before);
+        assert!(matches!(refused, Err(ActError::Permanent(m)) if m.contains("whole flag is killed")));
+        // Restoring the whole-flag kill brings back the regional kill's definition, not D0.
+        restored(&mut d, "checkout-v2", "off", None, &b_before).unwrap();
+        assert!(is_killed(&d, "checkout-v2", "off", Some(&eu)), "the older regional kill still holds");
+        restored(&mut d, "checkout-v2", "off", Some(&eu), &a_before).unwrap();
+        assert_eq!(d, doc(), "both restores together give back the original file");
+    }
+
+    #[test]
+    fn a_slice_restore_removes_only_its_own_wrapper() {
+        let mut d = doc();
+        let eu = json!({"in": [{"var": "region"}, ["eu-west"]]});
+        let us = json!({"in": [{"var": "region"}, ["us-east"]]});
+        let (eu_before, _) = killed(&mut d, "checkout-v2", "off", Some(&eu)).unwrap();
+        killed(&mut d, "checkout-v2", "off", Some(&us)).unwrap();
+        restored(&mut d, "checkout-v2", "off", Some(&eu), &eu_before).unwrap();
+        assert!(!is_killed(&d, "checkout-v2", "off", Some(&eu)));
+        assert!(is_killed(&d, "checkout-v2", "off", Some(&us)), "the later us-east kill stays");
+        assert_eq!(d["flags"]["checkout-v2"]["targeting"]["if"][2], doc()["flags"]["checkout-v2"]["targeting"]);
+        assert!(matches!(restored(&mut d, "checkout-v2", "off", Some(&eu), &eu_before), Err(ActError::Permanent(_))), "not twice");
+    }
+
+    /// Review S3: `state: DISABLED` serves the code default, so a killed flag switched to
+    /// DISABLED by a human reads as not killed (drift), and is not overwritten by a restore.
+    #[test]
+    fn disabled_is_not_killed() {
+        let mut d = doc();
+        let (before, _) = killed(&mut d, "checkout-v2", "off", None).unwrap();
+        assert!(is_killed(&d, "checkout-v2", "off", None));
+        d["flags"]["checkout-v2"]["state"] = json!("DISABLED");
+        assert!(!is_killed(&d, "checkout-v2", "off", None));
+        assert!(matches!(restored(&mut d, "checkout-v2", "off", None, &before), Err(ActError::Permanent(_))));
     }
 }

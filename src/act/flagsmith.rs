@@ -67,12 +67,20 @@ impl Flagsmith {
             .ok_or_else(|| ActError::Permanent(format!("flag {:?} has no feature state in this environment", request.key())))
     }
 
-    async fn set_enabled(&self, request: &ActionRequest, enabled: bool) -> Result<Applied, ActError> {
+    /// What a kill saves: the environment default's `enabled` (and the segment killed).
+    async fn saved_state(&self, request: &ActionRequest) -> Result<(Value, Value), ActError> {
         let env_key = self.env_key(request)?;
         let segment_id = self.segment_id(request)?;
         let state = self.feature_state(&env_key, request).await?;
         let was = state.get("enabled").and_then(Value::as_bool);
-        let before = json!({ "serving": was.unwrap_or(true), "enabled": was, "segment": segment_id });
+        Ok((json!({ "serving": was.unwrap_or(true), "enabled": was, "segment": segment_id }), state))
+    }
+
+    async fn set_enabled(&self, request: &ActionRequest, enabled: bool, key: &str) -> Result<Applied, ActError> {
+        let env_key = self.env_key(request)?;
+        let segment_id = self.segment_id(request)?;
+        let (before, state) = self.saved_state(request).await?;
+        let was = state.get("enabled").and_then(Value::as_bool);
         if segment_id.is_none() && was == Some(enabled) {
             return Ok(Applied { before: Some(before), after: Some(json!({ "enabled": enabled, "changed": false })) });
         }
@@ -80,7 +88,13 @@ impl Flagsmith {
             let id = state.get("id").and_then(Value::as_u64).ok_or_else(|| ActError::Permanent("the feature state has no id".into()))?;
             let body = json!({ "enabled": enabled });
             self.api
-                .call(Method::PATCH, &format!("/api/v1/environments/{}/featurestates/{id}/", segment(&env_key)), Some(("application/json", &body)), None, none)
+                .call(
+                    Method::PATCH,
+                    &format!("/api/v1/environments/{}/featurestates/{id}/", segment(&env_key)),
+                    Some(("application/json", &body)),
+                    Some(key),
+                    none,
+                )
                 .await?;
         } else {
             let mut body = json!({ "feature": { "name": request.key() }, "enabled": enabled, "value": typed_value(state.get("feature_state_value")) });
@@ -92,7 +106,7 @@ impl Flagsmith {
                     Method::POST,
                     &format!("/api/experiments/environments/{}/update-flag-v1/", segment(&env_key)),
                     Some(("application/json", &body)),
-                    None,
+                    Some(key),
                     none,
                 )
                 .await?;
@@ -124,13 +138,21 @@ impl Actuator for Flagsmith {
         }
     }
 
-    async fn kill(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
-        self.set_enabled(request, false).await
+    fn default_environment(&self) -> Option<&str> {
+        self.config.default_environment.as_deref()
     }
 
-    async fn restore(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
+    async fn snapshot(&self, request: &ActionRequest) -> Result<Option<Value>, ActError> {
+        Ok(Some(self.saved_state(request).await?.0))
+    }
+
+    async fn kill(&self, request: &ActionRequest, key: &str) -> Result<Applied, ActError> {
+        self.set_enabled(request, false, key).await
+    }
+
+    async fn restore(&self, request: &ActionRequest, key: &str) -> Result<Applied, ActError> {
         let was = request.saved.as_ref().and_then(|s| s.get("enabled")).and_then(Value::as_bool).unwrap_or(true);
-        self.set_enabled(request, was).await
+        self.set_enabled(request, was, key).await
     }
 
     async fn read(&self, request: &ActionRequest) -> Result<FlagState, ActError> {

@@ -112,14 +112,21 @@ impl Actuator for LaunchDarkly {
             .map(|(dim, value)| format!("a LaunchDarkly kill is per flag and environment; {dim}={value} cannot be killed alone"))
     }
 
+    fn default_environment(&self) -> Option<&str> {
+        self.config.default_environment.as_deref()
+    }
+
+    async fn snapshot(&self, request: &ActionRequest) -> Result<Option<Value>, ActError> {
+        let env = self.env(request)?;
+        let on = is_on(&self.flag(request, &env).await?, &env);
+        Ok(Some(json!({ "serving": on.unwrap_or(true), "on": on, "environment": env })))
+    }
+
     async fn kill(&self, request: &ActionRequest, key: &str) -> Result<Applied, ActError> {
         let env = self.env(request)?;
-        let before = is_on(&self.flag(request, &env).await?, &env);
+        let before = self.snapshot(request).await?;
         let reply = self.patch(request, &env, json!([{ "kind": "turnFlagOff" }]), key).await?;
-        Ok(Applied {
-            before: Some(json!({ "serving": before.unwrap_or(true), "on": before, "environment": env })),
-            after: Some(json!({ "on": is_on(&reply, &env), "version": reply.get("_version"), "comment": request.comment() })),
-        })
+        Ok(Applied { before, after: Some(json!({ "on": is_on(&reply, &env), "version": reply.get("_version"), "comment": request.comment() })) })
     }
 
     async fn restore(&self, request: &ActionRequest, key: &str) -> Result<Applied, ActError> {

@@ -177,10 +177,10 @@ impl ActionRequest {
 }
 
 impl ActionRequest {
-    /// One open action per target: (actuator, flag, environment, scope).
+    /// One open action per target: (actuator, flag, environment, slice), canonical
+    /// ([`crate::store::target_string`]): the environment only in its field, the slice sorted.
     pub fn target(&self) -> String {
-        let scope: Vec<String> = self.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{}|{}|{}|{}", self.actuator, self.flag, self.environment.as_deref().unwrap_or("*"), scope.join(","))
+        crate::store::target_string(&self.actuator, &self.flag, self.environment.as_deref(), &self.scope)
     }
 }
 
@@ -217,6 +217,19 @@ pub trait Actuator: Send + Sync {
     /// express, with why; `None` when it can kill exactly that slice.
     fn unexpressible(&self, scope: &[(String, String)]) -> Option<String> {
         scope.first().map(|(k, v)| format!("it has no way to express {k}={v}"))
+    }
+
+    /// The flag-system environment a request without one goes to (`default_environment`).
+    fn default_environment(&self) -> Option<&str> {
+        None
+    }
+
+    /// The target's state now, in the form `kill` returns as `before` (with `serving`: whether
+    /// the target serves its cohort): what a restore returns it to. Read once, before a kill's
+    /// first call, and stored, so that a retry after a lost answer, or a restart after a crash,
+    /// never saves the killed state instead. `None`: nothing to save.
+    async fn snapshot(&self, _request: &ActionRequest) -> Result<Option<Value>, ActError> {
+        Ok(None)
     }
 
     /// Kills the flag (or the request's scope), idempotently.
@@ -277,7 +290,8 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
             // (`Pipeline::release_held`), so a regression caught during a pause is killed
             // right after it, not a cooldown later.
             let entry = AuditEntry { after: Some(serde_json::json!({ "held": why })), ..audit("kill_held") };
-            store.record_fired(&decision.slice_key, decision.at, &entry)?;
+            let fired = crate::store::Fired { slice: &decision.slice_key, rule: &decision.rule, flag: &decision.flag, held: true };
+            store.record_fired(&fired, decision.at, &entry)?;
             format!("[held] flagguard would kill {} (rule {}), but {why}", describe(&request), decision.rule)
         }
         (DecisionKind::Kill, Mode::Enforce) => {
@@ -296,11 +310,11 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
             }
         }
         (DecisionKind::Kill, Mode::DryRun) => {
-            store.record_fired(&decision.slice_key, decision.at, &audit("kill_dry_run"))?;
+            store.record_fired(&fired(decision), decision.at, &audit("kill_dry_run"))?;
             format!("[dry-run] flagguard would kill {} (rule {})", describe(&request), decision.rule)
         }
         (DecisionKind::Incident, _) => {
-            store.record_fired(&decision.slice_key, decision.at, &audit("incident"))?;
+            store.record_fired(&fired(decision), decision.at, &audit("incident"))?;
             let why = decision
                 .record
                 .get("incident")
@@ -315,6 +329,10 @@ pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, 
         queued = true;
     }
     Ok(queued)
+}
+
+fn fired(decision: &Decision) -> crate::store::Fired<'_> {
+    crate::store::Fired { slice: &decision.slice_key, rule: &decision.rule, flag: &decision.flag, held: false }
 }
 
 /// The restore of a kill (its outbox row): same target, the state the kill saved.
@@ -333,7 +351,7 @@ pub fn restore_request(kill: &crate::store::ActionRow, actor: &str, reason: Opti
     Ok(ActionRequest {
         kind: ActionKind::Restore,
         restores: Some(kill.id),
-        saved: kill.result.as_ref().and_then(|r| r.get("before")).cloned(),
+        saved: kill.result.as_ref().and_then(|r| r.get("before")).filter(|b| !b.is_null()).cloned().or_else(|| kill.saved.clone()),
         actor: Some(actor.into()),
         reason,
         ..request
@@ -401,7 +419,7 @@ pub fn evidence_summary(evidence: &Value) -> Value {
 /// The kill an alert maps to, with its evidence (the alert and its payload's digest).
 pub fn alert_request(target: &crate::alerts::mapping::Target, alert: &crate::alerts::Alert, digest: &str) -> ActionRequest {
     ActionRequest {
-        treatment: alert.labels.get("variant").cloned().into_iter().collect(),
+        treatment: target.variant.clone().into_iter().collect(),
         rule: format!("alert:{}", target.mapping),
         service: alert.labels.get("service").cloned(),
         environment: target.environment.clone(),

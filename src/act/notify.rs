@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::{ActError, ActionKind, ActionRequest, Actuator, Applied, evidence_summary};
-use crate::store::{AuditEntry, Store, StoreError};
+use crate::store::{AuditEntry, FollowUp, Store, StoreError};
 use crate::time::Timestamp;
 
 /// The actuator name notifications use in the outbox.
@@ -13,6 +13,13 @@ pub const NOTIFIER: &str = "notify";
 
 /// Queues a notification.
 pub fn enqueue(store: &Store, text: &str, evidence: &Value, at: Timestamp) -> Result<(), StoreError> {
+    let n = notification(text, evidence, at);
+    store.submit(&n.target, &n.kind, &n.request, &n.idempotency_key, "", &n.audit)?;
+    Ok(())
+}
+
+/// A notification, to queue with another write ([`Store::finish_with`]).
+pub fn notification(text: &str, evidence: &Value, at: Timestamp) -> FollowUp {
     let request = ActionRequest {
         rule: evidence.get("rule").and_then(Value::as_str).unwrap_or("").into(),
         evidence: evidence_summary(evidence),
@@ -29,8 +36,7 @@ pub fn enqueue(store: &Store, text: &str, evidence: &Value, at: Timestamp) -> Re
         after: Some(json!({ "text": text })),
         ..AuditEntry::default()
     };
-    store.submit(&target, "notify", &serde_json::to_value(&request).unwrap_or(Value::Null), &target, &format!("notify/{target}"), &audit)?;
-    Ok(())
+    FollowUp { target: target.clone(), kind: "notify".into(), request: serde_json::to_value(&request).unwrap_or(Value::Null), idempotency_key: target, audit }
 }
 
 pub struct Notifier {

@@ -42,9 +42,9 @@ impl Unleash {
         self.api.get(path).await
     }
 
-    async fn set_disabled(&self, path: &str, id: &str, disabled: bool) -> Result<(), ActError> {
+    async fn set_disabled(&self, path: &str, id: &str, disabled: bool, key: &str) -> Result<(), ActError> {
         let patch = json!([{ "op": "replace", "path": "/disabled", "value": disabled }]);
-        self.api.call(Method::PATCH, &format!("{path}/strategies/{}", segment(id)), Some(("application/json", &patch)), None, none).await?;
+        self.api.call(Method::PATCH, &format!("{path}/strategies/{}", segment(id)), Some(("application/json", &patch)), Some(key), none).await?;
         Ok(())
     }
 
@@ -112,6 +112,20 @@ pub fn may_serve(strategy: &Value, cohort: &[(String, String)]) -> bool {
     })
 }
 
+/// What a kill saves of `state` for its restore: a whole environment, whether it was enabled
+/// and which strategies were; a slice, the enabled strategies that serve exactly the cohort
+/// (all of them, read before the first call, so a kill interrupted between strategies still
+/// restores every one).
+fn saved_state(state: &Value, cohort: &[(String, String)]) -> Value {
+    let was_enabled = state.get("enabled").and_then(Value::as_bool).unwrap_or(false);
+    if cohort.is_empty() {
+        let saved: Vec<Value> = strategies(state).iter().map(|s| json!({ "id": id(s), "disabled": !enabled(s) })).collect();
+        return json!({ "serving": was_enabled, "enabled": was_enabled, "strategies": saved });
+    }
+    let serving: Vec<String> = strategies(state).into_iter().filter(|s| enabled(s) && serves_exactly(s, cohort)).map(id).collect();
+    json!({ "serving": !cohort_off(state, cohort), "enabled": was_enabled, "disabled_strategies": serving })
+}
+
 /// Whether the cohort is off in `state`.
 pub fn cohort_off(state: &Value, cohort: &[(String, String)]) -> bool {
     !state.get("enabled").and_then(Value::as_bool).unwrap_or(false) || !strategies(state).into_iter().any(|s| enabled(s) && may_serve(s, cohort))
@@ -153,18 +167,24 @@ impl Actuator for Unleash {
             .map(|(dim, value)| format!("no strategy constraint is configured for {dim} (slices.{dim}), so {dim}={value} cannot be killed alone"))
     }
 
-    async fn kill(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
+    fn default_environment(&self) -> Option<&str> {
+        self.config.default_environment.as_deref()
+    }
+
+    async fn snapshot(&self, request: &ActionRequest) -> Result<Option<Value>, ActError> {
+        let path = self.env_path(request)?;
+        let state = self.state(&path).await?;
+        Ok(Some(saved_state(&state, &self.cohort(request)?)))
+    }
+
+    async fn kill(&self, request: &ActionRequest, key: &str) -> Result<Applied, ActError> {
         let path = self.env_path(request)?;
         let before = self.state(&path).await?;
-        let was_enabled = before.get("enabled").and_then(Value::as_bool).unwrap_or(false);
         let cohort = self.cohort(request)?;
+        let saved = saved_state(&before, &cohort);
         if cohort.is_empty() {
-            self.api.call(Method::POST, &format!("{path}/off"), None, None, none).await?;
-            let saved: Vec<Value> = strategies(&before).iter().map(|s| json!({ "id": id(s), "disabled": !enabled(s) })).collect();
-            return Ok(Applied {
-                before: Some(json!({ "serving": was_enabled, "enabled": was_enabled, "strategies": saved })),
-                after: Some(json!({ "enabled": false })),
-            });
+            self.api.call(Method::POST, &format!("{path}/off"), None, Some(key), none).await?;
+            return Ok(Applied { before: Some(saved), after: Some(json!({ "enabled": false })) });
         }
         let exact: Vec<&Value> = strategies(&before).into_iter().filter(|s| serves_exactly(s, &cohort)).collect();
         if exact.is_empty() {
@@ -176,7 +196,7 @@ impl Actuator for Unleash {
         }
         let mut disabled = Vec::new();
         for strategy in exact.iter().filter(|s| enabled(s)) {
-            self.set_disabled(&path, &id(strategy), true).await?;
+            self.set_disabled(&path, &id(strategy), true, key).await?;
             disabled.push(id(strategy));
         }
         let after = self.state(&path).await?;
@@ -186,20 +206,17 @@ impl Actuator for Unleash {
                 "disabled the cohort's strategies {disabled:?}, but enabled strategies {still:?} still serve it (Unleash ORs strategies): the cohort is NOT off"
             )));
         }
-        Ok(Applied {
-            before: Some(json!({ "serving": was_enabled, "enabled": was_enabled, "disabled_strategies": disabled })),
-            after: Some(json!({ "disabled_strategies": disabled, "enabled": after.get("enabled") })),
-        })
+        Ok(Applied { before: Some(saved), after: Some(json!({ "disabled_strategies": disabled, "enabled": after.get("enabled") })) })
     }
 
-    async fn restore(&self, request: &ActionRequest, _idempotency_key: &str) -> Result<Applied, ActError> {
+    async fn restore(&self, request: &ActionRequest, key: &str) -> Result<Applied, ActError> {
         let path = self.env_path(request)?;
         let saved = request.saved.clone().unwrap_or(Value::Null);
         let current = self.state(&path).await?;
         if let Some(ids) = saved.get("disabled_strategies").and_then(Value::as_array) {
             let mut enabled_again = Vec::new();
             for sid in ids.iter().filter_map(Value::as_str) {
-                self.set_disabled(&path, sid, false).await?;
+                self.set_disabled(&path, sid, false, key).await?;
                 enabled_again.push(sid.to_owned());
             }
             return Ok(Applied { before: Some(current), after: Some(json!({ "enabled_strategies": enabled_again })) });
@@ -215,7 +232,7 @@ impl Actuator for Unleash {
             .map(|a| a.iter().filter(|s| !s.get("disabled").and_then(Value::as_bool).unwrap_or(false)).filter_map(|s| s.get("id")?.as_str()).collect())
             .unwrap_or_default();
         for strategy in strategies(&current).into_iter().filter(|s| !enabled(s) && was_enabled.contains(&id(s).as_str())) {
-            self.set_disabled(&path, &id(strategy), false).await?;
+            self.set_disabled(&path, &id(strategy), false, key).await?;
         }
         let now = self.state(&path).await?;
         if !strategies(&now).into_iter().any(enabled) {
@@ -223,11 +240,11 @@ impl Actuator for Unleash {
                 "refusing to turn the environment on: it has no enabled strategy, and Unleash would add a 100 % rollout strategy".into(),
             ));
         }
-        self.api.call(Method::POST, &format!("{path}/on"), None, None, none).await?;
+        self.api.call(Method::POST, &format!("{path}/on"), None, Some(key), none).await?;
         Ok(Applied { before: Some(current), after: Some(json!({ "enabled": true })) })
     }
 
-    async fn set_rollout(&self, request: &ActionRequest, percent: f64, _idempotency_key: &str) -> Result<Applied, ActError> {
+    async fn set_rollout(&self, request: &ActionRequest, percent: f64, key: &str) -> Result<Applied, ActError> {
         if percent.fract() != 0.0 {
             return Err(ActError::Permanent(format!("Unleash rollouts are whole percentages, got {percent}")));
         }
@@ -239,7 +256,7 @@ impl Actuator for Unleash {
         let sid = id(strategy);
         if previous != Some(percent) {
             let patch = json!([{ "op": "replace", "path": "/parameters/rollout", "value": format!("{}", percent as u32) }]);
-            self.api.call(Method::PATCH, &format!("{path}/strategies/{}", segment(&sid)), Some(("application/json", &patch)), None, none).await?;
+            self.api.call(Method::PATCH, &format!("{path}/strategies/{}", segment(&sid)), Some(("application/json", &patch)), Some(key), none).await?;
         }
         Ok(Applied {
             before: Some(json!({ "strategy": sid, "rollout": previous })),

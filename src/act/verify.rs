@@ -4,7 +4,8 @@
 //!
 //! A kill moves `sent`/`confirmed` → `drained` once, over the last `drain_window` of telemetry
 //! after the confirmation, at least [`MIN_EXPOSURES`] evaluations of the flag in the kill's
-//! scope were seen and at most `drain_below` of them served a killed variant. If the deadline
+//! scope were seen and at most `drain_below` of them served a killed variant (a kill that names
+//! no treatment variant cannot drain: `unverified` at the deadline). If the deadline
 //! (`drain_within`) passes first: `escalated` (with the share seen; the fallback actuator gets
 //! the kill), or `unverified` when no evaluation of the flag was seen at all. A drained kill
 //! becomes `recovered` once the slice's error rate since the drain is back near its baseline's
@@ -113,6 +114,17 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
             };
             // At the deadline with no recent traffic, judge on everything seen since the kill.
             let seen = if deadline && recent.total == 0 { exposure(aggregator, request, state_since) } else { recent };
+            // Without a named treatment variant every share is 0: "drained" would prove nothing.
+            if request.treatment.is_empty() {
+                return match deadline {
+                    true => Step::To {
+                        state: "unverified",
+                        evidence: evidence(seen),
+                        error: Some("the kill names no treatment variant (give the alert a `variant` label or the mapping a `variant`, the operator kill a `treatment`): the drain cannot be verified".into()),
+                    },
+                    false => Step::Wait,
+                };
+            }
             match seen.share() {
                 Some(share) if (seen.total >= MIN_EXPOSURES || deadline) && share <= cfg.drain_below => {
                     Step::To { state: "drained", evidence: evidence(seen), error: None }
@@ -251,5 +263,39 @@ mod tests {
         assert_eq!(recovery_target(&json!({"baseline": {"stats": {"error_rate": 0.02}}})), Some(0.04));
         assert_eq!(recovery_target(&json!({"baseline": {"stats": {"error_rate": 0.001}}})), Some(0.011));
         assert_eq!(recovery_target(&json!({"treatment": {"stats": {"error_rate": 0.5}}})), Some(0.25));
+    }
+
+    /// Review finding 5: a kill naming no treatment (alert kills, operator kills without
+    /// `treatment`) counted a share of 0 and read `drained` while everything still served `on`.
+    #[test]
+    fn a_kill_without_a_treatment_never_drains() {
+        let mut agg = Aggregator::new(100);
+        let kill = Timestamp(1_000_000);
+        expose(&mut agg, kill.as_millis() + 6_000, "on", "eu-west", 50);
+        let blind = ActionRequest { treatment: vec![], ..request() };
+        let now = kill.plus(Duration::from_secs(12));
+        assert_eq!(step(&agg, &blind, "confirmed", kill, now, &cfg()), Step::Wait, "never drained");
+        let Step::To { state, error, .. } = step(&agg, &blind, "confirmed", kill, kill.plus(Duration::from_secs(60)), &cfg()) else { panic!() };
+        assert_eq!(state, "unverified");
+        assert!(error.unwrap().contains("no treatment variant"));
+    }
+
+    /// Review finding 9b: a kill sent to the actuator's default environment is measured there
+    /// (the executor saves the environment it resolved in the effective request), not over
+    /// every environment.
+    #[test]
+    fn the_drain_is_measured_in_the_resolved_environment() {
+        let mut agg = Aggregator::new(100);
+        let kill = Timestamp(1_000_000);
+        expose(&mut agg, kill.as_millis() + 6_000, "off", "eu-west", 30);
+        let staging = SeriesKey { dims: Dims { environment: "staging".into(), ..key("on", "eu-west").dims }, ..key("on", "eu-west") };
+        let evaluation =
+            crate::model::Evaluation { trace: None, flag: staging.flag, variant: Some(staging.variant), error_type: None, dims: staging.dims, context: None };
+        for _ in 0..30 {
+            agg.exposure(&evaluation, Timestamp(kill.as_millis() + 6_000));
+        }
+        let resolved = ActionRequest { environment: Some("production".into()), ..request() };
+        let now = kill.plus(Duration::from_secs(12));
+        assert!(matches!(step(&agg, &resolved, "confirmed", kill, now, &cfg()), Step::To { state: "drained", .. }));
     }
 }

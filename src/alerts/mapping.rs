@@ -40,6 +40,10 @@ pub struct KillShape {
     pub cohort: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
+    /// The variant the alert is about (what the drain check counts), or `$label`; else the
+    /// alert's `variant` label. Without one the kill's drain is not verified.
+    #[serde(default)]
+    pub variant: Option<String>,
 }
 
 /// A validated mapping.
@@ -61,6 +65,8 @@ pub struct Target {
     pub environment: Option<String>,
     /// (dimension, value): `cohort` and/or `region`.
     pub scope: Vec<(String, String)>,
+    /// The treatment variant, when the mapping or the alert names one.
+    pub variant: Option<String>,
     pub mode: Mode,
 }
 
@@ -100,6 +106,7 @@ impl AlertMapping {
             flag: resolve(&self.kill.flag, alert, &self.name)?,
             environment: opt(&self.kill.environment)?,
             scope,
+            variant: opt(&self.kill.variant)?.or_else(|| alert.labels.get("variant").filter(|v| !v.is_empty()).cloned()),
             mode: self.mode,
         })
     }
@@ -119,6 +126,7 @@ pub fn direct(actuator: &str, mode: Mode) -> AlertMapping {
             environment: optional("flag_environment"),
             cohort: optional("cohort"),
             region: optional("region"),
+            variant: None,
         },
         mode,
     }

@@ -49,6 +49,7 @@ fn expected() -> Target {
         flag: "checkout-v2".into(),
         environment: Some("production".into()),
         scope: vec![("cohort".into(), "beta-users".into())],
+        variant: None,
         mode: Mode::Enforce,
     }
 }
@@ -82,6 +83,7 @@ fn sources_without_labels_map_by_configured_ids() {
             environment: Some("production".into()),
             cohort: Some("beta-users".into()),
             region: None,
+            variant: None,
         },
         mode: Mode::Enforce,
     };
@@ -107,6 +109,7 @@ fn sources_without_labels_map_by_configured_ids() {
             environment: Some("$flag_environment".into()),
             cohort: Some("$cohort".into()),
             region: None,
+            variant: None,
         },
         mode: Mode::Enforce,
     };

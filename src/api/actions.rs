@@ -106,7 +106,8 @@ pub struct Target {
     pub environment: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
-    /// The variant(s) turned off or rolled out. Default `["on"]`.
+    /// The variant(s) turned off or rolled out, as the telemetry reports them (`on`, `true`):
+    /// what the drain check counts. None: the kill's drain is not verified (`unverified`).
     #[serde(default)]
     pub treatment: Option<Vec<String>>,
     #[serde(default)]
@@ -130,7 +131,7 @@ fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target, acto
         return Err(ApiError::BadRequest(format!("percent must be in 0–100, got {:?}", t.percent)));
     }
     Ok(ActionRequest {
-        treatment: t.treatment.clone().unwrap_or_else(|| vec!["on".into()]),
+        treatment: t.treatment.clone().unwrap_or_default(),
         control: t.control.clone(),
         environment: t.environment.clone(),
         region: t.region.clone(),
@@ -162,7 +163,7 @@ async fn queue(s: &ApiState, request: ActionRequest) -> Result<Response, ApiErro
     let store = s.store.clone();
     let outcome = if request.kind == ActionKind::Kill {
         blocking(move || {
-            store.submit(&target, "kill", &value, &key, &format!("manual/{target}"), &audit).map(|sub| match sub {
+            store.submit(&target, "kill", &value, &key, "", &audit).map(|sub| match sub {
                 crate::store::Submitted::New(id) | crate::store::Submitted::Joined(id) | crate::store::Submitted::Suppressed(id) => Ok(id),
             })
         })
@@ -218,17 +219,18 @@ pub async fn restore_flag(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.unwrap_or_default();
     let store = s.store.clone();
-    let rows = blocking(move || store.actions(1000)).await??;
+    let wanted = flag.clone();
+    let rows = blocking(move || store.flag_kills(&wanted)).await??;
     let holding = ["confirmed", "sent", "drained", "recovered", "unverified", "failed", "escalated", "overridden"];
     let mut newest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-    for row in rows.iter().filter(|r| r.kind == "kill") {
-        let (_, f, env, scope) = crate::store::target_parts(&row.target);
+    // The newest kill of each target of the flag decides whether that target is still held.
+    for row in &rows {
+        let (_, _, env, scope) = crate::store::target_parts(&row.target);
         let region_ok = body.region.as_deref().is_none_or(|r| scope.split(',').any(|kv| kv == format!("region={r}")));
-        if f != flag || body.environment.as_deref().is_some_and(|e| e != env) || !region_ok {
+        if body.environment.as_deref().is_some_and(|e| e != env) || !region_ok {
             continue;
         }
-        // Rows are newest first: the first row per target decides whether it still holds.
-        newest.entry(row.target.clone()).or_insert(if holding.contains(&row.state.as_str()) { row.id } else { 0 });
+        newest.insert(row.target.clone(), if holding.contains(&row.state.as_str()) { row.id } else { 0 });
     }
     let ids: Vec<i64> = newest.values().copied().filter(|id| *id > 0).collect();
     match ids.as_slice() {

@@ -118,7 +118,7 @@ pub struct RuleEngine {
     settings: EngineSettings,
     slices: HashMap<SliceKey, SliceState>,
     flag_matches: HashMap<(usize, FlagKey), bool>,
-    last_fired: HashMap<String, Timestamp>,
+    last_fired: HashMap<String, Fired>,
     /// (service, environment, flag, at) of recent automatic kills, for the incident limit.
     recent_kills: Vec<(String, String, String, Timestamp)>,
     rule_last_data: HashMap<String, Timestamp>,
@@ -129,6 +129,14 @@ pub struct RuleEngine {
     recorded: Option<Vec<TransitionView>>,
     /// The latest sequential evidence (e-value, alpha) per slice, for e-BH across slices.
     evidence: HashMap<SliceKey, (f64, f64)>,
+}
+
+/// When a rule slice last fired, and whose flag it is (the key is opaque: never parsed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fired {
+    pub at: Timestamp,
+    /// `None` for state stored before flagguard recorded it (read back from the key).
+    pub flag: Option<String>,
 }
 
 /// How long a sequential test runs before it restarts (just under the windows' 6 h).
@@ -146,7 +154,7 @@ fn dim_name(d: Dimension) -> &'static str {
 }
 
 impl RuleEngine {
-    pub fn new(rules: Arc<RuleSet>, settings: EngineSettings, last_fired: HashMap<String, Timestamp>, now: Timestamp) -> Self {
+    pub fn new(rules: Arc<RuleSet>, settings: EngineSettings, last_fired: HashMap<String, Fired>, now: Timestamp) -> Self {
         RuleEngine {
             rules,
             settings,
@@ -477,7 +485,7 @@ impl RuleEngine {
         };
         rule.kill.as_ref()?;
         let slice_key = self.slice_id(rule, &slice);
-        if self.last_fired.get(&slice_key).is_some_and(|&t| now < t.plus(rule.cooldown)) {
+        if self.last_fired.get(&slice_key).is_some_and(|f| now < f.at.plus(rule.cooldown)) {
             return None;
         }
         // Firing restarts the `for` clock: after the cooldown, the slice fires again only if it
@@ -487,6 +495,14 @@ impl RuleEngine {
             state.incident_since = None;
         }
         let value = |d: Dimension| slice.values.iter().find(|(k, _)| *k == d).map(|(_, v)| v.to_string()).or_else(|| rule.filter.get(d).map(str::to_owned));
+        // What is killed is what was judged: a region pinned in `where` is part of the slice
+        // (else the kill would silently take the flag off in every region).
+        let mut scope: Vec<(String, String)> = slice.values.iter().map(|(d, v)| (dim_name(*d).to_owned(), v.to_string())).collect();
+        if !scope.iter().any(|(k, _)| k == "region")
+            && let Some(region) = rule.filter.get(Dimension::Region)
+        {
+            scope.push(("region".into(), region.to_owned()));
+        }
         let mut record = judgement.record;
         record["for"] = Value::String(humantime::format_duration(rule.for_).to_string());
         record["slice"] = Value::String(slice_key.clone());
@@ -501,7 +517,7 @@ impl RuleEngine {
             service: value(Dimension::Service),
             environment: value(Dimension::Environment),
             region: value(Dimension::Region),
-            scope: slice.values.iter().map(|(d, v)| (dim_name(*d).to_owned(), v.to_string())).collect(),
+            scope,
             slice_key,
             record,
             at: now,
@@ -591,7 +607,7 @@ impl RuleEngine {
                     self.recent_kills.push((g.0, g.1, d.flag.clone(), now));
                 }
             }
-            self.last_fired.insert(d.slice_key.clone(), now);
+            self.last_fired.insert(d.slice_key.clone(), Fired { at: now, flag: Some(d.flag.clone()) });
             out.push(d);
         }
         out
@@ -659,8 +675,23 @@ impl RuleEngine {
     pub fn forget_flag(&mut self, flag: &str) {
         self.slices.retain(|k, _| k.flag.as_str() != flag);
         self.evidence.retain(|k, _| k.flag.as_str() != flag);
-        self.last_fired.retain(|k, _| k.split('/').nth(1) != Some(flag));
+        self.last_fired.retain(|k, f| f.flag.as_deref().map_or_else(|| legacy_flag(k) != Some(flag), |f| f != flag));
     }
+}
+
+/// The flag of a cooldown key stored before rule state recorded its flag:
+/// `rule/flag[/dim=value…]`, where rule names have no `/` and the dimensions are the known
+/// three.
+fn legacy_flag(key: &str) -> Option<&str> {
+    let (_, mut rest) = key.split_once('/')?;
+    while let Some((head, tail)) = rest.rsplit_once('/') {
+        if ["service=", "environment=", "region="].iter().any(|d| tail.starts_with(d)) {
+            rest = head;
+        } else {
+            break;
+        }
+    }
+    Some(rest)
 }
 
 #[cfg(test)]

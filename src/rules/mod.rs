@@ -349,8 +349,9 @@ fn confidence(field: &str, value: Option<f64>, r: &mut Report<'_>) -> f64 {
 }
 
 fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<Rule> {
-    if shape.name.trim().is_empty() {
-        r.fail("name", "must not be empty".into());
+    if shape.name.trim().is_empty() || shape.name.contains('/') {
+        // A rule's name starts its slices' cooldown keys (`rule/flag/dim=value`).
+        r.fail("name", "must be non-empty, without '/'".into());
     }
     let flag = match Glob::new(&shape.flag) {
         Ok(g) if !shape.flag.is_empty() => Some(g.compile_matcher()),

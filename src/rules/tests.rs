@@ -61,3 +61,14 @@ fn shipped_examples_are_valid() {
     let set = load_dir(&dir, &BTreeSet::new()).unwrap_or_else(|e| panic!("{e:#?}"));
     assert!(!set.rules.is_empty());
 }
+
+/// Review finding 10: a `/` in a rule name made cooldown keys of different rules collide.
+#[test]
+fn rule_names_have_no_slash() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "rules:\n  - name: team/checkout\n    flag: f\n    treatment: on\n    when: [ { error_rate: { above: 0.1 } } ]\n    window: 1m\n";
+    std::fs::write(dir.path().join("a.yaml"), rule).unwrap();
+    let errors = load_dir(dir.path(), &actuators()).unwrap_err();
+    assert!(errors[0].to_string().contains("without '/'"), "{errors:?}");
+    assert!(errors[0].to_string().contains("name"), "{errors:?}");
+}

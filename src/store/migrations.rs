@@ -79,17 +79,63 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 7: audit retention and time filters look records up by time.
     "CREATE INDEX audit_at ON audit (at_ms);",
+    // 8: a kill's state before its first call (`saved`, what its restore returns to, written
+    // before the call so a lost answer or a crash cannot replace it with the killed state);
+    // rule state says whose cooldown it is (`rule`, `flag`: no parsing of keys) and whether an
+    // operator control held the kill (`held`: re-armed when the control is lifted, also after
+    // a restart); rows that were never cooldowns (notifications, manual and fallback kills)
+    // go. Targets are re-derived in their canonical form ([`canonical_targets`]).
+    "ALTER TABLE outbox ADD COLUMN saved TEXT;
+    ALTER TABLE rule_state ADD COLUMN rule TEXT;
+    ALTER TABLE rule_state ADD COLUMN flag TEXT;
+    ALTER TABLE rule_state ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    DELETE FROM rule_state WHERE slice = '' OR slice LIKE 'notify/%' OR slice LIKE 'manual/%' OR slice LIKE 'fallback/%';
+    CREATE INDEX outbox_kill_flag ON outbox(kind, json_extract(request, '$.flag'));",
 ];
 
+/// The migration after which stored targets are re-derived canonically (in Rust: the target
+/// is computed from each row's request).
+const CANONICAL_TARGETS: usize = 8;
+
+/// Rewrites every action's target in the canonical form of [`super::target_string`]. A
+/// pending action whose canonical target another pending action already holds keeps its old
+/// target (the one-pending-per-target index would refuse it); it runs as before.
+fn canonical_targets(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, String, String)> = {
+        let mut stmt = tx.prepare("SELECT id, target, request FROM outbox WHERE kind != 'notify'")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?
+    };
+    for (id, target, request) in rows {
+        let Ok(request) = serde_json::from_str::<serde_json::Value>(&request) else { continue };
+        let Some(canonical) = super::target_of_json(&request) else { continue };
+        if canonical != target {
+            match tx.execute("UPDATE outbox SET target = ?2 WHERE id = ?1", rusqlite::params![id, canonical]) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Applies the migrations up to number `last` (tests build older schemas with it).
+pub fn migrate_to(conn: &mut Connection, last: usize) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(StoreError::TooNew { found: version, known });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(last).skip(version as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if i + 1 == CANONICAL_TARGETS {
+            canonical_targets(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }

@@ -108,6 +108,17 @@ pub struct ActionRow {
     pub result: Option<serde_json::Value>,
     /// When the action entered its current state (ms since the epoch).
     pub state_ms: u64,
+    /// A kill: the flag's state before its first call (what its restore returns to).
+    pub saved: Option<serde_json::Value>,
+}
+
+impl ActionRow {
+    /// The request as carried out: a widened kill, or one whose environment the actuator
+    /// resolved (`default_environment`), saved it in its result. Drift checks, drain
+    /// verification, fallbacks and restores act on this one.
+    pub fn effective_request(&self) -> &serde_json::Value {
+        self.result.as_ref().and_then(|r| r.get("request")).unwrap_or(&self.request)
+    }
 }
 
 /// An action to write to the outbox.
@@ -120,6 +131,52 @@ pub struct NewAction<'a> {
     pub slice_key: &'a str,
     pub audit: &'a AuditEntry,
 }
+
+/// A slice that fired (for [`Store::record_fired`]).
+pub struct Fired<'a> {
+    pub slice: &'a str,
+    pub rule: &'a str,
+    pub flag: &'a str,
+    /// An operator control held the kill.
+    pub held: bool,
+}
+
+/// An action to queue as part of another's outcome (a fallback kill, a notification).
+#[derive(Debug, Clone)]
+pub struct FollowUp {
+    pub target: String,
+    pub kind: String,
+    pub request: serde_json::Value,
+    pub idempotency_key: String,
+    pub audit: AuditEntry,
+}
+
+/// A restore's effect on the kills it undoes.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// Every kill of this target that still holds it off becomes `restored`.
+    pub target: String,
+    /// The restored rule slice, whose cooldown is forgotten (empty: none).
+    pub slice_key: String,
+    pub audit: AuditEntry,
+}
+
+/// Everything an action's call ends in, written by [`Store::finish_with`] in one transaction.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: i64,
+    /// `sent`, `confirmed` or `escalated`.
+    pub state: &'static str,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub audit: AuditEntry,
+    pub restored: Option<Restored>,
+    pub follow_ups: Vec<FollowUp>,
+}
+
+/// Kill states that still hold the flag off (a restore of the target ends them).
+pub const HOLDING: &[&str] = &["sent", "confirmed", "drained", "recovered", "failed", "unverified", "escalated", "overridden"];
 
 /// What became of an alert delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +205,26 @@ pub fn kill_covers(kill_target: &str, other: &str) -> bool {
 
 /// How long a drained or recovered kill stays watched (recovery, auto-restore, drift).
 pub const WATCH_AFTER_DRAIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The canonical target of an action: `actuator|flag|environment|scope`, with the environment
+/// only in its field (`*` for none) and the other dimensions sorted (`region=eu,service=api`),
+/// so that two requests for the same flag-system object always have the same target — the
+/// key of "one action per target", of supersession and of the kill/rollout guards.
+pub fn target_string(actuator: &str, flag: &str, environment: Option<&str>, scope: &[(String, String)]) -> String {
+    let env = environment.or_else(|| scope.iter().find(|(k, _)| k == "environment").map(|(_, v)| v.as_str()));
+    let mut slice: Vec<String> = scope.iter().filter(|(k, _)| k != "environment").map(|(k, v)| format!("{k}={v}")).collect();
+    slice.sort();
+    slice.dedup();
+    format!("{actuator}|{flag}|{}|{}", env.unwrap_or("*"), slice.join(","))
+}
+
+/// [`target_string`] of a stored request (`act::ActionRequest` as JSON).
+pub fn target_of_json(request: &serde_json::Value) -> Option<String> {
+    let s = |k: &str| request.get(k).and_then(serde_json::Value::as_str);
+    let scope: Vec<(String, String)> =
+        request.get("scope")?.as_array()?.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_owned(), p.get(1)?.as_str()?.to_owned()))).collect();
+    Some(target_string(s("actuator")?, s("flag")?, s("environment"), &scope))
+}
 
 /// The parts of an action target (`actuator|flag|environment|scope`).
 pub fn target_parts(target: &str) -> (&str, &str, &str, &str) {
@@ -231,10 +308,12 @@ impl Store {
 
     fn submit_in(tx: &rusqlite::Transaction<'_>, a: &NewAction<'_>) -> rusqlite::Result<Submitted> {
         let now = a.audit.at.as_millis() as i64;
-        tx.execute(
-            "INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
-            params![a.slice_key, now],
-        )?;
+        // Only a rule's (or an alert mapping's) slice has a cooldown; notifications, manual and
+        // fallback kills leave no rule state behind.
+        if !a.slice_key.is_empty() {
+            let field = |k: &str| a.request.get(k).and_then(serde_json::Value::as_str).map(str::to_owned);
+            Store::fire_in(tx, a.slice_key, field("rule").as_deref(), field("flag").as_deref(), false, now)?;
+        }
         if a.kind == "kill" {
             let overridden: Option<i64> = tx
                 .query_row("SELECT id FROM outbox WHERE target = ?1 AND kind = 'kill' ORDER BY id DESC LIMIT 1", params![a.target], |r| r.get(0))
@@ -376,24 +455,40 @@ impl Store {
         Ok(AlertOutcome { duplicate: !first, submitted })
     }
 
-    /// Remembers that a slice fired without an outbox entry (dry-run, incidents).
-    pub fn record_fired(&self, slice_key: &str, at: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn fire_in(tx: &rusqlite::Transaction<'_>, slice: &str, rule: Option<&str>, flag: Option<&str>, held: bool, at_ms: i64) -> rusqlite::Result<usize> {
+        tx.execute(
+            "INSERT INTO rule_state (slice, last_fired_ms, rule, flag, held) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms, rule = COALESCE(excluded.rule, rule), flag = COALESCE(excluded.flag, flag), held = excluded.held",
+            params![slice, at_ms, rule, flag, held],
+        )
+    }
+
+    /// Remembers that a slice fired without an outbox entry (dry-run, incidents, and kills an
+    /// operator control `held`: those are re-armed when the control is lifted, also after a
+    /// restart, see [`Store::held_slices`]).
+    pub fn record_fired(&self, fired: &Fired<'_>, at: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO rule_state (slice, last_fired_ms) VALUES (?1, ?2) ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
-            params![slice_key, at.as_millis() as i64],
-        )?;
+        Store::fire_in(&tx, fired.slice, Some(fired.rule), Some(fired.flag), fired.held, at.as_millis() as i64)?;
         Store::insert_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// When each slice last fired (cooldowns across restarts).
-    pub fn last_fired(&self) -> Result<HashMap<String, Timestamp>, StoreError> {
+    /// When each slice last fired, and whose flag it is (cooldowns across restarts).
+    pub fn last_fired(&self) -> Result<HashMap<String, crate::rules::engine::Fired>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT slice, last_fired_ms FROM rule_state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, Timestamp(r.get::<_, i64>(1)? as u64))))?;
+        let mut stmt = conn.prepare("SELECT slice, last_fired_ms, flag FROM rule_state")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, crate::rules::engine::Fired { at: Timestamp(r.get::<_, i64>(1)? as u64), flag: r.get(2)? })))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Slices whose kill an operator control held: (slice, flag, rule).
+    pub fn held_slices(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT slice, flag, rule FROM rule_state WHERE held = 1 AND flag IS NOT NULL AND rule IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -412,11 +507,11 @@ impl Store {
             idempotency_key: r.get(10)?,
             result: parse(r.get(11)?),
             state_ms: r.get::<_, i64>(12)? as u64,
+            saved: parse(r.get(13)?),
         })
     }
 
-    const ROW: &'static str =
-        "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key, result, state_ms FROM outbox";
+    const ROW: &'static str = "SELECT id, created_ms, target, kind, state, request, attempts, next_attempt_ms, last_error, triggers, idempotency_key, result, state_ms, saved FROM outbox";
 
     /// Pending actions due at `now`, oldest first.
     pub fn due(&self, now: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
@@ -466,9 +561,118 @@ impl Store {
         Ok(())
     }
 
+    /// Finishes an action's call with everything that follows from it — its state and result,
+    /// the kills a restore undoes (and their slice's cooldown), a fallback kill, notifications
+    /// — in one transaction: a crash or a failed write loses none of it and half of it never
+    /// shows. The action must be `pending`, or `superseded` while its call was in flight (the
+    /// call was made: its outcome is recorded truthfully). Returns false, writing nothing,
+    /// when it is in another state (already finished).
+    pub fn finish_with(&self, o: &Outcome) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let at = o.audit.at.as_millis() as i64;
+        let changed = tx.execute(
+            "UPDATE outbox SET state = ?2, attempts = ?3, last_error = COALESCE(?4, last_error), updated_ms = ?5, state_ms = ?5, result = COALESCE(?6, result) \
+             WHERE id = ?1 AND state IN ('pending', 'superseded')",
+            params![o.id, o.state, o.attempts, o.error, at, o.result.as_ref().map(|r| r.to_string())],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        Store::insert_audit(&tx, &AuditEntry { action_id: Some(o.id), ..o.audit.clone() })?;
+        if let Some(r) = &o.restored {
+            let kills: Vec<i64> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT id FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) ORDER BY id",
+                    HOLDING.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+                ))?;
+                stmt.query_map(params![r.target, o.id], |row| row.get(0))?.collect::<Result<_, _>>()?
+            };
+            for kill in kills {
+                tx.execute("UPDATE outbox SET state = 'restored', updated_ms = ?2, state_ms = ?2 WHERE id = ?1", params![kill, at])?;
+                Store::insert_audit(&tx, &AuditEntry { action_id: Some(kill), ..r.audit.clone() })?;
+            }
+            if !r.slice_key.is_empty() {
+                tx.execute("DELETE FROM rule_state WHERE slice = ?1", params![r.slice_key])?;
+            }
+        }
+        for f in &o.follow_ups {
+            Store::submit_in(
+                &tx,
+                &NewAction { target: &f.target, kind: &f.kind, request: &f.request, idempotency_key: &f.idempotency_key, slice_key: "", audit: &f.audit },
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Stores a kill's state before its first call (once: a later attempt never replaces it).
+    pub fn save_snapshot(&self, id: i64, saved: &serde_json::Value) -> Result<(), StoreError> {
+        self.lock().execute("UPDATE outbox SET saved = ?2 WHERE id = ?1 AND saved IS NULL", params![id, saved.to_string()])?;
+        Ok(())
+    }
+
+    /// What the newest earlier kill of `target` that still holds it off saved, if that one
+    /// saw the target serving: a kill of an already killed target restores to the state before
+    /// the first kill, not to "off".
+    pub fn holding_before(&self, target: &str, except: i64) -> Result<Option<serde_json::Value>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT COALESCE(saved, json_extract(result, '$.before')) FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) ORDER BY id DESC",
+            HOLDING.iter().filter(|s| **s != "overridden").map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+        ))?;
+        let rows = stmt.query_map(params![target, except], |r| r.get::<_, Option<String>>(0))?;
+        for row in rows {
+            let Some(before) = parse(row?) else { continue };
+            if before.get("serving").and_then(serde_json::Value::as_bool) == Some(true) {
+                return Ok(Some(before));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records what a call that succeeded applied, before its read-back: even if the action
+    /// later escalates (the read-back never agrees), its restore knows what to undo.
+    pub fn record_applied(&self, id: i64, result: &serde_json::Value) -> Result<(), StoreError> {
+        self.lock().execute("UPDATE outbox SET result = ?2 WHERE id = ?1 AND state IN ('pending', 'superseded')", params![id, result.to_string()])?;
+        Ok(())
+    }
+
+    /// Whether the action is still pending (not superseded since it was read).
+    pub fn is_pending(&self, id: i64) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row("SELECT COUNT(*) FROM outbox WHERE id = ?1 AND state = 'pending'", params![id], |r| r.get::<_, i64>(0))? > 0)
+    }
+
+    /// The newest kill per target of `flag` (narrowed by environment and region), newest
+    /// first, whatever the size of the outbox.
+    pub fn flag_kills(&self, flag: &str) -> Result<Vec<ActionRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "{} WHERE id IN (SELECT MAX(id) FROM outbox WHERE kind = 'kill' AND json_extract(request, '$.flag') = ?1 GROUP BY target) ORDER BY id DESC",
+            Store::ROW
+        ))?;
+        let rows = stmt.query_map(params![flag], Store::row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Moves an action from one of the `from` states to `to`, with its audit record, in one
     /// transaction. Returns false (and audits nothing) when it was in another state.
     pub fn transition(&self, id: i64, from: &[&str], to: &str, error: Option<&str>, audit: &AuditEntry) -> Result<bool, StoreError> {
+        self.transition_with(id, from, to, error, audit, &[])
+    }
+
+    /// [`Store::transition`] that also queues `follow_ups` (a fallback kill, notifications) in
+    /// the same transaction, only when the transition happens.
+    pub fn transition_with(
+        &self,
+        id: i64,
+        from: &[&str],
+        to: &str,
+        error: Option<&str>,
+        audit: &AuditEntry,
+        follow_ups: &[FollowUp],
+    ) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let state = Store::state_in(&tx, id);
@@ -480,6 +684,12 @@ impl Store {
             params![id, to, error, audit.at.as_millis() as i64],
         )?;
         Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
+        for f in follow_ups {
+            Store::submit_in(
+                &tx,
+                &NewAction { target: &f.target, kind: &f.kind, request: &f.request, idempotency_key: &f.idempotency_key, slice_key: "", audit: &f.audit },
+            )?;
+        }
         tx.commit()?;
         Ok(true)
     }

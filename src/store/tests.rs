@@ -24,7 +24,7 @@ fn one_pending_action_per_target_and_triggers_join() {
     assert_eq!((row.triggers, row.state.as_str(), row.idempotency_key.as_str()), (2, "pending", "k1"));
     let other = store.submit("t2", "kill", &json!({}), "k3", "r/g", &decided(3)).unwrap();
     assert!(matches!(other, Submitted::New(_)));
-    assert_eq!(store.last_fired().unwrap()["r/f"], Timestamp(2));
+    assert_eq!(store.last_fired().unwrap()["r/f"].at, Timestamp(2));
 }
 
 #[test]
@@ -186,4 +186,85 @@ fn a_backup_is_a_consistent_copy_that_opens() {
     assert_eq!(copy.actions(10).unwrap().len(), 1);
     assert_eq!(copy.audit_log(10, None, None).unwrap()[0].kind, "kill_decided");
     assert!(store.backup(&out).is_err(), "never overwrites");
+}
+
+fn kill_request(scope: &[(&str, &str)], env: Option<&str>) -> crate::act::ActionRequest {
+    crate::act::ActionRequest {
+        environment: env.map(str::to_owned),
+        scope: scope.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        treatment: vec!["on".into()],
+        ..crate::act::ActionRequest::new(crate::act::ActionKind::Kill, "flagd", "f")
+    }
+}
+
+/// Review finding 4: targets are canonical — the environment only in its field, the slice
+/// sorted — so the kill/rollout guard and "one action per target" see the same object.
+#[test]
+fn targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill() {
+    let per_env = kill_request(&[("environment", "production")], Some("production"));
+    let plain = kill_request(&[], Some("production"));
+    assert_eq!(per_env.target(), plain.target());
+    assert_eq!(per_env.target(), "flagd|f|production|");
+    let a = kill_request(&[("region", "eu"), ("service", "api")], Some("production"));
+    let b = kill_request(&[("service", "api"), ("region", "eu")], Some("production"));
+    assert_eq!(a.target(), b.target());
+    assert_eq!(kill_request(&[("environment", "staging")], None).target(), "flagd|f|staging|");
+    assert_eq!(target_of_json(&serde_json::to_value(&a).unwrap()), Some(a.target()));
+
+    let store = Store::in_memory().unwrap();
+    let Submitted::New(kill) = store.submit(&per_env.target(), "kill", &serde_json::to_value(&per_env).unwrap(), "k", "r/f", &decided(1)).unwrap() else {
+        panic!()
+    };
+    store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {"serving": true}})), &decided(2)).unwrap();
+    let rollout = crate::act::ActionRequest { kind: crate::act::ActionKind::Rollout, percent: Some(50.0), ..plain };
+    let refused = store.submit_operator(&rollout.target(), "rollout", &serde_json::to_value(&rollout).unwrap(), "k2", &decided(3)).unwrap();
+    assert!(refused.unwrap_err().contains("the flag is killed"));
+}
+
+/// Migration 8 re-derives stored targets: an outbox written in the old form (per order,
+/// environment in the scope) is canonical after the upgrade.
+#[test]
+fn migration_makes_old_targets_canonical() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = kill_request(&[("service", "api"), ("environment", "production"), ("region", "eu")], Some("production"));
+    {
+        let mut conn = Connection::open(dir.path().join("flagguard.db")).unwrap();
+        migrations::migrate_to(&mut conn, 7).unwrap();
+        conn.execute(
+            "INSERT INTO outbox (created_ms, target, kind, state, request, next_attempt_ms, updated_ms, idempotency_key) VALUES (1, ?1, 'kill', 'confirmed', ?2, 1, 1, 'k')",
+            params!["flagd|f|production|service=api,environment=production,region=eu", serde_json::to_value(&request).unwrap().to_string()],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO rule_state (slice, last_fired_ms) VALUES ('notify/x', 1), ('r/f', 1)", []).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.actions(10).unwrap()[0].target, "flagd|f|production|region=eu,service=api");
+    assert_eq!(store.last_fired().unwrap().keys().collect::<Vec<_>>(), vec!["r/f"], "notification rows are gone");
+}
+
+/// Review finding 14: restoring by flag finds its kill however many rows came after it, and
+/// notifications, manual and fallback kills leave no rule state behind.
+#[test]
+fn a_flags_kills_are_found_past_any_number_of_notifications() {
+    let store = Store::in_memory().unwrap();
+    let request = kill_request(&[], Some("production"));
+    let Submitted::New(kill) = store.submit(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k", "", &decided(1)).unwrap() else {
+        panic!()
+    };
+    for i in 0..1001 {
+        crate::act::notify::enqueue(&store, &format!("n{i}"), &json!({}), Timestamp(10 + i)).unwrap();
+    }
+    let kills = store.flag_kills("f").unwrap();
+    assert_eq!(kills.iter().map(|r| r.id).collect::<Vec<_>>(), vec![kill]);
+    assert!(store.last_fired().unwrap().is_empty(), "no rule state for notifications or manual kills");
+}
+
+/// Review finding 13: a held kill's slice is stored as held, with its rule and flag.
+#[test]
+fn held_slices_survive_in_rule_state() {
+    let store = Store::in_memory().unwrap();
+    store.record_fired(&Fired { slice: "r/f/region=eu", rule: "r", flag: "f", held: true }, Timestamp(1), &decided(1)).unwrap();
+    store.record_fired(&Fired { slice: "r/g", rule: "r", flag: "g", held: false }, Timestamp(1), &decided(1)).unwrap();
+    assert_eq!(store.held_slices().unwrap(), vec![("r/f/region=eu".to_owned(), "f".to_owned(), "r".to_owned())]);
+    assert_eq!(store.last_fired().unwrap()["r/f/region=eu"].flag.as_deref(), Some("f"));
 }

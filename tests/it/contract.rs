@@ -291,6 +291,11 @@ pub enum Fault {
     Hang(Duration),
     /// Forward, but only after this long (a slow answer).
     Slow(Duration),
+    /// Forward (the flag system applies the request), then discard its answer and answer this
+    /// status: a success whose answer was lost.
+    AppliedThen(u16),
+    /// Forward untouched (to aim a later fault at a later request).
+    Pass,
 }
 
 /// An HTTP proxy in front of a flag system that applies a script of faults to the first
@@ -346,7 +351,7 @@ async fn forward(State(proxy): State<FaultProxy>, method: Method, uri: Uri, head
             return (StatusCode::GATEWAY_TIMEOUT, "hung").into_response();
         }
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
-        None => {}
+        Some(Fault::AppliedThen(_) | Fault::Pass) | None => {}
     }
     let url = format!("{}{}", proxy.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut call = proxy.client.request(method, url).body(body.to_vec());
@@ -354,6 +359,7 @@ async fn forward(State(proxy): State<FaultProxy>, method: Method, uri: Uri, head
         call = call.header(name, value);
     }
     match call.send().await {
+        Ok(_) if let Some(Fault::AppliedThen(s)) = fault => (StatusCode::from_u16(s).unwrap(), "answer lost").into_response(),
         Ok(r) => {
             let status = r.status();
             let content_type = r.headers().get("content-type").cloned();
@@ -370,7 +376,7 @@ async fn forward(State(proxy): State<FaultProxy>, method: Method, uri: Uri, head
 
 // ------------------------------------------------------------------------------------ tests
 
-async fn daemon_with(name: &str, actuator: ActuatorConfig, rules: &str, tune: impl FnOnce(&mut flagguard::config::ConfigFile)) -> (Daemon, FlagServer) {
+pub async fn daemon_with(name: &str, actuator: ActuatorConfig, rules: &str, tune: impl FnOnce(&mut flagguard::config::ConfigFile)) -> (Daemon, FlagServer) {
     let notify = FlagServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Daemon::config(dir.path(), rules, &notify);
@@ -380,7 +386,7 @@ async fn daemon_with(name: &str, actuator: ActuatorConfig, rules: &str, tune: im
     (Daemon::start(config, dir).await, notify)
 }
 
-async fn manual_kill(daemon: &Daemon, actuator: &str, flag: &str, region: Option<&str>) -> i64 {
+pub async fn manual_kill(daemon: &Daemon, actuator: &str, flag: &str, region: Option<&str>) -> i64 {
     let (status, body) = api(
         daemon,
         &format!("/v1/flags/{flag}/kill"),
@@ -391,11 +397,11 @@ async fn manual_kill(daemon: &Daemon, actuator: &str, flag: &str, region: Option
     body["action"].as_i64().unwrap()
 }
 
-fn state(daemon: &Daemon, id: i64) -> flagguard::store::ActionRow {
+pub fn state(daemon: &Daemon, id: i64) -> flagguard::store::ActionRow {
     daemon.store.action(id).unwrap().unwrap()
 }
 
-async fn settled(daemon: &Daemon, id: i64) -> flagguard::store::ActionRow {
+pub async fn settled(daemon: &Daemon, id: i64) -> flagguard::store::ActionRow {
     wait_until("the action to settle", Duration::from_secs(30), || state(daemon, id).state != "pending").await;
     state(daemon, id)
 }

@@ -12,6 +12,7 @@ mod dashboard;
 mod extraction;
 mod fuzz_replay;
 mod gates;
+mod kill_path;
 mod node_sdk;
 mod otlp_errors;
 mod own_telemetry;

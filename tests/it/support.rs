@@ -170,6 +170,20 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 
+    /// Stops the daemon and keeps its data directory (for a restart on the same data).
+    pub async fn stop_keeping_data(self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self._dir
+    }
+
+    /// A second connection to the daemon's database (fault injection with triggers).
+    pub fn db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self._dir.path().join("data/flagguard.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.borrow().clone()
     }

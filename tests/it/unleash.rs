@@ -383,3 +383,77 @@ async fn a_human_re_enabling_a_killed_flag_is_drift_reported_and_never_fought() 
     assert_eq!(server.state(&flag).await["enabled"], false);
     daemon.stop().await;
 }
+
+/// Review finding 1 on a real Unleash: the kill's `/off` is applied but its answer is lost
+/// (503 from a proxy); the retry finds the environment off. The restore turns it back on (it
+/// used to save "off" and do nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unleash_kill_whose_answer_was_lost_still_restores() {
+    use crate::contract::{Fault, FaultProxy};
+    let server = unleash().await;
+    let flag = unique("fg-lost");
+    server.create(&flag, &[rollout(&flag, 100, None)]).await;
+    // GET (the state saved before the kill), GET (the kill's own read), POST /off: applied, answer lost.
+    let proxy = FaultProxy::start(&server.url, vec![Fault::Pass, Fault::Pass, Fault::AppliedThen(503)]).await;
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    let mut unleash_actuator = actuator(&server, "FG_TEST_UNLEASH_TOKEN");
+    if let ActuatorConfig::Unleash(c) = &mut unleash_actuator {
+        c.url = proxy.url();
+    }
+    config.actuators.insert("unleash".into(), unleash_actuator);
+    let daemon = Daemon::start(config, dir).await;
+    let kill = json!({ "actuator": "unleash", "environment": "production", "treatment": ["true"], "reason": "INC-9" });
+    let (status, body) = api(&daemon, &format!("/v1/flags/{flag}/kill"), kill).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["action"].as_i64().unwrap();
+    wait_until("the confirmed kill", Duration::from_secs(20), || state_of(&daemon, id) == "confirmed").await;
+    assert_eq!(daemon.store.action(id).unwrap().unwrap().attempts, 2);
+    assert_eq!(server.state(&flag).await["enabled"], false);
+    let (status, _) = api(&daemon, &format!("/v1/actions/{id}/restore"), json!({ "reason": "fixed" })).await;
+    assert_eq!(status, 202);
+    wait_until("the restore", Duration::from_secs(20), || state_of(&daemon, id) == "restored").await;
+    assert_eq!(server.state(&flag).await["enabled"], true, "the restore turned the environment back on");
+    daemon.stop().await;
+}
+
+/// Review finding 7: a widened kill (a region Unleash has no constraint for, killed as the
+/// whole environment) is drift-checked as carried out — a human re-enabling it is seen, and
+/// flagguard does not fight them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_re_enabling_a_widened_kill_is_drift_reported() {
+    let server = unleash().await;
+    let flag = unique("fg-widedrift");
+    server.create(&flag, &[rollout(&flag, 100, None)]).await;
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    let mut unleash_actuator = actuator(&server, "FG_TEST_UNLEASH_TOKEN");
+    if let ActuatorConfig::Unleash(c) = &mut unleash_actuator {
+        c.slices.clear();
+        c.verify.drift_interval = Duration::from_secs(1);
+    }
+    config.actuators.insert("unleash".into(), unleash_actuator);
+    let daemon = Daemon::start(config, dir).await;
+    // What a `per: [region]` rule with `on_unscoped: widen` decides.
+    let request = flagguard::act::ActionRequest {
+        environment: Some("production".into()),
+        region: Some("eu-west".into()),
+        scope: vec![("region".into(), "eu-west".into())],
+        treatment: vec!["true".into()],
+        rule: "wide".into(),
+        widen: true,
+        ..flagguard::act::ActionRequest::new(flagguard::act::ActionKind::Kill, "unleash", &flag)
+    };
+    let audit =
+        flagguard::store::AuditEntry { at: flagguard::time::Timestamp::now(), actor: "rule:wide".into(), kind: "kill_decided".into(), ..Default::default() };
+    let submitted = daemon.store.submit(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k-wide", "wide/x", &audit).unwrap();
+    let flagguard::store::Submitted::New(id) = submitted else { panic!("{submitted:?}") };
+    wait_until("the confirmed, widened kill", Duration::from_secs(20), || state_of(&daemon, id) == "confirmed").await;
+    assert_eq!(server.state(&flag).await["enabled"], false, "the whole environment");
+    let (status, _) = server.admin(reqwest::Method::POST, &format!("{}/on", server.env_path(&flag)), None).await;
+    assert_eq!(status, 200);
+    wait_until("the drift to be noticed", Duration::from_secs(20), || state_of(&daemon, id) == "overridden").await;
+    daemon.stop().await;
+}

@@ -117,7 +117,7 @@ fn cooldown_survives_a_restart() {
     let mut agg = Aggregator::new(1000);
     let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
-    let fired = HashMap::from([("r/f/region=eu".to_owned(), t0)]);
+    let fired = HashMap::from([("r/f/region=eu".to_owned(), Fired { at: t0, flag: Some("f".into()) })]);
     let mut engine = RuleEngine::new(set, settings(), fired, t0);
     feed(&mut agg, "f", "off", "eu", 200, 0, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
@@ -307,4 +307,64 @@ fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
     let mut lifetime = [[0u64; 2]; crate::stats::USER_BUCKETS];
     series.user_buckets().unwrap().add_since_into(None, crate::stats::Event::Error, &mut lifetime);
     assert!(crate::stats::design_effect(&lifetime) > 20.0, "{}", crate::stats::design_effect(&lifetime));
+}
+
+/// Breaches `flag` in eu for `for` and returns the decisions at the end.
+fn breach(engine: &mut RuleEngine, flag: &str, at: Timestamp) -> Vec<Decision> {
+    let mut agg = Aggregator::new(1000);
+    feed(&mut agg, flag, "off", "eu", 200, 0, at);
+    feed(&mut agg, flag, "on", "eu", 100, 50, at);
+    engine.evaluate(&agg, None, at);
+    engine.evaluate(&agg, None, at.plus(Duration::from_secs(10)))
+}
+
+/// Review finding 10: a restore forgets the cooldown of a namespaced flag (the key used to be
+/// parsed with `split('/')`, whose second part is the namespace).
+#[test]
+fn forget_flag_clears_the_cooldown_of_a_namespaced_flag() {
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "shop/checkout-v2", "payments")], ..RuleSet::default() });
+    let t0 = Timestamp(1_000_000);
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    assert_eq!(breach(&mut engine, "shop/checkout-v2", t0).len(), 1);
+    let t1 = t0.plus(Duration::from_secs(60));
+    assert!(breach(&mut engine, "shop/checkout-v2", t1).is_empty(), "cooling down");
+    engine.forget_flag("shop/checkout-v2");
+    let t2 = t1.plus(Duration::from_secs(60));
+    assert_eq!(breach(&mut engine, "shop/checkout-v2", t2).len(), 1, "the restore re-armed it");
+}
+
+#[test]
+fn forget_flag_clears_only_that_flags_cooldowns() {
+    let set = Arc::new(RuleSet { rules: vec![rule("r", "*", "payments")], ..RuleSet::default() });
+    let t0 = Timestamp(1_000_000);
+    // Stored before rule state recorded flags: the flag is read back from the key.
+    let legacy =
+        HashMap::from([("r/shop/region=eu".to_owned(), Fired { at: t0, flag: None }), ("r/shop/checkout/region=eu".to_owned(), Fired { at: t0, flag: None })]);
+    let mut engine = RuleEngine::new(set, settings(), legacy, t0);
+    engine.forget_flag("shop");
+    let t1 = t0.plus(Duration::from_secs(60));
+    assert_eq!(breach(&mut engine, "shop", t1).len(), 1, "flag shop was re-armed");
+    assert!(breach(&mut engine, "shop/checkout", t1.plus(Duration::from_secs(20))).is_empty(), "shop/checkout still cools down");
+}
+
+#[test]
+fn legacy_cooldown_keys_name_their_flag() {
+    assert_eq!(super::legacy_flag("r/shop/checkout-v2/region=eu-west"), Some("shop/checkout-v2"));
+    assert_eq!(super::legacy_flag("r/f/service=a/region=b"), Some("f"));
+    assert_eq!(super::legacy_flag("r/f"), Some("f"));
+}
+
+/// Review finding 9a: a region pinned in `where` is part of what is killed, not silently
+/// widened to every region.
+#[test]
+fn a_region_in_where_is_in_the_kill_scope() {
+    let mut r = rule("r", "f", "payments");
+    r.per = vec![];
+    r.filter.region = Some("eu".into());
+    let set = Arc::new(RuleSet { rules: vec![r], ..RuleSet::default() });
+    let t0 = Timestamp(1_000_000);
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    let d = breach(&mut engine, "f", t0);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].scope, vec![("region".to_owned(), "eu".to_owned())]);
 }
