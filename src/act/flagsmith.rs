@@ -161,9 +161,23 @@ impl Actuator for Flagsmith {
             return Ok(FlagState::unknown());
         }
         let env_key = self.env_key(request)?;
+        let page = self.api.get(&format!("/api/v1/environments/{}/featurestates/?feature_name={}", segment(&env_key), segment(request.key()))).await?;
         let state = self.feature_state(&env_key, request).await?;
         let enabled = state.get("enabled").and_then(Value::as_bool);
-        Ok(FlagState { killed: enabled.map(|e| !e), rollout: None, detail: json!({ "enabled": enabled, "id": state.get("id") }) })
+        // Segment and identity overrides win over the environment default: an environment
+        // kill with an enabled override still serves it there, so it is not a kill.
+        let overrides: Vec<&Value> = page
+            .get("results")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter(|s| !s.get("feature_segment").is_none_or(Value::is_null) || !s.get("identity").is_none_or(Value::is_null))
+                    .filter(|s| s.get("enabled").and_then(Value::as_bool) == Some(true))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let killed = enabled.map(|e| !e && overrides.is_empty());
+        Ok(FlagState { killed, rollout: None, detail: json!({ "enabled": enabled, "id": state.get("id"), "enabled_overrides": overrides }) })
     }
 }
 

@@ -12,6 +12,9 @@ pub use file::{
     VerifyConfig, WebhookConfig,
 };
 
+/// The shortest alert bearer token or HMAC secret accepted (after `${VAR}` expansion).
+pub const MIN_ALERT_SECRET: usize = 16;
+
 /// Why the configuration cannot be used (exit code 64).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -202,14 +205,17 @@ impl Config {
             if source.timestamp_header.is_some() && kind != crate::alerts::Source::Grafana {
                 errors.push(format!("{field}.timestamp_header: only for grafana"));
             }
-            for (key, value) in [("bearer_token", &source.bearer_token), ("basic_password", &source.basic_password)] {
-                if let Some(Err(var)) = value.as_deref().map(expand_env) {
-                    errors.push(format!("{field}.{key}: environment variable {var} is not set"));
-                }
-            }
-            for secret in &source.hmac_secrets {
-                if let Err(var) = expand_env(secret) {
-                    errors.push(format!("{field}.hmac_secrets: environment variable {var} is not set"));
+            // Checked after expansion: an empty secret (a `${VAR}` blanked after a rotation) would
+            // let anyone sign or present it (HMAC with the empty key verifies).
+            let credentials = [("bearer_token", source.bearer_token.as_ref(), MIN_ALERT_SECRET), ("basic_password", source.basic_password.as_ref(), 1)];
+            let secrets = source.hmac_secrets.iter().map(|s| ("hmac_secrets", Some(s), MIN_ALERT_SECRET));
+            for (key, value, min) in credentials.into_iter().chain(secrets) {
+                match value.map(|v| expand_env(v)) {
+                    Some(Err(var)) => errors.push(format!("{field}.{key}: environment variable {var} is not set")),
+                    Some(Ok(v)) if v.chars().count() < min => {
+                        errors.push(format!("{field}.{key}: must be at least {min} characters after expansion (an empty or short secret lets anyone in)"))
+                    }
+                    _ => {}
                 }
             }
             if source.allow_direct {
@@ -410,6 +416,22 @@ mod tests {
         unsafe { std::env::set_var("FG_TEST_TOKEN_X", "s3cret") };
         assert_eq!(expand_env("Bearer ${FG_TEST_TOKEN_X}").unwrap(), "Bearer s3cret");
         assert_eq!(expand_env("${NOPE_NOT_SET_123}").unwrap_err(), "NOPE_NOT_SET_123");
+    }
+
+    /// Review finding 8: an alert HMAC secret blanked after a rotation (`${VAR}` set but empty)
+    /// made the route open — HMAC with the empty key verifies. Refused at start.
+    #[test]
+    fn empty_or_short_alert_secrets_are_refused() {
+        // SAFETY: variables no other test reads.
+        unsafe {
+            std::env::set_var("FG_T_EMPTY", "");
+            std::env::set_var("FG_T_SHORT", "short");
+        }
+        for (key, value) in [("hmac_secrets", "[\"${FG_T_EMPTY}\"]"), ("hmac_secrets", "[\"${FG_T_SHORT}\"]"), ("bearer_token", "\"${FG_T_EMPTY}\"")] {
+            let file = toml_from_str(&format!("[alerts.generic]\n{key} = {value}\n"));
+            let err = Config::validate(file).unwrap_err().to_string();
+            assert!(err.contains(&format!("alerts.generic.{key}: must be at least 16 characters")), "{err}");
+        }
     }
 
     fn toml_from_str(s: &str) -> ConfigFile {

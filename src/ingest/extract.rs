@@ -102,7 +102,8 @@ pub fn evaluation(attrs: Attrs<'_>, body: Option<Val<'_>>) -> Option<RawEvaluati
     let error_type = as_str(error_type).map(str::to_owned).or_else(|| reason.filter(|r| r.eq_ignore_ascii_case("error")).map(|_| "general".to_owned()));
     Some(RawEvaluation {
         key: key.to_owned(),
-        set_id: as_str(set_id).filter(|s| !s.is_empty()).map(str::to_owned),
+        // The set id becomes part of the flag's name and so of action targets: the same checks.
+        set_id: as_str(set_id).filter(|s| usable(s)).map(str::to_owned),
         variant,
         error_type,
         context: as_str(context).filter(|c| !c.is_empty()).map(context_hash),
@@ -270,6 +271,16 @@ mod tests {
         assert_eq!(evaluation(&[kv("feature_flag.variant", s("on"))], None), None);
         assert_eq!(evaluation(&[kv("feature_flag.key", s(""))], None), None);
         assert_eq!(evaluation(&[kv("feature_flag.key", Value::IntValue(3))], None), None);
+    }
+
+    #[test]
+    /// Review finding 15: a set id with `|` (the target separator), control characters or
+    /// any length reached action targets.
+    fn an_unusable_set_id_is_dropped() {
+        for bad in ["a|b", "x|production|", "a\nb", &"s".repeat(257)] {
+            let got = evaluation(&[kv("feature_flag.key", s("f")), kv("feature_flag.set.id", s(bad))], None).unwrap();
+            assert_eq!(got.set_id, None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -63,8 +63,16 @@ async fn authenticate(
     if auth.allows(request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()), Transport::Http) {
         return next.run(request).await;
     }
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a valid bearer token is required").into_response()
+    // Refused before the body is read: read (a bounded part of) it anyway and close the
+    // connection. Dropping a connection with the body unread resets it under a keep-alive
+    // client that is still sending, and real exporters reuse their connections: they would
+    // see a connection error instead of this 401.
+    let _ = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN).await;
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer"), (header::CONNECTION, "close")], "a valid bearer token is required").into_response()
 }
+
+/// How much of a refused request's body is read before the connection is closed.
+const REFUSED_BODY_DRAIN: usize = 4 << 20;
 
 fn media_type(headers: &HeaderMap) -> Result<Encoding, IngestError> {
     let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -207,6 +215,10 @@ fn to_response(error: IngestError, encoding: Encoding) -> Response {
     let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
     if let Some(seconds) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if matches!(error, IngestError::TooLarge { .. }) {
+        // The rest of the body was never read: the connection cannot be reused.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

@@ -56,9 +56,24 @@ impl Pipeline {
         }
     }
 
-    fn save(&self, state: &PlanState, kind: Option<&str>, now: Timestamp, detail: serde_json::Value, notify: Option<String>) -> Result<(), StoreError> {
+    /// Writes the plan's state only if it is still what this tick read (`expected`, updated on
+    /// success): an operator's pause or abort in between wins, and the next tick re-reads it.
+    fn save(
+        &self,
+        expected: &mut Option<serde_json::Value>,
+        state: &PlanState,
+        kind: Option<&str>,
+        now: Timestamp,
+        detail: serde_json::Value,
+        notify: Option<String>,
+    ) -> Result<(), StoreError> {
         let entry = kind.map(|k| audit(state, k, now, detail));
-        self.store.save_plan(&state.key, &serde_json::to_value(state).unwrap_or_default(), entry.as_ref())?;
+        let value = serde_json::to_value(state).unwrap_or_default();
+        if !self.store.save_plan_if(&state.key, expected.as_ref(), &value, entry.as_ref())? {
+            tracing::info!(plan = %state.plan, key = %state.key, "the plan was changed by an operator meanwhile; not overwritten");
+            return Ok(());
+        }
+        *expected = Some(value);
         if let (Some(text), true) = (notify, self.settings.notify) {
             crate::act::notify::enqueue(&self.store, &text, &json!({ "rule": format!("rollout:{}", state.plan), "plan": state }), now)?;
             self.wake_executor.notify_one();
@@ -68,11 +83,12 @@ impl Pipeline {
 
     fn progress_one(&mut self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
         let key = plan.key(region);
-        let mut state = match self.store.plan_state(&key)?.and_then(|v| serde_json::from_value::<PlanState>(v).ok()) {
+        let mut expected = self.store.plan_state(&key)?;
+        let mut state = match expected.clone().and_then(|v| serde_json::from_value::<PlanState>(v).ok()) {
             Some(s) => s,
             None => {
                 let s = PlanState::new(plan, region);
-                self.save(&s, Some("rollout_started"), now, json!({ "steps": plan.steps }), None)?;
+                self.save(&mut expected, &s, Some("rollout_started"), now, json!({ "steps": plan.steps }), None)?;
                 s
             }
         };
@@ -94,7 +110,7 @@ impl Pipeline {
                     state.status = Status::Paused;
                     state.action = None;
                     state.reason = Some("the plan's steps changed while a step was in flight; resume to continue".into());
-                    self.save(&state, Some("rollout_paused"), now, json!({ "action": id }), None)?;
+                    self.save(&mut expected, &state, Some("rollout_paused"), now, json!({ "action": id }), None)?;
                     return Ok(());
                 }
                 Some("confirmed" | "sent") => {
@@ -106,7 +122,14 @@ impl Pipeline {
                     state.target_step = None;
                     let text =
                         format!("rollout {}: {} is at {} % (step {} of {})", plan.name, describe(plan, region), plan.steps[to], to + 1, plan.steps.len());
-                    self.save(&state, Some("rollout_step"), now, json!({ "step": to + 1, "percent": plan.steps[to], "action": id }), Some(text))?;
+                    self.save(
+                        &mut expected,
+                        &state,
+                        Some("rollout_step"),
+                        now,
+                        json!({ "step": to + 1, "percent": plan.steps[to], "action": id }),
+                        Some(text),
+                    )?;
                     return Ok(());
                 }
                 _ => {
@@ -117,7 +140,7 @@ impl Pipeline {
                     state.target_step = None;
                     state.reason = Some(error.clone());
                     let text = format!("rollout {} PAUSED for {}: {error}", plan.name, describe(plan, region));
-                    self.save(&state, Some("rollout_paused"), now, json!({ "error": error, "action": id }), Some(text))?;
+                    self.save(&mut expected, &state, Some("rollout_paused"), now, json!({ "error": error, "action": id }), Some(text))?;
                     return Ok(());
                 }
             }
@@ -140,7 +163,7 @@ impl Pipeline {
             Next::Complete => {
                 state.status = Status::Completed;
                 let text = format!("rollout {} completed for {}", plan.name, describe(plan, region));
-                self.save(&state, Some("rollout_completed"), now, json!({}), Some(text))
+                self.save(&mut expected, &state, Some("rollout_completed"), now, json!({}), Some(text))
             }
             Next::Advance { to } => {
                 let percent = plan.steps[to];
@@ -158,7 +181,7 @@ impl Pipeline {
                     Ok(id) => {
                         state.action = Some(id);
                         state.target_step = Some(to);
-                        self.save(&state, None, now, json!({}), None)?;
+                        self.save(&mut expected, &state, None, now, json!({}), None)?;
                         self.wake_executor.notify_one();
                     }
                     // The flag is killed: a plan does not turn it back on; pause and say why.
@@ -166,7 +189,7 @@ impl Pipeline {
                         state.status = Status::Paused;
                         state.reason = Some(why.clone());
                         let text = format!("rollout {} PAUSED for {}: {why}", plan.name, describe(plan, region));
-                        self.save(&state, Some("rollout_paused"), now, json!({ "error": why }), Some(text))?;
+                        self.save(&mut expected, &state, Some("rollout_paused"), now, json!({ "error": why }), Some(text))?;
                     }
                     // Another action for the target is in flight: try again next tick.
                     Err(why) => tracing::info!(plan = %plan.name, %why, "rollout step not queued yet"),
@@ -189,7 +212,7 @@ impl Pipeline {
                 state.action = Some(id);
                 state.reason = Some(why.clone());
                 let text = format!("rollout {} ROLLED BACK for {}: {why} (kill action {id})", plan.name, describe(plan, region));
-                self.save(&state, Some("rollout_rolled_back"), now, json!({ "why": why, "action": id }), Some(text))?;
+                self.save(&mut expected, &state, Some("rollout_rolled_back"), now, json!({ "why": why, "action": id }), Some(text))?;
                 self.wake_executor.notify_one();
                 Ok(())
             }

@@ -745,6 +745,33 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::save_plan`] only if the stored state is still `expected` (`None`: none stored);
+    /// false, writing nothing, when someone else wrote it since (compare-and-swap).
+    pub fn save_plan_if(
+        &self,
+        key: &str,
+        expected: Option<&serde_json::Value>,
+        state: &serde_json::Value,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let current: Option<String> = tx.query_row("SELECT state FROM rollouts WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
+        if parse(current).as_ref() != expected {
+            return Ok(false);
+        }
+        let now = audit.map_or(0, |a| a.at.as_millis() as i64);
+        tx.execute(
+            "INSERT INTO rollouts (key, state, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            params![key, state.to_string(), now],
+        )?;
+        if let Some(audit) = audit {
+            Store::insert_audit(&tx, audit)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Merges first/last evaluation times of flag variants, in one transaction.
     pub fn record_usage(&self, usage: &[crate::rollout::hygiene::Usage]) -> Result<(), StoreError> {
         let mut conn = self.lock();

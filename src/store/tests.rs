@@ -268,3 +268,17 @@ fn held_slices_survive_in_rule_state() {
     assert_eq!(store.held_slices().unwrap(), vec![("r/f/region=eu".to_owned(), "f".to_owned(), "r".to_owned())]);
     assert_eq!(store.last_fired().unwrap()["r/f/region=eu"].flag.as_deref(), Some("f"));
 }
+
+/// Review S1: the pipeline writes a plan's state only if it is still what it read, so an
+/// operator's abort in between is not overwritten by the plan's next step.
+#[test]
+fn a_plan_state_is_not_overwritten_after_an_operators_change() {
+    let store = Store::in_memory().unwrap();
+    let read = json!({"status": "running", "step": 0});
+    store.save_plan("p", &read, None).unwrap();
+    store.save_plan("p", &json!({"status": "aborted"}), Some(&decided(2))).unwrap();
+    assert!(!store.save_plan_if("p", Some(&read), &json!({"status": "running", "step": 1}), None).unwrap());
+    assert_eq!(store.plan_state("p").unwrap().unwrap()["status"], "aborted");
+    assert!(store.save_plan_if("p", Some(&json!({"status": "aborted"})), &json!({"status": "aborted", "x": 1}), None).unwrap());
+    assert!(store.save_plan_if("new", None, &read, None).unwrap());
+}

@@ -104,7 +104,7 @@ async fn an_alertmanager_group_kills_the_firing_cohort_once() {
 async fn a_signed_generic_alert_may_name_its_flag_directly() {
     let server = FlagServer::start().await;
     let generic = AlertSourceConfig {
-        hmac_secrets: vec!["s3cret".into()],
+        hmac_secrets: vec!["s3cret-0123456789abcdef".into()],
         allow_direct: true,
         direct_actuator: Some("flags".into()),
         direct_mode: flagguard::rules::Mode::Enforce,
@@ -115,7 +115,7 @@ async fn a_signed_generic_alert_may_name_its_flag_directly() {
     let url = format!("http://{}/v1/alerts/generic", daemon.addrs.api);
     let sign = |body: &[u8]| {
         let ts = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).to_string();
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret-0123456789abcdef").unwrap();
         mac.update(format!("{ts}.").as_bytes());
         mac.update(body);
         (ts, format!("sha256={}", hex::encode(mac.finalize().into_bytes())))

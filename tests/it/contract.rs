@@ -227,14 +227,22 @@ async fn fs_list(State(stub): State<FlagsmithStub>, AxPath(env): AxPath<String>,
         return denied;
     }
     let name = q.get("feature_name").cloned().unwrap_or_default();
-    let results: Vec<Value> = stub
+    let mut results: Vec<Value> = stub
         .states
         .lock()
         .unwrap()
-        .get(&(env, name))
+        .get(&(env.clone(), name.clone()))
         .map(|(id, enabled)| json!({ "id": id, "enabled": enabled, "feature_state_value": null, "feature_segment": null, "identity": null }))
         .into_iter()
         .collect();
+    // Segment overrides are feature states too (they take precedence over the default).
+    for ((e, f, segment), enabled) in stub.segments.lock().unwrap().iter() {
+        if *e == env && *f == name {
+            results.push(
+                json!({ "id": 9000 + segment, "enabled": enabled, "feature_state_value": null, "feature_segment": { "segment": segment }, "identity": null }),
+            );
+        }
+    }
     axum::Json(json!({ "count": results.len(), "next": null, "previous": null, "results": results })).into_response()
 }
 

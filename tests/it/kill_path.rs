@@ -225,3 +225,22 @@ impl Traffic {
         self.task.await.unwrap();
     }
 }
+
+/// Review S2: a segment override still serving the flag makes an environment-level Flagsmith
+/// kill no kill there; it must not read `confirmed` (against the contract stub, which lists
+/// segment overrides as feature states as Flagsmith does; not checked against a real Flagsmith).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flagsmith_kill_with_an_enabled_segment_override_is_not_confirmed() {
+    let fs = FlagsmithStub::start().await;
+    fs.create("seg");
+    fs.segments.lock().unwrap().insert(("env-v1".into(), "seg".into(), 456), true);
+    let (daemon, _) = daemon_with("fs", ActuatorConfig::Flagsmith(fs.config("env-v1", flagguard::config::FlagsmithApi::Classic)), "rules: []\n", |c| {
+        c.act.max_attempts = 2;
+    })
+    .await;
+    let row = settled(&daemon, manual_kill(&daemon, "fs", "seg", None).await).await;
+    assert_eq!(row.state, "escalated");
+    assert!(row.last_error.unwrap().contains("still on"));
+    assert!(!fs.enabled("env-v1", "seg"), "the default is off; the override still serves");
+    daemon.stop().await;
+}

@@ -145,6 +145,46 @@ async fn otlp_bearer_tokens_guard_both_transports() {
     daemon.stop().await;
 }
 
+/// Review finding 16: refused OTLP/HTTP requests on one keep-alive connection (as real
+/// exporters send them) each get their 401, and the next good request its 200 — the listener
+/// used to drop the connection with the body unread (`hyper::Error(IncompleteMessage)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_otlp_requests_on_a_kept_alive_connection_all_get_their_answer() {
+    // SAFETY: only this test reads this variable.
+    unsafe { std::env::set_var("FG_TEST_OTLP_TOKEN_KEEPALIVE", "otlp-keepalive-0123456789") };
+    let server = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), &rule("kept"), &server);
+    config.otlp.bearer_tokens = vec!["${FG_TEST_OTLP_TOKEN_KEEPALIVE}".into()];
+    let daemon = Daemon::start(config, dir).await;
+    // One client, one pool: connections are reused whenever the server allows it.
+    let http = flagguard::app::http_client(Duration::from_secs(5), None).unwrap();
+    let url = format!("http://{}/v1/traces", daemon.addrs.http);
+    let body = regression_request("kept").encode_to_vec();
+    let (mut refused, mut accepted) = (0, 0);
+    for round in 0..50 {
+        for token in [None, Some("otlp-wrong-000000000000"), Some("otlp-keepalive-0123456789")] {
+            let mut r = http.post(&url).header("content-type", "application/x-protobuf").body(body.clone());
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let status = r.send().await.unwrap_or_else(|e| panic!("round {round}, token {token:?}: no answer: {e:?}")).status().as_u16();
+            match token {
+                Some("otlp-keepalive-0123456789") => {
+                    assert_eq!(status, 200);
+                    accepted += 1;
+                }
+                _ => {
+                    assert_eq!(status, 401);
+                    refused += 1;
+                }
+            }
+        }
+    }
+    println!("keep-alive: {refused} refused and {accepted} accepted requests, every one answered");
+    daemon.stop().await;
+}
+
 /// A CA and a certificate it signed for `localhost` / 127.0.0.1, as PEM (ca, cert, key).
 fn issue(ca_name: &str, client: bool) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};

@@ -3,6 +3,7 @@
 //! speaks plain HTTP to a local chromedriver, so no WebDriver client crate with its own TLS
 //! stack is pulled into the build.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +29,14 @@ impl Browser {
         let chromium = binary("FLAGGUARD_TEST_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = binary("FLAGGUARD_TEST_CHROMEDRIVER", "/usr/bin/chromedriver");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Command::new(chromedriver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver starts");
+        // Its own process group: the Chromium tree it starts is ended with it ([`Drop`]).
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver starts");
         // Installs the rustls provider reqwest needs (the client speaks plain HTTP here).
         let http = flagguard::app::http_client(Duration::from_secs(60), None).unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -89,9 +97,17 @@ impl Browser {
     }
 }
 
+/// Ends the driver and every browser process it started, also when the test failed (drop
+/// runs on unwind): the whole process group, then anything still using this browser's
+/// profile directory (a Chromium helper that left the group). A test used to leave one
+/// Chromium tree behind per run.
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let profile = format!("--user-data-dir={}", self._profile.path().display());
+        let _ = Command::new("pkill").args(["-KILL", "-f", "--", &profile]).status();
     }
 }
