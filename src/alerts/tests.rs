@@ -235,3 +235,21 @@ fn tags_split_on_the_first_colon() {
     assert_eq!(m["monitor"], "");
     assert_eq!(m["env"], "prod");
 }
+
+/// Review finding 5: the variant an alert kill counts in its drain check comes from the
+/// mapping's `variant` (or the alert's `variant` label); without one the kill names none.
+#[test]
+fn a_mapping_names_the_variant_to_drain() {
+    let alerts = sources::parse(Source::Generic, &fixture("generic-v1.json")).unwrap();
+    let mut mapping = AlertMapping {
+        name: "m".into(),
+        source: None,
+        matches: BTreeMap::new(),
+        kill: KillShape { flag: "checkout-v2".into(), via: "flags".into(), environment: None, cohort: None, region: None, variant: Some("on".into()) },
+        mode: Mode::Enforce,
+    };
+    assert_eq!(mapping::map(&alerts[0], std::slice::from_ref(&mapping), None).unwrap().variant.as_deref(), Some("on"));
+    mapping.kill.variant = None;
+    let label = alerts[0].labels.get("variant").cloned();
+    assert_eq!(mapping::map(&alerts[0], &[mapping], None).unwrap().variant, label);
+}
