@@ -70,7 +70,13 @@ fn grouped(source: Source, json: &Value) -> Result<Vec<Alert>, AlertError> {
                 Some(other) => AlertStatus::Other(other.into()),
                 None => return Err(bad(source, &format!("alerts[{i}].status missing"))),
             };
-            let dedup_key = s(a, "/fingerprint").unwrap_or_else(|| format!("{}#{}", s(json, "/groupKey").unwrap_or_default(), labels_key(&labels)));
+            // The fingerprint names the label set, the same in every episode; with `startsAt` it
+            // names this episode, so the same alert firing again after a restore is new.
+            let series = s(a, "/fingerprint").unwrap_or_else(|| format!("{}#{}", s(json, "/groupKey").unwrap_or_default(), labels_key(&labels)));
+            let dedup_key = match s(a, "/startsAt") {
+                Some(starts) => format!("{series}@{starts}"),
+                None => series,
+            };
             Ok(Alert {
                 source,
                 dedup_key,

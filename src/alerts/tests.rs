@@ -121,8 +121,14 @@ fn sources_without_labels_map_by_configured_ids() {
 fn a_mixed_group_is_handled_per_alert() {
     let alerts = sources::parse(Source::Alertmanager, &fixture("alertmanager-v4.json")).unwrap();
     assert_eq!(alerts.len(), 2);
-    assert_eq!((alerts[0].status.label(), alerts[0].labels["cohort"].as_str(), alerts[0].dedup_key.as_str()), ("firing", "beta-users", "5d8a5b1c7e9f0a21"));
-    assert_eq!((alerts[1].status.label(), alerts[1].labels["cohort"].as_str(), alerts[1].dedup_key.as_str()), ("resolved", "internal", "0c4e2f7a9b3d6e18"));
+    assert_eq!(
+        (alerts[0].status.label(), alerts[0].labels["cohort"].as_str(), alerts[0].dedup_key.as_str()),
+        ("firing", "beta-users", "5d8a5b1c7e9f0a21@2026-11-25T11:42:07.123Z")
+    );
+    assert_eq!(
+        (alerts[1].status.label(), alerts[1].labels["cohort"].as_str(), alerts[1].dedup_key.as_str()),
+        ("resolved", "internal", "0c4e2f7a9b3d6e18@2026-11-25T11:30:07.123Z")
+    );
 }
 
 #[test]

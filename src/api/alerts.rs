@@ -148,7 +148,7 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
     let notify = state.notify;
     let outcome = tokio::task::spawn_blocking(move || {
         let mut report = Report { alerts: alerts.len(), ..Report::default() };
-        for alert in &alerts {
+        for (index, alert) in alerts.iter().enumerate() {
             Metrics::count(&metrics.alerts_received, &[("source", source.name()), ("status", alert.status.metric_label())]);
             let received = AuditEntry {
                 at: now,
@@ -208,10 +208,22 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                 }
                 None => None,
             };
-            // A held delivery is remembered under its own status, so that the sender's next
-            // re-delivery after the control is lifted is not a duplicate and acts.
-            let status = if held.is_some() { "firing-held" } else { alert.status.label() };
-            let outcome = store.accept_alert(source.name(), &alert.dedup_key, status, &received, action.as_ref())?;
+            // A delivery is remembered under what came of it: one that was held, unmapped or
+            // dry-run does not make the sender's next re-delivery a duplicate once the control
+            // is lifted, the mapping fixed or set to enforce — that one acts.
+            let status = match (&target, &held) {
+                (_, Some(_)) => "firing-held",
+                (Some(Err(_)), _) => "firing-unmapped",
+                (Some(Ok(t)), _) if t.mode == Mode::DryRun => "firing-dry-run",
+                _ => alert.status.label(),
+            };
+            // A payload without any id (a custom template) is keyed by its own content, so
+            // alerts of one source never all collide on the empty key.
+            let dedup_key = match alert.dedup_key.as_str() {
+                "" => format!("{digest}#{index}"),
+                key => key.to_owned(),
+            };
+            let outcome = store.accept_alert(source.name(), &dedup_key, status, &received, action.as_ref())?;
             if outcome.duplicate {
                 report.duplicates += 1;
                 continue;
@@ -220,8 +232,8 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                 (None, _) => report.not_firing += 1,
                 (Some(Err(why)), _) => {
                     let why = match why {
-                        Unmapped::NoMapping => format!("{}: no mapping matches (and the source may not name flags directly)", alert.dedup_key),
-                        Unmapped::MissingLabel { mapping, label } => format!("{}: mapping {mapping} needs label {label}", alert.dedup_key),
+                        Unmapped::NoMapping => format!("{}: no mapping matches (and the source may not name flags directly)", dedup_key),
+                        Unmapped::MissingLabel { mapping, label } => format!("{}: mapping {mapping} needs label {label}", dedup_key),
                     };
                     store.audit(&AuditEntry {
                         at: now,
@@ -240,14 +252,8 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
                             (Mode::DryRun, _) => "[dry-run] flagguard would kill".to_owned(),
                         };
                         let scope: Vec<String> = t.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        let text = format!(
-                            "{verb} {} ({}) via {} on alert {} from {source} (mapping {})",
-                            t.flag,
-                            scope.join(","),
-                            t.actuator,
-                            alert.dedup_key,
-                            t.mapping
-                        );
+                        let text =
+                            format!("{verb} {} ({}) via {} on alert {} from {source} (mapping {})", t.flag, scope.join(","), t.actuator, dedup_key, t.mapping);
                         crate::act::notify::enqueue(&store, &text, &json!({ "rule": format!("alert:{}", t.mapping), "verdict": "alert" }), now)?;
                     }
                     let (id, joined) = match submitted {

@@ -416,7 +416,7 @@ impl Store {
     }
 
     /// Records one alert delivery (audited as `received.kind`, or `alert_duplicate` when the
-    /// same (source, key, status) was seen in the last 24 h) and, for a first delivery, writes
+    /// same (source, key, status) was first seen less than 24 h ago) and, for a first delivery, writes
     /// `action` (an outbox entry, or just its audit record when `action.kind` is empty) — in
     /// one transaction, so an acknowledged alert's action is never lost nor doubled.
     pub fn accept_alert(
@@ -430,7 +430,8 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let now = received.at.as_millis() as i64;
-        tx.execute("DELETE FROM alert_deliveries WHERE last_ms < ?1", params![now - 24 * 3600 * 1000])?;
+        // 24 h from the first delivery: re-sends (which refresh `last_ms`) never keep it alive.
+        tx.execute("DELETE FROM alert_deliveries WHERE first_ms < ?1", params![now - 24 * 3600 * 1000])?;
         let first = tx.execute(
             "INSERT OR IGNORE INTO alert_deliveries (source, dedup_key, status, first_ms, last_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
             params![source, dedup_key, status, now],

@@ -159,3 +159,99 @@ async fn a_signed_generic_alert_may_name_its_flag_directly() {
     assert_eq!(http.post(format!("http://{}/v1/alerts/nagios", daemon.addrs.api)).body("{}").send().await.unwrap().status(), 404);
     daemon.stop().await;
 }
+
+/// Posts an Alertmanager payload with the bearer token the tests configure.
+async fn post_alertmanager(daemon: &Daemon, body: &serde_json::Value) -> serde_json::Value {
+    let url = format!("http://{}/v1/alerts/alertmanager", daemon.addrs.api);
+    let reply = reqwest::Client::new().post(&url).header("authorization", "Bearer test-bearer-token").json(body).send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    reply.json().await.unwrap()
+}
+
+fn alertmanager_sources() -> BTreeMap<String, AlertSourceConfig> {
+    BTreeMap::from([("alertmanager".into(), AlertSourceConfig { bearer_token: Some("test-bearer-token".into()), ..AlertSourceConfig::default() })])
+}
+
+fn decided(daemon: &Daemon) -> usize {
+    daemon.audit_kinds().iter().filter(|k| *k == "kill_decided").count()
+}
+
+/// Review finding 3(a): an alert that fires again in a new episode after the flag was
+/// restored is a new incident, not a duplicate (the key was the fingerprint alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_firing_again_after_a_restore_kills_again() {
+    let server = FlagServer::start().await;
+    let daemon = daemon(&server, alertmanager_sources()).await;
+    let mut payload: serde_json::Value = serde_json::from_slice(&fixture("alertmanager-v4.json")).unwrap();
+    let first = post_alertmanager(&daemon, &payload).await;
+    let kill = first["actions"][0]["action_id"].as_i64().unwrap();
+    wait_until("the confirmed kill", Duration::from_secs(20), || daemon.store.action(kill).unwrap().unwrap().state == "confirmed").await;
+    payload["alerts"][0]["status"] = "resolved".into();
+    post_alertmanager(&daemon, &payload).await;
+    let (status, body) = api(&daemon, &format!("/v1/actions/{kill}/restore"), serde_json::json!({ "reason": "resolved" })).await;
+    assert_eq!(status, 202, "{body}");
+    // An hour later the regression is back: same labels (fingerprint), a new episode.
+    payload["alerts"][0]["status"] = "firing".into();
+    payload["alerts"][0]["startsAt"] = "2026-11-25T12:42:07.123Z".into();
+    let again = post_alertmanager(&daemon, &payload).await;
+    assert_eq!(again["actions"].as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(decided(&daemon), 2);
+    // A re-send of that episode is still a duplicate.
+    assert_eq!(post_alertmanager(&daemon, &payload).await["duplicates"], 2);
+    daemon.stop().await;
+}
+
+/// Review finding 3(b): an alert first seen while unmapped acts once its mapping exists — the
+/// unmapped delivery does not make the next re-send a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_unmapped_at_first_acts_once_the_mapping_is_fixed() {
+    let server = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules/test.yaml");
+    let mut config = Daemon::config(dir.path(), &MAPPING.replace("FlagCohortErrorBudgetBurn", "TypoInTheMapping"), &server);
+    config.alerts = alertmanager_sources();
+    let daemon = Daemon::start(config, dir).await;
+    let payload: serde_json::Value = serde_json::from_slice(&fixture("alertmanager-v4.json")).unwrap();
+    let first = post_alertmanager(&daemon, &payload).await;
+    assert_eq!(first["unmapped"].as_array().unwrap().len(), 1, "{first}");
+    std::fs::write(&rules, MAPPING).unwrap();
+    let (status, body) = api(&daemon, "/v1/rules/reload", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let resent = post_alertmanager(&daemon, &payload).await;
+    assert_eq!(resent["actions"].as_array().unwrap().len(), 1, "{resent}");
+    assert_eq!(decided(&daemon), 1);
+    daemon.stop().await;
+}
+
+/// Review finding 3(c): custom payloads without any id used to share the empty key, so every
+/// alert of the source after the first was a duplicate for 24 h.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_without_an_id_do_not_collide() {
+    let server = FlagServer::start().await;
+    let datadog = AlertSourceConfig {
+        bearer_token: Some("test-bearer-token".into()),
+        allow_direct: true,
+        direct_actuator: Some("flags".into()),
+        direct_mode: flagguard::rules::Mode::Enforce,
+        ..AlertSourceConfig::default()
+    };
+    let daemon = daemon(&server, BTreeMap::from([("datadog".into(), datadog)])).await;
+    let url = format!("http://{}/v1/alerts/datadog", daemon.addrs.api);
+    let mut payload: serde_json::Value = serde_json::from_slice(&fixture("datadog-custom-with-tags.json")).unwrap();
+    for key in ["id", "alert_cycle_key", "aggreg_key"] {
+        payload.as_object_mut().unwrap().remove(key);
+    }
+    let mut actions = 0;
+    for flag in ["checkout-v2", "search-v3"] {
+        let mut body = payload.clone();
+        for field in ["tags", "alert_scope", "title"] {
+            body[field] = body[field].as_str().unwrap().replace("checkout-v2", flag).into();
+        }
+        let reply: serde_json::Value =
+            reqwest::Client::new().post(&url).header("authorization", "Bearer test-bearer-token").json(&body).send().await.unwrap().json().await.unwrap();
+        assert_eq!(reply["duplicates"], 0, "{reply}");
+        actions += reply["actions"].as_array().unwrap().len();
+    }
+    assert_eq!(actions, 2);
+    daemon.stop().await;
+}
