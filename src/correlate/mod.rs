@@ -8,13 +8,17 @@
 //! - a trace idle for `trace_idle` is evicted: if it never saw a flag its outcomes count as
 //!   unflagged; otherwise a tombstone (cohorts + span ids) lives `tombstone_ttl` more so that
 //!   late spans are still attributed (counted as late);
-//! - the number of live traces is capped at `max_traces`; the oldest is evicted early and counted;
+//! - the number of live traces is capped at `max_traces`; at the cap the oldest traces *of the
+//!   service holding the most live traces* are evicted early and counted, so one flooding sender
+//!   (a service with broken propagation, every span its own trace) evicts its own traces, not the
+//!   other services' — whose outcomes would otherwise count as unflagged;
 //! - the same flag seen with two variants in one trace is mixed: it stops exposing the trace
 //!   (observations already recorded stay) and is counted;
 //! - evaluation errors and evaluations without a trace id are exposures only.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{Dims, Evaluation, FlagKey, Outcome, SpanId, TraceId, Variant};
@@ -97,12 +101,28 @@ struct TraceState {
     seen: Vec<SpanId>,
     /// The trace's user: the first context id hash among its evaluations.
     user: Option<u64>,
+    /// The service of the span that opened the trace (capacity is shared per service).
+    owner: Arc<str>,
 }
 
 impl TraceState {
-    fn new(now: Timestamp) -> Self {
-        TraceState { last_seen: now, cohorts: Vec::new(), outcomes: Vec::new(), tombstone_until: None, seen: Vec::new(), user: None }
+    fn new(now: Timestamp, owner: Arc<str>) -> Self {
+        TraceState { last_seen: now, cohorts: Vec::new(), outcomes: Vec::new(), tombstone_until: None, seen: Vec::new(), user: None, owner }
     }
+}
+
+/// Live traces per service, oldest first (entries of traces no longer live are skipped, and
+/// compacted away once they are half of a queue).
+#[derive(Default)]
+struct Owned {
+    live: usize,
+    queue: std::collections::VecDeque<(Timestamp, TraceId)>,
+}
+
+/// Traces evicted per capacity scan beyond the one needed: the scan for the busiest service is
+/// linear in the services, so it is amortised over a batch (1 % of `max_traces`).
+fn eviction_batch(max_traces: usize) -> usize {
+    (max_traces / 100).max(1)
 }
 
 /// Traces in flight by id. foldhash (randomly seeded, so client-chosen trace ids cannot
@@ -120,7 +140,18 @@ pub struct Correlator {
     /// bounds memory at any load.
     tombstones: std::collections::VecDeque<(Timestamp, TraceId)>,
     live: usize,
+    /// Per service: its live traces, for capacity eviction.
+    owners: HashMap<Arc<str>, Owned, foldhash::fast::RandomState>,
     counts: CorrelateCounts,
+}
+
+/// The trace-opening arguments of [`Correlator::state`].
+struct Opening<'a> {
+    traces: &'a mut TraceMap,
+    deadlines: &'a mut BinaryHeap<Reverse<(Timestamp, TraceId)>>,
+    owners: &'a mut HashMap<Arc<str>, Owned, foldhash::fast::RandomState>,
+    live: &'a mut usize,
+    trace_idle: Duration,
 }
 
 impl Correlator {
@@ -131,6 +162,7 @@ impl Correlator {
             deadlines: BinaryHeap::new(),
             tombstones: Default::default(),
             live: 0,
+            owners: Default::default(),
             counts: CorrelateCounts::default(),
         }
     }
@@ -160,7 +192,18 @@ impl Correlator {
             return;
         };
         let Some(trace) = evaluation.trace else { return };
-        let state = Self::state(&mut self.traces, &mut self.deadlines, &mut self.live, self.settings.trace_idle, trace, now);
+        let state = Self::state(
+            Opening {
+                traces: &mut self.traces,
+                deadlines: &mut self.deadlines,
+                owners: &mut self.owners,
+                live: &mut self.live,
+                trace_idle: self.settings.trace_idle,
+            },
+            trace,
+            &evaluation.dims.service,
+            now,
+        );
         state.last_seen = now;
         state.user = state.user.or(evaluation.context);
         let full = state.cohorts.len() >= MAX_FLAGS_PER_TRACE;
@@ -185,7 +228,18 @@ impl Correlator {
 
     /// Handles one entry-span outcome.
     pub fn outcome(&mut self, outcome: Outcome, now: Timestamp, sink: &mut impl Sink) {
-        let state = Self::state(&mut self.traces, &mut self.deadlines, &mut self.live, self.settings.trace_idle, outcome.trace, now);
+        let state = Self::state(
+            Opening {
+                traces: &mut self.traces,
+                deadlines: &mut self.deadlines,
+                owners: &mut self.owners,
+                live: &mut self.live,
+                trace_idle: self.settings.trace_idle,
+            },
+            outcome.trace,
+            &outcome.dims.service,
+            now,
+        );
         state.last_seen = now;
         let duplicate = state.seen.contains(&outcome.span) || state.outcomes.iter().any(|o| o.span == outcome.span);
         if duplicate {
@@ -210,18 +264,15 @@ impl Correlator {
         self.enforce_capacity(now, sink);
     }
 
-    fn state<'a>(
-        traces: &'a mut TraceMap,
-        deadlines: &mut BinaryHeap<Reverse<(Timestamp, TraceId)>>,
-        live: &mut usize,
-        trace_idle: Duration,
-        trace: TraceId,
-        now: Timestamp,
-    ) -> &'a mut TraceState {
+    fn state<'a>(o: Opening<'a>, trace: TraceId, service: &Arc<str>, now: Timestamp) -> &'a mut TraceState {
+        let Opening { traces, deadlines, owners, live, trace_idle } = o;
         traces.entry(trace).or_insert_with(|| {
             *live += 1;
             deadlines.push(Reverse((now.plus(trace_idle), trace)));
-            TraceState::new(now)
+            let owned = owners.entry(service.clone()).or_default();
+            owned.live += 1;
+            owned.queue.push_back((now, trace));
+            TraceState::new(now, service.clone())
         })
     }
 
@@ -250,9 +301,46 @@ impl Correlator {
     }
 
     fn enforce_capacity(&mut self, now: Timestamp, sink: &mut impl Sink) {
-        while self.live > self.settings.max_traces {
-            let Some(Reverse((_, trace))) = self.deadlines.pop() else { break };
+        if self.live <= self.settings.max_traces {
+            return;
+        }
+        let target = self.settings.max_traces.saturating_sub(eviction_batch(self.settings.max_traces) - 1);
+        while self.live > target {
+            // The busiest service; among equally busy ones, the one with the oldest trace.
+            let busiest = self
+                .owners
+                .iter()
+                .filter(|(_, o)| o.live > 0)
+                .max_by_key(|(_, o)| (o.live, Reverse(o.queue.front().map_or(Timestamp(u64::MAX), |(t, _)| *t))))
+                .map(|(service, _)| service.clone());
+            let Some(service) = busiest else { break };
+            let Some(trace) = self.oldest_live(&service) else { break };
             self.expire(trace, now, true, sink);
+        }
+    }
+
+    /// The oldest live trace `service` opened (stale queue entries are dropped on the way).
+    fn oldest_live(&mut self, service: &Arc<str>) -> Option<TraceId> {
+        let owned = self.owners.get_mut(service)?;
+        while let Some((_, trace)) = owned.queue.pop_front() {
+            if self.traces.get(&trace).is_some_and(|s| s.tombstone_until.is_none() && s.owner == *service) {
+                return Some(trace);
+            }
+        }
+        None
+    }
+
+    /// A trace stops being live: its service's count goes down (and its queue is compacted
+    /// once most of it is stale).
+    fn release(&mut self, trace: TraceId, owner: &Arc<str>) {
+        let traces = &self.traces;
+        if let Some(owned) = self.owners.get_mut(owner) {
+            owned.live = owned.live.saturating_sub(1);
+            if owned.live == 0 {
+                self.owners.remove(owner);
+            } else if owned.queue.len() > 2 * owned.live + 16 {
+                owned.queue.retain(|(_, t)| *t != trace && traces.get(t).is_some_and(|s| s.tombstone_until.is_none() && s.owner == *owner));
+            }
         }
     }
 
@@ -270,6 +358,7 @@ impl Correlator {
             return;
         }
         self.live -= 1;
+        let owner = state.owner.clone();
         if force {
             self.counts.evicted_capacity += 1;
         } else {
@@ -281,6 +370,7 @@ impl Correlator {
                 self.counts.unflagged += 1;
             }
             self.traces.remove(&trace);
+            self.release(trace, &owner);
             return;
         }
         let until = now.plus(self.settings.tombstone_ttl);
@@ -289,6 +379,7 @@ impl Correlator {
         state.seen.shrink_to_fit();
         state.tombstone_until = Some(until);
         self.tombstones.push_back((until, trace));
+        self.release(trace, &owner);
         while self.tombstones.len() > self.settings.max_traces {
             if let Some((_, oldest)) = self.tombstones.pop_front() {
                 self.counts.tombstones_dropped += 1;

@@ -212,3 +212,27 @@ fn observations_carry_the_traces_user() {
     // Trace 1: the first context id seen is its user, for outcomes before and after; trace 2 has none.
     assert_eq!(r.users, vec![Some(42), Some(42), Some(42), Some(42), None]);
 }
+
+/// Review finding 12(a): a flood of single-span traces from one service evicts that
+/// service's traces at the cap, not another service's trace waiting for its evaluation (whose
+/// outcome would have counted as unflagged).
+#[test]
+fn a_flooding_service_evicts_its_own_traces_at_the_cap() {
+    let mut c = correlator();
+    let mut r = Recorder::default();
+    c.outcome(outcome(200, 1, "payments", true), t(0), &mut r);
+    for i in 0..100u8 {
+        let flood = Outcome {
+            trace: TraceId([i, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]),
+            span: SpanId([1; 8]),
+            dims: dims("noisy"),
+            error: false,
+            latency_us: 1,
+        };
+        c.outcome(flood, t(1_000), &mut r);
+    }
+    assert!(c.counts().evicted_capacity >= 1);
+    c.evaluation(&eval(200, "f", "on"), t(6_000), &mut r);
+    assert_eq!(r.observed.iter().filter(|o| o.0 == "f").count(), 1, "the payments outcome reached its cohort: {:?}", r.observed);
+    assert!(r.unflagged.iter().all(|(service, _)| service == "noisy"), "only the flood's traces were evicted: {:?}", r.unflagged);
+}

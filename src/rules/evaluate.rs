@@ -1,8 +1,9 @@
 //! Judging one rule slice: pure, no clock, no I/O. The worst condition wins; too few samples is
 //! Inconclusive and no data is NoData — neither is ever a failure nor a success. An absolute
 //! condition condemns the treatment only when its baseline (the control arm, or else the
-//! slice's unflagged traffic) is not breaching the same condition too: that is an incident of
-//! the service, not of the flag.
+//! slice's unflagged traffic) is not breaching the same condition too at a comparable level
+//! (at least half the treatment's rate, [`COMPARABLE_BASELINE`]): that is an incident of the
+//! service, not of the flag.
 
 use serde_json::{Value, json};
 
@@ -63,6 +64,20 @@ fn observe(condition: &Condition, s: &Summary) -> Option<f64> {
         Condition::ErrorRateAbove(_) => s.error_rate(),
         Condition::LatencyAbove { quantile, .. } => s.quantile_ms(*quantile),
         _ => None,
+    }
+}
+
+/// How close the baseline must be to the treatment for "the baseline breaches too" to excuse
+/// it (an incident, not this flag): at least half the treatment's rate. A baseline merely over
+/// the same threshold is not enough — a few fabricated or unrelated unflagged errors would
+/// otherwise turn any breach into an incident (treatment 40 %, baseline 6 %, threshold 5 %).
+pub const COMPARABLE_BASELINE: f64 = 0.5;
+
+/// Whether the baseline's `baseline` is comparable to the treatment's `treatment`.
+fn comparable(baseline: Option<f64>, treatment: Option<f64>) -> bool {
+    match (baseline, treatment) {
+        (Some(b), Some(t)) => b >= COMPARABLE_BASELINE * t,
+        _ => false,
     }
 }
 
@@ -167,7 +182,7 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
                 let outcome = if treatment.requests < rule.min_samples {
                     Outcome::Insufficient(format!("{} of {} samples in the window", treatment.requests, rule.min_samples))
                 } else if breaches(condition, observed) {
-                    Outcome::Breached { shared: baseline_usable.is_some() && breaches(condition, baseline_observed) }
+                    Outcome::Breached { shared: baseline_usable.is_some() && breaches(condition, baseline_observed) && comparable(baseline_observed, observed) }
                 } else {
                     Outcome::Fine
                 };
@@ -231,7 +246,11 @@ pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {
                     let (bl, bs) = (burn(&pair.long), burn(&pair.short));
                     let hot = |l: Option<f64>, s: Option<f64>| l.is_some_and(|l| l >= *factor) && s.is_some_and(|s| s >= *factor);
                     let usable = pair.long.requests >= rule.min_samples;
-                    let baseline_hot = pair.baseline.as_ref().filter(|(l, _)| l.requests >= rule.min_samples).is_some_and(|(l, s)| hot(burn(l), burn(s)));
+                    let baseline_hot = pair
+                        .baseline
+                        .as_ref()
+                        .filter(|(l, _)| l.requests >= rule.min_samples)
+                        .is_some_and(|(l, s)| hot(burn(l), burn(s)) && comparable(burn(l), bl));
                     usable_any |= usable;
                     if usable && hot(bl, bs) {
                         hot_shared.push(baseline_hot);
@@ -394,6 +413,19 @@ mod tests {
         // A baseline with too few samples cannot excuse the treatment.
         let j = judge_window(&r, &summary(200, 80, 1000), Some((BaselineKind::Unflagged, &summary(10, 10, 1000))));
         assert_eq!(j.verdict, Verdict::Breached);
+    }
+
+    /// Review finding 12(b): a baseline over the threshold but far below the treatment does not
+    /// excuse it (fabricated unflagged errors made any breach an incident).
+    #[test]
+    fn a_baseline_far_below_the_treatment_does_not_excuse_it() {
+        let r = rule(vec![Condition::ErrorRateAbove(0.05)]);
+        let j = judge_window(&r, &summary(200, 80, 1000), Some((BaselineKind::Unflagged, &summary(1000, 60, 1000))));
+        assert_eq!(j.verdict, Verdict::Breached, "40 % against 6 %: {}", j.record);
+        assert!(!j.incident);
+        // Comparable (at least half the treatment's rate): still the service's problem.
+        let j = judge_window(&r, &summary(200, 80, 1000), Some((BaselineKind::Unflagged, &summary(1000, 200, 1000))));
+        assert!(j.incident, "40 % against 20 %");
     }
 
     #[test]
