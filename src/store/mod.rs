@@ -613,13 +613,13 @@ impl Store {
         Ok(())
     }
 
-    /// What the newest earlier kill of `target` that still holds it off saved, if that one
-    /// saw the target serving: a kill of an already killed target restores to the state before
+    /// What the newest earlier kill of `target` that still holds it off (its call succeeded)
+    /// saved, if that one saw the target serving: a kill of an already killed target restores to the state before
     /// the first kill, not to "off".
     pub fn holding_before(&self, target: &str, except: i64) -> Result<Option<serde_json::Value>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
-            "SELECT COALESCE(saved, json_extract(result, '$.before')) FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) ORDER BY id DESC",
+            "SELECT COALESCE(saved, json_extract(result, '$.before')) FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) AND result IS NOT NULL ORDER BY id DESC",
             HOLDING.iter().filter(|s| **s != "overridden").map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
         ))?;
         let rows = stmt.query_map(params![target, except], |r| r.get::<_, Option<String>>(0))?;

@@ -282,3 +282,23 @@ fn a_plan_state_is_not_overwritten_after_an_operators_change() {
     assert!(store.save_plan_if("p", Some(&json!({"status": "aborted"})), &json!({"status": "aborted", "x": 1}), None).unwrap());
     assert!(store.save_plan_if("new", None, &read, None).unwrap());
 }
+
+/// Review finding 1(c): a second kill inherits what the kill still holding the target saved —
+/// only from a kill whose call succeeded (one that never reached the flag system holds nothing).
+#[test]
+fn a_second_kill_inherits_only_from_a_kill_that_reached_the_flag_system() {
+    let store = Store::in_memory().unwrap();
+    let request = kill_request(&[], Some("production"));
+    let target = request.target();
+    let value = serde_json::to_value(&request).unwrap();
+    let Submitted::New(a) = store.submit(&target, "kill", &value, "ka", "", &decided(1)).unwrap() else { panic!() };
+    store.save_snapshot(a, &json!({"serving": true, "on": true})).unwrap();
+    store.finish(a, "escalated", 1, Some("403"), None, &decided(2)).unwrap();
+    assert_eq!(store.holding_before(&target, a + 1).unwrap(), None, "never reached the flag system");
+    let Submitted::New(b) = store.submit(&target, "kill", &value, "kb", "", &decided(3)).unwrap() else { panic!() };
+    store.save_snapshot(b, &json!({"serving": true, "on": true})).unwrap();
+    store.save_snapshot(b, &json!({"serving": false})).unwrap();
+    store.finish(b, "confirmed", 1, None, Some(&json!({"before": {"serving": true, "on": true}})), &decided(4)).unwrap();
+    assert_eq!(store.action(b).unwrap().unwrap().saved, Some(json!({"serving": true, "on": true})), "saved once, never replaced");
+    assert_eq!(store.holding_before(&target, b + 1).unwrap(), Some(json!({"serving": true, "on": true})));
+}
