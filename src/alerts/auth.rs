@@ -81,12 +81,13 @@ pub fn verify(source: Source, auth: &SourceAuth, headers: &HeaderMap, body: &[u8
         }
     }
     let given = header(headers, "authorization").unwrap_or("");
-    if let Some(token) = &auth.bearer_token
+    // Empty credentials never match (configuration refuses them too).
+    if let Some(token) = auth.bearer_token.as_ref().filter(|t| !t.is_empty())
         && bool::from(given.as_bytes().ct_eq(format!("Bearer {token}").as_bytes()))
     {
         return Ok(());
     }
-    if let Some((user, password)) = &auth.basic {
+    if let Some((user, password)) = auth.basic.as_ref().filter(|(u, p)| !u.is_empty() && !p.is_empty()) {
         let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
         if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return Ok(());

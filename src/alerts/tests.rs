@@ -259,3 +259,12 @@ fn a_mapping_names_the_variant_to_drain() {
     let label = alerts[0].labels.get("variant").cloned();
     assert_eq!(mapping::map(&alerts[0], &[mapping], None).unwrap().variant, label);
 }
+
+/// Review finding 8: empty credentials never verify, whatever reached the route.
+#[test]
+fn empty_credentials_never_verify() {
+    let empty_token = SourceAuth { bearer_token: Some(String::new()), ..SourceAuth::default() };
+    assert!(verify(Source::Alertmanager, &empty_token, &headers(&[("authorization", "Bearer ")]), b"{}", at(TS)).is_err());
+    let empty_basic = SourceAuth { basic: Some((String::new(), String::new())), ..SourceAuth::default() };
+    assert!(verify(Source::Alertmanager, &empty_basic, &headers(&[("authorization", "Basic Og==")]), b"{}", at(TS)).is_err());
+}

@@ -138,10 +138,11 @@ pub fn prefixed_evaluations(attrs: Attrs<'_>, prefixes: &[String], out: &mut Vec
     attrs.for_each(|name, value| {
         for prefix in prefixes {
             if let Some(key) = name.strip_prefix(prefix.as_str()) {
-                if key.is_empty() {
+                // The same checks as the semantic-convention attributes: these reach targets too.
+                if !usable(key) {
                     continue;
                 }
-                let variant = value.and_then(stringify);
+                let variant = value.and_then(stringify).filter(|v| usable(v));
                 out.push(RawEvaluation { key: key.to_owned(), set_id: None, variant, error_type: None, context: None });
             }
         }
@@ -281,6 +282,15 @@ mod tests {
             let got = evaluation(&[kv("feature_flag.key", s("f")), kv("feature_flag.set.id", s(bad))], None).unwrap();
             assert_eq!(got.set_id, None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn prefixed_keys_and_variants_must_be_usable() {
+        let attrs = [kv("app.flags.a|b", s("on")), kv("app.flags.ok", s("x|y")), kv("app.flags.good", s("on"))];
+        let mut out = Vec::new();
+        prefixed_evaluations(Attrs::Prost(&attrs), &["app.flags.".to_owned()], &mut out);
+        let got: Vec<(&str, Option<&str>)> = out.iter().map(|e| (e.key.as_str(), e.variant.as_deref())).collect();
+        assert_eq!(got, vec![("ok", None), ("good", Some("on"))]);
     }
 
     #[test]

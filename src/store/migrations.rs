@@ -84,13 +84,14 @@ const MIGRATIONS: &[&str] = &[
     // rule state says whose cooldown it is (`rule`, `flag`: no parsing of keys) and whether an
     // operator control held the kill (`held`: re-armed when the control is lifted, also after
     // a restart); rows that were never cooldowns (notifications, manual and fallback kills)
-    // go. Targets are re-derived in their canonical form ([`canonical_targets`]).
+    // go; alert dedupe expires by `first_ms`. Targets are re-derived in their canonical form ([`canonical_targets`]).
     "ALTER TABLE outbox ADD COLUMN saved TEXT;
     ALTER TABLE rule_state ADD COLUMN rule TEXT;
     ALTER TABLE rule_state ADD COLUMN flag TEXT;
     ALTER TABLE rule_state ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
     DELETE FROM rule_state WHERE slice = '' OR slice LIKE 'notify/%' OR slice LIKE 'manual/%' OR slice LIKE 'fallback/%';
-    CREATE INDEX outbox_kill_flag ON outbox(kind, json_extract(request, '$.flag'));",
+    CREATE INDEX outbox_kill_flag ON outbox(kind, json_extract(request, '$.flag'));
+    CREATE INDEX alert_deliveries_first ON alert_deliveries(first_ms);",
 ];
 
 /// The migration after which stored targets are re-derived canonically (in Rust: the target
