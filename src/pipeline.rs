@@ -378,22 +378,7 @@ impl Pipeline {
         if state == "escalated"
             && let Some(fallback) = &cfg.fallback
         {
-            let fallback_request = crate::act::ActionRequest { actuator: fallback.clone(), ..request.clone() };
-            let target = fallback_request.target();
-            let idempotency_key = crate::act::idempotency_key(&target, now);
-            let audit = AuditEntry {
-                kind: "kill_fallback".into(),
-                target: Some(target.clone()),
-                after: Some(serde_json::json!({ "escalated_action": row.id })),
-                ..audit.clone()
-            };
-            follow_ups.push(crate::store::FollowUp {
-                target,
-                kind: "kill".into(),
-                request: serde_json::to_value(&fallback_request).unwrap_or_default(),
-                idempotency_key,
-                audit,
-            });
+            follow_ups.push(crate::act::fallback_kill(request, fallback, row.id, &audit, now));
         }
         if self.settings.notify {
             let text = match (state, &error) {

@@ -283,19 +283,9 @@ impl Executor {
         let mut follow_ups = Vec::new();
         if let (Some(r), Err(_)) = (request, &result)
             && r.kind == ActionKind::Kill
-            && let Some(fallback) = self.fallback_of(r)
+            && let Some(fallback) = self.verify.get(&r.actuator).and_then(|v| v.fallback.as_deref())
         {
-            let target = fallback.target();
-            let audit =
-                AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": id })), ..base.clone() };
-            let idempotency_key = super::idempotency_key(&target, now);
-            follow_ups.push(crate::store::FollowUp {
-                target,
-                kind: "kill".into(),
-                request: serde_json::to_value(&fallback).unwrap_or_default(),
-                idempotency_key,
-                audit,
-            });
+            follow_ups.push(super::fallback_kill(r, fallback, id, &base, now));
         }
         let notify_text = match (request, &result) {
             (Some(r), _) if r.kind == ActionKind::Notify => None,
@@ -335,12 +325,6 @@ impl Executor {
             }
         }
         self.wake.notify_one();
-    }
-
-    /// The kill for the failed actuator's fallback, if one is configured.
-    pub fn fallback_of(&self, request: &ActionRequest) -> Option<ActionRequest> {
-        let fallback = self.verify.get(&request.actuator)?.fallback.clone()?;
-        Some(ActionRequest { actuator: fallback, ..request.clone() })
     }
 
     /// Reads back every kill flagguard holds (confirmed, drained, recovered) at most once per

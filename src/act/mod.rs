@@ -335,6 +335,17 @@ fn fired(decision: &Decision) -> crate::store::Fired<'_> {
     crate::store::Fired { slice: &decision.slice_key, rule: &decision.rule, flag: &decision.flag, held: false }
 }
 
+/// The fallback kill of escalated action `escalated`: the same kill on actuator `fallback`,
+/// audited as `kill_fallback` (the rest of `audit` as given), to queue with the escalation.
+pub fn fallback_kill(request: &ActionRequest, fallback: &str, escalated: i64, audit: &AuditEntry, at: Timestamp) -> crate::store::FollowUp {
+    let request = ActionRequest { actuator: fallback.to_owned(), ..request.clone() };
+    let target = request.target();
+    let audit =
+        AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": escalated })), ..audit.clone() };
+    let idempotency_key = idempotency_key(&target, at);
+    crate::store::FollowUp { target, kind: "kill".into(), request: serde_json::to_value(&request).unwrap_or_default(), idempotency_key, audit }
+}
+
 /// The restore of a kill (its outbox row): same target, the state the kill saved.
 pub fn restore_request(kill: &crate::store::ActionRow, actor: &str, reason: Option<String>) -> Result<ActionRequest, String> {
     if kill.kind != "kill" {

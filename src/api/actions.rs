@@ -221,7 +221,6 @@ pub async fn restore_flag(
     let store = s.store.clone();
     let wanted = flag.clone();
     let rows = blocking(move || store.flag_kills(&wanted)).await??;
-    let holding = ["confirmed", "sent", "drained", "recovered", "unverified", "failed", "escalated", "overridden"];
     let mut newest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
     // The newest kill of each target of the flag decides whether that target is still held.
     for row in &rows {
@@ -230,7 +229,7 @@ pub async fn restore_flag(
         if body.environment.as_deref().is_some_and(|e| e != env) || !region_ok {
             continue;
         }
-        newest.insert(row.target.clone(), if holding.contains(&row.state.as_str()) { row.id } else { 0 });
+        newest.insert(row.target.clone(), if crate::store::HOLDING.contains(&row.state.as_str()) { row.id } else { 0 });
     }
     let ids: Vec<i64> = newest.values().copied().filter(|id| *id > 0).collect();
     match ids.as_slice() {

@@ -597,14 +597,19 @@ impl Store {
                 tx.execute("DELETE FROM rule_state WHERE slice = ?1", params![r.slice_key])?;
             }
         }
-        for f in &o.follow_ups {
-            Store::submit_in(
-                &tx,
-                &NewAction { target: &f.target, kind: &f.kind, request: &f.request, idempotency_key: &f.idempotency_key, slice_key: "", audit: &f.audit },
-            )?;
-        }
+        Store::follow_ups_in(&tx, &o.follow_ups)?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Queues the actions an outcome brings (no rule state: they are not a rule's slice).
+    fn follow_ups_in(tx: &rusqlite::Transaction<'_>, follow_ups: &[FollowUp]) -> rusqlite::Result<()> {
+        for f in follow_ups {
+            let action =
+                NewAction { target: &f.target, kind: &f.kind, request: &f.request, idempotency_key: &f.idempotency_key, slice_key: "", audit: &f.audit };
+            Store::submit_in(tx, &action)?;
+        }
+        Ok(())
     }
 
     /// Stores a kill's state before its first call (once: a later attempt never replaces it).
@@ -685,12 +690,7 @@ impl Store {
             params![id, to, error, audit.at.as_millis() as i64],
         )?;
         Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
-        for f in follow_ups {
-            Store::submit_in(
-                &tx,
-                &NewAction { target: &f.target, kind: &f.kind, request: &f.request, idempotency_key: &f.idempotency_key, slice_key: "", audit: &f.audit },
-            )?;
-        }
+        Store::follow_ups_in(&tx, follow_ups)?;
         tx.commit()?;
         Ok(true)
     }
@@ -734,15 +734,20 @@ impl Store {
     pub fn save_plan(&self, key: &str, state: &serde_json::Value, audit: Option<&AuditEntry>) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        Store::write_plan_in(&tx, key, state, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn write_plan_in(tx: &rusqlite::Transaction<'_>, key: &str, state: &serde_json::Value, audit: Option<&AuditEntry>) -> rusqlite::Result<()> {
         let now = audit.map_or(0, |a| a.at.as_millis() as i64);
         tx.execute(
             "INSERT INTO rollouts (key, state, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
             params![key, state.to_string(), now],
         )?;
         if let Some(audit) = audit {
-            Store::insert_audit(&tx, audit)?;
+            Store::insert_audit(tx, audit)?;
         }
-        tx.commit()?;
         Ok(())
     }
 
@@ -761,14 +766,7 @@ impl Store {
         if parse(current).as_ref() != expected {
             return Ok(false);
         }
-        let now = audit.map_or(0, |a| a.at.as_millis() as i64);
-        tx.execute(
-            "INSERT INTO rollouts (key, state, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
-            params![key, state.to_string(), now],
-        )?;
-        if let Some(audit) = audit {
-            Store::insert_audit(&tx, audit)?;
-        }
+        Store::write_plan_in(&tx, key, state, audit)?;
         tx.commit()?;
         Ok(true)
     }
