@@ -248,7 +248,7 @@ fn serve(config_path: Option<PathBuf>, grace: Duration, record: Option<PathBuf>)
             eprintln!("flagguard: its own telemetry is off: {e}");
             flagguard::otel::Exporters::default()
         });
-        flagguard::telemetry::init_logging(config.file.log.format, &config.file.log.level, &exporters);
+        flagguard::otel::init_logging(config.file.log.format, &config.file.log.level, &exporters);
         let app = match App::build(config, Arc::new(SystemClock)).await {
             Ok(app) => app,
             Err(e) => {

@@ -153,6 +153,22 @@ where
     Some(tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
+/// Installs the global tracing subscriber. `RUST_LOG` wins over `level`.
+/// `exporters` adds flagguard's own spans over OTLP when active .
+pub fn init_logging(format: crate::telemetry::LogFormat, level: &str, exporters: &Exporters) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let fmt = match format {
+        crate::telemetry::LogFormat::Text => fmt.boxed(),
+        crate::telemetry::LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(layer(exporters)).try_init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

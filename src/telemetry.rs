@@ -142,19 +142,3 @@ pub enum LogFormat {
     Text,
     Json,
 }
-
-/// Installs the global tracing subscriber. `RUST_LOG` wins over `level`.
-/// `exporters` adds flagguard's own spans over OTLP when active (see [`crate::otel`]).
-pub fn init_logging(format: LogFormat, level: &str, exporters: &crate::otel::Exporters) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let fmt = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
-    };
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(crate::otel::layer(exporters)).try_init();
-}

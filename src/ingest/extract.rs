@@ -4,8 +4,7 @@
 
 use super::wire::{Attrs, Val};
 
-pub const EVENT_NEW: &str = "feature_flag.evaluation";
-pub const EVENT_OLD: &str = "feature_flag";
+pub use super::semconv::{EVENT_NEW, EVENT_OLD};
 
 /// A flag evaluation as read from one attribute list (span event, log record or child span).
 #[derive(Debug, Clone, PartialEq)]

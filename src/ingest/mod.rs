@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod otlp;
 pub mod record;
+pub mod semconv;
 pub mod wire;
 
 use std::sync::Arc;

@@ -402,7 +402,7 @@ pub struct SpanView<'a> {
 
 /// Event names that carry a flag evaluation.
 fn is_flag_event(name: &[u8]) -> bool {
-    name == crate::ingest::extract::EVENT_NEW.as_bytes() || name == crate::ingest::extract::EVENT_OLD.as_bytes()
+    name == crate::ingest::semconv::EVENT_NEW.as_bytes() || name == crate::ingest::semconv::EVENT_OLD.as_bytes()
 }
 
 impl<'a> SpanView<'a> {
