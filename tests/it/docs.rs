@@ -7,6 +7,7 @@
 //! - Every relative link resolves, to a file and, for a `#anchor` into a page, to a heading.
 //! - The defaults block of docs/configuration.md is what the real loader makes of an empty
 //!   file, sets every key, and agrees with the `Default` column of the tables there.
+//! - The metrics table of docs/api.md names every metric flagguard registers, with its type.
 //!
 //! A fenced block's info string says what it is. After `toml` or `yaml`:
 //!
@@ -467,4 +468,43 @@ fn the_configuration_defaults_are_the_code_s() {
     }
     assert!(rows > 30, "only {rows} table rows found: is the parser broken?");
     assert!(disagreements.is_empty(), "docs/configuration.md disagrees with itself:\n{}", disagreements.join("\n"));
+}
+
+/// The metrics table of docs/api.md against what `/metrics` exports: the same names, the same
+/// types (a counter is listed with its `_total` sample name).
+#[test]
+fn the_metrics_table_lists_every_metric_and_no_other() {
+    let exported: BTreeMap<String, String> = flagguard::telemetry::Metrics::new()
+        .encode()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE flagguard_"))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+        .collect();
+    let page = root().join("docs/api.md");
+    let text = prose(&page);
+    let table = text.split("**Metrics**").nth(1).expect("docs/api.md has a **Metrics** table");
+    let mut documented = BTreeMap::new();
+    for row in table.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let kind = cells.get(1).map(|k| k.trim()).unwrap_or_default();
+        for name in cells[0].trim_start_matches("| ").split(", ") {
+            let name = name.trim_matches('`');
+            let base = if kind == "counter" { name.strip_suffix("_total").unwrap_or("counter without _total") } else { name };
+            documented.insert(base.to_owned(), kind.to_owned());
+        }
+    }
+    // A labelled family is exported only once it has a sample, so the names come from the
+    // registrations; the types of those exported before any traffic are checked as exported.
+    let source = std::fs::read_to_string(root().join("src/telemetry.rs")).expect("the metrics are registered in src/telemetry.rs");
+    let registered: BTreeSet<String> = source.split(".register(\"").skip(1).filter_map(|s| s.split('"').next()).map(str::to_owned).collect();
+    assert!(
+        exported.len() > 10 && registered.len() >= exported.len(),
+        "the exporter's TYPE lines or registrations were not found: {exported:?} {registered:?}"
+    );
+    let names: BTreeSet<String> = documented.keys().cloned().collect();
+    assert_eq!(names, registered, "docs/api.md's metrics table (left) is not what src/telemetry.rs registers (right)");
+    for (name, kind) in &exported {
+        assert_eq!(documented.get(name), Some(kind), "flagguard_{name} is exported as a {kind}");
+    }
 }
