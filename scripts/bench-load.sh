@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance comparison (README "Performance"): flagguard against a null OTLP receiver
+# The performance comparison (docs/performance.md): flagguard against a null OTLP receiver
 # built from the same crates, side by side on this machine, over gRPC and over HTTP protobuf
 # (the same receiver process serves both, measured one after the other), then detection latency under
 # background load and window memory with N series. Prints a Markdown table.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak test (README "Performance" → "Soak"): the real daemon under mixed traffic for an hour —
+# Soak test (docs/performance.md, "Soak"): the real daemon under mixed traffic for an hour —
 # healthy background load, a regression of a new flag every 30 s (each must be killed), the
 # rule file rewritten every 20 s (hot reload) — with its RSS sampled every minute.
 #

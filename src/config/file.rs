@@ -196,7 +196,8 @@ pub struct AggregateConfig {
     /// Most series (flag × variant × service × environment × region). Default 50000; beyond,
     /// observations are counted as overflow.
     pub max_series: usize,
-    /// How often changed series are re-evaluated by the rules. Default `100ms`.
+    /// How often slices with changed series are re-evaluated by the rules, 10 ms – 1 s.
+    /// Default `25ms` (at 100 ms, detection's p50 was the tick: docs/performance.md).
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
     /// How often the API snapshot is rebuilt (and every rule slice re-evaluated). Default `1s`.

@@ -9,6 +9,8 @@ mod auth;
 mod check_cli;
 mod contract;
 mod dashboard;
+mod deploy;
+mod docs;
 mod extraction;
 mod fuzz_replay;
 mod gates;
