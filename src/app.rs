@@ -15,13 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::act::Actuator;
 use crate::act::executor::{Executor, ExecutorSettings};
-use crate::act::flagd::FlagdFile;
-use crate::act::notify::{NOTIFIER, Notifier};
-use crate::act::webhook::Webhook;
+use crate::act::notify::Notifier;
+use crate::act::outbox::Outbox;
 use crate::aggregate::Aggregator;
 use crate::aggregate::snapshot::Snapshot;
 use crate::api::{ApiState, router};
-use crate::config::{ActuatorConfig, Config};
+use crate::config::Config;
 use crate::correlate::{CorrelateSettings, Correlator};
 use crate::ingest::{ExtractOptions, Ingest};
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -67,6 +66,7 @@ pub struct App {
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     engine: RuleEngine,
     actuators: HashMap<String, Arc<dyn Actuator>>,
+    notifier: Option<Arc<Notifier>>,
     /// TLS of the OTLP listeners and of the API, loaded at build (a bad file refuses to start).
     tls: (Option<crate::tls::Reloading>, Option<crate::tls::Reloading>),
 }
@@ -104,26 +104,10 @@ impl App {
         let client = http_client(file.act.timeout, file.act.ca_file.as_deref())?;
         let mut actuators: HashMap<String, Arc<dyn Actuator>> = HashMap::new();
         for (name, actuator) in &file.actuators {
-            let built: Arc<dyn Actuator> = match actuator {
-                ActuatorConfig::Webhook(w) => {
-                    Arc::new(Webhook::new(name, w, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
-                }
-                ActuatorConfig::Flagd(f) => Arc::new(FlagdFile::new(f)),
-                ActuatorConfig::Unleash(c) => {
-                    Arc::new(crate::act::unleash::Unleash::new(c, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
-                }
-                ActuatorConfig::Launchdarkly(c) => Arc::new(
-                    crate::act::launchdarkly::LaunchDarkly::new(c, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?,
-                ),
-                ActuatorConfig::Flagsmith(c) => {
-                    Arc::new(crate::act::flagsmith::Flagsmith::new(c, client.clone()).map_err(|message| AppError::Actuator { name: name.clone(), message })?)
-                }
-            };
+            let built = actuator.build(name, &client).map_err(|message| AppError::Actuator { name: name.clone(), message })?;
             actuators.insert(name.clone(), built);
         }
-        if let Some(url) = &file.act.notify_url {
-            actuators.insert(NOTIFIER.into(), Arc::new(Notifier::new(url, client.clone())));
-        }
+        let notifier = file.act.notify_url.as_deref().map(|url| Arc::new(Notifier::new(url, client.clone())));
         let now = clock.now();
         let engine = RuleEngine::new(
             Arc::new(rules),
@@ -146,7 +130,7 @@ impl App {
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let addrs = Addrs { grpc: local(&grpc, config.grpc_listen), http: local(&http, config.http_listen), api: local(&api, config.api_listen) };
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot { rule_set: engine.rules().clone(), ..Snapshot::default() }));
-        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, tls })
+        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls })
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -167,7 +151,8 @@ impl App {
 
     /// Runs until `shutdown` is cancelled, then stops in order within the grace period.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, tls } = self;
+        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls } = self;
+        let outbox = Outbox::new(store.clone(), notifier.is_some());
         let (otlp_tls, api_tls) = tls;
         let file = &config.file;
         let (grpc_listener, http_listener, api_listener) = listeners;
@@ -251,16 +236,16 @@ impl App {
         let alerts = crate::api::alerts::AlertsState {
             routes: Arc::new(crate::api::alerts::routes(&file.alerts, clock.now())),
             snapshots: snapshots.clone(),
-            store: store.clone(),
+            outbox: outbox.clone(),
             wake: wake.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
-            notify: file.act.notify_url.is_some(),
         };
         let api_app = router(
             ApiState {
                 snapshots,
                 store: store.clone(),
+                outbox: outbox.clone(),
                 metrics: metrics.clone(),
                 commands: command_tx,
                 ready: ready.clone(),
@@ -285,7 +270,7 @@ impl App {
             }),
             Aggregator::new(file.aggregate.max_series),
             engine,
-            store.clone(),
+            outbox.clone(),
             metrics.clone(),
             clock.clone(),
             wake.clone(),
@@ -296,7 +281,6 @@ impl App {
                 reload_interval: file.rules.reload_interval,
                 rules_dir: file.rules_dir.clone(),
                 actuators: config.actuator_names(),
-                notify: file.act.notify_url.is_some(),
                 verify: config.verify_settings(),
                 audit_retention: file.audit.retention,
             },
@@ -305,14 +289,14 @@ impl App {
         let pipeline_task = tokio::spawn(pipeline.run(batch_rx, command_rx, pipeline_stop.clone()));
 
         let executor = Arc::new(Executor {
-            store: store.clone(),
+            outbox,
             actuators,
+            notifier,
             settings: ExecutorSettings {
                 max_attempts: file.act.max_attempts,
                 initial_backoff: file.act.initial_backoff,
                 max_backoff: file.act.max_backoff,
                 timeout: file.act.timeout,
-                notify: file.act.notify_url.is_some(),
             },
             metrics: metrics.clone(),
             wake,

@@ -4,25 +4,35 @@
 //!
 //! Data flows top to bottom; each module owns one stage of the pipeline.
 //!
-//! - [`ingest`]    — OTLP gRPC and HTTP receivers; decode, validate, extract flag evaluations
-//!   and request outcomes (the only module that names OTLP types).
+//! - [`ingest`]    — OTLP gRPC and HTTP receivers (TLS, bearer tokens, limits); decode with the
+//!   selective wire reader, validate, extract flag evaluations and request outcomes (the only
+//!   module that names OTLP types).
 //! - [`correlate`] — the trace join: evaluations + entry-span outcomes → observations per cohort.
 //! - [`aggregate`] — per-series windows (counts + hdrhistogram latency), snapshots for readers.
 //! - [`rules`]     — rule files → validated rules; pure evaluation to verdicts; the engine that
-//!   applies `for`, cooldown and blast-radius guards and decides actions.
+//!   applies `for`, cooldown and blast-radius guards and decides actions; the promotion gate.
 //! - [`stats`]     — sequential statistics (mSPRT, e-BH) the rules use.
-//! - [`act`]       — actuators (one per flag system), the outbox executor with retries.
+//! - [`action`]    — the vocabulary of actions: targets, slices, kinds, the state machine.
+//! - [`act`]       — the outbox door every action goes through (`act::outbox`), actuators (one
+//!   per flag system: Unleash, LaunchDarkly, Flagsmith, flagd, webhook), the executor with
+//!   retries and read-back, kill verification, notifications.
 //! - [`alerts`]    — alert webhooks (Alertmanager, Grafana, Datadog, New Relic, Dynatrace,
-//!   PagerDuty, generic): authentication, normalisation, mapping to kill actions.
-//! - [`store`]     — SQLite: audit log, action outbox, rule state.
-//! - [`api`]       — the admin HTTP API and `/metrics`.
+//!   PagerDuty, generic): authentication, normalisation, mapping to flags.
+//! - [`rollout`]   — rollout plans (steps gated by the promotion gate) and flag hygiene.
+//! - [`controls`]  — operator controls over automatic actions (pause, allow/deny, silences).
+//! - [`store`]     — SQLite: audit log, action outbox, rule state, plans, controls.
+//! - [`api`]       — the admin HTTP API (tokens and roles), the dashboard and `/metrics`.
 //! - [`config`]    — the TOML file shape and its validated form.
-//! - [`pipeline`]  — the async shell around correlate → aggregate → rules (one task).
+//! - [`pipeline`]  — the async shell around correlate → aggregate → rules (one task), one file
+//!   per chore after the verdict.
 //! - [`app`]       — the only wiring: channels, tasks, shutdown.
-//! - [`model`], [`time`], [`telemetry`] — shared vocabulary, injected time, metrics and logs.
-//! - [`cli`]       — the `check` and `demo` commands.
+//! - [`model`], [`time`], [`telemetry`], [`otel`], [`tls`] — shared vocabulary, injected time,
+//!   metrics, logs and flagguard's own traces, certificates.
+//! - [`cli`]       — the subcommands: `serve`, `check`, `demo`, `gate`, `replay`, `simulate`,
+//!   `traffic`, `flags`, `backup`.
 
 pub mod act;
+pub mod action;
 pub mod aggregate;
 pub mod alerts;
 pub mod api;
@@ -37,6 +47,7 @@ pub mod otel;
 pub mod pipeline;
 pub mod rollout;
 pub mod rules;
+pub mod secrets;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

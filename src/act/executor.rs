@@ -11,8 +11,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{ActError, ActionKind, ActionRequest, Actuator, describe, notify, retry};
-use crate::store::{ActionRow, AuditEntry, Store};
+use super::notify::Notifier;
+use super::outbox::{Outbox, fallback_kill};
+use super::{ActError, ActionKind, ActionRequest, Actuator, describe, retry};
+use crate::action::ActionState;
+use crate::store::{ActionRow, AuditEntry};
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
 use serde_json::json;
@@ -27,13 +30,14 @@ pub struct ExecutorSettings {
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     pub timeout: Duration,
-    /// Whether notifications are configured (kill outcomes are then notified).
-    pub notify: bool,
 }
 
 pub struct Executor {
-    pub store: Store,
+    /// Every write goes through the outbox door; reads through its store.
+    pub outbox: Outbox,
     pub actuators: HashMap<String, Arc<dyn Actuator>>,
+    /// Delivers notifications (`act.notify_url`); none: they are not queued either.
+    pub notifier: Option<Arc<Notifier>>,
     pub settings: ExecutorSettings,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
@@ -65,7 +69,7 @@ impl Executor {
         };
         loop {
             let now = self.clock.now();
-            let store = self.store.clone();
+            let store = self.outbox.store().clone();
             let due = tokio::task::spawn_blocking(move || (store.due(now), store.next_due())).await;
             let (due, next) = match due {
                 Ok((Ok(due), Ok(next))) => (due, next),
@@ -115,12 +119,15 @@ impl Executor {
         };
         // Superseded since it was read (a kill of the target overtook this restore or rollout):
         // not called at all. One superseded once its call is under way is finished truthfully.
-        let (store, id) = (self.store.clone(), row.id);
+        let (store, id) = (self.outbox.store().clone(), row.id);
         if matches!(tokio::task::spawn_blocking(move || store.is_pending(id)).await, Ok(Ok(false))) {
             return;
         }
         let attempt = row.attempts + 1;
         let kind = request.kind.as_str();
+        if request.kind == ActionKind::Notify {
+            return self.deliver(&row, &request, attempt).await;
+        }
         let Some(actuator) = self.actuators.get(&request.actuator).cloned() else {
             let e = ActError::Permanent(format!("actuator {:?} is not configured", request.actuator));
             return self.finish(&row, Some(&request), attempt, Err(e)).await;
@@ -136,8 +143,8 @@ impl Executor {
         // The call succeeded: what it applied is kept whatever the read-back says, so a kill
         // that escalates later still has its restore (and the rollout guard still sees it).
         let result = called.result(&request);
-        let (store, id, saved) = (self.store.clone(), row.id, result.clone());
-        if !matches!(tokio::task::spawn_blocking(move || store.record_applied(id, &saved)).await, Ok(Ok(()))) {
+        let (outbox, id, saved) = (self.outbox.clone(), row.id, result.clone());
+        if !matches!(tokio::task::spawn_blocking(move || outbox.record_applied(id, &saved)).await, Ok(Ok(()))) {
             tracing::error!(action = row.id, "cannot record what the call applied; the read-back goes on");
         }
         let check = match tokio::time::timeout(self.settings.timeout, check(actuator.as_ref(), &request)).await {
@@ -163,6 +170,27 @@ impl Executor {
                 tracing::warn!(action = row.id, error = %e, "the call succeeded but its read-back failed; recording it as sent");
                 self.finish(&row, Some(&request), attempt, Ok(performed(false, Some(json!({ "error": format!("read back failed: {e}") }))))).await
             }
+        }
+    }
+
+    /// Delivers a notification (no flag system, no read-back): retried like any call.
+    async fn deliver(&self, row: &ActionRow, request: &ActionRequest, attempt: u32) {
+        let Some(notifier) = self.notifier.clone() else {
+            let e = ActError::Permanent("notifications are not configured (act.notify_url)".into());
+            return self.finish(row, Some(request), attempt, Err(e)).await;
+        };
+        let timeout = self.settings.timeout;
+        let sent = match tokio::time::timeout(timeout, notifier.send(request, &row.idempotency_key)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(ActError::transient(format!("timed out after {timeout:?}"))),
+        };
+        match sent {
+            Ok(applied) => {
+                let result = json!({ "before": applied.before, "after": applied.after, "request": request });
+                let done = Performed { applied, verified: true, read_back: None, widened: None, result };
+                self.finish(row, Some(request), attempt, Ok(done)).await
+            }
+            Err(e) => self.failed(row, request, attempt, e).await,
         }
     }
 
@@ -193,11 +221,11 @@ impl Executor {
             return Ok(Some(saved.clone()));
         }
         let Some(snapshot) = actuator.snapshot(request).await? else { return Ok(None) };
-        let (store, id, target) = (self.store.clone(), row.id, row.target.clone());
+        let (outbox, id, target) = (self.outbox.clone(), row.id, row.target.clone());
         let saved = tokio::task::spawn_blocking(move || {
             let serving = snapshot.get("serving").and_then(serde_json::Value::as_bool) != Some(false);
-            let saved = if serving { snapshot } else { store.holding_before(&target, id)?.unwrap_or(snapshot) };
-            store.save_snapshot(id, &saved)?;
+            let saved = if serving { snapshot } else { outbox.store().holding_before(&target, id)?.unwrap_or(snapshot) };
+            outbox.save_snapshot(id, &saved)?;
             Ok::<_, crate::store::StoreError>(saved)
         })
         .await;
@@ -216,10 +244,10 @@ impl Executor {
                 let delay = retry::delay(attempt, self.settings.initial_backoff, self.settings.max_backoff, *retry_after, rand::random::<f64>());
                 let now = self.clock.now();
                 tracing::warn!(action = row.id, attempt, error = %message, retry_in_ms = delay.as_millis() as u64, "action failed, will retry");
-                let store = self.store.clone();
+                let outbox = self.outbox.clone();
                 let message = message.clone();
                 let id = row.id;
-                let saved = tokio::task::spawn_blocking(move || store.reschedule(id, attempt, now.plus(delay), &message, now)).await;
+                let saved = tokio::task::spawn_blocking(move || outbox.reschedule(id, attempt, now.plus(delay), &message, now)).await;
                 if !matches!(saved, Ok(Ok(()))) {
                     tracing::error!(action = row.id, "cannot reschedule; the action stays due");
                 }
@@ -255,7 +283,7 @@ impl Executor {
         };
         let (state, error, audit, result_json) = match &result {
             Ok(done) => {
-                let state = if done.verified { "confirmed" } else { "sent" };
+                let state = if done.verified { ActionState::Confirmed } else { ActionState::Sent };
                 let after = json!({ "result": done.applied.after, "read_back": done.read_back, "widened": done.widened, "attempts": attempts, "triggers": row.triggers });
                 (
                     state,
@@ -265,27 +293,27 @@ impl Executor {
                 )
             }
             Err(e) => (
-                "escalated",
+                ActionState::Escalated,
                 Some(e.to_string()),
                 AuditEntry { kind: format!("{kind}_escalated"), after: Some(json!({ "error": e.to_string(), "attempts": attempts })), ..base.clone() },
                 None,
             ),
         };
         match &result {
-            Ok(done) => tracing::info!(action = row.id, target = %row.target, attempts, state, widened = done.widened.is_some(), "action done"),
+            Ok(done) => tracing::info!(action = row.id, target = %row.target, attempts, state = %state, widened = done.widened.is_some(), "action done"),
             Err(e) => {
                 Metrics::count(&self.metrics.actuator_errors, &[("actuator", request.map_or("", |r| r.actuator.as_str())), ("class", "permanent")]);
                 tracing::error!(action = row.id, target = %row.target, attempts, error = %e, "action escalated")
             }
         }
-        Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", state)]);
+        Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", state.as_str())]);
         let id = row.id;
         let mut follow_ups = Vec::new();
         if let (Some(r), Err(_)) = (request, &result)
             && r.kind == ActionKind::Kill
             && let Some(fallback) = self.verify.get(&r.actuator).and_then(|v| v.fallback.as_deref())
         {
-            follow_ups.push(super::fallback_kill(r, fallback, id, &base, now));
+            follow_ups.push(fallback_kill(r, fallback, id, &base, now));
         }
         let notify_text = match (request, &result) {
             (Some(r), _) if r.kind == ActionKind::Notify => None,
@@ -298,8 +326,8 @@ impl Executor {
             (Some(r), Err(e)) => Some(format!("ESCALATION: flagguard could not {} {} (action {id}): {e}", r.kind.as_str(), describe(r))),
             _ => None,
         };
-        if let (true, Some(text)) = (self.settings.notify, notify_text) {
-            follow_ups.push(notify::notification(&text, &request.map(|r| r.evidence.clone()).unwrap_or_default(), now));
+        if let Some(text) = notify_text {
+            follow_ups.extend(self.outbox.notification(&text, &request.map(|r| r.evidence.clone()).unwrap_or_default(), now));
         }
         let restored = match (request, &result) {
             (Some(r), Ok(_)) if r.kind == ActionKind::Restore => Some(crate::store::Restored {
@@ -310,17 +338,17 @@ impl Executor {
             _ => None,
         };
         let outcome = crate::store::Outcome { id, state, attempts, error, result: result_json, audit, restored, follow_ups };
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.finish_with(&outcome)).await {
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.finish(&outcome)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => tracing::warn!(action = row.id, "the action was finished already; its outcome is not recorded twice"),
             _ => {
                 tracing::error!(action = row.id, "cannot record the action's outcome; it stays pending and is tried again (the call is idempotent)");
                 // Not at once: a store that refuses writes must not turn into a loop of calls.
                 let delay = retry::delay(attempts.max(1), self.settings.initial_backoff, self.settings.max_backoff, None, rand::random::<f64>());
-                let (store, id) = (self.store.clone(), row.id);
+                let (outbox, id) = (self.outbox.clone(), row.id);
                 let _ =
-                    tokio::task::spawn_blocking(move || store.reschedule(id, attempts.saturating_sub(1), now.plus(delay), "cannot record the outcome", now))
+                    tokio::task::spawn_blocking(move || outbox.reschedule(id, attempts.saturating_sub(1), now.plus(delay), "cannot record the outcome", now))
                         .await;
             }
         }
@@ -331,12 +359,12 @@ impl Executor {
     /// `drift_interval`; one that the flag system now serves again was re-enabled by someone
     /// else: `overridden`, audited and notified — never fought.
     async fn check_drift(&self, last: &mut HashMap<i64, Timestamp>) {
-        let store = self.store.clone();
+        let store = self.outbox.store().clone();
         let since = self.clock.now().minus(crate::store::WATCH_AFTER_DRAIN);
         let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.watched_kills(since)).await else { return };
         let now = self.clock.now();
         last.retain(|id, _| rows.iter().any(|r| r.id == *id));
-        for row in rows.into_iter().filter(|r| r.state != "sent") {
+        for row in rows.into_iter().filter(|r| r.state != ActionState::Sent) {
             // A widened kill (or one sent to a default environment) is read back as carried out.
             let Ok(request) = serde_json::from_value::<ActionRequest>(row.effective_request().clone()) else { continue };
             let (Some(actuator), Some(verify)) = (self.actuators.get(&request.actuator), self.verify.get(&request.actuator)) else { continue };
@@ -349,33 +377,13 @@ impl Executor {
                 continue;
             }
             // flagguard's own restore (or another action) in flight is not drift.
-            let (store, target) = (self.store.clone(), row.target.clone());
+            let (store, target) = (self.outbox.store().clone(), row.target.clone());
             if !matches!(tokio::task::spawn_blocking(move || store.has_pending(&target)).await, Ok(Ok(false))) {
                 continue;
             }
-            let text = format!(
-                "DRIFT: {} was re-enabled in the flag system after flagguard's kill (action {}); flagguard will not fight it and will not kill it again until POST /v1/actions/{}/restore acknowledges it",
-                describe(&request),
-                row.id,
-                row.id
-            );
             tracing::warn!(action = row.id, target = %row.target, "drift: a killed flag was re-enabled by someone else");
-            let audit = AuditEntry {
-                at: now,
-                actor: "system".into(),
-                kind: "kill_overridden".into(),
-                rule: Some(request.rule.clone()).filter(|r| !r.is_empty()),
-                target: Some(row.target.clone()),
-                after: Some(json!({ "read_back": state.detail })),
-                ..AuditEntry::default()
-            };
-            let store = self.store.clone();
-            let follow_ups: Vec<_> = self.settings.notify.then(|| notify::notification(&text, &request.evidence, now)).into_iter().collect();
-            let id = row.id;
-            let _ = tokio::task::spawn_blocking(move || {
-                store.transition_with(id, &["confirmed", "drained", "recovered"], "overridden", Some("re-enabled by someone else"), &audit, &follow_ups)
-            })
-            .await;
+            let outbox = self.outbox.clone();
+            let _ = tokio::task::spawn_blocking(move || outbox.overridden(&row, &request, &state.detail, now)).await;
             self.wake.notify_one();
         }
     }
@@ -443,7 +451,8 @@ pub fn prepare(actuator: &dyn Actuator, request: &mut ActionRequest) -> Result<O
 /// The call of one attempt (after [`prepare`]).
 pub async fn call(actuator: &dyn Actuator, request: &ActionRequest, key: &str) -> Result<Called, ActError> {
     let applied = match request.kind {
-        ActionKind::Kill | ActionKind::Notify => actuator.kill(request, key).await?,
+        ActionKind::Kill => actuator.kill(request, key).await?,
+        ActionKind::Notify => return Err(ActError::Permanent("a notification is not a flag-system call".into())),
         ActionKind::Restore => actuator.restore(request, key).await?,
         ActionKind::Rollout => {
             let percent = request

@@ -10,13 +10,44 @@
 //! the flag no longer reads as killed (a human edited it: drift). Writes are atomic (new file + rename) because flagd's file
 //! watcher sees partial writes.
 
+use super::verify::VerifyConfig;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
 use super::{ActError, ActionRequest, Actuator, Applied, FlagState};
-use crate::config::FlagdConfig;
+
+/// A flagd file. A kill sets `defaultVariant` to the rule's control variant (else
+/// `off_variant`) and removes `targeting`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagdConfig {
+    pub path: PathBuf,
+    /// Variant served after a kill when the rule names no control. Default `off`.
+    #[serde(default = "default_off")]
+    pub off_variant: String,
+    /// Dimension → evaluation-context attribute that expresses it in `targeting`
+    /// (`slices = { region = "region" }`).
+    #[serde(default)]
+    pub slices: BTreeMap<String, String>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+impl FlagdConfig {
+    /// Every problem of these settings, as `field.key: message`.
+    pub fn validate(&self, field: &str, errors: &mut Vec<String>) {
+        if self.path.as_os_str().is_empty() {
+            errors.push(format!("{field}.path: must not be empty"));
+        }
+    }
+}
+
+fn default_off() -> String {
+    "off".into()
+}
 
 pub struct FlagdFile {
     path: PathBuf,

@@ -14,12 +14,64 @@
 //! - Authorization: `Api-Key <organisation key>`.
 //! - Rollout percentages (multivariate allocations) are not implemented: such a plan escalates.
 
+use super::verify::VerifyConfig;
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::http::{JsonApi, environment, none, segment};
 use super::{ActError, ActionRequest, Actuator, Applied, FlagState};
-use crate::config::{FlagsmithApi, FlagsmithConfig};
+
+/// Flagsmith (Admin API). `api = "classic"` PATCHes the environment's feature state
+/// (refused on Feature Versioning v2 environments); `api = "versioned"` uses the
+/// `update-flag-v1` endpoint. A slice is a segment override: `segments = { "region=eu-west" = 456 }`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsmithConfig {
+    /// Default `https://api.flagsmith.com`.
+    #[serde(default = "default_flagsmith_url")]
+    pub url: String,
+    /// Organisation API key (`Authorization: Api-Key <key>`): `${VAR}` only.
+    pub token: String,
+    /// Telemetry environment → Flagsmith environment key (required for each environment).
+    pub environments: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_environment: Option<String>,
+    #[serde(default)]
+    pub api: FlagsmithApi,
+    #[serde(default)]
+    pub segments: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+impl FlagsmithConfig {
+    /// Every problem of these settings, as `field.key: message`.
+    pub fn validate(&self, field: &str, errors: &mut Vec<String>) {
+        super::http::check_api(errors, field, &self.url, &self.token);
+        if self.environments.is_empty() {
+            errors.push(format!("{field}.environments: map each telemetry environment to its Flagsmith environment key"));
+        }
+        for key in self.segments.keys() {
+            if !key.contains('=') {
+                errors.push(format!("{field}.segments.{key}: keys are DIMENSION=VALUE, e.g. \"region=eu-west\""));
+            }
+        }
+    }
+}
+
+fn default_flagsmith_url() -> String {
+    "https://api.flagsmith.com".into()
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagsmithApi {
+    #[default]
+    Classic,
+    Versioned,
+}
 
 pub struct Flagsmith {
     api: JsonApi,

@@ -58,14 +58,14 @@ impl JsonApi {
         if let Some((content_type, json)) = body {
             call = call.header(reqwest::header::CONTENT_TYPE, content_type).body(json.to_string());
         }
-        let response = call.send().await.map_err(|e| with_context(self.system, &method, path, super::webhook::transport_error(e)))?;
+        let response = call.send().await.map_err(|e| with_context(self.system, &method, path, transport_error(e)))?;
         let status = response.status();
         let retry_after = retry_hint(response.headers());
         let text = response.text().await.unwrap_or_default();
         if let Some(error) = special(status, &text) {
             return Err(with_context(self.system, &method, path, error));
         }
-        super::webhook::classify(status, retry_after, &text).map_err(|e| with_context(self.system, &method, path, e))?;
+        classify(status, retry_after, &text).map_err(|e| with_context(self.system, &method, path, e))?;
         let body = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok(Reply { status, body })
     }
@@ -102,7 +102,7 @@ pub use super::webhook::percent_encode as segment;
 
 /// The credential of an API actuator, read from the environment (`token = "${VAR}"`).
 pub fn token(configured: &str) -> Result<String, String> {
-    crate::config::expand_env(configured).map_err(|var| format!("environment variable {var} is not set"))
+    crate::secrets::expand_env(configured).map_err(|var| format!("environment variable {var} is not set"))
 }
 
 /// The flag system's environment for a request: the telemetry environment through `map`, else
@@ -113,6 +113,36 @@ pub fn environment(request: &super::ActionRequest, map: &std::collections::BTree
         None => default
             .cloned()
             .ok_or_else(|| ActError::Permanent("the telemetry names no deployment environment and the actuator has no default_environment".into())),
+    }
+}
+
+/// Classifies an HTTP status: 2xx ok; 408, 425, 429, 5xx transient; other 4xx permanent.
+pub fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &str) -> Result<(), ActError> {
+    let snippet: String = body.chars().take(300).collect();
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        408 | 425 | 429 | 500..=599 => Err(ActError::Transient { message: format!("HTTP {status}: {snippet}"), retry_after }),
+        _ => Err(ActError::Permanent(format!("HTTP {status}: {snippet}"))),
+    }
+}
+
+/// Maps a transport error: timeouts and connection failures are transient.
+pub fn transport_error(e: reqwest::Error) -> ActError {
+    // Without the URL: it may hold a secret (`${VAR}` in a webhook or notification URL).
+    let e = e.without_url();
+    if e.is_builder() { ActError::Permanent(format!("bad request: {e}")) } else { ActError::transient(format!("{e}")) }
+}
+
+/// The checks every HTTP flag-system API's config shares: a URL, and a token that comes from
+/// the environment (`${VAR}`) so that it never sits in a file that is audited or committed.
+pub fn check_api(errors: &mut Vec<String>, field: &str, url: &str, token: &str) {
+    if let Err(e) = reqwest::Url::parse(url) {
+        errors.push(format!("{field}.url: {url:?} is not a URL ({e})"));
+    }
+    if !token.contains("${") {
+        errors.push(format!("{field}.token: give the credential as ${{VAR}} (read from the environment), not literally"));
+    } else if let Err(var) = crate::secrets::expand_env(token) {
+        errors.push(format!("{field}.token: environment variable {var} is not set"));
     }
 }
 

@@ -12,12 +12,47 @@
 //! - Slices cannot be expressed (a rule with `per:` escalates unless `on_unscoped: widen`).
 //! - Authorization is the bare access token (no scheme).
 
+use super::verify::VerifyConfig;
 use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::http::{JsonApi, environment, segment};
 use super::{ActError, ActionRequest, Actuator, Applied, FlagState};
-use crate::config::LaunchDarklyConfig;
+
+/// LaunchDarkly (REST API v2). A kill is the semantic patch `turnFlagOff`; slices cannot be
+/// expressed (use `on_unscoped: widen` or per-environment rules).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchDarklyConfig {
+    /// Default `https://app.launchdarkly.com`.
+    #[serde(default = "default_ld_url")]
+    pub url: String,
+    /// Access token (`Authorization: <token>`, no scheme): `${VAR}` only.
+    pub token: String,
+    pub project: String,
+    #[serde(default)]
+    pub environments: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_environment: Option<String>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+impl LaunchDarklyConfig {
+    /// Every problem of these settings, as `field.key: message`.
+    pub fn validate(&self, field: &str, errors: &mut Vec<String>) {
+        super::http::check_api(errors, field, &self.url, &self.token);
+        if self.project.is_empty() {
+            errors.push(format!("{field}.project: must not be empty"));
+        }
+    }
+}
+
+fn default_ld_url() -> String {
+    "https://app.launchdarkly.com".into()
+}
 
 pub const SEMANTIC_PATCH: &str = "application/json; domain-model=launchdarkly.semanticpatch";
 

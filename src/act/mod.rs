@@ -1,8 +1,10 @@
 //! Acting on flag systems. One [`Actuator`] trait (kill, restore, set rollout, read back), one
 //! module per flag system ([`unleash`], [`launchdarkly`], [`flagsmith`], [`flagd`],
-//! [`webhook`]); [`submit`] turns rule decisions into outbox entries (or audited dry-runs and
-//! notifications); the [`executor`] carries them out with retries ([`retry`]) and reads each
-//! result back; [`verify`] watches a confirmed kill's cohort drain and its SLI recover.
+//! [`webhook`]); [`outbox`] is the one door through which every producer writes actions
+//! (rule decisions, alerts, operators, plans, verification, drift, notifications); the
+//! [`executor`] carries them out with retries ([`retry`]) and reads each result back;
+//! [`verify`] watches a confirmed kill's cohort drain and its SLI recover; [`notify`] delivers
+//! notifications (not an actuator: it changes no flag).
 //!
 //! Invariants: a kill is in the outbox before any call; only transient failures (5xx, 429,
 //! timeouts, connection errors) are retried, with capped jittered backoff and a bounded number
@@ -16,6 +18,8 @@ pub mod flagsmith;
 pub mod http;
 pub mod launchdarkly;
 pub mod notify;
+pub mod outbox;
+pub mod providers;
 pub mod retry;
 pub mod unleash;
 pub mod verify;
@@ -26,10 +30,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::rules::Mode;
-use crate::rules::engine::{Decision, DecisionKind};
-use crate::store::{AuditEntry, Store, StoreError, Submitted};
-use crate::time::Timestamp;
+pub use crate::action::ActionKind;
+pub use outbox::{idempotency_key, restore_request};
 
 /// Why an actuator call failed, classified for retry.
 #[derive(Debug, thiserror::Error)]
@@ -45,30 +47,6 @@ pub enum ActError {
 impl ActError {
     pub fn transient(message: impl Into<String>) -> Self {
         ActError::Transient { message: message.into(), retry_after: None }
-    }
-}
-
-/// What kind of action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionKind {
-    Kill,
-    /// Undo a kill: return the flag to the state saved when it was killed.
-    Restore,
-    /// Set the rollout percentage (`ActionRequest::percent`).
-    Rollout,
-    Notify,
-}
-
-impl ActionKind {
-    /// The outbox's `kind` column and the audit records' prefix.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::Kill => "kill",
-            ActionKind::Restore => "restore",
-            ActionKind::Rollout => "rollout",
-            ActionKind::Notify => "notification",
-        }
     }
 }
 
@@ -178,9 +156,9 @@ impl ActionRequest {
 
 impl ActionRequest {
     /// One open action per target: (actuator, flag, environment, slice), canonical
-    /// ([`crate::store::target_string`]): the environment only in its field, the slice sorted.
+    /// ([`crate::action::Target::key`]): the environment only in its field, the slice sorted.
     pub fn target(&self) -> String {
-        crate::store::target_string(&self.actuator, &self.flag, self.environment.as_deref(), &self.scope)
+        outbox::target_of(self).key()
     }
 }
 
@@ -251,148 +229,6 @@ pub trait Actuator: Send + Sync {
     }
 }
 
-/// Turns the engine's decisions into durable actions. Enforced kills go to the outbox (the
-/// executor is woken by the caller); dry-runs and incidents are audited and notified.
-/// Returns whether anything was written to the outbox.
-pub fn submit(store: &Store, decision: &Decision, notify: bool) -> Result<bool, StoreError> {
-    let request = ActionRequest {
-        treatment: decision.treatment.clone(),
-        control: decision.control.clone(),
-        rule: decision.rule.clone(),
-        service: decision.service.clone(),
-        environment: decision.environment.clone(),
-        region: decision.region.clone(),
-        scope: decision.scope.clone(),
-        evidence: decision.record.clone(),
-        slice_key: decision.slice_key.clone(),
-        widen: decision.widen,
-        auto_restore_ms: decision.auto_restore.map(|d| d.as_millis() as u64),
-        ..ActionRequest::new(ActionKind::Kill, decision.actuator.as_deref().unwrap_or_default(), &decision.flag)
-    };
-    let target = request.target();
-    let audit = |kind: &str| AuditEntry {
-        at: decision.at,
-        actor: format!("rule:{}", decision.rule),
-        kind: kind.into(),
-        rule: Some(decision.rule.clone()),
-        target: Some(target.clone()),
-        evidence: Some(decision.record.clone()),
-        ..AuditEntry::default()
-    };
-    let mut queued = false;
-    let held = match (decision.kind, decision.mode) {
-        (DecisionKind::Kill, Mode::Enforce) => store.controls()?.hold(&decision.flag, Some(&decision.rule), decision.at),
-        _ => None,
-    };
-    let summary = match (decision.kind, decision.mode) {
-        (DecisionKind::Kill, Mode::Enforce) if let Some(why) = held => {
-            // Held, not queued. The pipeline re-arms the slice as soon as the control is lifted
-            // (`Pipeline::release_held`), so a regression caught during a pause is killed
-            // right after it, not a cooldown later.
-            let entry = AuditEntry { after: Some(serde_json::json!({ "held": why })), ..audit("kill_held") };
-            let fired = crate::store::Fired { slice: &decision.slice_key, rule: &decision.rule, flag: &decision.flag, held: true };
-            store.record_fired(&fired, decision.at, &entry)?;
-            format!("[held] flagguard would kill {} (rule {}), but {why}", describe(&request), decision.rule)
-        }
-        (DecisionKind::Kill, Mode::Enforce) => {
-            let key = idempotency_key(&target, decision.at);
-            let submitted =
-                store.submit(&target, "kill", &serde_json::to_value(&request).unwrap_or(Value::Null), &key, &decision.slice_key, &audit("kill_decided"))?;
-            queued = true;
-            match submitted {
-                Submitted::New(id) => format!("flagguard is killing {} (action {id}, rule {})", describe(&request), decision.rule),
-                Submitted::Joined(_) => return Ok(true),
-                Submitted::Suppressed(id) => format!(
-                    "flagguard is NOT killing {} again (rule {}): a human re-enabled it after kill {id}; acknowledge with POST /v1/actions/{id}/restore to re-arm",
-                    describe(&request),
-                    decision.rule
-                ),
-            }
-        }
-        (DecisionKind::Kill, Mode::DryRun) => {
-            store.record_fired(&fired(decision), decision.at, &audit("kill_dry_run"))?;
-            format!("[dry-run] flagguard would kill {} (rule {})", describe(&request), decision.rule)
-        }
-        (DecisionKind::Incident, _) => {
-            store.record_fired(&fired(decision), decision.at, &audit("incident"))?;
-            let why = decision
-                .record
-                .get("incident")
-                .and_then(Value::as_str)
-                .or_else(|| decision.record.get("reason").and_then(Value::as_str))
-                .unwrap_or("baseline breaching too");
-            format!("incident, not killing {}: {why}", describe(&request))
-        }
-    };
-    if notify {
-        notify::enqueue(store, &summary, &decision.record, decision.at)?;
-        queued = true;
-    }
-    Ok(queued)
-}
-
-fn fired(decision: &Decision) -> crate::store::Fired<'_> {
-    crate::store::Fired { slice: &decision.slice_key, rule: &decision.rule, flag: &decision.flag, held: false }
-}
-
-/// The fallback kill of escalated action `escalated`: the same kill on actuator `fallback`,
-/// audited as `kill_fallback` (the rest of `audit` as given), to queue with the escalation.
-pub fn fallback_kill(request: &ActionRequest, fallback: &str, escalated: i64, audit: &AuditEntry, at: Timestamp) -> crate::store::FollowUp {
-    let request = ActionRequest { actuator: fallback.to_owned(), ..request.clone() };
-    let target = request.target();
-    let audit =
-        AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": escalated })), ..audit.clone() };
-    let idempotency_key = idempotency_key(&target, at);
-    crate::store::FollowUp { target, kind: "kill".into(), request: serde_json::to_value(&request).unwrap_or_default(), idempotency_key, audit }
-}
-
-/// The restore of a kill (its outbox row): same target, the state the kill saved.
-pub fn restore_request(kill: &crate::store::ActionRow, actor: &str, reason: Option<String>) -> Result<ActionRequest, String> {
-    if kill.kind != "kill" {
-        return Err(format!("action {} is a {}, not a kill", kill.id, kill.kind));
-    }
-    // A widened kill saved the request it really carried out.
-    let effective = kill.result.as_ref().and_then(|r| r.get("request")).cloned().unwrap_or_else(|| kill.request.clone());
-    let request: ActionRequest = serde_json::from_value(effective).map_err(|e| format!("unreadable action {}: {e}", kill.id))?;
-    // A kill that never reached the flag system saved no state: "restoring" it could turn on a
-    // flag that was off.
-    if kill.result.is_none() {
-        return Err(format!("kill {} never reached the flag system ({}); there is nothing to restore", kill.id, kill.state));
-    }
-    Ok(ActionRequest {
-        kind: ActionKind::Restore,
-        restores: Some(kill.id),
-        saved: kill.result.as_ref().and_then(|r| r.get("before")).filter(|b| !b.is_null()).cloned().or_else(|| kill.saved.clone()),
-        actor: Some(actor.into()),
-        reason,
-        ..request
-    })
-}
-
-/// Queues a restore of `kill` (refused while another action for the target is pending).
-pub fn submit_restore(
-    store: &Store,
-    kill: &crate::store::ActionRow,
-    actor: &str,
-    reason: Option<String>,
-    at: Timestamp,
-) -> Result<Result<i64, String>, StoreError> {
-    let request = match restore_request(kill, actor, reason) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(e)),
-    };
-    let audit = AuditEntry {
-        at,
-        actor: actor.into(),
-        kind: "restore_decided".into(),
-        rule: Some(request.rule.clone()).filter(|r| !r.is_empty()),
-        after: Some(json!({ "restores": kill.id, "reason": request.reason })),
-        ..AuditEntry::default()
-    };
-    let key = idempotency_key(&format!("restore|{}", kill.target), at);
-    store.submit_operator(&kill.target, "restore", &serde_json::to_value(&request).unwrap_or(Value::Null), &key, &audit)
-}
-
 /// A human-readable target: `checkout-v2=on in payments/production/region=eu-west via flags`.
 pub fn describe(request: &ActionRequest) -> String {
     let mut where_ =
@@ -405,14 +241,6 @@ pub fn describe(request: &ActionRequest) -> String {
         where_.join("/"),
         if request.actuator.is_empty() { "(none)" } else { &request.actuator }
     )
-}
-
-/// A stable key sent to flag systems that support idempotency (`Idempotency-Key`).
-pub fn idempotency_key(target: &str, at: Timestamp) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    target.hash(&mut h);
-    format!("fg-{}-{:016x}", at.as_millis(), h.finish())
 }
 
 /// The decision record of an action, for notifications.

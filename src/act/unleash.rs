@@ -14,12 +14,53 @@
 //!   target; Unleash does not range-check it, flagguard does (integer 0–100); an unchanged value
 //!   is not written again (each PATCH is a new event in Unleash's audit log).
 
+use super::verify::VerifyConfig;
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::http::{JsonApi, environment, none, segment};
 use super::{ActError, ActionRequest, Actuator, Applied, FlagState};
-use crate::config::UnleashConfig;
+
+/// Unleash (admin API). A kill turns the environment off; a kill of a slice (`per: [region]`)
+/// disables only the strategies that serve exactly that slice, through the context field
+/// `slices` maps the dimension to (`slices = { region = "region" }`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnleashConfig {
+    /// Base URL, e.g. `https://unleash.example.com`.
+    pub url: String,
+    /// Admin API token or personal access token: `${VAR}` (from the environment) only.
+    pub token: String,
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Telemetry environment → Unleash environment. Unmapped names are used as they are.
+    #[serde(default)]
+    pub environments: BTreeMap<String, String>,
+    /// Environment for a kill whose telemetry has none.
+    #[serde(default)]
+    pub default_environment: Option<String>,
+    /// Dimension → context field name of the strategy constraints that express it.
+    #[serde(default)]
+    pub slices: BTreeMap<String, String>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+impl UnleashConfig {
+    /// Every problem of these settings, as `field.key: message`.
+    pub fn validate(&self, field: &str, errors: &mut Vec<String>) {
+        super::http::check_api(errors, field, &self.url, &self.token);
+        if self.project.is_empty() {
+            errors.push(format!("{field}.project: must not be empty"));
+        }
+    }
+}
+
+fn default_project() -> String {
+    "default".into()
+}
 
 pub struct Unleash {
     api: JsonApi,

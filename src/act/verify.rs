@@ -13,12 +13,53 @@
 //! kill did not fix it, tell the on-call — if `recover_within` passes first with enough requests.
 //! `auto_restore` restores a recovered kill that long after it recovered.
 
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::ActionRequest;
+use crate::action::ActionState;
 use crate::aggregate::Aggregator;
-use crate::config::VerifyConfig;
 use crate::time::Timestamp;
+
+/// `[actuators.NAME.verify]`: how flagguard knows a kill worked, and what it does when not.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// The killed cohort must drain (its share of the flag's evaluations in the kill's scope
+    /// at or below `drain_below`) within this long after the kill is confirmed: SDK caches
+    /// and polling take seconds to minutes. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub drain_within: Duration,
+    /// Default 0.01 (1 % of the flag's evaluations).
+    pub drain_below: f64,
+    /// The share is measured over the last `drain_window` of telemetry. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// After draining, the slice's error rate must come back to its baseline's within this
+    /// long, else the on-call is told the kill did not fix it. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub recover_within: Duration,
+    /// How often a killed flag is read back to notice a human re-enabling it. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub drift_interval: Duration,
+    /// Actuator that gets the kill when this one fails (escalation). Default none.
+    pub fallback: Option<String>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            drain_within: Duration::from_secs(120),
+            drain_below: 0.01,
+            drain_window: Duration::from_secs(5),
+            recover_within: Duration::from_secs(300),
+            drift_interval: Duration::from_secs(15),
+            fallback: None,
+        }
+    }
+}
 
 /// Evaluations needed in the drain window to call a cohort drained before the deadline.
 pub const MIN_EXPOSURES: u64 = 20;
@@ -85,7 +126,7 @@ pub enum Step {
     Wait,
     /// Move to `state` (`drained`, `escalated`, `unverified`, `recovered`, `failed`) with this
     /// evidence; `error` for the failure states.
-    To { state: &'static str, evidence: Value, error: Option<String> },
+    To { state: ActionState, evidence: Value, error: Option<String> },
     /// Queue the restore (`auto_restore`).
     Restore,
 }
@@ -101,10 +142,10 @@ pub fn recovery_target(evidence: &Value) -> Option<f64> {
 }
 
 /// Decides the next step for a watched kill in `state` since `state_since`.
-pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state_since: Timestamp, now: Timestamp, cfg: &VerifyConfig) -> Step {
+pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: ActionState, state_since: Timestamp, now: Timestamp, cfg: &VerifyConfig) -> Step {
     let elapsed = now.since(state_since);
     match state {
-        "sent" | "confirmed" => {
+        ActionState::Sent | ActionState::Confirmed => {
             let from = now.minus(cfg.drain_window).max(state_since);
             let recent = exposure(aggregator, request, from);
             let deadline = elapsed >= cfg.drain_within;
@@ -118,7 +159,7 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
             if request.treatment.is_empty() {
                 return match deadline {
                     true => Step::To {
-                        state: "unverified",
+                        state: ActionState::Unverified,
                         evidence: evidence(seen),
                         error: Some("the kill names no treatment variant (give the alert a `variant` label or the mapping a `variant`, the operator kill a `treatment`): the drain cannot be verified".into()),
                     },
@@ -127,10 +168,10 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
             }
             match seen.share() {
                 Some(share) if (seen.total >= MIN_EXPOSURES || deadline) && share <= cfg.drain_below => {
-                    Step::To { state: "drained", evidence: evidence(seen), error: None }
+                    Step::To { state: ActionState::Drained, evidence: evidence(seen), error: None }
                 }
                 Some(share) if deadline => Step::To {
-                    state: "escalated",
+                    state: ActionState::Escalated,
                     evidence: evidence(seen),
                     error: Some(format!(
                         "the killed cohort did not drain within {}: {:.1} % of the flag's evaluations still serve it (limit {:.1} %) — SDK caches, another flag source, or a kill that did not take",
@@ -140,7 +181,7 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
                     )),
                 },
                 None if deadline => Step::To {
-                    state: "unverified",
+                    state: ActionState::Unverified,
                     evidence: evidence(seen),
                     error: Some(format!(
                         "no evaluation of the flag in scope within {}: the drain cannot be verified",
@@ -150,16 +191,16 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
                 _ => Step::Wait,
             }
         }
-        "drained" => {
+        ActionState::Drained => {
             let (requests, errors) = slice_errors(aggregator, request, state_since);
             let target = recovery_target(&request.evidence);
             let rate = (requests > 0).then(|| errors as f64 / requests as f64);
             let evidence =
                 json!({ "requests": requests, "errors": errors, "error_rate": rate, "target": target, "seconds_since_drain": elapsed.as_secs_f64() });
             match (rate, target) {
-                (Some(r), Some(t)) if requests >= MIN_REQUESTS && r <= t => Step::To { state: "recovered", evidence, error: None },
+                (Some(r), Some(t)) if requests >= MIN_REQUESTS && r <= t => Step::To { state: ActionState::Recovered, evidence, error: None },
                 (Some(r), Some(t)) if requests >= MIN_REQUESTS && elapsed >= cfg.recover_within => Step::To {
-                    state: "failed",
+                    state: ActionState::Failed,
                     evidence,
                     error: Some(format!(
                         "the cohort drained but the slice's error rate is still {:.2} % (target {:.2} %) {} later: the flag may not be the cause",
@@ -171,7 +212,7 @@ pub fn step(aggregator: &Aggregator, request: &ActionRequest, state: &str, state
                 _ => Step::Wait,
             }
         }
-        "recovered" => match request.auto_restore_ms {
+        ActionState::Recovered => match request.auto_restore_ms {
             Some(ms) if elapsed.as_millis() as u64 >= ms => Step::Restore,
             _ => Step::Wait,
         },
@@ -225,12 +266,12 @@ mod tests {
         expose(&mut agg, kill.as_millis() + 6_000, "on", "us-east", 50); // another region
         expose(&mut agg, kill.as_millis() + 6_000, "off", "eu-west", 30);
         let now = kill.plus(Duration::from_secs(12));
-        assert!(matches!(step(&agg, &request(), "confirmed", kill, now, &cfg()), Step::To { state: "drained", .. }));
+        assert!(matches!(step(&agg, &request(), ActionState::Confirmed, kill, now, &cfg()), Step::To { state: ActionState::Drained, .. }));
         expose(&mut agg, kill.as_millis() + 7_000, "on", "eu-west", 5);
-        assert_eq!(step(&agg, &request(), "confirmed", kill, now, &cfg()), Step::Wait, "5 of 35 still served: not drained yet");
+        assert_eq!(step(&agg, &request(), ActionState::Confirmed, kill, now, &cfg()), Step::Wait, "5 of 35 still served: not drained yet");
         let late = kill.plus(Duration::from_secs(61));
-        let Step::To { state, error, .. } = step(&agg, &request(), "confirmed", kill, late, &cfg()) else { panic!() };
-        assert_eq!(state, "escalated");
+        let Step::To { state, error, .. } = step(&agg, &request(), ActionState::Confirmed, kill, late, &cfg()) else { panic!() };
+        assert_eq!(state, ActionState::Escalated);
         assert!(error.unwrap().contains("did not drain"));
     }
 
@@ -238,8 +279,11 @@ mod tests {
     fn no_traffic_at_the_deadline_is_unverified_not_drained() {
         let agg = Aggregator::new(100);
         let kill = Timestamp(1_000_000);
-        assert_eq!(step(&agg, &request(), "sent", kill, kill.plus(Duration::from_secs(30)), &cfg()), Step::Wait);
-        assert!(matches!(step(&agg, &request(), "sent", kill, kill.plus(Duration::from_secs(60)), &cfg()), Step::To { state: "unverified", .. }));
+        assert_eq!(step(&agg, &request(), ActionState::Sent, kill, kill.plus(Duration::from_secs(30)), &cfg()), Step::Wait);
+        assert!(matches!(
+            step(&agg, &request(), ActionState::Sent, kill, kill.plus(Duration::from_secs(60)), &cfg()),
+            Step::To { state: ActionState::Unverified, .. }
+        ));
     }
 
     #[test]
@@ -247,12 +291,16 @@ mod tests {
         let agg = Aggregator::new(10);
         let recovered = Timestamp(1_000_000);
         let manual = request();
-        assert_eq!(step(&agg, &manual, "recovered", recovered, recovered.plus(Duration::from_secs(86_400)), &cfg()), Step::Wait, "manual by default");
-        let auto = ActionRequest { auto_restore_ms: Some(600_000), ..request() };
-        assert_eq!(step(&agg, &auto, "recovered", recovered, recovered.plus(Duration::from_secs(599)), &cfg()), Step::Wait);
-        assert_eq!(step(&agg, &auto, "recovered", recovered, recovered.plus(Duration::from_secs(600)), &cfg()), Step::Restore);
         assert_eq!(
-            step(&agg, &auto, "failed", recovered, recovered.plus(Duration::from_secs(6000)), &cfg()),
+            step(&agg, &manual, ActionState::Recovered, recovered, recovered.plus(Duration::from_secs(86_400)), &cfg()),
+            Step::Wait,
+            "manual by default"
+        );
+        let auto = ActionRequest { auto_restore_ms: Some(600_000), ..request() };
+        assert_eq!(step(&agg, &auto, ActionState::Recovered, recovered, recovered.plus(Duration::from_secs(599)), &cfg()), Step::Wait);
+        assert_eq!(step(&agg, &auto, ActionState::Recovered, recovered, recovered.plus(Duration::from_secs(600)), &cfg()), Step::Restore);
+        assert_eq!(
+            step(&agg, &auto, ActionState::Failed, recovered, recovered.plus(Duration::from_secs(6000)), &cfg()),
             Step::Wait,
             "a kill that did not help is not restored automatically"
         );
@@ -274,9 +322,9 @@ mod tests {
         expose(&mut agg, kill.as_millis() + 6_000, "on", "eu-west", 50);
         let blind = ActionRequest { treatment: vec![], ..request() };
         let now = kill.plus(Duration::from_secs(12));
-        assert_eq!(step(&agg, &blind, "confirmed", kill, now, &cfg()), Step::Wait, "never drained");
-        let Step::To { state, error, .. } = step(&agg, &blind, "confirmed", kill, kill.plus(Duration::from_secs(60)), &cfg()) else { panic!() };
-        assert_eq!(state, "unverified");
+        assert_eq!(step(&agg, &blind, ActionState::Confirmed, kill, now, &cfg()), Step::Wait, "never drained");
+        let Step::To { state, error, .. } = step(&agg, &blind, ActionState::Confirmed, kill, kill.plus(Duration::from_secs(60)), &cfg()) else { panic!() };
+        assert_eq!(state, ActionState::Unverified);
         assert!(error.unwrap().contains("no treatment variant"));
     }
 
@@ -296,6 +344,6 @@ mod tests {
         }
         let resolved = ActionRequest { environment: Some("production".into()), ..request() };
         let now = kill.plus(Duration::from_secs(12));
-        assert!(matches!(step(&agg, &resolved, "confirmed", kill, now, &cfg()), Step::To { state: "drained", .. }));
+        assert!(matches!(step(&agg, &resolved, ActionState::Confirmed, kill, now, &cfg()), Step::To { state: ActionState::Drained, .. }));
     }
 }

@@ -8,14 +8,120 @@
 //! is exactly `"{percent}"` becomes the number); an optional `read_back` request checks the
 //! result (a JSON pointer into its answer).
 
+use super::verify::VerifyConfig;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::retry::parse_retry_after;
 use super::{ActError, ActionKind, ActionRequest, Actuator, Applied, FlagState};
-use crate::config::{ReadBackConfig, WebhookConfig};
+
+/// A generic webhook. Placeholders `{flag}`, `{variant}`, `{control}`, `{rule}`, `{environment}`,
+/// `{region}`, `{service}`, `{action}` are replaced in the URL (percent-encoded) and in the
+/// body's strings; a body string that is exactly `"{evidence}"` becomes the decision record.
+/// `${VAR}` in headers and URL is read from the environment at start (missing → config error).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// HTTP method. Default `POST`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body template for a kill. Default (`act::webhook::DEFAULT_BODY`):
+    /// `{"flag":"{flag}","variant":"{variant}","control":"{control}","enabled":false,"rule":"{rule}","environment":"{environment}","region":"{region}","evidence":"{evidence}"}`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Body template of a restore (`{action}` = `restore`). Default none: no restore.
+    #[serde(default)]
+    pub restore_body: Option<String>,
+    /// Body template of a rollout change; `"{percent}"` becomes the number. Default none.
+    #[serde(default)]
+    pub rollout_body: Option<String>,
+    /// Optional read-back: a request whose JSON answer says whether the flag is off.
+    #[serde(default)]
+    pub read_back: Option<ReadBackConfig>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+impl WebhookConfig {
+    /// Every problem of these settings, as `field.key: message`.
+    pub fn validate(&self, field: &str, errors: &mut Vec<String>) {
+        if reqwest::Method::from_bytes(self.method.as_bytes()).is_err() {
+            errors.push(format!("{field}.method: {:?} is not an HTTP method", self.method));
+        }
+        // Secrets stay as `${VAR}` in the configuration (which is audited); the actuator
+        // expands them when it is built.
+        match crate::secrets::expand_env(&self.url) {
+            Ok(url) => {
+                if let Err(e) = reqwest::Url::parse(&url.replace(['{', '}'], "")) {
+                    errors.push(format!("{field}.url: {:?} is not a URL ({e})", self.url));
+                }
+            }
+            Err(var) => errors.push(format!("{field}.url: environment variable {var} is not set")),
+        }
+        for (header, value) in self.headers.iter() {
+            if let Err(var) = crate::secrets::expand_env(value) {
+                errors.push(format!("{field}.headers.{header}: environment variable {var} is not set"));
+            }
+            if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                errors.push(format!("{field}.headers.{header}: not a valid header name"));
+            }
+        }
+        if let Some(body) = &self.body
+            && let Err(e) = serde_json::from_str::<serde_json::Value>(body)
+        {
+            errors.push(format!("{field}.body: not valid JSON ({e})"));
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// A `POST url` webhook with the default body and nothing else.
+    pub fn to(url: &str) -> WebhookConfig {
+        WebhookConfig {
+            method: default_method(),
+            url: url.into(),
+            headers: BTreeMap::new(),
+            body: None,
+            restore_body: None,
+            rollout_body: None,
+            read_back: None,
+            verify: VerifyConfig::default(),
+        }
+    }
+}
+
+/// A webhook's read-back: `GET url` (placeholders as in the kill), then the JSON value at
+/// `pointer` (RFC 6901, e.g. `/enabled`) equals `killed_value` when the flag is off.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBackConfig {
+    #[serde(default = "default_get")]
+    pub method: String,
+    pub url: String,
+    pub pointer: String,
+    #[serde(default = "default_killed_value")]
+    pub killed_value: serde_json::Value,
+    /// Pointer to the rollout percentage in the same answer (optional).
+    #[serde(default)]
+    pub rollout_pointer: Option<String>,
+}
+
+fn default_get() -> String {
+    "GET".into()
+}
+
+fn default_killed_value() -> serde_json::Value {
+    serde_json::Value::Bool(false)
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
 
 /// The default kill body when none is configured.
 pub const DEFAULT_BODY: &str = r#"{"flag":"{flag}","variant":"{variant}","control":"{control}","enabled":false,"rule":"{rule}","environment":"{environment}","region":"{region}","evidence":"{evidence}"}"#;
@@ -44,10 +150,10 @@ impl Webhook {
         let method = reqwest::Method::from_bytes(config.method.as_bytes()).map_err(|e| e.to_string())?;
         let body_text = config.body.as_deref().unwrap_or(DEFAULT_BODY);
         let body = serde_json::from_str(body_text).map_err(|e| e.to_string())?;
-        let url = crate::config::expand_env(&config.url).map_err(|var| format!("environment variable {var} is not set"))?;
+        let url = crate::secrets::expand_env(&config.url).map_err(|var| format!("environment variable {var} is not set"))?;
         let mut headers = BTreeMap::new();
         for (name, value) in &config.headers {
-            headers.insert(name.clone(), crate::config::expand_env(value).map_err(|var| format!("environment variable {var} is not set"))?);
+            headers.insert(name.clone(), crate::secrets::expand_env(value).map_err(|var| format!("environment variable {var} is not set"))?);
         }
         let uses = ["service", "environment", "region", "cohort"]
             .into_iter()
@@ -58,7 +164,7 @@ impl Webhook {
             None => None,
             Some(rb) => {
                 let method = reqwest::Method::from_bytes(rb.method.as_bytes()).map_err(|e| e.to_string())?;
-                let url = crate::config::expand_env(&rb.url).map_err(|var| format!("environment variable {var} is not set"))?;
+                let url = crate::secrets::expand_env(&rb.url).map_err(|var| format!("environment variable {var} is not set"))?;
                 Some((method, url, rb.clone()))
             }
         };
@@ -87,11 +193,11 @@ impl Webhook {
         for (name, value) in &self.headers {
             call = call.header(name, value);
         }
-        let response = call.send().await.map_err(transport_error)?;
+        let response = call.send().await.map_err(super::http::transport_error)?;
         let status = response.status();
         let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()));
         let text = response.text().await.unwrap_or_default();
-        classify(status, retry_after, &text)?;
+        super::http::classify(status, retry_after, &text)?;
         let reply = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.chars().take(1000).collect()));
         Ok(Applied {
             before: Some(json!({ "serving": true })),
@@ -157,23 +263,6 @@ pub fn render(template: &Value, values: &[(&'static str, String)], evidence: &Va
     }
 }
 
-/// Classifies an HTTP status: 2xx ok; 408, 425, 429, 5xx transient; other 4xx permanent.
-pub fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &str) -> Result<(), ActError> {
-    let snippet: String = body.chars().take(300).collect();
-    match status.as_u16() {
-        200..=299 => Ok(()),
-        408 | 425 | 429 | 500..=599 => Err(ActError::Transient { message: format!("HTTP {status}: {snippet}"), retry_after }),
-        _ => Err(ActError::Permanent(format!("HTTP {status}: {snippet}"))),
-    }
-}
-
-/// Maps a transport error: timeouts and connection failures are transient.
-pub fn transport_error(e: reqwest::Error) -> ActError {
-    // Without the URL: it may hold a secret (`${VAR}` in a webhook or notification URL).
-    let e = e.without_url();
-    if e.is_builder() { ActError::Permanent(format!("bad request: {e}")) } else { ActError::transient(format!("{e}")) }
-}
-
 #[async_trait::async_trait]
 impl Actuator for Webhook {
     fn unexpressible(&self, scope: &[(String, String)]) -> Option<String> {
@@ -206,10 +295,10 @@ impl Actuator for Webhook {
         for (name, value) in &self.headers {
             call = call.header(name, value);
         }
-        let response = call.send().await.map_err(transport_error)?;
+        let response = call.send().await.map_err(super::http::transport_error)?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
-        classify(status, None, &text).map_err(|e| match e {
+        super::http::classify(status, None, &text).map_err(|e| match e {
             ActError::Permanent(m) => ActError::Permanent(format!("read back: {m}")),
             other => other,
         })?;
@@ -224,6 +313,7 @@ impl Actuator for Webhook {
 mod tests {
     use super::*;
     use crate::act::ActionKind;
+    use std::time::Duration;
 
     fn request() -> ActionRequest {
         ActionRequest {
@@ -293,10 +383,13 @@ mod tests {
     #[test]
     fn status_classes() {
         use reqwest::StatusCode as S;
-        assert!(classify(S::OK, None, "").is_ok());
-        assert!(matches!(classify(S::SERVICE_UNAVAILABLE, None, ""), Err(ActError::Transient { .. })));
-        assert!(matches!(classify(S::TOO_MANY_REQUESTS, Some(Duration::from_secs(2)), ""), Err(ActError::Transient { retry_after: Some(_), .. })));
-        assert!(matches!(classify(S::UNAUTHORIZED, None, ""), Err(ActError::Permanent(_))));
-        assert!(matches!(classify(S::NOT_FOUND, None, ""), Err(ActError::Permanent(_))));
+        assert!(crate::act::http::classify(S::OK, None, "").is_ok());
+        assert!(matches!(crate::act::http::classify(S::SERVICE_UNAVAILABLE, None, ""), Err(ActError::Transient { .. })));
+        assert!(matches!(
+            crate::act::http::classify(S::TOO_MANY_REQUESTS, Some(Duration::from_secs(2)), ""),
+            Err(ActError::Transient { retry_after: Some(_), .. })
+        ));
+        assert!(matches!(crate::act::http::classify(S::UNAUTHORIZED, None, ""), Err(ActError::Permanent(_))));
+        assert!(matches!(crate::act::http::classify(S::NOT_FOUND, None, ""), Err(ActError::Permanent(_))));
     }
 }

@@ -48,6 +48,11 @@ impl Source {
     pub fn parse(name: &str) -> Option<Source> {
         Source::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// Whether the source signs its webhooks (HMAC secrets apply; see `auth`).
+    pub fn signs(self) -> bool {
+        matches!(self, Source::Grafana | Source::Pagerduty | Source::Generic)
+    }
 }
 
 impl fmt::Display for Source {

@@ -1,7 +1,7 @@
 //! Actions: list them with their state, read one with its timeline (every audit record of the
 //! action, oldest first), and the operator's actions — restore a kill, kill a flag by hand,
 //! change a rollout — which go through the same outbox, read-back and audit path as automatic
-//! ones. Without access control yet (#7) the API binds loopback by default.
+//! ones, through the one door (`act::outbox`). Every route is authorised (`api::auth`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -23,7 +23,7 @@ pub fn actor(caller: Option<Extension<Caller>>, claimed: Option<String>) -> Stri
     }
 }
 use crate::act::{ActionKind, ActionRequest};
-use crate::store::AuditEntry;
+use crate::action::ActionState;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Unavailable(e.to_string()))
@@ -67,28 +67,17 @@ pub async fn restore(
     let Json(body) = body.unwrap_or_default();
     let actor = actor(caller, body.actor.clone());
     let now = s.clock.now();
-    let store = s.store.clone();
+    let outbox = s.outbox.clone();
     let outcome = blocking(move || -> Result<Result<(i64, &'static str), ApiError>, crate::store::StoreError> {
-        let Some(kill) = store.action(id)? else { return Ok(Err(ApiError::NotFound(format!("no action {id}")))) };
-        match kill.state.as_str() {
-            "overridden" => {
-                let audit = AuditEntry {
-                    at: now,
-                    actor: actor.clone(),
-                    kind: "kill_restored".into(),
-                    target: Some(kill.target.clone()),
-                    after: Some(json!({ "acknowledged_drift": true, "reason": body.reason })),
-                    ..AuditEntry::default()
-                };
-                store.transition(id, &["overridden"], "restored", None, &audit)?;
-                if let Some(slice) = kill.request.get("slice_key").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
-                    store.clear_cooldown(slice)?;
-                }
+        let Some(kill) = outbox.store().action(id)? else { return Ok(Err(ApiError::NotFound(format!("no action {id}")))) };
+        match kill.state {
+            ActionState::Overridden => {
+                outbox.acknowledge_drift(&kill, &actor, body.reason.as_deref(), now)?;
                 Ok(Ok((id, "acknowledged")))
             }
-            "pending" => Ok(Err(ApiError::Conflict(format!("action {id} is still pending; a restore can follow once it is done")))),
-            "restored" | "superseded" => Ok(Err(ApiError::Conflict(format!("action {id} is {}", kill.state)))),
-            _ => Ok(crate::act::submit_restore(&store, &kill, &actor, body.reason.clone(), now)?.map(|r| (r, "queued")).map_err(ApiError::Conflict)),
+            ActionState::Pending => Ok(Err(ApiError::Conflict(format!("action {id} is still pending; a restore can follow once it is done")))),
+            ActionState::Restored | ActionState::Superseded => Ok(Err(ApiError::Conflict(format!("action {id} is {}", kill.state)))),
+            _ => Ok(outbox.restore(&kill, &actor, body.reason.clone(), now)?.map(|r| (r, "queued")).map_err(ApiError::Conflict)),
         }
     })
     .await??;
@@ -146,31 +135,8 @@ fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target, acto
 
 async fn queue(s: &ApiState, request: ActionRequest) -> Result<Response, ApiError> {
     let now = s.clock.now();
-    let target = request.target();
-    let actor = request.actor.clone().unwrap_or_default();
-    let kind = request.kind.as_str();
-    let audit = AuditEntry {
-        at: now,
-        actor,
-        kind: format!("{kind}_decided"),
-        target: Some(target.clone()),
-        after: Some(json!({ "percent": request.percent, "reason": request.reason })),
-        evidence: Some(request.evidence.clone()),
-        ..AuditEntry::default()
-    };
-    let key = crate::act::idempotency_key(&format!("{kind}|{target}"), now);
-    let value = serde_json::to_value(&request).unwrap_or_default();
-    let store = s.store.clone();
-    let outcome = if request.kind == ActionKind::Kill {
-        blocking(move || {
-            store.submit(&target, "kill", &value, &key, "", &audit).map(|sub| match sub {
-                crate::store::Submitted::New(id) | crate::store::Submitted::Joined(id) | crate::store::Submitted::Suppressed(id) => Ok(id),
-            })
-        })
-        .await??
-    } else {
-        blocking(move || store.submit_operator(&target, kind, &value, &key, &audit)).await??
-    };
+    let outbox = s.outbox.clone();
+    let outcome = blocking(move || outbox.operator(&request, now)).await??;
     let id = outcome.map_err(ApiError::Conflict)?;
     s.wake.notify_one();
     Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "action": id }))).into_response())
@@ -224,12 +190,12 @@ pub async fn restore_flag(
     let mut newest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
     // The newest kill of each target of the flag decides whether that target is still held.
     for row in &rows {
-        let (_, _, env, scope) = crate::store::target_parts(&row.target);
-        let region_ok = body.region.as_deref().is_none_or(|r| scope.split(',').any(|kv| kv == format!("region={r}")));
-        if body.environment.as_deref().is_some_and(|e| e != env) || !region_ok {
+        let target = crate::action::Target::parse(&row.target);
+        let region_ok = body.region.as_deref().is_none_or(|r| target.slice.get("region") == Some(r));
+        if body.environment.as_deref().is_some_and(|e| e != target.environment.as_deref().unwrap_or("*")) || !region_ok {
             continue;
         }
-        newest.insert(row.target.clone(), if crate::store::HOLDING.contains(&row.state.as_str()) { row.id } else { 0 });
+        newest.insert(row.target.clone(), if row.state.holds() { row.id } else { 0 });
     }
     let ids: Vec<i64> = newest.values().copied().filter(|id| *id > 0).collect();
     match ids.as_slice() {

@@ -1,5 +1,6 @@
-//! `POST /v1/alerts/{source}`: authenticate on the raw bytes, parse, dedupe, map, and write the
-//! resulting actions to the outbox before answering (PagerDuty wants 2xx within 5 s: the flag
+//! `POST /v1/alerts/{source}`: authenticate on the raw bytes, parse, map, and hand each alert to
+//! the outbox door (`act::outbox::Outbox::alert`: dedupe, hold, dry-run, kill, notify) before
+//! answering (PagerDuty wants 2xx within 5 s: the flag
 //! system is called afterwards by the executor). Each route has its own credentials, body limit
 //! and rate limit; a source without configuration is not served.
 
@@ -16,14 +17,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
-use crate::act::{alert_request, idempotency_key};
+use crate::act::outbox::{AlertDelivery, AlertResult, Outbox};
 use crate::aggregate::snapshot::Snapshot;
 use crate::alerts::auth::{SourceAuth, verify};
-use crate::alerts::mapping::{self, AlertMapping, Unmapped};
+use crate::alerts::mapping::{self, AlertMapping};
 use crate::alerts::{AlertError, AlertStatus, Source, sources};
 use crate::config::{AlertSourceConfig, expand_env};
-use crate::rules::Mode;
-use crate::store::{AuditEntry, NewAction, Store, Submitted};
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
 
@@ -77,12 +76,11 @@ impl Bucket {
 pub struct AlertsState {
     pub routes: Arc<HashMap<Source, Route>>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub store: Store,
+    /// The alert → kill policy lives behind this door ([`Outbox::alert`]).
+    pub outbox: Outbox,
     pub wake: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    /// Whether `act.notify_url` is set: alert-driven kills and dry-runs are then notified.
-    pub notify: bool,
 }
 
 /// Builds the enabled routes from `[alerts.SOURCE]` (validated: names known, secrets set).
@@ -142,126 +140,29 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
     };
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let mappings = state.snapshots.borrow().rule_set.alerts.clone();
-    let store = state.store.clone();
+    let outbox = state.outbox.clone();
     let metrics = state.metrics.clone();
     let direct = route.direct.clone();
-    let notify = state.notify;
     let outcome = tokio::task::spawn_blocking(move || {
         let mut report = Report { alerts: alerts.len(), ..Report::default() };
         for (index, alert) in alerts.iter().enumerate() {
             Metrics::count(&metrics.alerts_received, &[("source", source.name()), ("status", alert.status.metric_label())]);
-            let received = AuditEntry {
-                at: now,
-                actor: format!("alert:{source}"),
-                kind: "alert_received".into(),
-                evidence: Some(json!({ "alert": alert, "digest": digest })),
-                ..AuditEntry::default()
-            };
             let target = match alert.status {
                 AlertStatus::Firing => Some(mapping::map(alert, &mappings, direct.as_ref())),
                 // Resolved alerts never restore a flag: recorded only.
                 _ => None,
             };
-            let planned = match &target {
-                Some(Ok(t)) => {
-                    let request = alert_request(t, alert, &digest);
-                    Some((t.clone(), request.target(), serde_json::to_value(&request).unwrap_or(Value::Null)))
-                }
-                _ => None,
-            };
-            let slice_key;
-            let mut held = None;
-            let idem;
-            let audit;
-            let action = match &planned {
-                Some((t, target_key, request)) => {
-                    slice_key = format!("alert/{}/{target_key}", t.mapping);
-                    idem = idempotency_key(target_key, now);
-                    held = match t.mode {
-                        Mode::Enforce => store.controls()?.hold(&t.flag, Some(&format!("alert:{}", t.mapping)), now),
-                        Mode::DryRun => None,
-                    };
-                    let enforce = t.mode == Mode::Enforce && held.is_none();
-                    let kind = match (t.mode, &held) {
-                        (Mode::Enforce, None) => "kill_decided",
-                        (Mode::Enforce, Some(_)) => "kill_held",
-                        (Mode::DryRun, _) => "kill_dry_run",
-                    };
-                    audit = AuditEntry {
-                        after: held.as_ref().map(|why| json!({ "held": why })),
-                        at: now,
-                        actor: format!("alert:{source}"),
-                        kind: kind.into(),
-                        rule: Some(format!("alert:{}", t.mapping)),
-                        target: Some(target_key.clone()),
-                        evidence: Some(request["evidence"].clone()),
-                        ..AuditEntry::default()
-                    };
-                    Some(NewAction {
-                        target: target_key,
-                        kind: if enforce { "kill" } else { "" },
-                        request,
-                        idempotency_key: &idem,
-                        slice_key: &slice_key,
-                        audit: &audit,
-                    })
-                }
-                None => None,
-            };
-            // A delivery is remembered under what came of it: one that was held, unmapped or
-            // dry-run does not make the sender's next re-delivery a duplicate once the control
-            // is lifted, the mapping fixed or set to enforce — that one acts.
-            let status = match (&target, &held) {
-                (_, Some(_)) => "firing-held",
-                (Some(Err(_)), _) => "firing-unmapped",
-                (Some(Ok(t)), _) if t.mode == Mode::DryRun => "firing-dry-run",
-                _ => alert.status.label(),
-            };
-            // A payload without any id (a custom template) is keyed by its own content, so
-            // alerts of one source never all collide on the empty key.
-            let dedup_key = match alert.dedup_key.as_str() {
-                "" => format!("{digest}#{index}"),
-                key => key.to_owned(),
-            };
-            let outcome = store.accept_alert(source.name(), &dedup_key, status, &received, action.as_ref())?;
-            if outcome.duplicate {
-                report.duplicates += 1;
-                continue;
-            }
-            match (&target, outcome.submitted) {
-                (None, _) => report.not_firing += 1,
-                (Some(Err(why)), _) => {
-                    let why = match why {
-                        Unmapped::NoMapping => format!("{}: no mapping matches (and the source may not name flags directly)", dedup_key),
-                        Unmapped::MissingLabel { mapping, label } => format!("{}: mapping {mapping} needs label {label}", dedup_key),
-                    };
-                    store.audit(&AuditEntry {
-                        at: now,
-                        actor: format!("alert:{source}"),
-                        kind: "alert_unmapped".into(),
-                        evidence: Some(json!({ "alert": alert, "why": why })),
-                        ..AuditEntry::default()
-                    })?;
-                    report.unmapped.push(why);
-                }
-                (Some(Ok(t)), submitted) => {
-                    if notify && !matches!(submitted, Some(Submitted::Joined(_))) {
-                        let verb = match (t.mode, &held) {
-                            (Mode::Enforce, None) => "flagguard is killing".to_owned(),
-                            (Mode::Enforce, Some(why)) => format!("[held: {why}] flagguard would kill"),
-                            (Mode::DryRun, _) => "[dry-run] flagguard would kill".to_owned(),
-                        };
-                        let scope: Vec<String> = t.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        let text =
-                            format!("{verb} {} ({}) via {} on alert {} from {source} (mapping {})", t.flag, scope.join(","), t.actuator, dedup_key, t.mapping);
-                        crate::act::notify::enqueue(&store, &text, &json!({ "rule": format!("alert:{}", t.mapping), "verdict": "alert" }), now)?;
-                    }
-                    let (id, joined) = match submitted {
-                        Some(Submitted::New(id)) => (Some(id), false),
-                        Some(Submitted::Joined(id)) | Some(Submitted::Suppressed(id)) => (Some(id), true),
-                        None => (None, false),
-                    };
-                    report.actions.push(json!({ "flag": t.flag, "via": t.actuator, "mode": t.mode.as_str(), "action_id": id, "joined": joined, "held": held }));
+            let mapped = target.as_ref().and_then(|t| t.as_ref().ok()).cloned();
+            let delivery = AlertDelivery { source: source.name(), alert, target, digest: &digest, index, at: now };
+            match outbox.alert(&delivery)? {
+                AlertResult::Duplicate => report.duplicates += 1,
+                AlertResult::NotFiring => report.not_firing += 1,
+                AlertResult::Unmapped(why) => report.unmapped.push(why),
+                AlertResult::Mapped { action, joined, held } => {
+                    let Some(t) = mapped else { continue };
+                    report
+                        .actions
+                        .push(json!({ "flag": t.flag, "via": t.actuator, "mode": t.mode.as_str(), "action_id": action, "joined": joined, "held": held }));
                 }
             }
         }

@@ -48,7 +48,11 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": self.to_string() })),
+            // The store's own text (SQL, paths) stays in the log: the caller learns it failed.
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "API call failed in the store");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error in the store; see flagguard's log" }))
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": self.to_string() })),
             ApiError::InvalidRules(errors) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid rules; the previous rules stay active", "errors": errors }))
@@ -65,7 +69,10 @@ impl IntoResponse for ApiError {
 #[derive(Clone)]
 pub struct ApiState {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Reads (the audit log, actions, plans).
     pub store: Store,
+    /// Every action an operator asks for.
+    pub outbox: crate::act::outbox::Outbox,
     pub metrics: Arc<Metrics>,
     pub commands: mpsc::Sender<Command>,
     pub ready: Arc<AtomicBool>,

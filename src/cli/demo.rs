@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::traffic::{self, Request};
+use crate::act::flagd::FlagdConfig;
 use crate::app::App;
-use crate::config::{ActuatorConfig, Config, ConfigFile, FlagdConfig};
+use crate::config::{ActuatorConfig, Config, ConfigFile};
 use crate::time::{SystemClock, Timestamp};
 
 const FLAG: &str = "checkout-v2";

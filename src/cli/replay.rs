@@ -73,7 +73,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
         Correlator::new(CorrelateSettings { trace_idle: c.trace_idle, tombstone_ttl: c.tombstone_ttl, max_traces: c.max_traces }),
         Aggregator::new(config.aggregate.max_series),
         engine,
-        store,
+        crate::act::outbox::Outbox::new(store, false),
         Arc::new(Metrics::new()),
         clock.clone(),
         Arc::new(Notify::new()),
@@ -84,7 +84,6 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
             reload_interval: Duration::from_secs(u64::MAX / 4_000),
             rules_dir: rules_dir.into(),
             actuators: BTreeSet::new(),
-            notify: false,
             verify: Default::default(),
             audit_retention: None,
         },
@@ -102,7 +101,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
             tick_count += 1;
             let decisions = pipeline.on_tick(next_tick, tick_count.is_multiple_of(ticks_per_full));
             let mut batch: Vec<String> = pipeline
-                .engine
+                .engine_mut()
                 .take_recorded()
                 .into_iter()
                 .map(|t| {
@@ -152,7 +151,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
     }
     run_ticks_until(end, &mut pipeline, &mut lines);
     let mut out = String::new();
-    let rule_count = pipeline.engine.rules().rules.len();
+    let rule_count = pipeline.engine().rules().rules.len();
     let _ = writeln!(
         out,
         "replay: {} requests ({spans} spans, {logs} log records) from {} to {} ({}), {rule_count} rule(s), dry-run",

@@ -4,13 +4,12 @@
 
 pub mod file;
 
+pub use crate::secrets::expand_env;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use file::{
-    ActuatorConfig, AlertSourceConfig, ConfigFile, FlagdConfig, FlagsmithApi, FlagsmithConfig, LaunchDarklyConfig, ReadBackConfig, TokenConfig, UnleashConfig,
-    VerifyConfig, WebhookConfig,
-};
+pub use file::{ActuatorConfig, AlertSourceConfig, ConfigFile, TokenConfig, VerifyConfig};
 
 /// The shortest alert bearer token or HMAC secret accepted (after `${VAR}` expansion).
 pub const MIN_ALERT_SECRET: usize = 16;
@@ -96,67 +95,10 @@ impl Config {
         }
         for (name, actuator) in file.actuators.iter_mut() {
             let field = format!("actuators.{name}");
-            if name == crate::act::notify::NOTIFIER {
+            if name == crate::action::NOTIFIER {
                 errors.push(format!("{field}: the name {name:?} is reserved for act.notify_url"));
             }
-            match actuator {
-                ActuatorConfig::Webhook(w) => {
-                    if http::Method::from_bytes(w.method.as_bytes()).is_err() {
-                        errors.push(format!("{field}.method: {:?} is not an HTTP method", w.method));
-                    }
-                    // Secrets stay as `${VAR}` in the configuration (which is audited); the
-                    // actuator expands them when it is built.
-                    match expand_env(&w.url) {
-                        Ok(url) => {
-                            if let Err(e) = reqwest::Url::parse(&url.replace(['{', '}'], "")) {
-                                errors.push(format!("{field}.url: {:?} is not a URL ({e})", w.url));
-                            }
-                        }
-                        Err(var) => errors.push(format!("{field}.url: environment variable {var} is not set")),
-                    }
-                    for (header, value) in w.headers.iter() {
-                        if let Err(var) = expand_env(value) {
-                            errors.push(format!("{field}.headers.{header}: environment variable {var} is not set"));
-                        }
-                        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                            errors.push(format!("{field}.headers.{header}: not a valid header name"));
-                        }
-                    }
-                    if let Some(body) = &w.body
-                        && let Err(e) = serde_json::from_str::<serde_json::Value>(body)
-                    {
-                        errors.push(format!("{field}.body: not valid JSON ({e})"));
-                    }
-                }
-                ActuatorConfig::Flagd(f) => {
-                    if f.path.as_os_str().is_empty() {
-                        errors.push(format!("{field}.path: must not be empty"));
-                    }
-                }
-                ActuatorConfig::Unleash(c) => {
-                    check_api(&mut errors, &field, &c.url, &c.token);
-                    if c.project.is_empty() {
-                        errors.push(format!("{field}.project: must not be empty"));
-                    }
-                }
-                ActuatorConfig::Launchdarkly(c) => {
-                    check_api(&mut errors, &field, &c.url, &c.token);
-                    if c.project.is_empty() {
-                        errors.push(format!("{field}.project: must not be empty"));
-                    }
-                }
-                ActuatorConfig::Flagsmith(c) => {
-                    check_api(&mut errors, &field, &c.url, &c.token);
-                    if c.environments.is_empty() {
-                        errors.push(format!("{field}.environments: map each telemetry environment to its Flagsmith environment key"));
-                    }
-                    for key in c.segments.keys() {
-                        if !key.contains('=') {
-                            errors.push(format!("{field}.segments.{key}: keys are DIMENSION=VALUE, e.g. \"region=eu-west\""));
-                        }
-                    }
-                }
-            }
+            actuator.validate(&field, &mut errors);
             let verify = actuator.verify();
             if !(0.0..=1.0).contains(&verify.drain_below) {
                 errors.push(format!("{field}.verify.drain_below: must be in [0, 1], got {}", verify.drain_below));
@@ -189,11 +131,11 @@ impl Config {
         for (name, source) in &file.alerts {
             let field = format!("alerts.{name}");
             let Some(kind) = crate::alerts::Source::parse(name) else {
-                errors.push(format!("{field}: unknown alert source (one of alertmanager, grafana, datadog, newrelic, dynatrace, pagerduty, generic)"));
+                let known: Vec<&str> = crate::alerts::Source::ALL.iter().map(|s| s.name()).collect();
+                errors.push(format!("{field}: unknown alert source (one of {})", known.join(", ")));
                 continue;
             };
-            let signs = matches!(kind, crate::alerts::Source::Grafana | crate::alerts::Source::Pagerduty | crate::alerts::Source::Generic);
-            if !source.hmac_secrets.is_empty() && !signs {
+            if !source.hmac_secrets.is_empty() && !kind.signs() {
                 errors.push(format!("{field}.hmac_secrets: {name} cannot sign its webhooks; use bearer_token or basic credentials"));
             }
             if source.bearer_token.is_none() && source.basic_user.is_none() && source.hmac_secrets.is_empty() {
@@ -320,38 +262,6 @@ fn config_env() -> config::Map<String, String> {
             TOP_LEVEL.contains(&first.as_str())
         })
         .collect()
-}
-
-/// A flag-system API actuator: a URL, and a token that comes from the environment
-/// (`${VAR}`) so that it never sits in a file that is audited or committed.
-fn check_api(errors: &mut Vec<String>, field: &str, url: &str, token: &str) {
-    if let Err(e) = reqwest::Url::parse(url) {
-        errors.push(format!("{field}.url: {url:?} is not a URL ({e})"));
-    }
-    if !token.contains("${") {
-        errors.push(format!("{field}.token: give the credential as ${{VAR}} (read from the environment), not literally"));
-    } else if let Err(var) = expand_env(token) {
-        errors.push(format!("{field}.token: environment variable {var} is not set"));
-    }
-}
-
-/// Replaces `${VAR}` with the environment variable's value; returns the missing name.
-pub fn expand_env(value: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = &after[..end];
-        out.push_str(&std::env::var(name).map_err(|_| name.to_owned())?);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! The progression shell, run by the pipeline on every full tick (it owns the windows and the
-//! verdicts): for each plan instance, read its state from the store, settle the action in
-//! flight, ask the gate, decide with [`super::next`], submit the rollout change or the kill
-//! through the outbox, and write the new state with its audit record.
+//! The progression shell, run by the pipeline on every full tick with what it needs (the
+//! outbox door, the windows, the snapshot just published): for each plan instance, read its
+//! state from the store, settle the action in flight, ask the gate, decide with
+//! [`super::next`], submit the rollout change or the kill through the outbox, and write the
+//! new state with its audit record.
 
 use serde_json::json;
 
 use super::{Next, Plan, PlanState, Status};
+use crate::act::outbox::Outbox;
 use crate::act::{ActionKind, ActionRequest};
+use crate::action::ActionState;
+use crate::aggregate::Aggregator;
 use crate::aggregate::snapshot::Snapshot;
-use crate::pipeline::Pipeline;
 use crate::rules::gate::{Decision, GateQuery, decide};
 use crate::store::{AuditEntry, StoreError};
 use crate::time::Timestamp;
@@ -39,17 +42,21 @@ fn audit(state: &PlanState, kind: &str, now: Timestamp, after: serde_json::Value
     }
 }
 
-impl Pipeline {
+/// What moving the plans needs, lent by the pipeline for one tick.
+pub struct Progress<'a> {
+    pub outbox: &'a Outbox,
+    pub aggregator: &'a Aggregator,
+    pub snapshot: &'a Snapshot,
+    /// Wakes the executor after an action is queued.
+    pub wake: &'a tokio::sync::Notify,
+}
+
+impl Progress<'_> {
     /// Moves every running plan instance one decision forward.
-    pub fn progress(&mut self, now: Timestamp) {
-        let plans = self.engine.rules().rollouts.clone();
-        if plans.is_empty() {
-            return;
-        }
-        let snapshot = self.snapshots.borrow().clone();
-        for plan in &plans {
+    pub fn run(&self, plans: &[Plan], now: Timestamp) {
+        for plan in plans {
             for region in plan.instances() {
-                if let Err(e) = self.progress_one(plan, region.as_deref(), &snapshot, now) {
+                if let Err(e) = self.progress_one(plan, region.as_deref(), self.snapshot, now) {
                     tracing::error!(error = %e, plan = %plan.name, "cannot record the rollout step; it is retried next tick");
                 }
             }
@@ -69,21 +76,22 @@ impl Pipeline {
     ) -> Result<(), StoreError> {
         let entry = kind.map(|k| audit(state, k, now, detail));
         let value = serde_json::to_value(state).unwrap_or_default();
-        if !self.store.save_plan_if(&state.key, expected.as_ref(), &value, entry.as_ref())? {
+        if !self.outbox.store().save_plan_if(&state.key, expected.as_ref(), &value, entry.as_ref())? {
             tracing::info!(plan = %state.plan, key = %state.key, "the plan was changed by an operator meanwhile; not overwritten");
             return Ok(());
         }
         *expected = Some(value);
-        if let (Some(text), true) = (notify, self.settings.notify) {
-            crate::act::notify::enqueue(&self.store, &text, &json!({ "rule": format!("rollout:{}", state.plan), "plan": state }), now)?;
-            self.wake_executor.notify_one();
+        if let Some(text) = notify
+            && self.outbox.notify(&text, &json!({ "rule": format!("rollout:{}", state.plan), "plan": state }), now)?
+        {
+            self.wake.notify_one();
         }
         Ok(())
     }
 
-    fn progress_one(&mut self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
+    fn progress_one(&self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
         let key = plan.key(region);
-        let mut expected = self.store.plan_state(&key)?;
+        let mut expected = self.outbox.store().plan_state(&key)?;
         let mut state = match expected.clone().and_then(|v| serde_json::from_value::<PlanState>(v).ok()) {
             Some(s) => s,
             None => {
@@ -101,11 +109,11 @@ impl Pipeline {
         let why = answer["why"].as_array().map(|w| w.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default();
 
         if let Some(id) = state.action {
-            let row = self.store.action(id)?;
-            match row.as_ref().map(|r| r.state.as_str()) {
-                Some("pending") if gate != Decision::Rollback => return Ok(()),
-                Some("pending") => {}
-                Some("confirmed" | "sent") if state.target_step.is_some_and(|to| to >= plan.steps.len()) => {
+            let row = self.outbox.store().action(id)?;
+            match row.as_ref().map(|r| r.state) {
+                Some(ActionState::Pending) if gate != Decision::Rollback => return Ok(()),
+                Some(ActionState::Pending) => {}
+                Some(ActionState::Confirmed | ActionState::Sent) if state.target_step.is_some_and(|to| to >= plan.steps.len()) => {
                     // The plan was edited to fewer steps while this one was in flight.
                     state.status = Status::Paused;
                     state.action = None;
@@ -113,7 +121,7 @@ impl Pipeline {
                     self.save(&mut expected, &state, Some("rollout_paused"), now, json!({ "action": id }), None)?;
                     return Ok(());
                 }
-                Some("confirmed" | "sent") => {
+                Some(ActionState::Confirmed | ActionState::Sent) => {
                     let to = state.target_step.unwrap_or(0);
                     state.step = Some(to);
                     state.percent = plan.steps.get(to).copied();
@@ -149,13 +157,13 @@ impl Pipeline {
         let samples = match state.step {
             Some(_) => {
                 let probe = request(plan, region, ActionKind::Kill);
-                crate::act::verify::exposure(&self.aggregator, &probe, Timestamp(state.step_since_ms)).treatment
+                crate::act::verify::exposure(self.aggregator, &probe, Timestamp(state.step_since_ms)).treatment
             }
             None => 0,
         };
         // Held by an operator control: neither advance nor roll back (the plan stays where it
         // is; `GET /v1/controls` says why). A step already in flight finishes.
-        if self.store.controls()?.hold(&plan.flag, Some(&format!("rollout:{}", plan.name)), now).is_some() {
+        if self.outbox.store().controls()?.hold(&plan.flag, Some(&format!("rollout:{}", plan.name)), now).is_some() {
             return Ok(());
         }
         match super::next(plan, &state, gate, &why, samples, now) {
@@ -174,15 +182,13 @@ impl Pipeline {
                     evidence: json!({ "rule": format!("rollout:{}", plan.name), "gate": answer }),
                     ..request(plan, region, ActionKind::Rollout)
                 };
-                let target = req.target();
-                let key = crate::act::idempotency_key(&format!("rollout|{target}|{to}"), now);
                 let decided = audit(&state, "rollout_decided", now, json!({ "to_step": to + 1, "percent": percent, "samples": samples }));
-                match self.store.submit_operator(&target, "rollout", &serde_json::to_value(&req).unwrap_or_default(), &key, &decided)? {
+                match self.outbox.rollout_step(&req, to, &decided, now)? {
                     Ok(id) => {
                         state.action = Some(id);
                         state.target_step = Some(to);
                         self.save(&mut expected, &state, None, now, json!({}), None)?;
-                        self.wake_executor.notify_one();
+                        self.wake.notify_one();
                     }
                     // The flag is killed: a plan does not turn it back on; pause and say why.
                     Err(why) if why.contains("killed") => {
@@ -203,17 +209,14 @@ impl Pipeline {
                     slice_key: format!("rollout/{}", state.key),
                     ..request(plan, region, ActionKind::Kill)
                 };
-                let target = req.target();
-                let key = crate::act::idempotency_key(&target, now);
-                let decided = AuditEntry { kind: "kill_decided".into(), ..audit(&state, "kill_decided", now, json!({ "why": why })) };
-                let submitted = self.store.submit(&target, "kill", &serde_json::to_value(&req).unwrap_or_default(), &key, &req.slice_key, &decided)?;
-                let (crate::store::Submitted::New(id) | crate::store::Submitted::Joined(id) | crate::store::Submitted::Suppressed(id)) = submitted;
+                let decided = audit(&state, "kill_decided", now, json!({ "why": why }));
+                let id = self.outbox.rollback(&req, &decided, now)?;
                 state.status = Status::RolledBack;
                 state.action = Some(id);
                 state.reason = Some(why.clone());
                 let text = format!("rollout {} ROLLED BACK for {}: {why} (kill action {id})", plan.name, describe(plan, region));
                 self.save(&mut expected, &state, Some("rollout_rolled_back"), now, json!({ "why": why, "action": id }), Some(text))?;
-                self.wake_executor.notify_one();
+                self.wake.notify_one();
                 Ok(())
             }
         }

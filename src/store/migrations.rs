@@ -92,13 +92,25 @@ const MIGRATIONS: &[&str] = &[
     DELETE FROM rule_state WHERE slice = '' OR slice LIKE 'notify/%' OR slice LIKE 'manual/%' OR slice LIKE 'fallback/%';
     CREATE INDEX outbox_kill_flag ON outbox(kind, json_extract(request, '$.flag'));
     CREATE INDEX alert_deliveries_first ON alert_deliveries(first_ms);",
+    // 9: the audit filters of `GET /v1/audit` (actor, rule, flag) and action timelines served
+    // by indexes instead of a scan of the whole log: a record's flag is stored in its own
+    // column (the middle part of an action target `actuator|flag|environment|slice`, filled in
+    // for existing records).
+    "ALTER TABLE audit ADD COLUMN flag TEXT;
+    UPDATE audit SET flag = substr(substr(target, instr(target, '|') + 1), 1, instr(substr(target, instr(target, '|') + 1), '|') - 1)
+        WHERE instr(substr(target, instr(target, '|') + 1), '|') > 0;
+    CREATE INDEX audit_actor ON audit(actor, id);
+    CREATE INDEX audit_rule ON audit(rule, id);
+    CREATE INDEX audit_flag ON audit(flag, id);
+    CREATE INDEX audit_target ON audit(target, id);
+    CREATE INDEX audit_action ON audit(action_id, id);",
 ];
 
 /// The migration after which stored targets are re-derived canonically (in Rust: the target
 /// is computed from each row's request).
 const CANONICAL_TARGETS: usize = 8;
 
-/// Rewrites every action's target in the canonical form of [`super::target_string`]. A
+/// Rewrites every action's target in the canonical form of [`crate::action::Target::key`]. A
 /// pending action whose canonical target another pending action already holds keeps its old
 /// target (the one-pending-per-target index would refuse it); it runs as before.
 fn canonical_targets(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {

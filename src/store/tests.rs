@@ -1,6 +1,28 @@
 use super::*;
 use serde_json::json;
 
+/// The outbox's producers, as the tests drive them: a rule's or an alert's kill is automatic
+/// (it defers to a human's override), anyone else's is not.
+trait Put {
+    fn put(&self, target: &str, kind: &str, request: &serde_json::Value, key: &str, slice: &str, audit: &AuditEntry) -> Result<Submitted, StoreError>;
+    fn put_operator(&self, target: &str, kind: &str, request: &serde_json::Value, key: &str, audit: &AuditEntry) -> Result<Result<i64, String>, StoreError>;
+}
+
+fn kind(column: &str) -> ActionKind {
+    kind_of(column).expect("a known kind")
+}
+
+impl Put for Store {
+    fn put(&self, target: &str, k: &str, request: &serde_json::Value, key: &str, slice: &str, audit: &AuditEntry) -> Result<Submitted, StoreError> {
+        let automatic = audit.actor.starts_with("rule:") || audit.actor.starts_with("alert:");
+        self.submit(&NewAction { target, kind: kind(k), request, idempotency_key: key, slice_key: slice, automatic, audit })
+    }
+
+    fn put_operator(&self, target: &str, k: &str, request: &serde_json::Value, key: &str, audit: &AuditEntry) -> Result<Result<i64, String>, StoreError> {
+        self.submit_operator(&NewAction { target, kind: kind(k), request, idempotency_key: key, slice_key: "", automatic: false, audit })
+    }
+}
+
 fn decided(at: u64) -> AuditEntry {
     AuditEntry {
         at: Timestamp(at),
@@ -16,13 +38,13 @@ fn decided(at: u64) -> AuditEntry {
 #[test]
 fn one_pending_action_per_target_and_triggers_join() {
     let store = Store::in_memory().unwrap();
-    let a = store.submit("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
-    let b = store.submit("t", "kill", &json!({}), "k2", "r/f", &decided(2)).unwrap();
+    let a = store.put("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
+    let b = store.put("t", "kill", &json!({}), "k2", "r/f", &decided(2)).unwrap();
     let Submitted::New(id) = a else { panic!("first is new") };
     assert_eq!(b, Submitted::Joined(id));
     let row = store.action(id).unwrap().unwrap();
     assert_eq!((row.triggers, row.state.as_str(), row.idempotency_key.as_str()), (2, "pending", "k1"));
-    let other = store.submit("t2", "kill", &json!({}), "k3", "r/g", &decided(3)).unwrap();
+    let other = store.put("t2", "kill", &json!({}), "k3", "r/g", &decided(3)).unwrap();
     assert!(matches!(other, Submitted::New(_)));
     assert_eq!(store.last_fired().unwrap()["r/f"].at, Timestamp(2));
 }
@@ -30,21 +52,21 @@ fn one_pending_action_per_target_and_triggers_join() {
 #[test]
 fn finishing_is_audited_once() {
     let store = Store::in_memory().unwrap();
-    let Submitted::New(id) = store.submit("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    let Submitted::New(id) = store.put("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
     let confirmed = AuditEntry { kind: "kill_confirmed".into(), action_id: Some(id), ..decided(5) };
-    store.finish(id, "confirmed", 1, None, None, &confirmed).unwrap();
-    store.finish(id, "confirmed", 1, None, None, &confirmed).unwrap();
+    store.finish(id, ActionState::Confirmed, 1, None, None, &confirmed).unwrap();
+    store.finish(id, ActionState::Confirmed, 1, None, None, &confirmed).unwrap();
     let log = store.audit_log(10, None, Some("kill_confirmed")).unwrap();
     assert_eq!(log.len(), 1);
     assert!(store.due(Timestamp(100)).unwrap().is_empty());
     // After a terminal state, a new trigger opens a new action.
-    assert!(matches!(store.submit("t", "kill", &json!({}), "k9", "s", &decided(6)).unwrap(), Submitted::New(n) if n != id));
+    assert!(matches!(store.put("t", "kill", &json!({}), "k9", "s", &decided(6)).unwrap(), Submitted::New(n) if n != id));
 }
 
 #[test]
 fn reschedule_and_due() {
     let store = Store::in_memory().unwrap();
-    let Submitted::New(id) = store.submit("t", "kill", &json!({"a": 1}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    let Submitted::New(id) = store.put("t", "kill", &json!({"a": 1}), "k", "s", &decided(1)).unwrap() else { panic!() };
     assert_eq!(store.due(Timestamp(1)).unwrap().len(), 1);
     store.reschedule(id, 1, Timestamp(500), "503", Timestamp(2)).unwrap();
     assert!(store.due(Timestamp(499)).unwrap().is_empty());
@@ -61,7 +83,7 @@ fn reopening_keeps_everything_and_pagination_works() {
         for i in 0..5 {
             store.audit(&AuditEntry { at: Timestamp(i), actor: "system".into(), kind: "k".into(), ..AuditEntry::default() }).unwrap();
         }
-        store.submit("t", "kill", &json!({}), "k", "s", &decided(9)).unwrap();
+        store.put("t", "kill", &json!({}), "k", "s", &decided(9)).unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     let first = store.audit_log(3, None, None).unwrap();
@@ -74,36 +96,36 @@ fn reopening_keeps_everything_and_pagination_works() {
 #[test]
 fn a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore() {
     let store = Store::in_memory().unwrap();
-    let rollout = store.submit_operator("u|f|production|", "rollout", &json!({}), "r1", &decided(1)).unwrap().unwrap();
-    let other_env = store.submit_operator("u|f|staging|", "rollout", &json!({}), "r2", &decided(1)).unwrap().unwrap();
-    assert!(store.submit_operator("u|f|production|", "rollout", &json!({}), "r3", &decided(2)).unwrap().is_err(), "one pending per target");
-    let Submitted::New(kill) = store.submit("u|f|production|", "kill", &json!({}), "k", "s", &decided(3)).unwrap() else { panic!() };
+    let rollout = store.put_operator("u|f|production|", "rollout", &json!({}), "r1", &decided(1)).unwrap().unwrap();
+    let other_env = store.put_operator("u|f|staging|", "rollout", &json!({}), "r2", &decided(1)).unwrap().unwrap();
+    assert!(store.put_operator("u|f|production|", "rollout", &json!({}), "r3", &decided(2)).unwrap().is_err(), "one pending per target");
+    let Submitted::New(kill) = store.put("u|f|production|", "kill", &json!({}), "k", "s", &decided(3)).unwrap() else { panic!() };
     assert_eq!(store.action(rollout).unwrap().unwrap().state, "superseded");
     assert_eq!(store.action(other_env).unwrap().unwrap().state, "pending", "another environment is untouched");
     assert_eq!(store.audit_log(10, None, Some("rollout_superseded")).unwrap().len(), 1);
-    let refused = store.submit_operator("u|f|production|region=eu", "rollout", &json!({}), "r4", &decided(4)).unwrap();
+    let refused = store.put_operator("u|f|production|region=eu", "rollout", &json!({}), "r4", &decided(4)).unwrap();
     assert!(refused.unwrap_err().contains("killed"), "no rollout change while the flag is killed");
     // A kill of one region blocks and supersedes only that region's rollout changes.
-    store.submit("u|g|production|region=eu", "kill", &json!({}), "k5", "s5", &decided(5)).unwrap();
-    assert!(store.submit_operator("u|g|production|region=us", "rollout", &json!({}), "r6", &decided(6)).unwrap().is_ok());
-    assert!(store.submit_operator("u|g|production|region=eu", "rollout", &json!({}), "r7", &decided(7)).unwrap().is_err());
-    store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {"enabled": true}})), &decided(5)).unwrap();
+    store.put("u|g|production|region=eu", "kill", &json!({}), "k5", "s5", &decided(5)).unwrap();
+    assert!(store.put_operator("u|g|production|region=us", "rollout", &json!({}), "r6", &decided(6)).unwrap().is_ok());
+    assert!(store.put_operator("u|g|production|region=eu", "rollout", &json!({}), "r7", &decided(7)).unwrap().is_err());
+    store.finish(kill, ActionState::Confirmed, 1, None, Some(&json!({"before": {"enabled": true}})), &decided(5)).unwrap();
     assert_eq!(store.action(kill).unwrap().unwrap().result.unwrap()["before"]["enabled"], true);
 }
 
 #[test]
 fn transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills() {
     let store = Store::in_memory().unwrap();
-    let Submitted::New(kill) = store.submit("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
-    assert!(!store.transition(kill, &["confirmed"], "drained", None, &decided(2)).unwrap(), "still pending");
-    store.finish(kill, "confirmed", 1, None, None, &decided(2)).unwrap();
+    let Submitted::New(kill) = store.put("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    assert!(!store.transition(kill, &[ActionState::Confirmed], ActionState::Drained, None, &decided(2)).unwrap(), "still pending");
+    store.finish(kill, ActionState::Confirmed, 1, None, None, &decided(2)).unwrap();
     assert_eq!(store.watched_kills(Timestamp(0)).unwrap().len(), 1);
-    assert!(store.transition(kill, &["confirmed"], "overridden", Some("re-enabled"), &decided(3)).unwrap());
-    assert!(!store.transition(kill, &["confirmed"], "overridden", None, &decided(3)).unwrap(), "audited once");
+    assert!(store.transition(kill, &[ActionState::Confirmed], ActionState::Overridden, Some("re-enabled"), &decided(3)).unwrap());
+    assert!(!store.transition(kill, &[ActionState::Confirmed], ActionState::Overridden, None, &decided(3)).unwrap(), "audited once");
     assert!(store.watched_kills(Timestamp(0)).unwrap().is_empty());
-    assert_eq!(store.submit("t", "kill", &json!({}), "k2", "s", &decided(4)).unwrap(), Submitted::Suppressed(kill), "never fight a human");
-    assert!(store.transition(kill, &["overridden"], "restored", None, &decided(5)).unwrap());
-    assert!(matches!(store.submit("t", "kill", &json!({}), "k3", "s", &decided(6)).unwrap(), Submitted::New(_)), "re-armed after acknowledgement");
+    assert_eq!(store.put("t", "kill", &json!({}), "k2", "s", &decided(4)).unwrap(), Submitted::Suppressed(kill), "never fight a human");
+    assert!(store.transition(kill, &[ActionState::Overridden], ActionState::Restored, None, &decided(5)).unwrap());
+    assert!(matches!(store.put("t", "kill", &json!({}), "k3", "s", &decided(6)).unwrap(), Submitted::New(_)), "re-armed after acknowledgement");
     let timeline: Vec<String> = store.timeline(kill).unwrap().into_iter().map(|r| r.kind).collect();
     assert_eq!(timeline, ["kill_decided", "kill_decided", "kill_decided", "kill_suppressed", "kill_decided"]);
 }
@@ -111,11 +133,11 @@ fn transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills() 
 #[test]
 fn drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not() {
     let store = Store::in_memory().unwrap();
-    let Submitted::New(a) = store.submit("a", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
-    let Submitted::New(b) = store.submit("b", "kill", &json!({}), "k2", "s2", &decided(1)).unwrap() else { panic!() };
-    store.finish(a, "confirmed", 1, None, None, &decided(10)).unwrap();
-    store.finish(b, "confirmed", 1, None, None, &decided(10)).unwrap();
-    assert!(store.transition(b, &["confirmed"], "drained", None, &decided(20)).unwrap());
+    let Submitted::New(a) = store.put("a", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
+    let Submitted::New(b) = store.put("b", "kill", &json!({}), "k2", "s2", &decided(1)).unwrap() else { panic!() };
+    store.finish(a, ActionState::Confirmed, 1, None, None, &decided(10)).unwrap();
+    store.finish(b, ActionState::Confirmed, 1, None, None, &decided(10)).unwrap();
+    assert!(store.transition(b, &[ActionState::Confirmed], ActionState::Drained, None, &decided(20)).unwrap());
     let ids = |since| store.watched_kills(Timestamp(since)).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids(0), vec![a, b]);
     assert_eq!(ids(21), vec![a], "drained before `since`: no longer watched; confirmed still is");
@@ -124,14 +146,14 @@ fn drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not() {
 #[test]
 fn a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift() {
     let store = Store::in_memory().unwrap();
-    let restore = store.submit_operator("t", "restore", &json!({}), "r", &decided(1)).unwrap().unwrap();
-    let Submitted::New(kill) = store.submit("t", "kill", &json!({}), "k", "s", &decided(2)).unwrap() else { panic!("a new kill, not joined to the restore") };
+    let restore = store.put_operator("t", "restore", &json!({}), "r", &decided(1)).unwrap().unwrap();
+    let Submitted::New(kill) = store.put("t", "kill", &json!({}), "k", "s", &decided(2)).unwrap() else { panic!("a new kill, not joined to the restore") };
     assert_eq!(store.action(restore).unwrap().unwrap().state, "superseded");
-    store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {}})), &decided(3)).unwrap();
-    assert!(store.transition(kill, &["confirmed"], "overridden", None, &decided(4)).unwrap());
-    assert!(matches!(store.submit("t", "kill", &json!({}), "k2", "s", &decided(5)).unwrap(), Submitted::Suppressed(_)), "a rule defers");
+    store.finish(kill, ActionState::Confirmed, 1, None, Some(&json!({"before": {}})), &decided(3)).unwrap();
+    assert!(store.transition(kill, &[ActionState::Confirmed], ActionState::Overridden, None, &decided(4)).unwrap());
+    assert!(matches!(store.put("t", "kill", &json!({}), "k2", "s", &decided(5)).unwrap(), Submitted::Suppressed(_)), "a rule defers");
     let operator = AuditEntry { actor: "token:alice".into(), ..decided(6) };
-    assert!(matches!(store.submit("t", "kill", &json!({}), "k3", "s", &operator).unwrap(), Submitted::New(_)), "an operator's kill goes out");
+    assert!(matches!(store.put("t", "kill", &json!({}), "k3", "s", &operator).unwrap(), Submitted::New(_)), "an operator's kill goes out");
 }
 
 #[test]
@@ -179,7 +201,7 @@ fn audit_filters_page_forward_and_retention_prunes_with_a_record() {
 fn a_backup_is_a_consistent_copy_that_opens() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.submit("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
+    store.put("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
     let out = dir.path().join("backup.db");
     store.backup(&out).unwrap();
     let copy = Store::init(Connection::open(&out).unwrap()).unwrap();
@@ -212,12 +234,12 @@ fn targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill() {
     assert_eq!(target_of_json(&serde_json::to_value(&a).unwrap()), Some(a.target()));
 
     let store = Store::in_memory().unwrap();
-    let Submitted::New(kill) = store.submit(&per_env.target(), "kill", &serde_json::to_value(&per_env).unwrap(), "k", "r/f", &decided(1)).unwrap() else {
+    let Submitted::New(kill) = store.put(&per_env.target(), "kill", &serde_json::to_value(&per_env).unwrap(), "k", "r/f", &decided(1)).unwrap() else {
         panic!()
     };
-    store.finish(kill, "confirmed", 1, None, Some(&json!({"before": {"serving": true}})), &decided(2)).unwrap();
+    store.finish(kill, ActionState::Confirmed, 1, None, Some(&json!({"before": {"serving": true}})), &decided(2)).unwrap();
     let rollout = crate::act::ActionRequest { kind: crate::act::ActionKind::Rollout, percent: Some(50.0), ..plain };
-    let refused = store.submit_operator(&rollout.target(), "rollout", &serde_json::to_value(&rollout).unwrap(), "k2", &decided(3)).unwrap();
+    let refused = store.put_operator(&rollout.target(), "rollout", &serde_json::to_value(&rollout).unwrap(), "k2", &decided(3)).unwrap();
     assert!(refused.unwrap_err().contains("the flag is killed"));
 }
 
@@ -248,11 +270,9 @@ fn migration_makes_old_targets_canonical() {
 fn a_flags_kills_are_found_past_any_number_of_notifications() {
     let store = Store::in_memory().unwrap();
     let request = kill_request(&[], Some("production"));
-    let Submitted::New(kill) = store.submit(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k", "", &decided(1)).unwrap() else {
-        panic!()
-    };
+    let Submitted::New(kill) = store.put(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k", "", &decided(1)).unwrap() else { panic!() };
     for i in 0..1001 {
-        crate::act::notify::enqueue(&store, &format!("n{i}"), &json!({}), Timestamp(10 + i)).unwrap();
+        crate::act::outbox::Outbox::new(store.clone(), true).notify(&format!("n{i}"), &json!({}), Timestamp(10 + i)).unwrap();
     }
     let kills = store.flag_kills("f").unwrap();
     assert_eq!(kills.iter().map(|r| r.id).collect::<Vec<_>>(), vec![kill]);
@@ -291,14 +311,57 @@ fn a_second_kill_inherits_only_from_a_kill_that_reached_the_flag_system() {
     let request = kill_request(&[], Some("production"));
     let target = request.target();
     let value = serde_json::to_value(&request).unwrap();
-    let Submitted::New(a) = store.submit(&target, "kill", &value, "ka", "", &decided(1)).unwrap() else { panic!() };
+    let Submitted::New(a) = store.put(&target, "kill", &value, "ka", "", &decided(1)).unwrap() else { panic!() };
     store.save_snapshot(a, &json!({"serving": true, "on": true})).unwrap();
-    store.finish(a, "escalated", 1, Some("403"), None, &decided(2)).unwrap();
+    store.finish(a, ActionState::Escalated, 1, Some("403"), None, &decided(2)).unwrap();
     assert_eq!(store.holding_before(&target, a + 1).unwrap(), None, "never reached the flag system");
-    let Submitted::New(b) = store.submit(&target, "kill", &value, "kb", "", &decided(3)).unwrap() else { panic!() };
+    let Submitted::New(b) = store.put(&target, "kill", &value, "kb", "", &decided(3)).unwrap() else { panic!() };
     store.save_snapshot(b, &json!({"serving": true, "on": true})).unwrap();
     store.save_snapshot(b, &json!({"serving": false})).unwrap();
-    store.finish(b, "confirmed", 1, None, Some(&json!({"before": {"serving": true, "on": true}})), &decided(4)).unwrap();
+    store.finish(b, ActionState::Confirmed, 1, None, Some(&json!({"before": {"serving": true, "on": true}})), &decided(4)).unwrap();
     assert_eq!(store.action(b).unwrap().unwrap().saved, Some(json!({"serving": true, "on": true})), "saved once, never replaced");
     assert_eq!(store.holding_before(&target, b + 1).unwrap(), Some(json!({"serving": true, "on": true})));
+}
+
+/// The pipeline's store calls never wait behind an API read: the API reads through a
+/// connection of its own (WAL), so with that reader busy — here: held — the tick's reads and
+/// writes still complete, and the reader then sees what they wrote.
+#[test]
+fn the_tick_never_waits_behind_an_api_read() {
+    let dir = std::env::temp_dir().join(format!("flagguard-reader-{}", std::process::id()));
+    let store = Store::open(&dir).unwrap();
+    let busy = store.reader.lock().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let tick = store.clone();
+    std::thread::spawn(move || {
+        let calls = (|| -> Result<(), StoreError> {
+            tick.controls()?;
+            tick.watched_kills(Timestamp(0))?;
+            tick.put("a|f|prod|", "kill", &json!({}), "k", "r/f", &decided(1))?;
+            tick.audit(&decided(2))?;
+            Ok(())
+        })();
+        let _ = done.send(calls);
+    });
+    let answered = finished.recv_timeout(std::time::Duration::from_secs(30));
+    drop(busy);
+    assert!(matches!(answered, Ok(Ok(()))), "the tick's store calls waited behind the API's reader: {answered:?}");
+    assert_eq!(store.actions(10).unwrap().len(), 1, "the API's reader sees the tick's writes");
+    assert!(!store.audit_query(&AuditFilter { limit: 10, rule: Some("r".into()), ..AuditFilter::default() }).unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Migration 9 fills in the flag of audit records written before it, so the indexed flag
+/// filter finds old records as the prefix test did.
+#[test]
+fn old_audit_records_are_found_by_flag_after_the_migration() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    migrations::migrate_to(&mut conn, 8).unwrap();
+    for target in ["u|shop/checkout|prod|region=eu", "u|shop/checkout|*|", "u|shop|prod|", "plan-key"] {
+        conn.execute("INSERT INTO audit (at_ms, actor, kind, target) VALUES (1, 'rule:r', 'kill_decided', ?1)", [target]).unwrap();
+    }
+    migrations::migrate(&mut conn).unwrap();
+    let store = Store::init(conn).unwrap();
+    let by = |flag: &str| store.audit_query(&AuditFilter { limit: 10, flag: Some(flag.into()), ..AuditFilter::default() }).unwrap().len();
+    assert_eq!((by("shop/checkout"), by("shop"), by("plan-key"), by("u")), (2, 1, 1, 0));
 }

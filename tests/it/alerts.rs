@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flagguard::config::{ActuatorConfig, AlertSourceConfig, WebhookConfig};
+use flagguard::act::webhook::WebhookConfig;
+use flagguard::config::{ActuatorConfig, AlertSourceConfig};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

@@ -13,7 +13,11 @@ use axum::extract::{Path as AxPath, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
-use flagguard::config::{ActuatorConfig, FlagsmithApi, FlagsmithConfig, LaunchDarklyConfig, VerifyConfig, WebhookConfig};
+use flagguard::act::flagsmith::FlagsmithApi;
+use flagguard::act::flagsmith::FlagsmithConfig;
+use flagguard::act::launchdarkly::LaunchDarklyConfig;
+use flagguard::act::webhook::WebhookConfig;
+use flagguard::config::{ActuatorConfig, VerifyConfig};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -550,7 +554,7 @@ async fn every_networked_actuator_retries_through_faults_and_confirms() {
     unleash.create(&flag, &[crate::unleash::rollout(&flag, 100, None)]).await;
     let proxy = FaultProxy::start(&unleash.url, faults()).await;
     let ActuatorConfig::Unleash(config) = crate::unleash::actuator(&unleash, "FG_TEST_UNLEASH_TOKEN") else { unreachable!() };
-    survives_faults("unleash", ActuatorConfig::Unleash(flagguard::config::UnleashConfig { url: proxy.url(), ..config }), &proxy, &flag).await;
+    survives_faults("unleash", ActuatorConfig::Unleash(flagguard::act::unleash::UnleashConfig { url: proxy.url(), ..config }), &proxy, &flag).await;
     assert_eq!(unleash.state(&flag).await["enabled"], false);
 }
 

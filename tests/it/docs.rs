@@ -508,3 +508,21 @@ fn the_metrics_table_lists_every_metric_and_no_other() {
         assert_eq!(documented.get(name), Some(kind), "flagguard_{name} is exported as a {kind}");
     }
 }
+
+/// docs/actions.md lists the action state machine; it must be the code's one table.
+#[test]
+fn the_documented_transitions_are_the_state_machine() {
+    let text = std::fs::read_to_string(root().join("docs/actions.md")).unwrap();
+    let block = text.split("```text transitions\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a ```text transitions block in docs/actions.md");
+    let documented: std::collections::BTreeSet<(String, String)> = block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (from, to) = l.split_once(" → ").unwrap_or_else(|| panic!("docs/actions.md: {l:?} is not `from → to`"));
+            (from.trim().to_owned(), to.trim().to_owned())
+        })
+        .collect();
+    let code: std::collections::BTreeSet<(String, String)> =
+        flagguard::action::TRANSITIONS.iter().map(|(from, to)| (from.as_str().to_owned(), to.as_str().to_owned())).collect();
+    assert_eq!(documented, code, "docs/actions.md's transitions differ from src/action.rs TRANSITIONS");
+}

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use flagguard::config::{ActuatorConfig, LaunchDarklyConfig, ReadBackConfig, VerifyConfig, WebhookConfig};
+use flagguard::act::launchdarkly::LaunchDarklyConfig;
+use flagguard::act::webhook::ReadBackConfig;
+use flagguard::act::webhook::WebhookConfig;
+use flagguard::config::{ActuatorConfig, VerifyConfig};
 use serde_json::json;
 
 use crate::contract::{Fault, FaultProxy, FlagsmithStub, LdStub, daemon_with, manual_kill, settled, state};
@@ -59,7 +62,7 @@ async fn a_flagsmith_kill_whose_answer_was_lost_still_restores() {
     let fs = FlagsmithStub::start().await;
     fs.create("lost");
     let proxy = FaultProxy::start(&format!("http://{}", fs.addr), vec![Fault::Pass, Fault::Pass, Fault::AppliedThen(504)]).await;
-    let config = flagguard::config::FlagsmithConfig { url: proxy.url(), ..fs.config("env-v1", flagguard::config::FlagsmithApi::Classic) };
+    let config = flagguard::act::flagsmith::FlagsmithConfig { url: proxy.url(), ..fs.config("env-v1", flagguard::act::flagsmith::FlagsmithApi::Classic) };
     let (daemon, _) = daemon_with("fs", ActuatorConfig::Flagsmith(config), "rules: []\n", |_| {}).await;
     let id = manual_kill(&daemon, "fs", "lost", None).await;
     let row = settled(&daemon, id).await;
@@ -234,7 +237,7 @@ async fn a_flagsmith_kill_with_an_enabled_segment_override_is_not_confirmed() {
     let fs = FlagsmithStub::start().await;
     fs.create("seg");
     fs.segments.lock().unwrap().insert(("env-v1".into(), "seg".into(), 456), true);
-    let (daemon, _) = daemon_with("fs", ActuatorConfig::Flagsmith(fs.config("env-v1", flagguard::config::FlagsmithApi::Classic)), "rules: []\n", |c| {
+    let (daemon, _) = daemon_with("fs", ActuatorConfig::Flagsmith(fs.config("env-v1", flagguard::act::flagsmith::FlagsmithApi::Classic)), "rules: []\n", |c| {
         c.act.max_attempts = 2;
     })
     .await;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use flagguard::config::{ActuatorConfig, UnleashConfig, VerifyConfig};
+use flagguard::act::unleash::UnleashConfig;
+use flagguard::config::{ActuatorConfig, VerifyConfig};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -178,7 +179,7 @@ impl Traffic {
 }
 
 pub fn state_of(daemon: &Daemon, id: i64) -> String {
-    daemon.store.action(id).unwrap().map(|a| a.state).unwrap_or_default()
+    daemon.store.action(id).unwrap().map(|a| a.state.to_string()).unwrap_or_default()
 }
 
 fn kill_ids(daemon: &Daemon) -> Vec<i64> {
@@ -368,7 +369,19 @@ async fn a_human_re_enabling_a_killed_flag_is_drift_reported_and_never_fought() 
         kind: "kill_decided".into(),
         ..Default::default()
     };
-    let again = daemon.store.submit(&target, "kill", &daemon.store.action(id).unwrap().unwrap().request, "k-again", "rule/x", &rule).unwrap();
+    let request = daemon.store.action(id).unwrap().unwrap().request;
+    let again = daemon
+        .store
+        .submit(&flagguard::store::NewAction {
+            target: &target,
+            kind: flagguard::act::ActionKind::Kill,
+            request: &request,
+            idempotency_key: "k-again",
+            slice_key: "rule/x",
+            automatic: true,
+            audit: &rule,
+        })
+        .unwrap();
     assert_eq!(again, flagguard::store::Submitted::Suppressed(id));
     assert!(daemon.audit_kinds().contains(&"kill_suppressed".to_owned()));
     assert_eq!(server.state(&flag).await["enabled"], true, "flagguard did not turn it off again");
@@ -448,7 +461,19 @@ async fn a_human_re_enabling_a_widened_kill_is_drift_reported() {
     };
     let audit =
         flagguard::store::AuditEntry { at: flagguard::time::Timestamp::now(), actor: "rule:wide".into(), kind: "kill_decided".into(), ..Default::default() };
-    let submitted = daemon.store.submit(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k-wide", "wide/x", &audit).unwrap();
+    let (target, value) = (request.target(), serde_json::to_value(&request).unwrap());
+    let submitted = daemon
+        .store
+        .submit(&flagguard::store::NewAction {
+            target: &target,
+            kind: flagguard::act::ActionKind::Kill,
+            request: &value,
+            idempotency_key: "k-wide",
+            slice_key: "wide/x",
+            automatic: true,
+            audit: &audit,
+        })
+        .unwrap();
     let flagguard::store::Submitted::New(id) = submitted else { panic!("{submitted:?}") };
     wait_until("the confirmed, widened kill", Duration::from_secs(20), || state_of(&daemon, id) == "confirmed").await;
     assert_eq!(server.state(&flag).await["enabled"], false, "the whole environment");

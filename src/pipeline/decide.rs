@@ -1,0 +1,70 @@
+//! Decisions into actions: each decision of a tick through the outbox door, and the slices
+//! whose kill an operator control held — remembered (also across restarts) and re-armed as
+//! soon as no control holds them.
+
+use super::Pipeline;
+use crate::rules::engine::{Decision, DecisionKind};
+use crate::time::Timestamp;
+
+impl Pipeline {
+    /// Writes the engine's decisions through the outbox; a decision that cannot be written is
+    /// re-armed (the slice fires again once seen Breached for `for`: not lost).
+    pub(super) fn decide(&mut self, decisions: &[Decision], now: Timestamp) {
+        let mut wake = false;
+        for decision in decisions {
+            tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");
+            match self.outbox.decide(decision) {
+                Ok(queued) => {
+                    wake |= queued;
+                    if decision.kind == DecisionKind::Kill && decision.mode == crate::rules::Mode::Enforce {
+                        self.held_if_so(decision, now);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, rule = %decision.rule, "cannot write the decision to the store; re-armed");
+                    self.engine.rearm(&decision.slice_key);
+                }
+            }
+        }
+        if wake {
+            self.wake_executor.notify_one();
+        }
+    }
+
+    /// The slices whose kill a control held before a restart (persisted with their cooldown).
+    pub(super) fn with_held(mut self) -> Self {
+        match self.store.held_slices() {
+            Ok(held) => self.held.extend(held.into_iter().map(|(slice, flag, rule)| (slice, (flag, rule)))),
+            Err(e) => tracing::error!(error = %e, "cannot read the held slices; they re-arm when their cooldown ends"),
+        }
+        self
+    }
+
+    /// Remembers a decision an operator control held (its slice re-arms once the control is
+    /// lifted).
+    pub(super) fn held_if_so(&mut self, decision: &Decision, now: Timestamp) {
+        let held = self.store.controls().map(|c| c.hold(&decision.flag, Some(&decision.rule), now).is_some()).unwrap_or(false);
+        if held {
+            self.held.insert(decision.slice_key.clone(), (decision.flag.clone(), decision.rule.clone()));
+        }
+    }
+
+    /// Re-arms the slices whose held kill no control holds any more: forgets their cooldown,
+    /// so the rule fires again as soon as the slice is still breached for `for`.
+    pub(super) fn release_held(&mut self, now: Timestamp) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Ok(controls) = self.store.controls() else { return };
+        let released: Vec<String> =
+            self.held.iter().filter(|(_, (flag, rule))| controls.hold(flag, Some(rule), now).is_none()).map(|(slice, _)| slice.clone()).collect();
+        for slice in released {
+            self.held.remove(&slice);
+            self.engine.rearm(&slice);
+            if let Err(e) = self.outbox.rearm(&slice) {
+                tracing::error!(error = %e, %slice, "cannot clear the cooldown of a released slice");
+            }
+            tracing::info!(%slice, "control lifted: the slice is re-armed");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The pipeline shell: one task that owns the correlator, the windows and the rule engine
+//! (sync cores) and feeds them from one `select!` — batches from ingest, a short tick for
+//! changed series, a slow tick for every slice, snapshots and rule reloads — so nothing in the
+//! hot path takes a lock. Decisions are written through the outbox door synchronously, before
+//! the executor is woken: a decided kill is durable before anything else happens.
+//!
+//! One file per chore after the tick's evaluation: [`decide`] (decisions and held slices),
+//! [`verify`] (watched kills, restores), [`publish`] (the snapshot and stale rules),
+//! [`reload`] (rule files), [`upkeep`] (flag usage, audit retention); rollout plans move in
+//! `rollout::run`, handed what they need.
+
+mod decide;
+mod publish;
+mod reload;
+mod upkeep;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::act::outbox::Outbox;
+use crate::aggregate::Aggregator;
+use crate::aggregate::history::{History, HistoryQuery, history};
+use crate::aggregate::snapshot::{RulesView, Snapshot};
+use crate::correlate::{CorrelateCounts, Correlator};
+use crate::model::Batch;
+use crate::rules::engine::{Decision, RuleEngine};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::time::{Clock, Timestamp};
+
+/// Requests to the pipeline from the API.
+pub enum Command {
+    /// Reload the rules now; answers the number of rules or every error.
+    ReloadRules { actor: String, reply: oneshot::Sender<Result<usize, Vec<String>>> },
+    /// One flag's time series from the windows (the dashboard's flag page).
+    History { query: HistoryQuery, reply: oneshot::Sender<History> },
+}
+
+/// Pipeline timing and rule-loading settings.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub tick: Duration,
+    pub snapshot_interval: Duration,
+    pub reload_interval: Duration,
+    pub rules_dir: PathBuf,
+    pub actuators: std::collections::BTreeSet<String>,
+    /// Per actuator: how its kills are verified.
+    pub verify: std::collections::HashMap<String, crate::config::VerifyConfig>,
+    /// Audit records older than this are deleted (hourly). None: kept forever.
+    pub audit_retention: Option<Duration>,
+}
+
+pub struct Pipeline {
+    correlator: Correlator,
+    aggregator: Aggregator,
+    engine: RuleEngine,
+    /// Reads; every action is written through `outbox`.
+    store: Store,
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    wake_executor: Arc<Notify>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    settings: PipelineSettings,
+    rules_view: RulesView,
+    counted: CorrelateCounts,
+    queue_depth: usize,
+    /// Rules reported stale at the last snapshot (a newly stale rule is audited and notified).
+    stale: Vec<String>,
+    rules_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
+    /// Restores already applied to the windows (ids), and since when to look for new ones.
+    restores_seen: std::collections::HashSet<i64>,
+    restores_since: Timestamp,
+    /// When flag usage was last written to the store (flag hygiene).
+    usage_flushed: Timestamp,
+    /// When the audit log was last pruned (retention).
+    pruned: Timestamp,
+    /// Slices whose kill an operator control held: slice key → (flag, rule).
+    held: std::collections::HashMap<String, (String, String)>,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        correlator: Correlator,
+        aggregator: Aggregator,
+        engine: RuleEngine,
+        outbox: Outbox,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        wake_executor: Arc<Notify>,
+        snapshots: watch::Sender<Arc<Snapshot>>,
+        settings: PipelineSettings,
+    ) -> Pipeline {
+        let rules_view = RulesView::of(engine.rules(), clock.now(), None);
+        let rules_fingerprint = reload::fingerprint(&settings.rules_dir);
+        let restores_since = clock.now();
+        Pipeline {
+            correlator,
+            aggregator,
+            engine,
+            store: outbox.store().clone(),
+            outbox,
+            metrics,
+            clock,
+            wake_executor,
+            snapshots,
+            settings,
+            rules_view,
+            queue_depth: 0,
+            stale: Vec::new(),
+            counted: CorrelateCounts::default(),
+            rules_fingerprint,
+            restores_seen: Default::default(),
+            restores_since,
+            usage_flushed: restores_since,
+            pruned: Timestamp(0),
+            held: Default::default(),
+        }
+        .with_held()
+    }
+
+    /// Runs until `shutdown`; then drains the batches already queued, judges once more and
+    /// publishes a last snapshot.
+    pub async fn run(mut self, mut batches: mpsc::Receiver<Batch>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_full = Timestamp(0);
+        let mut last_reload_check = self.clock.now();
+        loop {
+            tokio::select! {
+                batch = batches.recv() => match batch {
+                    Some(batch) => {
+                        self.queue_depth = batches.len();
+                        self.ingest(batch);
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = self.clock.now();
+                    let full = now.since(last_full) >= self.settings.snapshot_interval;
+                    let _ = self.on_tick(now, full);
+                    if full {
+                        last_full = now;
+                    }
+                    if now.since(last_reload_check) >= self.settings.reload_interval {
+                        last_reload_check = now;
+                        self.reload_if_changed();
+                    }
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::ReloadRules { actor, reply } => {
+                        self.rules_fingerprint = reload::fingerprint(&self.settings.rules_dir);
+                        let _ = reply.send(self.reload(&actor));
+                    }
+                    Command::History { query, reply } => {
+                        let _ = reply.send(history(&self.aggregator, &query, self.clock.now()));
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        batches.close();
+        while let Some(batch) = batches.recv().await {
+            self.ingest(batch);
+        }
+        let _ = self.on_tick(self.clock.now(), true);
+        self.flush_usage(self.clock.now());
+    }
+
+    /// The rule engine (its rules, verdicts and cooldowns).
+    pub fn engine(&self) -> &RuleEngine {
+        &self.engine
+    }
+
+    /// The rule engine, for replays that read its recorded transitions.
+    pub fn engine_mut(&mut self) -> &mut RuleEngine {
+        &mut self.engine
+    }
+
+    /// Feeds one batch through the correlator into the windows.
+    pub fn ingest(&mut self, batch: Batch) {
+        let now = self.clock.now();
+        self.metrics.queue_items.dec_by((batch.evaluations.len() + batch.outcomes.len()) as i64);
+        for evaluation in &batch.evaluations {
+            self.correlator.evaluation(evaluation, now, &mut self.aggregator);
+        }
+        for outcome in batch.outcomes {
+            self.correlator.outcome(outcome, now, &mut self.aggregator);
+        }
+    }
+
+    /// Evicts idle traces, judges changed slices (all of them when `full`), writes the
+    /// decisions through the outbox, and when `full` runs every slower chore: re-arming held
+    /// slices, verifying kills, applying restores, publishing a snapshot, moving rollout plans
+    /// and the store's upkeep.
+    pub fn on_tick(&mut self, now: Timestamp, full: bool) -> Vec<Decision> {
+        let mut fired = Vec::new();
+        self.correlator.evict_idle(now, &mut self.aggregator);
+        let changed = self.aggregator.take_changed();
+        if full || !changed.is_empty() {
+            fired = self.engine.evaluate(&self.aggregator, (!full).then_some(&changed), now);
+            self.decide(&fired, now);
+        }
+        if full {
+            self.release_held(now);
+            self.verify_kills(now);
+            self.apply_restores(now);
+            self.aggregator.drop_idle(now);
+            self.publish(now);
+            self.progress(now);
+            self.upkeep(now);
+        }
+        fired
+    }
+
+    /// Moves every running rollout plan one decision forward (`rollout::run`), from the
+    /// snapshot just published.
+    fn progress(&mut self, now: Timestamp) {
+        let plans = self.engine.rules().rollouts.clone();
+        if plans.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        let progress = crate::rollout::run::Progress { outbox: &self.outbox, aggregator: &self.aggregator, snapshot: &snapshot, wake: &self.wake_executor };
+        progress.run(&plans, now);
+    }
+}
