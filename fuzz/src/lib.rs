@@ -117,7 +117,7 @@ pub fn otlp_json(data: &[u8]) {
 pub fn otlp_request(signal: Signal, encoding: Encoding, body: &[u8]) {
     // A fresh queue of one batch: never full, never closed, so acceptance never fails for
     // backpressure and the queued batch can be checked.
-    let (tx, mut rx) = mpsc::channel::<Batch>(1);
+    let (tx, mut rx) = mpsc::channel::<flagguard::ingest::Queued>(1);
     let ingest = Ingest::new(tx, ingest_options(), Duration::from_secs(1), METRICS.with(Arc::clone));
     let result = match signal {
         // As the daemon does: protobuf traces through the wire reader, checked against prost.
@@ -129,7 +129,7 @@ pub fn otlp_request(signal: Signal, encoding: Encoding, body: &[u8]) {
         Signal::Logs => decode::<ExportLogsServiceRequest>(encoding, body).and_then(|request| ingest.accept_logs(&request, Transport::Http)),
     };
     match result {
-        Ok(accepted) => check_accepted(&accepted, rx.try_recv().ok()),
+        Ok(accepted) => check_accepted(&accepted, rx.try_recv().ok().map(|queued| queued.batch)),
         Err(error) => {
             assert!(matches!(error, IngestError::Invalid(_)), "a decode failure must be Invalid (400), got {error:?}");
             let _ = error.to_string();

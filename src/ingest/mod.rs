@@ -15,6 +15,7 @@ pub mod semconv;
 pub mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
@@ -126,7 +127,7 @@ impl Transport {
 
 /// The one entry point both transports call.
 pub struct Ingest {
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Queued>,
     /// Optional recording of accepted requests (for `replay`), with the clock that stamps them.
     recorder: Option<(record::Recorder, Arc<dyn crate::time::Clock>)>,
     options: ExtractOptions,
@@ -134,11 +135,52 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Evaluations and outcomes that may wait for the pipeline at once (memory bound).
     max_queued_items: usize,
+    budget: QueueBudget,
+}
+
+/// Evaluations and outcomes accepted but not yet fed through by the pipeline: the memory
+/// bound of the ingest queue. Reserved atomically when a request is accepted (two requests
+/// cannot both pass a nearly full budget), released when the pipeline drops the batch (the
+/// [`Reservation`] travels with it); the `queue_items` gauge only mirrors it.
+#[derive(Clone)]
+struct QueueBudget {
+    queued: Arc<AtomicUsize>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl QueueBudget {
+    /// Reserves `items` unless that would pass `max` while something already waits (one
+    /// request larger than the whole budget is still taken when nothing does).
+    fn reserve(&self, items: usize, max: usize) -> Option<Reservation> {
+        self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| (queued == 0 || queued + items <= max).then_some(queued + items)).ok()?;
+        self.gauge.inc_by(items as i64);
+        Some(Reservation { budget: self.clone(), items })
+    }
+}
+
+/// A batch's share of the queue budget, released on drop.
+pub struct Reservation {
+    budget: QueueBudget,
+    items: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.queued.fetch_sub(self.items, Ordering::AcqRel);
+        self.budget.gauge.dec_by(self.items as i64);
+    }
+}
+
+/// A batch on its way to the pipeline, with its reservation of the queue budget.
+pub struct Queued {
+    pub batch: Batch,
+    pub reservation: Reservation,
 }
 
 impl Ingest {
-    pub fn new(tx: mpsc::Sender<Batch>, options: ExtractOptions, retry_after: Duration, metrics: Arc<Metrics>) -> Self {
-        Ingest { tx, recorder: None, options, retry_after, metrics, max_queued_items: usize::MAX }
+    pub fn new(tx: mpsc::Sender<Queued>, options: ExtractOptions, retry_after: Duration, metrics: Arc<Metrics>) -> Self {
+        let budget = QueueBudget { queued: Arc::new(AtomicUsize::new(0)), gauge: metrics.queue_items.clone() };
+        Ingest { tx, recorder: None, options, retry_after, metrics, max_queued_items: usize::MAX, budget }
     }
 
     /// Bounds the items waiting for the pipeline (beyond: retryable backpressure).
@@ -197,20 +239,13 @@ impl Ingest {
         let useful = !batch.evaluations.is_empty() || !batch.outcomes.is_empty();
         let (spans, logs, evaluations, outcomes) = (batch.spans_seen, batch.logs_seen, batch.evaluations.len(), batch.outcomes.len());
         if useful {
-            let items = evaluations + outcomes;
-            let queued = self.metrics.queue_items.get().max(0) as usize;
-            // One request larger than the whole budget is still taken when nothing waits.
-            if queued > 0 && queued + items > self.max_queued_items {
+            let Some(reservation) = self.budget.reserve(evaluations + outcomes, self.max_queued_items) else {
                 let error = IngestError::Overloaded { retry_after: self.retry_after };
                 self.count_refused(signal, transport, &error);
                 return Err(error);
-            }
-            self.metrics.queue_items.inc_by(items as i64);
-            let sent = self.tx.try_send(batch);
-            if sent.is_err() {
-                self.metrics.queue_items.dec_by(items as i64);
-            }
-            if let Err(e) = sent {
+            };
+            // A refused send drops the batch and its reservation with it.
+            if let Err(e) = self.tx.try_send(Queued { batch, reservation }) {
                 let error = match e {
                     mpsc::error::TrySendError::Full(_) => IngestError::Overloaded { retry_after: self.retry_after },
                     mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
@@ -227,5 +262,24 @@ impl Ingest {
         self.metrics.evaluations.inc_by(evaluations as u64);
         self.metrics.outcomes.inc_by(outcomes as u64);
         Ok(accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_budget_is_reserved_at_once_and_released_with_the_batch() {
+        let budget = QueueBudget { queued: Arc::new(AtomicUsize::new(0)), gauge: Default::default() };
+        let big = budget.reserve(500, 100).expect("one request larger than the budget is taken when nothing waits");
+        assert!(budget.reserve(1, 100).is_none(), "nothing more while it waits");
+        drop(big);
+        let a = budget.reserve(60, 100).expect("released with its batch");
+        assert!(budget.reserve(41, 100).is_none());
+        let b = budget.reserve(40, 100).expect("up to the budget");
+        assert_eq!((budget.queued.load(Ordering::Acquire), budget.gauge.get()), (100, 100), "the gauge mirrors the budget");
+        drop((a, b));
+        assert_eq!((budget.queued.load(Ordering::Acquire), budget.gauge.get()), (0, 0));
     }
 }

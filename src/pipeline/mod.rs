@@ -127,7 +127,7 @@ impl Pipeline {
 
     /// Runs until `shutdown`; then drains the batches already queued, judges once more and
     /// publishes a last snapshot.
-    pub async fn run(mut self, mut batches: mpsc::Receiver<Batch>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    pub async fn run(mut self, mut batches: mpsc::Receiver<crate::ingest::Queued>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full = Timestamp(0);
@@ -135,9 +135,10 @@ impl Pipeline {
         loop {
             tokio::select! {
                 batch = batches.recv() => match batch {
-                    Some(batch) => {
+                    Some(queued) => {
                         self.queue_depth = batches.len();
-                        self.ingest(batch);
+                        // The reservation is released once the batch is fed through.
+                        self.ingest(queued.batch);
                     }
                     None => break,
                 },
@@ -166,8 +167,8 @@ impl Pipeline {
             }
         }
         batches.close();
-        while let Some(batch) = batches.recv().await {
-            self.ingest(batch);
+        while let Some(queued) = batches.recv().await {
+            self.ingest(queued.batch);
         }
         let _ = self.on_tick(self.clock.now(), true);
         self.flush_usage(self.clock.now());
@@ -186,7 +187,6 @@ impl Pipeline {
     /// Feeds one batch through the correlator into the windows.
     pub fn ingest(&mut self, batch: Batch) {
         let now = self.clock.now();
-        self.metrics.queue_items.dec_by((batch.evaluations.len() + batch.outcomes.len()) as i64);
         for evaluation in &batch.evaluations {
             self.correlator.evaluation(evaluation, now, &mut self.aggregator);
         }
