@@ -192,6 +192,27 @@ impl PartialEq<str> for ActionState {
     }
 }
 
+/// Why an operator's or a plan's action was not queued (answered as 409 by the API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Another action is pending for the target: one at a time.
+    Pending { id: i64, kind: ActionKind },
+    /// A kill holds the flag off: a rollout change waits for its restore.
+    Killed { id: i64 },
+    /// What was asked cannot be restored (not a kill, never reached the flag system…).
+    NotRestorable(String),
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Pending { id, kind } => write!(f, "action {id} ({kind}) is still pending for this target"),
+            Refused::Killed { id } => write!(f, "the flag is killed (action {id}); restore it before changing its rollout"),
+            Refused::NotRestorable(why) => f.write_str(why),
+        }
+    }
+}
+
 /// The dimensions a kill is limited to besides the environment (`region=eu`, `service=api`),
 /// sorted and deduplicated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

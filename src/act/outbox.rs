@@ -20,7 +20,7 @@
 use serde_json::{Value, json};
 
 use super::{ActionKind, ActionRequest, describe, evidence_summary};
-use crate::action::{ActionState, NOTIFIER, Target};
+use crate::action::{ActionState, NOTIFIER, Refused, Target};
 use crate::alerts::Alert;
 use crate::alerts::mapping::{Target as AlertTarget, Unmapped};
 use crate::rules::Mode;
@@ -275,7 +275,7 @@ impl Outbox {
     /// joins an open kill of its target and never defers to a human's override; a rollout
     /// change is refused while another action is pending for the target or a kill holds the
     /// flag off. Returns the action, or why it was refused.
-    pub fn operator(&self, request: &ActionRequest, at: Timestamp) -> Result<Result<i64, String>, StoreError> {
+    pub fn operator(&self, request: &ActionRequest, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {
         let target = request.target();
         let kind = request.kind.as_str();
         let audit = AuditEntry {
@@ -299,7 +299,7 @@ impl Outbox {
 
     /// Queues the restore of `kill` (refused while another action for the target is pending,
     /// or when the kill never reached the flag system).
-    pub fn restore(&self, kill: &ActionRow, actor: &str, reason: Option<String>, at: Timestamp) -> Result<Result<i64, String>, StoreError> {
+    pub fn restore(&self, kill: &ActionRow, actor: &str, reason: Option<String>, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {
         let request = match restore_request(kill, actor, reason) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -345,7 +345,7 @@ impl Outbox {
 
     /// A plan's rollout step `to` (refused while the flag is killed or another action is
     /// pending; the caller tries again next tick or pauses the plan).
-    pub fn rollout_step(&self, request: &ActionRequest, to: usize, audit: &AuditEntry, at: Timestamp) -> Result<Result<i64, String>, StoreError> {
+    pub fn rollout_step(&self, request: &ActionRequest, to: usize, audit: &AuditEntry, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {
         let target = request.target();
         let key = idempotency_key(&format!("rollout|{target}|{to}"), at);
         let value = to_json(request);
@@ -527,16 +527,18 @@ pub fn fallback_kill(request: &ActionRequest, fallback: &str, escalated: i64, au
 }
 
 /// The restore of a kill (its outbox row): same target, the state the kill saved.
-pub fn restore_request(kill: &ActionRow, actor: &str, reason: Option<String>) -> Result<ActionRequest, String> {
+pub fn restore_request(kill: &ActionRow, actor: &str, reason: Option<String>) -> Result<ActionRequest, Refused> {
+    let refused = |why: String| Refused::NotRestorable(why);
     if kill.kind != ActionKind::Kill {
-        return Err(format!("action {} is a {}, not a kill", kill.id, kill.kind.column()));
+        return Err(refused(format!("action {} is a {}, not a kill", kill.id, kill.kind.column())));
     }
     // A widened kill saved the request it really carried out.
-    let request: ActionRequest = serde_json::from_value(kill.effective_request().clone()).map_err(|e| format!("unreadable action {}: {e}", kill.id))?;
+    let request: ActionRequest =
+        serde_json::from_value(kill.effective_request().clone()).map_err(|e| refused(format!("unreadable action {}: {e}", kill.id)))?;
     // A kill that never reached the flag system saved no state: "restoring" it could turn on a
     // flag that was off.
     if kill.result.is_none() {
-        return Err(format!("kill {} never reached the flag system ({}); there is nothing to restore", kill.id, kill.state));
+        return Err(refused(format!("kill {} never reached the flag system ({}); there is nothing to restore", kill.id, kill.state)));
     }
     Ok(ActionRequest {
         kind: ActionKind::Restore,

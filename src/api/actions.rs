@@ -77,7 +77,7 @@ pub async fn restore(
             }
             ActionState::Pending => Ok(Err(ApiError::Conflict(format!("action {id} is still pending; a restore can follow once it is done")))),
             ActionState::Restored | ActionState::Superseded => Ok(Err(ApiError::Conflict(format!("action {id} is {}", kill.state)))),
-            _ => Ok(outbox.restore(&kill, &actor, body.reason.clone(), now)?.map(|r| (r, "queued")).map_err(ApiError::Conflict)),
+            _ => Ok(outbox.restore(&kill, &actor, body.reason.clone(), now)?.map(|r| (r, "queued")).map_err(|r| ApiError::Conflict(r.to_string()))),
         }
     })
     .await??;
@@ -137,7 +137,7 @@ async fn queue(s: &ApiState, request: ActionRequest) -> Result<Response, ApiErro
     let now = s.clock.now();
     let outbox = s.outbox.clone();
     let outcome = blocking(move || outbox.operator(&request, now)).await??;
-    let id = outcome.map_err(ApiError::Conflict)?;
+    let id = outcome.map_err(|r| ApiError::Conflict(r.to_string()))?;
     s.wake.notify_one();
     Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "action": id }))).into_response())
 }

@@ -191,7 +191,8 @@ impl Progress<'_> {
                         self.wake.notify_one();
                     }
                     // The flag is killed: a plan does not turn it back on; pause and say why.
-                    Err(why) if why.contains("killed") => {
+                    Err(refused @ crate::action::Refused::Killed { .. }) => {
+                        let why = refused.to_string();
                         state.status = Status::Paused;
                         state.reason = Some(why.clone());
                         let text = format!("rollout {} PAUSED for {}: {why}", plan.name, describe(plan, region));

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::action::{ActionKind, ActionState, HOLDING, Target};
+use crate::action::{ActionKind, ActionState, HOLDING, Refused, Target};
 use crate::time::Timestamp;
 
 /// Why a store operation failed.

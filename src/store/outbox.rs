@@ -85,14 +85,14 @@ impl Store {
     /// Queues an operator's action (restore, rollout change) unless it conflicts: another
     /// action is pending for the target, or a rollout change while the flag is killed.
     /// Returns the new action's id, or why it was refused.
-    pub fn submit_operator(&self, a: &NewAction<'_>) -> Result<Result<i64, String>, StoreError> {
+    pub fn submit_operator(&self, a: &NewAction<'_>) -> Result<Result<i64, Refused>, StoreError> {
         let (target, audit) = (a.target, a.audit);
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let pending: Option<(i64, String)> =
             tx.query_row("SELECT id, kind FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         if let Some((id, other)) = pending {
-            return Ok(Err(format!("action {id} ({other}) is still pending for this target")));
+            return Ok(Err(Refused::Pending { id, kind: kind_of(&other).unwrap_or(ActionKind::Kill) }));
         }
         if a.kind == ActionKind::Rollout {
             // Any kill that reached the flag system and was not restored (or overridden by a
@@ -105,7 +105,7 @@ impl Store {
             let killed: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
             if let Some((id, _)) = killed.iter().find(|(_, t)| kill_covers(t, target)) {
-                return Ok(Err(format!("the flag is killed (action {id}); restore it before changing its rollout")));
+                return Ok(Err(Refused::Killed { id: *id }));
             }
         }
         let now = audit.at.as_millis() as i64;

@@ -5,7 +5,7 @@ use serde_json::json;
 /// (it defers to a human's override), anyone else's is not.
 trait Put {
     fn put(&self, target: &str, kind: &str, request: &serde_json::Value, key: &str, slice: &str, audit: &AuditEntry) -> Result<Submitted, StoreError>;
-    fn put_operator(&self, target: &str, kind: &str, request: &serde_json::Value, key: &str, audit: &AuditEntry) -> Result<Result<i64, String>, StoreError>;
+    fn put_operator(&self, target: &str, kind: &str, request: &serde_json::Value, key: &str, audit: &AuditEntry) -> Result<Result<i64, Refused>, StoreError>;
 }
 
 fn kind(column: &str) -> ActionKind {
@@ -18,7 +18,7 @@ impl Put for Store {
         self.submit(&NewAction { target, kind: kind(k), request, idempotency_key: key, slice_key: slice, automatic, audit })
     }
 
-    fn put_operator(&self, target: &str, k: &str, request: &serde_json::Value, key: &str, audit: &AuditEntry) -> Result<Result<i64, String>, StoreError> {
+    fn put_operator(&self, target: &str, k: &str, request: &serde_json::Value, key: &str, audit: &AuditEntry) -> Result<Result<i64, Refused>, StoreError> {
         self.submit_operator(&NewAction { target, kind: kind(k), request, idempotency_key: key, slice_key: "", automatic: false, audit })
     }
 }
@@ -104,7 +104,7 @@ fn a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore() {
     assert_eq!(store.action(other_env).unwrap().unwrap().state, "pending", "another environment is untouched");
     assert_eq!(store.audit_log(10, None, Some("rollout_superseded")).unwrap().len(), 1);
     let refused = store.put_operator("u|f|production|region=eu", "rollout", &json!({}), "r4", &decided(4)).unwrap();
-    assert!(refused.unwrap_err().contains("killed"), "no rollout change while the flag is killed");
+    assert!(matches!(refused, Err(Refused::Killed { .. })), "no rollout change while the flag is killed");
     // A kill of one region blocks and supersedes only that region's rollout changes.
     store.put("u|g|production|region=eu", "kill", &json!({}), "k5", "s5", &decided(5)).unwrap();
     assert!(store.put_operator("u|g|production|region=us", "rollout", &json!({}), "r6", &decided(6)).unwrap().is_ok());
@@ -240,7 +240,7 @@ fn targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill() {
     store.finish(kill, ActionState::Confirmed, 1, None, Some(&json!({"before": {"serving": true}})), &decided(2)).unwrap();
     let rollout = crate::act::ActionRequest { kind: crate::act::ActionKind::Rollout, percent: Some(50.0), ..plain };
     let refused = store.put_operator(&rollout.target(), "rollout", &serde_json::to_value(&rollout).unwrap(), "k2", &decided(3)).unwrap();
-    assert!(refused.unwrap_err().contains("the flag is killed"));
+    assert!(refused.unwrap_err().to_string().contains("the flag is killed"));
 }
 
 /// Migration 8 re-derives stored targets: an outbox written in the old form (per order,
