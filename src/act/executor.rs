@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify::Notifier;
 use super::outbox::{Outbox, fallback_kill};
-use super::{ActError, ActionKind, ActionRequest, Actuator, describe, retry};
+use super::{ActError, ActionKind, ActionRequest, Actuator, Payload, describe, retry};
 use crate::action::ActionState;
 use crate::store::{ActionRow, AuditEntry};
 use crate::telemetry::Metrics;
@@ -450,16 +450,12 @@ pub fn prepare(actuator: &dyn Actuator, request: &mut ActionRequest) -> Result<O
 
 /// The call of one attempt (after [`prepare`]).
 pub async fn call(actuator: &dyn Actuator, request: &ActionRequest, key: &str) -> Result<Called, ActError> {
-    let applied = match request.kind {
-        ActionKind::Kill => actuator.kill(request, key).await?,
-        ActionKind::Notify => return Err(ActError::Permanent("a notification is not a flag-system call".into())),
-        ActionKind::Restore => actuator.restore(request, key).await?,
-        ActionKind::Rollout => {
-            let percent = request
-                .percent
-                .filter(|p| (0.0..=100.0).contains(p))
-                .ok_or_else(|| ActError::Permanent(format!("rollout {:?} is not in 0–100", request.percent)))?;
-            if let Some(expected) = request.expect_rollout {
+    let applied = match request.payload()? {
+        Payload::Kill { .. } => actuator.kill(request, key).await?,
+        Payload::Notify { .. } => return Err(ActError::Permanent("a notification is not a flag-system call".into())),
+        Payload::Restore { .. } => actuator.restore(request, key).await?,
+        Payload::Rollout { percent, expect } => {
+            if let Some(expected) = expect {
                 // Read before write: a plan never overwrites someone else's change.
                 let now = actuator.read(request).await?;
                 if now.killed == Some(true) {

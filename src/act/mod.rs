@@ -154,6 +154,41 @@ impl ActionRequest {
     }
 }
 
+/// What an action does, typed: the stored request's kind with the fields that kind needs
+/// (the outbox keeps the flat [`ActionRequest`] as JSON; dispatch reads it through this).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload<'a> {
+    /// Turn the target off; `widen` kills the whole environment when the slice cannot be
+    /// expressed.
+    Kill { widen: bool },
+    /// Return the target to the state its kill saved (`None`: nothing saved, the actuator
+    /// decides).
+    Restore { saved: Option<&'a Value> },
+    /// Set the rollout to `percent` (0–100), only from `expect` when a plan sets it.
+    Rollout { percent: f64, expect: Option<f64> },
+    /// Tell the on-call.
+    Notify { text: &'a str },
+}
+
+impl ActionRequest {
+    /// The typed payload; a stored request its kind cannot carry out (a rollout without a
+    /// percentage in 0–100, a notification without text) is a permanent failure.
+    pub fn payload(&self) -> Result<Payload<'_>, ActError> {
+        Ok(match self.kind {
+            ActionKind::Kill => Payload::Kill { widen: self.widen },
+            ActionKind::Restore => Payload::Restore { saved: self.saved.as_ref() },
+            ActionKind::Rollout => Payload::Rollout {
+                percent: self
+                    .percent
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| ActError::Permanent(format!("rollout {:?} is not in 0–100", self.percent)))?,
+                expect: self.expect_rollout,
+            },
+            ActionKind::Notify => Payload::Notify { text: self.text.as_deref().ok_or_else(|| ActError::Permanent("a notification without text".into()))? },
+        })
+    }
+}
+
 impl ActionRequest {
     /// One open action per target: (actuator, flag, environment, slice), canonical
     /// ([`crate::action::Target::key`]): the environment only in its field, the slice sorted.
@@ -266,5 +301,22 @@ pub fn alert_request(target: &crate::alerts::mapping::Target, alert: &crate::ale
         scope: target.scope.clone(),
         evidence: json!({ "alert": alert, "digest": digest, "mapping": target.mapping }),
         ..ActionRequest::new(ActionKind::Kill, &target.actuator, &target.flag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_request_its_kind_cannot_carry_out_is_a_permanent_failure() {
+        let rollout = |percent| ActionRequest { percent, ..ActionRequest::new(ActionKind::Rollout, "flags", "f") };
+        assert_eq!(rollout(Some(25.0)).payload().unwrap(), Payload::Rollout { percent: 25.0, expect: None });
+        for bad in [None, Some(-1.0), Some(100.5)] {
+            assert!(matches!(rollout(bad).payload(), Err(ActError::Permanent(_))), "{bad:?}");
+        }
+        assert!(matches!(ActionRequest::new(ActionKind::Notify, "notify", "").payload(), Err(ActError::Permanent(_))));
+        let kill = ActionRequest { widen: true, ..ActionRequest::new(ActionKind::Kill, "flags", "f") };
+        assert_eq!(kill.payload().unwrap(), Payload::Kill { widen: true });
     }
 }
