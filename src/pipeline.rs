@@ -262,7 +262,7 @@ impl Pipeline {
         self.correlator.evict_idle(now, &mut self.aggregator);
         let changed = self.aggregator.take_changed();
         if full || !changed.is_empty() {
-            let decisions = self.engine.evaluate(&self.aggregator, (!full).then_some(&changed), now);
+            let decisions = self.engine.evaluate(&mut self.aggregator, (!full).then_some(&changed), now);
             let mut wake = false;
             for decision in &decisions {
                 tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");

@@ -199,10 +199,10 @@ pub fn rules(data: &[u8]) {
     }
     let set = Arc::new(RuleSet { rules: parsed.rules, alerts: parsed.alerts, rollouts: parsed.rollouts, files: vec![path.to_path_buf()] });
     let _ = RulesView::of(&set, START, None);
-    SAMPLE.with(|sample| {
+    SAMPLE.with_borrow_mut(|sample| {
         let mut engine = RuleEngine::new(Arc::clone(&set), engine_settings(true), HashMap::new(), START);
-        judge(&mut engine, &sample.aggregator, sample.now, None);
-        judge(&mut engine, &sample.aggregator, sample.now.plus(Duration::from_secs(60)), None);
+        judge(&mut engine, &mut sample.aggregator, sample.now, None);
+        judge(&mut engine, &mut sample.aggregator, sample.now.plus(Duration::from_secs(60)), None);
     });
 }
 
@@ -214,7 +214,8 @@ struct Sample {
 }
 
 thread_local! {
-    static SAMPLE: Sample = sample_traffic();
+    // A RefCell: judging hands the windows the engine's slow-request thresholds.
+    static SAMPLE: std::cell::RefCell<Sample> = std::cell::RefCell::new(sample_traffic());
 }
 
 fn sample_traffic() -> Sample {
@@ -259,7 +260,7 @@ fn numbered_trace(i: u32) -> TraceId {
 }
 
 /// One `RuleEngine::evaluate` as the pipeline's tick runs it, plus what the API reads after it.
-fn judge(engine: &mut RuleEngine, aggregator: &Aggregator, now: Timestamp, changed: Option<&flagguard::aggregate::FastSet<SeriesKey>>) -> Vec<Decision> {
+fn judge(engine: &mut RuleEngine, aggregator: &mut Aggregator, now: Timestamp, changed: Option<&flagguard::aggregate::FastSet<SeriesKey>>) -> Vec<Decision> {
     let decisions = engine.evaluate(aggregator, changed, now);
     for decision in &decisions {
         let _ = decision.record.to_string();
@@ -422,7 +423,7 @@ pub fn correlate(data: &[u8]) {
                 correlator.evict_idle(now, &mut aggregator);
                 let changed = aggregator.take_changed();
                 if !changed.is_empty() {
-                    judge(&mut engine, &aggregator, now, Some(&changed));
+                    judge(&mut engine, &mut aggregator, now, Some(&changed));
                 }
             }
             _ => full_tick(&mut correlator, &mut aggregator, &mut engine, now, op),

@@ -106,6 +106,14 @@ impl Aggregator {
         self.series.retain(|k, _| keep(k));
     }
 
+    /// Hands a series' window the latency (µs) above which it counts slow requests per user
+    /// (the rule engine's threshold; see [`Window::set_slow_over_us`]).
+    pub fn set_slow_over_us(&mut self, key: &SeriesKey, latency_us: u64) {
+        if let Some(window) = self.series.get_mut(key) {
+            window.set_slow_over_us(latency_us);
+        }
+    }
+
     /// Approximate bytes held by all windows.
     pub fn bytes(&self) -> usize {
         self.series.values().chain(self.unflagged.values()).map(Window::bytes).sum()

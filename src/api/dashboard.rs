@@ -141,11 +141,7 @@ pub async fn history(State(s): State<ApiState>, Path(flag): Path<String>, Query(
         .iter()
         .filter(|r| r.flag.is_match(&history.flag))
         .map(|r| {
-            json!({ "name": r.name, "treatment": r.treatment, "control": r.control, "mode": r.mode.as_str(), "conditions": r.when.iter().map(|c| match c {
-            crate::rules::Condition::ErrorRateAbove(t) => json!({ "kind": "error_rate", "above": t }),
-            crate::rules::Condition::LatencyAbove { quantile, above_ms } => json!({ "kind": "latency", "quantile": quantile, "above_ms": above_ms }),
-            other => json!({ "kind": "other", "describe": other.describe() }),
-        }).collect::<Vec<_>>(), "service": r.filter.service, "window": humantime::format_duration(r.window).to_string() })
+            json!({ "name": r.name, "treatment": r.treatment, "control": r.control, "mode": r.mode.as_str(), "conditions": r.when.iter().map(crate::rules::Condition::chart).collect::<Vec<_>>(), "service": r.filter.service, "window": humantime::format_duration(r.window).to_string() })
         })
         .collect();
     Ok(Json(json!({ "history": history, "verdicts": verdicts, "transitions": transitions, "rules": rules })).into_response())

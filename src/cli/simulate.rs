@@ -171,7 +171,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                 }
             }
         }
-        for decision in engine.evaluate(&agg, None, now) {
+        for decision in engine.evaluate(&mut agg, None, now) {
             if decision.kind != DecisionKind::Kill {
                 continue;
             }
