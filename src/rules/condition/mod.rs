@@ -237,6 +237,7 @@ registry! {
     error_rate => ErrorRate,
     latency => Latency,
     burn_rate => BurnRate,
+    throughput => Throughput,
 }
 
 /// The object-safe part of [`Kind`].
