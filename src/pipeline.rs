@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregator;
 use crate::aggregate::history::{History, HistoryQuery, history};
-use crate::aggregate::snapshot::{RulesView, Snapshot};
 use crate::correlate::{CorrelateCounts, Correlator};
 use crate::model::Batch;
 use crate::rules::engine::RuleEngine;
 use crate::store::{AuditEntry, Store};
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
+use crate::view::{RulesView, Snapshot};
 
 /// How often flag usage is written to the store.
 const USAGE_FLUSH: Duration = Duration::from_secs(60);
@@ -440,7 +440,7 @@ impl Pipeline {
         snapshot.verdicts = self.engine.views();
         snapshot.transitions = self.engine.transitions();
         for label in ["healthy", "breached", "inconclusive", "no_data"] {
-            let n = snapshot.verdicts.iter().filter(|v| v.verdict == label).count();
+            let n = snapshot.verdicts.iter().filter(|v| v.verdict.label() == label).count();
             m.verdicts.get_or_create(&vec![("verdict", label.to_owned())]).set(n as i64);
         }
         snapshot.stale_rules = self.engine.stale_rules(now);
@@ -485,7 +485,7 @@ impl Pipeline {
     #[tracing::instrument(name = "flagguard.rules.reload", skip(self))]
     pub fn reload(&mut self, actor: &str) -> Result<usize, Vec<String>> {
         let now = self.clock.now();
-        match crate::rules::load_dir(&self.settings.rules_dir, &self.settings.actuators) {
+        match crate::rulefile::load_dir(&self.settings.rules_dir, &self.settings.actuators) {
             Ok(set) => {
                 let n = set.rules.len();
                 let before: Vec<String> = self.engine.rules().rules.iter().map(|r| r.name.clone()).collect();

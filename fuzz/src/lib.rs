@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use flagguard::act::{alert_request, idempotency_key};
 use flagguard::aggregate::Aggregator;
-use flagguard::aggregate::snapshot::{RulesView, Snapshot};
 use flagguard::alerts::mapping::{self, AlertMapping};
 use flagguard::alerts::{AlertError, AlertStatus, Source, sources};
 use flagguard::correlate::{CorrelateSettings, Correlator};
@@ -31,6 +30,7 @@ use flagguard::rules::engine::{Decision, EngineSettings, RuleEngine};
 use flagguard::rules::{Mode, RuleSet};
 use flagguard::telemetry::Metrics;
 use flagguard::time::Timestamp;
+use flagguard::view::{RulesView, Snapshot};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::mpsc;
@@ -68,7 +68,7 @@ fn engine_settings(sequential_fdr: bool) -> EngineSettings {
 
 /// Parses a rule file the harness itself ships; it is valid, so a failure is a harness bug.
 fn fixed_rule_set(name: &str, source: &str) -> RuleSet {
-    match flagguard::rules::parse(Path::new(name), source, &actuators()) {
+    match flagguard::rulefile::parse(Path::new(name), source, &actuators()) {
         Ok(parsed) => RuleSet { rules: parsed.rules, alerts: parsed.alerts, rollouts: parsed.rollouts, files: vec![name.into()] },
         Err(errors) => panic!("fuzz harness setup: the embedded rule file {name} does not parse: {errors:?}"),
     }
@@ -182,7 +182,7 @@ fn check_accepted(accepted: &Accepted, batch: Option<Batch>) {
 pub fn rules(data: &[u8]) {
     let Ok(source) = std::str::from_utf8(data) else { return };
     let path = Path::new("fuzz.yaml");
-    let parsed = match flagguard::rules::parse(path, source, &actuators()) {
+    let parsed = match flagguard::rulefile::parse(path, source, &actuators()) {
         Ok(parsed) => parsed,
         Err(errors) => {
             assert!(!errors.is_empty(), "parse failed without saying why");

@@ -1,5 +1,5 @@
 //! Aggregation: per-series windows ([`window`]) with hdrhistogram latency ([`latency`]), the
-//! correlator's [`Sink`], and the read-only [`snapshot`] published to the API.
+//! correlator's [`Sink`]. The API's read model built from them is `view`'s.
 //!
 //! Invariants: the number of flagged series is capped (`max_series`); observations for new
 //! series past the cap are counted as overflow, never silently lost. Unflagged traffic is kept
@@ -8,7 +8,6 @@
 
 pub mod history;
 pub mod latency;
-pub mod snapshot;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};

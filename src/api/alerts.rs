@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
 use crate::act::{alert_request, idempotency_key};
-use crate::aggregate::snapshot::Snapshot;
 use crate::alerts::auth::{SourceAuth, verify};
 use crate::alerts::mapping::{self, AlertMapping, Unmapped};
 use crate::alerts::{AlertError, AlertStatus, Source, sources};
@@ -26,6 +25,7 @@ use crate::rules::Mode;
 use crate::store::{AuditEntry, NewAction, Store, Submitted};
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
+use crate::view::Snapshot;
 
 /// The answer to a delivery.
 #[derive(Debug, Default, serde::Serialize)]

@@ -21,10 +21,10 @@ mod gather;
 
 use super::condition::{Condition, Reads};
 use super::evaluate::{BaselineKind, Inputs, Judgement, Verdict, WindowPair, judge};
+use super::published::{TransitionView, VerdictView};
 use super::{Mode, Rule, RuleSet};
-use crate::aggregate::snapshot::{TransitionView, VerdictView};
 use crate::aggregate::{Aggregator, Summary};
-use crate::model::{Dimension, FlagKey, SeriesKey};
+use crate::model::{Dimension, FlagKey, SeriesKey, Slice};
 use crate::stats::{Event, UserBuckets};
 use crate::time::Timestamp;
 use gather::{Arms, Member, Part, Role};
@@ -132,14 +132,6 @@ pub const SEGMENT: Duration = Duration::from_secs(5 * 3600 + 50 * 60);
 
 /// How many verdict changes the engine remembers for the dashboard.
 pub const TRANSITIONS_KEPT: usize = 500;
-
-fn dim_name(d: Dimension) -> &'static str {
-    match d {
-        Dimension::Service => "service",
-        Dimension::Environment => "environment",
-        Dimension::Region => "region",
-    }
-}
 
 impl RuleEngine {
     pub fn new(rules: Arc<RuleSet>, settings: EngineSettings, last_fired: HashMap<String, Fired>, now: Timestamp) -> Self {
@@ -358,14 +350,13 @@ impl RuleEngine {
         state.segment = segment;
         if state.verdict.label() != judgement.verdict.label() {
             state.since = now;
-            let slice_label = slice.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(",");
             self.transitions.push_back(TransitionView {
-                at: now.as_millis(),
+                at: now,
                 rule: rule.name.clone(),
                 flag: slice.flag.to_string(),
-                slice: slice_label,
-                from: state.verdict.label().into(),
-                to: judgement.verdict.label().into(),
+                slice: Slice(slice.values.clone()),
+                from: state.verdict.label(),
+                to: judgement.verdict.label(),
             });
             if let (Some(recorded), Some(last)) = (self.recorded.as_mut(), self.transitions.back()) {
                 recorded.push(last.clone());
@@ -418,7 +409,7 @@ impl RuleEngine {
         let value = |d: Dimension| slice.values.iter().find(|(k, _)| *k == d).map(|(_, v)| v.to_string()).or_else(|| rule.filter.get(d).map(str::to_owned));
         // What is killed is what was judged: a region pinned in `where` is part of the slice
         // (else the kill would silently take the flag off in every region).
-        let mut scope: Vec<(String, String)> = slice.values.iter().map(|(d, v)| (dim_name(*d).to_owned(), v.to_string())).collect();
+        let mut scope: Vec<(String, String)> = slice.values.iter().map(|(d, v)| (d.as_str().to_owned(), v.to_string())).collect();
         if !scope.iter().any(|(k, _)| k == "region")
             && let Some(region) = rule.filter.get(Dimension::Region)
         {
@@ -513,7 +504,7 @@ impl RuleEngine {
     fn slice_id(&self, rule: &Rule, slice: &SliceKey) -> String {
         let mut id = format!("{}/{}", rule.name, slice.flag);
         for (d, v) in &slice.values {
-            id.push_str(&format!("/{}={}", dim_name(*d), v));
+            id.push_str(&format!("/{}={}", d.as_str(), v));
         }
         id
     }
@@ -568,16 +559,16 @@ impl RuleEngine {
                 VerdictView {
                     rule: rule.name.clone(),
                     flag: key.flag.to_string(),
-                    slice: key.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(","),
-                    verdict: s.verdict.label().into(),
-                    reason: s.verdict.reason().map(str::to_owned),
-                    since: s.since.rfc3339(),
-                    mode: s.mode.as_str().into(),
+                    slice: Slice(key.values.clone()),
+                    verdict: s.verdict.clone(),
+                    since: s.since,
+                    mode: s.mode,
                     evidence: s.record.clone(),
                 }
             })
             .collect();
-        views.sort_by(|a, b| (&a.rule, &a.flag, &a.slice).cmp(&(&b.rule, &b.flag, &b.slice)));
+        // Ordered as their labels were (`region=eu` text), so the API lists them as before.
+        views.sort_by_cached_key(|v| (v.rule.clone(), v.flag.clone(), v.slice.to_string()));
         views
     }
 

@@ -20,6 +20,12 @@ pub enum Verdict {
     NoData,
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 impl Verdict {
     pub fn label(&self) -> &'static str {
         match self {
@@ -70,7 +76,7 @@ pub fn arm(s: &Summary) -> Value {
 }
 
 /// Judges a slice: each condition on its own ([`Condition::judge`]), then the worst outcome
-/// wins ([`verdict_of`]). Absolute and burn-rate conditions read the window and are checked
+/// wins (`verdict_of`). Absolute and burn-rate conditions read the window and are checked
 /// against the baseline (blast radius); sequential ones compare the arms since the slice was
 /// first seen.
 pub fn judge(rule: &Rule, inputs: &Inputs<'_>) -> Judgement {

@@ -1,5 +1,6 @@
-//! The on-disk shape of a rule file (serde, unknown fields refused). See the README's rule
-//! reference; validation into [`super::Rule`] is in `super`.
+//! The on-disk shape of a rule (serde, unknown fields refused). See the README's rule
+//! reference; validation into [`super::Rule`] is in `super`. The whole file's shape (rules,
+//! alert mappings, rollouts) is the loader's (`rulefile::shape`).
 
 use std::time::Duration;
 
@@ -7,50 +8,7 @@ use serde::Deserialize;
 
 pub use super::condition::ConditionShape;
 use crate::model::Dimension;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleFileShape {
-    #[serde(default)]
-    pub rules: Vec<RuleShape>,
-    /// Alert webhooks → actions (see `alerts::mapping`).
-    #[serde(default)]
-    pub alerts: Vec<crate::alerts::mapping::AlertMappingShape>,
-    /// Automated progression plans (see `rollout`).
-    #[serde(default)]
-    pub rollouts: Vec<RolloutShape>,
-}
-
-/// `rollouts[i]`: a progression plan.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutShape {
-    pub name: String,
-    /// The flag key (no glob).
-    pub flag: String,
-    /// The actuator whose set-rollout call moves the plan (and whose kill rolls it back).
-    pub actuator: String,
-    #[serde(default)]
-    pub environment: Option<String>,
-    /// Run one independent plan per region (the actuator must express regions).
-    #[serde(default)]
-    pub regions: Vec<String>,
-    pub treatment: OneOrMany,
-    #[serde(default)]
-    pub control: Option<String>,
-    /// Percentages, strictly increasing, ending at most at 100.
-    pub steps: Vec<f64>,
-    /// How long each step must be healthy before the next. Default `5m`.
-    #[serde(default = "default_min_healthy", with = "humantime_serde")]
-    pub min_healthy: Duration,
-    /// Treatment evaluations needed on each step before the next. Default 100.
-    #[serde(default = "default_min_samples")]
-    pub min_samples: u64,
-}
-
-fn default_min_healthy() -> Duration {
-    Duration::from_secs(300)
-}
+pub use crate::model::Mode;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -139,22 +97,4 @@ pub enum OnUnscoped {
     #[default]
     Escalate,
     Widen,
-}
-
-/// `enforce` calls the flag system; `dry_run` (default) records what would have been done.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    DryRun,
-    Enforce,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::DryRun => "dry_run",
-            Mode::Enforce => "enforce",
-        }
-    }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as AxPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use flagguard::aggregate::snapshot::Snapshot;
 use flagguard::app::{Addrs, App};
 use flagguard::config::{ActuatorConfig, Config, ConfigFile, ReadBackConfig, WebhookConfig};
 use flagguard::store::Store;
 use flagguard::time::SystemClock;
+use flagguard::view::Snapshot;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

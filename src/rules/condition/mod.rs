@@ -1,7 +1,7 @@
 //! Rule conditions, one file per kind (the YAML key under `when:`). Each file holds the kind's
 //! on-disk shape (serde, unknown fields refused), its validation into the validated type (with
 //! errors that name file, line and field), what it reads from the windows ([`Reads`]), how it
-//! judges a slice ([`Kind::judge`], pure) and how it describes itself. The [`registry!`] below
+//! judges a slice ([`Kind::judge`], pure) and how it describes itself. The `registry!` below
 //! ties them in, one line per kind; the engine and the evaluation iterate [`Condition`] and never
 //! name a kind.
 //!

@@ -13,7 +13,7 @@ use crate::rules::{Condition, Filter, Mode, Rule};
 use crate::time::Timestamp;
 
 fn errors(source: &str) -> Vec<String> {
-    match crate::rules::parse(Path::new("t.yaml"), source, &BTreeSet::new()) {
+    match crate::rulefile::parse(Path::new("t.yaml"), source, &BTreeSet::new()) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     }

@@ -60,8 +60,8 @@ fn fires_after_for_once_per_cooldown_and_only_in_the_bad_region() {
     assert_eq!(d.slice_key, "r/checkout-v2/region=eu-west");
     assert!(engine.evaluate(&mut agg, None, t1.plus(Duration::from_secs(5))).is_empty(), "cooldown");
     let views = engine.views();
-    assert_eq!(views.iter().filter(|v| v.verdict == "breached").count(), 1);
-    assert_eq!(views.iter().filter(|v| v.verdict == "healthy").count(), 1);
+    assert_eq!(views.iter().filter(|v| v.verdict.label() == "breached").count(), 1);
+    assert_eq!(views.iter().filter(|v| v.verdict.label() == "healthy").count(), 1);
 }
 
 #[test]
