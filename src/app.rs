@@ -18,7 +18,6 @@ use crate::act::executor::{Executor, ExecutorSettings};
 use crate::act::notify::Notifier;
 use crate::act::outbox::Outbox;
 use crate::aggregate::Aggregator;
-use crate::aggregate::snapshot::Snapshot;
 use crate::api::{ApiState, router};
 use crate::config::Config;
 use crate::correlate::{CorrelateSettings, Correlator};
@@ -28,6 +27,7 @@ use crate::rules::engine::{EngineSettings, RuleEngine};
 use crate::store::{AuditEntry, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::time::Clock;
+use crate::view::Snapshot;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl App {
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, AppError> {
         let file = &config.file;
         let store = Store::open(&file.data_dir)?;
-        let rules = crate::rules::load_dir(&file.rules_dir, &config.actuator_names())
+        let rules = crate::rulefile::load_dir(&file.rules_dir, &config.actuator_names())
             .map_err(|errors| AppError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
         let metrics = Arc::new(Metrics::new());
         metrics.rules_loaded.set(rules.rules.len() as i64);

@@ -8,9 +8,12 @@
 //!   selective wire reader, validate, extract flag evaluations and request outcomes (the only
 //!   module that names OTLP types).
 //! - [`correlate`] — the trace join: evaluations + entry-span outcomes → observations per cohort.
-//! - [`aggregate`] — per-series windows (counts + hdrhistogram latency), snapshots for readers.
+//! - [`aggregate`] — per-series windows (counts + hdrhistogram latency).
 //! - [`rules`]     — rule files → validated rules; pure evaluation to verdicts; the engine that
-//!   applies `for`, cooldown and blast-radius guards and decides actions; the promotion gate.
+//!   applies `for`, cooldown and blast-radius guards and decides actions.
+//! - [`rulefile`]  — the rule-file loader: a rules directory → rules, alert mappings, plans.
+//! - [`view`]      — the API's read model (snapshots of series, typed verdicts, rules).
+//! - [`gate`]      — the promotion gate (promote / hold / rollback) from typed verdicts.
 //! - [`stats`]     — sequential statistics (mSPRT, e-BH) the rules use.
 //! - [`action`]    — the vocabulary of actions: targets, slices, kinds, the state machine.
 //! - [`act`]       — the outbox door every action goes through (`act::outbox`), actuators (one
@@ -41,11 +44,13 @@ pub mod cli;
 pub mod config;
 pub mod controls;
 pub mod correlate;
+pub mod gate;
 pub mod ingest;
 pub mod model;
 pub mod otel;
 pub mod pipeline;
 pub mod rollout;
+pub mod rulefile;
 pub mod rules;
 pub mod secrets;
 pub mod stats;
@@ -53,3 +58,4 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod view;

@@ -76,6 +76,42 @@ pub enum Dimension {
     Region,
 }
 
+impl Dimension {
+    /// The name used in rule files and slice labels (`region`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Service => "service",
+            Dimension::Environment => "environment",
+            Dimension::Region => "region",
+        }
+    }
+}
+
+/// The slice a rule judges: the values of the dimensions it slices by (`per`), in the rule's
+/// order. Compared and hashed as values; written `region=eu,service=payments` only at the API
+/// edge ([`fmt::Display`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slice(pub Vec<(Dimension, Arc<str>)>);
+
+impl Slice {
+    /// The slice's value of `dim`, when it slices by it.
+    pub fn get(&self, dim: Dimension) -> Option<&str> {
+        self.0.iter().find(|(d, _)| *d == dim).map(|(_, v)| &**v)
+    }
+}
+
+impl fmt::Display for Slice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (dim, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}={value}", dim.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 impl Dims {
     pub fn get(&self, dim: Dimension) -> &str {
         match dim {
@@ -129,4 +165,22 @@ pub struct Batch {
     /// Spans and log records seen (accepted), for counting.
     pub spans_seen: u64,
     pub logs_seen: u64,
+}
+
+/// `enforce` calls the flag system; `dry_run` (default) records what would have been done.
+#[derive(Debug, serde::Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    DryRun,
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry_run",
+            Mode::Enforce => "enforce",
+        }
+    }
 }

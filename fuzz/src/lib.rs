@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use flagguard::act::{alert_request, idempotency_key};
 use flagguard::aggregate::Aggregator;
-use flagguard::aggregate::snapshot::{RulesView, Snapshot};
 use flagguard::alerts::mapping::{self, AlertMapping};
 use flagguard::alerts::{AlertError, AlertStatus, Source, sources};
 use flagguard::correlate::{CorrelateSettings, Correlator};
@@ -31,6 +30,7 @@ use flagguard::rules::engine::{Decision, EngineSettings, RuleEngine};
 use flagguard::rules::{Mode, RuleSet};
 use flagguard::telemetry::Metrics;
 use flagguard::time::Timestamp;
+use flagguard::view::{RulesView, Snapshot};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::mpsc;
@@ -68,7 +68,7 @@ fn engine_settings(sequential_fdr: bool) -> EngineSettings {
 
 /// Parses a rule file the harness itself ships; it is valid, so a failure is a harness bug.
 fn fixed_rule_set(name: &str, source: &str) -> RuleSet {
-    match flagguard::rules::parse(Path::new(name), source, &actuators()) {
+    match flagguard::rulefile::parse(Path::new(name), source, &actuators()) {
         Ok(parsed) => RuleSet { rules: parsed.rules, alerts: parsed.alerts, rollouts: parsed.rollouts, files: vec![name.into()] },
         Err(errors) => panic!("fuzz harness setup: the embedded rule file {name} does not parse: {errors:?}"),
     }
@@ -182,7 +182,7 @@ fn check_accepted(accepted: &Accepted, batch: Option<Batch>) {
 pub fn rules(data: &[u8]) {
     let Ok(source) = std::str::from_utf8(data) else { return };
     let path = Path::new("fuzz.yaml");
-    let parsed = match flagguard::rules::parse(path, source, &actuators()) {
+    let parsed = match flagguard::rulefile::parse(path, source, &actuators()) {
         Ok(parsed) => parsed,
         Err(errors) => {
             assert!(!errors.is_empty(), "parse failed without saying why");
@@ -199,10 +199,10 @@ pub fn rules(data: &[u8]) {
     }
     let set = Arc::new(RuleSet { rules: parsed.rules, alerts: parsed.alerts, rollouts: parsed.rollouts, files: vec![path.to_path_buf()] });
     let _ = RulesView::of(&set, START, None);
-    SAMPLE.with(|sample| {
+    SAMPLE.with_borrow_mut(|sample| {
         let mut engine = RuleEngine::new(Arc::clone(&set), engine_settings(true), HashMap::new(), START);
-        judge(&mut engine, &sample.aggregator, sample.now, None);
-        judge(&mut engine, &sample.aggregator, sample.now.plus(Duration::from_secs(60)), None);
+        judge(&mut engine, &mut sample.aggregator, sample.now, None);
+        judge(&mut engine, &mut sample.aggregator, sample.now.plus(Duration::from_secs(60)), None);
     });
 }
 
@@ -214,7 +214,8 @@ struct Sample {
 }
 
 thread_local! {
-    static SAMPLE: Sample = sample_traffic();
+    // A RefCell: judging hands the windows the engine's slow-request thresholds.
+    static SAMPLE: std::cell::RefCell<Sample> = std::cell::RefCell::new(sample_traffic());
 }
 
 fn sample_traffic() -> Sample {
@@ -259,7 +260,7 @@ fn numbered_trace(i: u32) -> TraceId {
 }
 
 /// One `RuleEngine::evaluate` as the pipeline's tick runs it, plus what the API reads after it.
-fn judge(engine: &mut RuleEngine, aggregator: &Aggregator, now: Timestamp, changed: Option<&flagguard::aggregate::FastSet<SeriesKey>>) -> Vec<Decision> {
+fn judge(engine: &mut RuleEngine, aggregator: &mut Aggregator, now: Timestamp, changed: Option<&flagguard::aggregate::FastSet<SeriesKey>>) -> Vec<Decision> {
     let decisions = engine.evaluate(aggregator, changed, now);
     for decision in &decisions {
         let _ = decision.record.to_string();
@@ -422,7 +423,7 @@ pub fn correlate(data: &[u8]) {
                 correlator.evict_idle(now, &mut aggregator);
                 let changed = aggregator.take_changed();
                 if !changed.is_empty() {
-                    judge(&mut engine, &aggregator, now, Some(&changed));
+                    judge(&mut engine, &mut aggregator, now, Some(&changed));
                 }
             }
             _ => full_tick(&mut correlator, &mut aggregator, &mut engine, now, op),

@@ -1,5 +1,5 @@
 //! Aggregation: per-series windows ([`window`]) with hdrhistogram latency ([`latency`]), the
-//! correlator's [`Sink`], and the read-only [`snapshot`] published to the API.
+//! correlator's [`Sink`]. The API's read model built from them is `view`'s.
 //!
 //! Invariants: the number of flagged series is capped (`max_series`); observations for new
 //! series past the cap are counted as overflow, never silently lost. Unflagged traffic is kept
@@ -8,7 +8,6 @@
 
 pub mod history;
 pub mod latency;
-pub mod snapshot;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
@@ -104,6 +103,14 @@ impl Aggregator {
     /// cannot re-kill at once).
     pub fn reset(&mut self, keep: impl Fn(&SeriesKey) -> bool) {
         self.series.retain(|k, _| keep(k));
+    }
+
+    /// Hands a series' window the latency (µs) above which it counts slow requests per user
+    /// (the rule engine's threshold; see [`Window::set_slow_over_us`]).
+    pub fn set_slow_over_us(&mut self, key: &SeriesKey, latency_us: u64) {
+        if let Some(window) = self.series.get_mut(key) {
+            window.set_slow_over_us(latency_us);
+        }
     }
 
     /// Approximate bytes held by all windows.

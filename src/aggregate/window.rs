@@ -14,7 +14,6 @@
 //! - time is injected; records older than the open bucket go into the open bucket.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
@@ -116,20 +115,10 @@ pub struct Window {
     /// (wrapping counters; the rule engine reads differences over a test segment): the
     /// user-level variance of sequential tests ([`crate::stats::design_effect`]).
     users: Option<Box<crate::stats::UserBuckets>>,
-    /// Above this latency a request counts as slow in the user buckets.
-    slow_over: SlowOver,
-}
-
-/// A latency in µs (0: none yet) that the rule engine sets once a latency comparison has fixed
-/// its threshold. The engine judges from a shared `&Aggregator`, hence the atomic; the
-/// aggregator is single-threaded, so relaxed ordering is enough.
-#[derive(Debug, Default)]
-struct SlowOver(AtomicU64);
-
-impl Clone for SlowOver {
-    fn clone(&self) -> Self {
-        SlowOver(AtomicU64::new(self.0.load(Ordering::Relaxed)))
-    }
+    /// Above this latency (µs; 0: none yet) a request counts as slow in the user buckets. The
+    /// rule engine owns the threshold (a latency comparison's, fixed once from the control's
+    /// history) and hands it over through [`Window::set_slow_over_us`].
+    slow_over_us: u64,
 }
 
 fn floor(t: u64, width: u64) -> u64 {
@@ -160,19 +149,19 @@ impl Window {
 
     /// Counts one request of `user` (a hash) in its user bucket.
     pub fn record_user(&mut self, user: u64, error: bool, latency_us: u64) {
-        let slow_over = self.slow_over.0.load(Ordering::Relaxed);
+        let slow_over = self.slow_over_us;
         self.users.get_or_insert_with(Default::default).record(user, error, slow_over > 0 && latency_us > slow_over);
     }
 
     /// The latency (µs) above which requests are counted as slow per user, once set.
     pub fn slow_over_us(&self) -> Option<u64> {
-        Some(self.slow_over.0.load(Ordering::Relaxed)).filter(|&t| t > 0)
+        Some(self.slow_over_us).filter(|&t| t > 0)
     }
 
     /// Sets [`Window::slow_over_us`] (at least 1 µs); the user buckets' slow counts before it
     /// are of another threshold, so readers take a new base.
-    pub fn set_slow_over_us(&self, latency_us: u64) {
-        self.slow_over.0.store(latency_us.max(1), Ordering::Relaxed);
+    pub fn set_slow_over_us(&mut self, latency_us: u64) {
+        self.slow_over_us = latency_us.max(1);
     }
 
     /// Requests, errors and slow requests per user bucket since the series started (wrapping;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{Alert, Source};
-use crate::rules::Mode;
+use crate::model::Mode;
 
 /// The serde shape of one `alerts:` entry.
 #[derive(Debug, Deserialize, Clone)]

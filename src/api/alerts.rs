@@ -18,13 +18,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
 use crate::act::outbox::{AlertDelivery, AlertResult, Outbox};
-use crate::aggregate::snapshot::Snapshot;
 use crate::alerts::auth::{SourceAuth, verify};
 use crate::alerts::mapping::{self, AlertMapping};
 use crate::alerts::{AlertError, AlertStatus, Source, sources};
 use crate::config::{AlertSourceConfig, expand_env};
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
+use crate::view::Snapshot;
 
 /// The answer to a delivery.
 #[derive(Debug, Default, serde::Serialize)]

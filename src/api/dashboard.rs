@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 
 use super::{ApiError, ApiState};
 use crate::aggregate::history::HistoryQuery;
-use crate::aggregate::snapshot::Snapshot;
 use crate::pipeline::Command;
 use crate::store::{AuditRecord, Store};
+use crate::view::Snapshot;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -78,11 +78,11 @@ pub fn overview(snapshot: &Snapshot, actions: &[AuditRecord]) -> Value {
             }
         };
         let total: u64 = arms.values().map(|a| a.0).sum();
-        let verdicts: Vec<&crate::aggregate::snapshot::VerdictView> = snapshot.verdicts.iter().filter(|v| v.flag == flag).collect();
-        let worst = verdicts.iter().map(|v| v.verdict.as_str()).max_by_key(|v| rank(v)).unwrap_or("unguarded");
+        let verdicts: Vec<&crate::view::VerdictView> = snapshot.verdicts.iter().filter(|v| v.flag == flag).collect();
+        let worst = verdicts.iter().map(|v| v.verdict.label()).max_by_key(|v| rank(v)).unwrap_or("unguarded");
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for v in &verdicts {
-            *counts.entry(v.verdict.as_str()).or_default() += 1;
+            *counts.entry(v.verdict.label()).or_default() += 1;
         }
         let rules: BTreeSet<&str> = verdicts.iter().map(|v| v.rule.as_str()).collect();
         let last_action = actions.iter().find(|a| a.target.as_deref().and_then(|t| t.split('|').nth(1)) == Some(flag.as_str()));
@@ -141,11 +141,7 @@ pub async fn history(State(s): State<ApiState>, Path(flag): Path<String>, Query(
         .iter()
         .filter(|r| r.flag.is_match(&history.flag))
         .map(|r| {
-            json!({ "name": r.name, "treatment": r.treatment, "control": r.control, "mode": r.mode.as_str(), "conditions": r.when.iter().map(|c| match c {
-            crate::rules::Condition::ErrorRateAbove(t) => json!({ "kind": "error_rate", "above": t }),
-            crate::rules::Condition::LatencyAbove { quantile, above_ms } => json!({ "kind": "latency", "quantile": quantile, "above_ms": above_ms }),
-            other => json!({ "kind": "other", "describe": other.describe() }),
-        }).collect::<Vec<_>>(), "service": r.filter.service, "window": humantime::format_duration(r.window).to_string() })
+            json!({ "name": r.name, "treatment": r.treatment, "control": r.control, "mode": r.mode.as_str(), "conditions": r.when.iter().map(crate::rules::Condition::chart).collect::<Vec<_>>(), "service": r.filter.service, "window": humantime::format_duration(r.window).to_string() })
         })
         .collect();
     Ok(Json(json!({ "history": history, "verdicts": verdicts, "transitions": transitions, "rules": rules })).into_response())
@@ -177,7 +173,10 @@ pub async fn events(State(s): State<ApiState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::snapshot::{SeriesView, VerdictView, WindowView};
+    use crate::model::{Mode, Slice};
+    use crate::rules::evaluate::Verdict;
+    use crate::time::Timestamp;
+    use crate::view::{SeriesView, VerdictView, WindowView};
 
     fn series(flag: &str, variant: &str, exposures: u64, requests: u64, errors: u64) -> SeriesView {
         SeriesView {
@@ -196,11 +195,15 @@ mod tests {
         VerdictView {
             rule: rule.into(),
             flag: flag.into(),
-            slice: String::new(),
-            verdict: verdict.into(),
-            reason: None,
-            since: String::new(),
-            mode: "enforce".into(),
+            slice: Slice::default(),
+            verdict: match verdict {
+                "healthy" => Verdict::Healthy,
+                "breached" => Verdict::Breached,
+                "inconclusive" => Verdict::Inconclusive(String::new()),
+                _ => Verdict::NoData,
+            },
+            since: Timestamp(0),
+            mode: Mode::Enforce,
             evidence: Value::Null,
         }
     }

@@ -23,10 +23,10 @@ pub mod dashboard;
 pub mod gates;
 pub mod rollouts;
 
-use crate::aggregate::snapshot::Snapshot;
 use crate::pipeline::Command;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::view::Snapshot;
 
 /// Why an API call failed; mapped to a response in one place.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ pub fn run(config_path: Option<&Path>, rules_dir: Option<PathBuf>) -> i32 {
         }
     };
     let dir = rules_dir.unwrap_or_else(|| config.file.rules_dir.clone());
-    match crate::rules::load_dir(&dir, &config.actuator_names()) {
+    match crate::rulefile::load_dir(&dir, &config.actuator_names()) {
         Ok(set) => {
             println!("{}: {} rule(s) in {} file(s) OK", dir.display(), set.rules.len(), set.files.len());
             for rule in &set.rules {

@@ -150,7 +150,7 @@ async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
         // Timeline: the rule's evidence once a second, and every audited step as it happens.
         let snapshot = snapshots.borrow().clone();
         let verdict = snapshot.verdicts.iter().find(|v| v.rule == "checkout-v2-payments");
-        let label = verdict.map_or("no_data".to_owned(), |v| v.verdict.clone());
+        let label = verdict.map_or("no_data".to_owned(), |v| v.verdict.label().to_owned());
         if done_at.is_none() && (elapsed - last_print >= Duration::from_secs(1) || label != last_verdict) {
             last_print = elapsed;
             let ev = verdict.map(|v| v.evidence.clone()).unwrap_or(Value::Null);
@@ -166,7 +166,7 @@ async fn run_inner(keep: bool, hold: Duration) -> Result<(), String> {
                 b["requests"].as_u64().unwrap_or(0),
                 pct(&b["error_rate"]),
                 label,
-                verdict.and_then(|v| v.reason.clone()).map(|r| format!(" ({r})")).unwrap_or_default()
+                verdict.and_then(|v| v.verdict.reason().map(str::to_owned)).map(|r| format!(" ({r})")).unwrap_or_default()
             );
             last_verdict = label;
         }

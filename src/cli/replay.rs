@@ -15,7 +15,6 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
 use crate::aggregate::Aggregator;
-use crate::aggregate::snapshot::Snapshot;
 use crate::config::ConfigFile;
 use crate::correlate::{CorrelateSettings, Correlator};
 use crate::ingest::ExtractOptions;
@@ -27,13 +26,14 @@ use crate::rules::engine::{EngineSettings, RuleEngine};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::time::{ManualClock, Timestamp};
+use crate::view::Snapshot;
 
 /// Actuator names the rule files mention: replay never acts, so any is accepted.
 fn named_actuators(dir: &Path) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        let Ok(shape) = serde_yaml::from_str::<crate::rules::file::RuleFileShape>(&text) else { continue };
+        let Ok(shape) = serde_yaml::from_str::<crate::rulefile::shape::RuleFileShape>(&text) else { continue };
         names.extend(shape.rules.iter().filter_map(|r| r.action.as_ref().map(|a| a.kill.clone())));
         names.extend(shape.alerts.iter().map(|a| a.kill.via.clone()));
     }
@@ -54,8 +54,8 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
     };
     // Rules keep their modes (the concurrent-kill limit applies to enforce rules only); nothing
     // is executed: the store is in memory and no executor runs.
-    let rules =
-        crate::rules::load_dir(rules_dir, &named_actuators(rules_dir)).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+    let rules = crate::rulefile::load_dir(rules_dir, &named_actuators(rules_dir))
+        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
     let clock = Arc::new(ManualClock::default());
     clock.set(first);
     let settings = EngineSettings {
@@ -109,7 +109,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
                         "rule {} flag {}{} {} -> {}",
                         t.rule,
                         t.flag,
-                        if t.slice.is_empty() { String::new() } else { format!(" [{}]", t.slice) },
+                        if t.slice.0.is_empty() { String::new() } else { format!(" [{}]", t.slice) },
                         t.from,
                         t.to
                     )

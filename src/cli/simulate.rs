@@ -14,8 +14,9 @@ use rand::{Rng, SeedableRng};
 use crate::aggregate::Aggregator;
 use crate::correlate::Sink;
 use crate::model::{Dims, FlagKey, Outcome, SpanId, TraceId, Variant};
+use crate::rulefile::parse;
+use crate::rules::RuleSet;
 use crate::rules::engine::{DecisionKind, EngineSettings, RuleEngine};
-use crate::rules::{RuleSet, parse};
 use crate::stats::binomial_upper;
 use crate::time::Timestamp;
 
@@ -90,7 +91,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         "rules:\n  - name: sim\n    flag: \"sim-*\"\n    treatment: \"on\"\n    control: \"off\"\n    when:\n{}\n    window: 1m\n    min_samples: {}\n    action: {{ kill: sim }}\n    cooldown: 6h\n",
         scenario.when, scenario.min_samples
     );
-    let crate::rules::Parsed { rules, .. } =
+    let crate::rulefile::Parsed { rules, .. } =
         parse(std::path::Path::new("simulate.yaml"), &yaml, &Default::default()).unwrap_or_else(|e| panic!("simulator rule: {e:?}"));
     let set = Arc::new(RuleSet { rules, ..RuleSet::default() });
     let settings = EngineSettings {
@@ -171,7 +172,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                 }
             }
         }
-        for decision in engine.evaluate(&agg, None, now) {
+        for decision in engine.evaluate(&mut agg, None, now) {
             if decision.kind != DecisionKind::Kill {
                 continue;
             }

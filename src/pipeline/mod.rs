@@ -25,13 +25,13 @@ use tokio_util::sync::CancellationToken;
 use crate::act::outbox::Outbox;
 use crate::aggregate::Aggregator;
 use crate::aggregate::history::{History, HistoryQuery, history};
-use crate::aggregate::snapshot::{RulesView, Snapshot};
 use crate::correlate::{CorrelateCounts, Correlator};
 use crate::model::Batch;
 use crate::rules::engine::{Decision, RuleEngine};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::time::{Clock, Timestamp};
+use crate::view::{RulesView, Snapshot};
 
 /// Requests to the pipeline from the API.
 pub enum Command {
@@ -204,7 +204,7 @@ impl Pipeline {
         self.correlator.evict_idle(now, &mut self.aggregator);
         let changed = self.aggregator.take_changed();
         if full || !changed.is_empty() {
-            fired = self.engine.evaluate(&self.aggregator, (!full).then_some(&changed), now);
+            fired = self.engine.evaluate(&mut self.aggregator, (!full).then_some(&changed), now);
             self.decide(&fired, now);
         }
         if full {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::Pipeline;
-use crate::aggregate::snapshot::Snapshot;
 use crate::store::AuditEntry;
 use crate::time::Timestamp;
+use crate::view::Snapshot;
 
 impl Pipeline {
     pub(super) fn publish(&mut self, now: Timestamp) {
@@ -37,7 +37,7 @@ impl Pipeline {
         snapshot.verdicts = self.engine.views();
         snapshot.transitions = self.engine.transitions();
         for label in ["healthy", "breached", "inconclusive", "no_data"] {
-            let n = snapshot.verdicts.iter().filter(|v| v.verdict == label).count();
+            let n = snapshot.verdicts.iter().filter(|v| v.verdict.label() == label).count();
             m.verdicts.get_or_create(&vec![("verdict", label.to_owned())]).set(n as i64);
         }
         snapshot.stale_rules = self.engine.stale_rules(now);

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::Pipeline;
-use crate::aggregate::snapshot::RulesView;
 use crate::store::AuditEntry;
 use crate::telemetry::Metrics;
+use crate::view::RulesView;
 
 /// Lists rule files with their modification time and size, to notice edits.
 pub(super) fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, SystemTime, u64)> {
@@ -41,7 +41,7 @@ impl Pipeline {
     #[tracing::instrument(name = "flagguard.rules.reload", skip(self))]
     pub fn reload(&mut self, actor: &str) -> Result<usize, Vec<String>> {
         let now = self.clock.now();
-        match crate::rules::load_dir(&self.settings.rules_dir, &self.settings.actuators) {
+        match crate::rulefile::load_dir(&self.settings.rules_dir, &self.settings.actuators) {
             Ok(set) => {
                 let n = set.rules.len();
                 let before: Vec<String> = self.engine.rules().rules.iter().map(|r| r.name.clone()).collect();

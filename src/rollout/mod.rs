@@ -1,7 +1,7 @@
 //! Automated progression: a rule file's `rollouts:` section declares a plan — steps of rollout
 //! percentages, how long each must stay healthy and how many treatment evaluations it needs, the
 //! actuator — and flagguard moves the rollout forward through the actuator's set-rollout call
-//! while the promotion gate (`rules::gate`) says promote, holds while it says hold, and kills on
+//! while the promotion gate (`gate`) says promote, holds while it says hold, and kills on
 //! rollback. One plan instance per region when the plan lists `regions` (each region's rollout
 //! is changed and rolled back alone), else one for the environment.
 //!
@@ -17,48 +17,11 @@
 pub mod hygiene;
 pub mod run;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
-use crate::rules::gate::Decision;
+use crate::gate::Decision;
+pub use crate::rules::plan::Plan;
 use crate::time::Timestamp;
-
-/// A validated plan from a rule file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    pub name: String,
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub flag: String,
-    pub actuator: String,
-    pub environment: Option<String>,
-    /// Independent instances, one per region; empty: one instance for the environment.
-    pub regions: Vec<String>,
-    pub treatment: Vec<String>,
-    pub control: Option<String>,
-    /// Rollout percentages, strictly increasing, in (0, 100].
-    pub steps: Vec<f64>,
-    pub min_healthy: Duration,
-    /// Treatment evaluations needed on a step before the next.
-    pub min_samples: u64,
-}
-
-impl Plan {
-    /// The instances' regions (`None`: the whole environment).
-    pub fn instances(&self) -> Vec<Option<String>> {
-        if self.regions.is_empty() { vec![None] } else { self.regions.iter().cloned().map(Some).collect() }
-    }
-
-    /// The store key of one instance: `name` or `name/region=eu-west`.
-    pub fn key(&self, region: Option<&str>) -> String {
-        match region {
-            Some(r) => format!("{}/region={r}", self.name),
-            None => self.name.clone(),
-        }
-    }
-}
 
 /// Where a plan instance is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +122,7 @@ pub fn next(plan: &Plan, state: &PlanState, gate: Decision, why: &str, samples: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn plan() -> Plan {
         Plan {

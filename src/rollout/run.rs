@@ -11,10 +11,10 @@ use crate::act::outbox::Outbox;
 use crate::act::{ActionKind, ActionRequest};
 use crate::action::ActionState;
 use crate::aggregate::Aggregator;
-use crate::aggregate::snapshot::Snapshot;
-use crate::rules::gate::{Decision, GateQuery, decide};
+use crate::gate::{Decision, GateQuery, decide};
 use crate::store::{AuditEntry, StoreError};
 use crate::time::Timestamp;
+use crate::view::Snapshot;
 
 /// The action request of a plan instance (rollout change or kill).
 pub fn request(plan: &Plan, region: Option<&str>, kind: ActionKind) -> ActionRequest {
@@ -104,7 +104,7 @@ impl Progress<'_> {
             return Ok(());
         }
         let query = GateQuery { environment: plan.environment.clone(), region: region.map(str::to_owned), variant: None, min_healthy: None };
-        let answer = decide(snapshot, &plan.flag, &query, now).unwrap_or_default();
+        let answer = decide(&snapshot.verdicts, &snapshot.rule_set.rules, &snapshot.at, &plan.flag, &query, now).unwrap_or_default();
         let gate: Decision = serde_json::from_value(answer["decision"].clone()).unwrap_or(Decision::Hold);
         let why = answer["why"].as_array().map(|w| w.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default();
 

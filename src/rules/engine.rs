@@ -17,13 +17,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::evaluate::{BaselineKind, BurnWindows, Inputs, Judgement, UserCounts, Verdict, judge};
-use super::{Condition, Mode, Rule, RuleSet};
-use crate::aggregate::snapshot::{TransitionView, VerdictView};
-use crate::aggregate::{Aggregator, Summary, Window};
-use crate::model::{Dimension, FlagKey, SeriesKey};
+mod gather;
+
+use super::condition::{Condition, Reads};
+use super::evaluate::{BaselineKind, Inputs, Judgement, Verdict, WindowPair, judge};
+use super::published::{TransitionView, VerdictView};
+use super::{Mode, Rule, RuleSet};
+use crate::aggregate::{Aggregator, Summary};
+use crate::model::{Dimension, FlagKey, SeriesKey, Slice};
 use crate::stats::{Event, UserBuckets};
 use crate::time::Timestamp;
+use gather::{Arms, Member, Part, Role};
 
 /// Guards from `[rules]` in the configuration.
 #[derive(Clone, Debug)]
@@ -96,22 +100,6 @@ struct SliceState {
     mode: Mode,
 }
 
-/// A series of a slice.
-type Member<'a> = (&'a SeriesKey, &'a Window);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Role {
-    Treatment,
-    Control,
-}
-
-/// What of a window a sum reads.
-#[derive(Clone, Copy)]
-enum Part {
-    All,
-    Counts,
-}
-
 /// Per-slice state across evaluations.
 pub struct RuleEngine {
     rules: Arc<RuleSet>,
@@ -144,14 +132,6 @@ pub const SEGMENT: Duration = Duration::from_secs(5 * 3600 + 50 * 60);
 
 /// How many verdict changes the engine remembers for the dashboard.
 pub const TRANSITIONS_KEPT: usize = 500;
-
-fn dim_name(d: Dimension) -> &'static str {
-    match d {
-        Dimension::Service => "service",
-        Dimension::Environment => "environment",
-        Dimension::Region => "region",
-    }
-}
 
 impl RuleEngine {
     pub fn new(rules: Arc<RuleSet>, settings: EngineSettings, last_fired: HashMap<String, Fired>, now: Timestamp) -> Self {
@@ -202,7 +182,27 @@ impl RuleEngine {
     /// Judges slices and returns the decisions due. With `changed`, only slices containing a
     /// changed series are judged (the fast tick); without, all of them (the slow tick, which
     /// also lets windows slide and finds stale rules).
-    pub fn evaluate(&mut self, aggregator: &Aggregator, changed: Option<&crate::aggregate::FastSet<SeriesKey>>, now: Timestamp) -> Vec<Decision> {
+    ///
+    /// The slow-request thresholds of latency comparisons are the engine's: after judging, it
+    /// hands the windows the ones that changed (the only write to the aggregator).
+    pub fn evaluate(&mut self, aggregator: &mut Aggregator, changed: Option<&crate::aggregate::FastSet<SeriesKey>>, now: Timestamp) -> Vec<Decision> {
+        let mut slow_over = HashMap::new();
+        let candidates = self.judge_slices(aggregator, changed, &mut slow_over, now);
+        for (key, threshold_us) in slow_over {
+            aggregator.set_slow_over_us(&key, threshold_us);
+        }
+        self.limit_concurrent_kills(candidates, now)
+    }
+
+    /// Judges the (changed) slices of every rule; `slow_over` collects the slow-request
+    /// thresholds to hand to the windows.
+    fn judge_slices(
+        &mut self,
+        aggregator: &Aggregator,
+        changed: Option<&crate::aggregate::FastSet<SeriesKey>>,
+        slow_over: &mut HashMap<SeriesKey, u64>,
+        now: Timestamp,
+    ) -> Vec<Decision> {
         let rules = self.rules.clone();
         let mut candidates = Vec::new();
         for (ri, rule) in rules.rules.iter().enumerate() {
@@ -243,139 +243,63 @@ impl RuleEngine {
             let mut groups: Vec<(SliceKey, Vec<(Member, Role)>)> = groups.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
             for (slice, members) in groups {
-                if let Some(decision) = self.judge_slice(rule, slice, &members, aggregator, now) {
+                if let Some(decision) = self.judge_slice(rule, slice, &members, aggregator, slow_over, now) {
                     candidates.push(decision);
                 }
             }
         }
-        self.limit_concurrent_kills(candidates, now)
+        candidates
     }
 
-    fn judge_slice(&mut self, rule: &Rule, slice: SliceKey, members: &[(Member, Role)], aggregator: &Aggregator, now: Timestamp) -> Option<Decision> {
-        // `Part::Counts` leaves the latency histogram empty: only for conditions that never
-        // read it (merging histograms over hours of buckets dominated an evaluation).
-        let sum_parts = |role: Role, since: Timestamp, part: Part| {
-            let mut total = Summary::empty(since);
-            for ((_, window), r) in members {
-                match (*r == role, part) {
-                    (false, _) => {}
-                    (true, Part::All) => window.add_since(since, &mut total),
-                    (true, Part::Counts) => window.add_counts_since(since, &mut total),
-                }
-            }
-            total
-        };
-        let sum = |role: Role, since: Timestamp| sum_parts(role, since, Part::All);
-        let (mut started, mut thresholds, mut segment) =
-            self.slices.get(&slice).map(|s| (s.started, s.thresholds.clone(), s.segment)).unwrap_or((now, vec![None; rule.when.len()], 0));
-        // Whether the sequential tests start a segment now.
-        let mut fresh = !self.slices.contains_key(&slice);
-        // A reloaded rule with other conditions starts its sequential tests afresh.
-        if thresholds.len() != rule.when.len() {
-            thresholds = vec![None; rule.when.len()];
-            started = now;
-            fresh = true;
-        }
-        // The windows keep 6 h: before the oldest data of a sequential test would fall out of
-        // them, the test restarts with half the alpha of the previous segment (alpha spending:
-        // 1/2 + 1/4 + … ≤ 1 of the rule's alpha), so the whole rollout stays within it.
-        if now.since(started) >= SEGMENT {
-            started = now;
-            segment += 1;
-            thresholds = vec![None; rule.when.len()];
-            fresh = true;
-        }
+    #[allow(clippy::too_many_arguments)]
+    fn judge_slice(
+        &mut self,
+        rule: &Rule,
+        slice: SliceKey,
+        members: &[(Member, Role)],
+        aggregator: &Aggregator,
+        slow_over: &mut HashMap<SeriesKey, u64>,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        let arms = Arms(members);
+        let reads: Vec<Reads> = rule.when.iter().map(Condition::reads).collect();
+        let (started, mut thresholds, segment, fresh) = self.segment(rule, &slice, now);
         let window_since = now.minus(rule.window);
-        let treatment = sum(Role::Treatment, window_since);
-        let control = sum(Role::Control, window_since);
+        let treatment = arms.sum(Role::Treatment, window_since, Part::All);
+        let control = arms.sum(Role::Control, window_since, Part::All);
         // Sequential conditions use everything since the slice was first seen (≤ 6 h kept).
         // Its latency only for a latency comparison (the decision record then shows no
         // cumulative quantiles for an error-rate rule; the window's are there).
-        let cumulative_part = if rule.when.iter().any(|c| matches!(c, Condition::LatencyAboveControl { .. })) { Part::All } else { Part::Counts };
-        let cumulative = rule
-            .when
-            .iter()
-            .any(Condition::is_sequential)
-            .then(|| (sum_parts(Role::Treatment, started, cumulative_part), sum_parts(Role::Control, started, cumulative_part)));
-        for (i, condition) in rule.when.iter().enumerate() {
-            if let (Condition::LatencyAboveControl { quantile, ratio, .. }, Some((_, c)), None) = (condition, &cumulative, thresholds[i]) {
-                // Fixed once from the control's own history, never re-estimated: the test stays valid.
-                if c.requests >= rule.min_samples {
-                    thresholds[i] = c.quantile_ms(*quantile).map(|q| q * ratio);
-                }
-            }
-        }
+        let cumulative = gather::cumulative_part(&reads).map(|part| (arms.sum(Role::Treatment, started, part), arms.sum(Role::Control, started, part)));
+        gather::fix_thresholds(&reads, cumulative.as_ref(), rule.min_samples, &mut thresholds);
         let has_control = rule.control.is_some();
-        // Per burn-rate condition and window pair: the treatment (and control) over both windows.
-        let burn_pairs = |c: &Condition| -> Vec<(Timestamp, Timestamp)> {
-            match c {
-                Condition::BurnRate { windows, .. } => windows.iter().map(|(long, short, _)| (now.minus(*long), now.minus(*short))).collect(),
-                _ => Vec::new(),
-            }
-        };
-        let burn: Vec<Vec<BurnWindows>> = rule
-            .when
-            .iter()
-            .map(|c| {
-                burn_pairs(c)
-                    .into_iter()
-                    .map(|(l, s)| BurnWindows {
-                        // Burn rates read error rates only.
-                        long: sum_parts(Role::Treatment, l, Part::Counts),
-                        short: sum_parts(Role::Treatment, s, Part::Counts),
-                        baseline: has_control.then(|| (sum_parts(Role::Control, l, Part::Counts), sum_parts(Role::Control, s, Part::Counts))),
-                    })
-                    .collect()
-            })
-            .collect();
+        let starts = gather::pair_starts(&reads, now);
+        let pairs = gather::window_pairs(&arms, &starts, has_control);
         // Per arm, the user-level design effect of the error rate: the user buckets recorded
         // since the segment started (each member's reading at the start is kept in the slice
         // state; a member that joined later counts whole), summed over the arm's series. Only
         // sequential conditions use it. Lifetime buckets would have mixed in users from before
         // the test, which made long-lived series' effects too large and recent clustering faint.
-        let user_base: Option<HashMap<SeriesKey, UserBuckets>> = (fresh && cumulative.is_some())
-            .then(|| members.iter().filter_map(|((key, window), _)| window.user_buckets().map(|b| ((*key).clone(), b.clone()))).collect());
-        let arm_counts = |role: Role, base: Option<&HashMap<SeriesKey, UserBuckets>>, event: Event| {
-            let mut sum = [[0u64; 2]; crate::stats::USER_BUCKETS];
-            for ((key, window), r) in members {
-                if let (true, Some(buckets)) = (*r == role, window.user_buckets()) {
-                    buckets.add_since_into(base.and_then(|b| b.get(*key)), event, &mut sum);
-                }
-            }
-            UserCounts::of(&sum)
-        };
+        let user_base: Option<HashMap<SeriesKey, UserBuckets>> = (fresh && cumulative.is_some()).then(|| arms.user_base());
         // The error-rate test counts from the same buckets, so that its counts and its design
         // effect cover exactly the segment (the windows' sums are widened to whole buckets).
         let segment_errors = cumulative.as_ref().map(|_| {
             let base = user_base.as_ref().or_else(|| self.slices.get(&slice).map(|s| &s.user_base));
-            (arm_counts(Role::Treatment, base, Event::Error), arm_counts(Role::Control, base, Event::Error))
+            (arms.user_counts(Role::Treatment, base, Event::Error), arms.user_counts(Role::Control, base, Event::Error))
         });
         // The same for the latency comparison's "slow" indicator, whose threshold is known only
         // once fixed: from then on each member counts its requests above it per user bucket,
         // read from a base taken when the member started counting. One threshold per series:
         // the rule's first latency comparison sets it; two rules with different thresholds on
         // one series re-base each other at every evaluation, so both stay at 1 (requests
-        // counted as independent, as without user buckets).
+        // counted as independent, as without user buckets). The engine owns the threshold and
+        // hands it to the windows after the evaluation (`slow_over`).
         let mut slow_base = self.slices.get_mut(&slice).map(|s| std::mem::take(&mut s.slow_base)).unwrap_or_default();
         if fresh {
             slow_base.clear();
         }
-        let slow_over = rule.when.iter().zip(&thresholds).find_map(|(c, t)| t.filter(|_| matches!(c, Condition::LatencyAboveControl { .. })));
-        let latency_design_effects = match slow_over.map(|ms| ((ms * 1000.0) as u64).max(1)) {
-            Some(us) => {
-                let keys: HashSet<&SeriesKey> = members.iter().map(|((key, _), _)| *key).collect();
-                slow_base.retain(|key, _| keys.contains(key));
-                for ((key, window), _) in members {
-                    if window.slow_over_us() != Some(us) || !slow_base.contains_key(*key) {
-                        window.set_slow_over_us(us);
-                        slow_base.insert((*key).clone(), window.user_buckets().cloned().unwrap_or_default());
-                    }
-                }
-                (
-                    arm_counts(Role::Treatment, Some(&slow_base), Event::Slow).design_effect,
-                    arm_counts(Role::Control, Some(&slow_base), Event::Slow).design_effect,
-                )
-            }
+        let latency_design_effects = match gather::slow_threshold_us(&reads, &thresholds) {
+            Some(us) => arms.slow_design_effects(us, slow_over, &mut slow_base),
             None => (1.0, 1.0),
         };
         let inputs = Inputs {
@@ -385,7 +309,7 @@ impl RuleEngine {
             baseline: has_control.then_some((BaselineKind::Control, &control)),
             cumulative: cumulative.as_ref().map(|(t, c)| (t, c)),
             thresholds: &thresholds,
-            burn: &burn,
+            pairs: &pairs,
             alpha_scale: 0.5f64.powi(segment.min(60) as i32),
         };
         let mut judgement = judge(rule, &inputs);
@@ -393,33 +317,17 @@ impl RuleEngine {
             // Re-judge against the unflagged traffic; the treatment's sums are reused.
             let baseline = self.unflagged_baseline(rule, &slice, aggregator, window_since);
             let unflagged = |since| self.unflagged_baseline(rule, &slice, aggregator, since);
-            let burn: Vec<Vec<BurnWindows>> = rule
-                .when
+            let pairs: Vec<Vec<WindowPair>> = starts
                 .iter()
-                .zip(&burn)
-                .map(|(c, pairs)| {
-                    burn_pairs(c).into_iter().zip(pairs).map(|((l, s), w)| BurnWindows { baseline: Some((unflagged(l), unflagged(s))), ..w.clone() }).collect()
+                .zip(&pairs)
+                .map(|(starts, pairs)| {
+                    starts.iter().zip(pairs).map(|(&(l, s), w)| WindowPair { baseline: Some((unflagged(l), unflagged(s))), ..w.clone() }).collect()
                 })
                 .collect();
-            judgement = judge(rule, &Inputs { baseline: Some((BaselineKind::Unflagged, &baseline)), burn: &burn, ..inputs });
+            judgement = judge(rule, &Inputs { baseline: Some((BaselineKind::Unflagged, &baseline)), pairs: &pairs, ..inputs });
         }
         self.apply_fdr(&slice, &mut judgement);
-        if let Some(share) = rule.expected_share {
-            // Sample-ratio mismatch on distinct users of the whole flag: reported, never a kill.
-            let arms: Vec<(f64, f64)> = rule.treatment.iter().map(|v| aggregator.distinct_users(&slice.flag, v)).collect();
-            let treatment_users: f64 = arms.iter().map(|a| a.0).sum();
-            let treatment_var = arms.iter().map(|a| a.1).fold(0.0, f64::max);
-            let (control_users, control_var) = rule.control.as_deref().map_or((0.0, 0.0), |c| aggregator.distinct_users(&slice.flag, c));
-            let total = treatment_users + control_users;
-            let p = crate::stats::srm(treatment_users, control_users, share, (treatment_var, control_var));
-            judgement.record["srm"] = serde_json::json!({
-                "expected_share": share,
-                "treatment_users": treatment_users.round(),
-                "control_users": control_users.round(),
-                "p_value": p,
-                "mismatch": total >= 100.0 && p < 0.001,
-            });
-        }
+        sample_ratio(rule, &slice, aggregator, &mut judgement);
         let state = self.slices.entry(slice.clone()).or_insert_with(|| SliceState {
             verdict: Verdict::NoData,
             since: now,
@@ -442,14 +350,13 @@ impl RuleEngine {
         state.segment = segment;
         if state.verdict.label() != judgement.verdict.label() {
             state.since = now;
-            let slice_label = slice.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(",");
             self.transitions.push_back(TransitionView {
-                at: now.as_millis(),
+                at: now,
                 rule: rule.name.clone(),
                 flag: slice.flag.to_string(),
-                slice: slice_label,
-                from: state.verdict.label().into(),
-                to: judgement.verdict.label().into(),
+                slice: Slice(slice.values.clone()),
+                from: state.verdict.label(),
+                to: judgement.verdict.label(),
             });
             if let (Some(recorded), Some(last)) = (self.recorded.as_mut(), self.transitions.back()) {
                 recorded.push(last.clone());
@@ -476,8 +383,13 @@ impl RuleEngine {
             }
             _ => {}
         }
-        // Only a slice that is Breached (or an incident) right now fires, once its clock has
-        // run for `for`.
+        self.fire(rule, slice, judgement, now)
+    }
+
+    /// The decision due for a slice just judged: only a slice that is Breached (or an
+    /// incident) right now fires, once its clock has run for `for`, outside its cooldown.
+    fn fire(&mut self, rule: &Rule, slice: SliceKey, judgement: Judgement, now: Timestamp) -> Option<Decision> {
+        let state = self.slices.get(&slice)?;
         let kind = match (state.breached_since, state.incident_since) {
             (Some(t), _) if judgement.verdict == Verdict::Breached && now.since(t) >= rule.for_ => DecisionKind::Kill,
             (_, Some(t)) if judgement.incident && now.since(t) >= rule.for_ => DecisionKind::Incident,
@@ -497,7 +409,7 @@ impl RuleEngine {
         let value = |d: Dimension| slice.values.iter().find(|(k, _)| *k == d).map(|(_, v)| v.to_string()).or_else(|| rule.filter.get(d).map(str::to_owned));
         // What is killed is what was judged: a region pinned in `where` is part of the slice
         // (else the kill would silently take the flag off in every region).
-        let mut scope: Vec<(String, String)> = slice.values.iter().map(|(d, v)| (dim_name(*d).to_owned(), v.to_string())).collect();
+        let mut scope: Vec<(String, String)> = slice.values.iter().map(|(d, v)| (d.as_str().to_owned(), v.to_string())).collect();
         if !scope.iter().any(|(k, _)| k == "region")
             && let Some(region) = rule.filter.get(Dimension::Region)
         {
@@ -524,6 +436,30 @@ impl RuleEngine {
             widen: rule.widen,
             auto_restore: rule.auto_restore,
         })
+    }
+
+    /// The slice's test segment: when it started, its fixed thresholds, its index, and whether
+    /// it starts now. The windows keep 6 h: before the oldest data of a sequential test would
+    /// fall out of them, the test restarts with half the alpha of the previous segment (alpha
+    /// spending: 1/2 + 1/4 + … ≤ 1 of the rule's alpha), so the whole rollout stays within it.
+    fn segment(&self, rule: &Rule, slice: &SliceKey, now: Timestamp) -> (Timestamp, Vec<Option<f64>>, u32, bool) {
+        let (mut started, mut thresholds, mut segment) =
+            self.slices.get(slice).map(|s| (s.started, s.thresholds.clone(), s.segment)).unwrap_or((now, vec![None; rule.when.len()], 0));
+        // Whether the sequential tests start a segment now.
+        let mut fresh = !self.slices.contains_key(slice);
+        // A reloaded rule with other conditions starts its sequential tests afresh.
+        if thresholds.len() != rule.when.len() {
+            thresholds = vec![None; rule.when.len()];
+            started = now;
+            fresh = true;
+        }
+        if now.since(started) >= SEGMENT {
+            started = now;
+            segment += 1;
+            thresholds = vec![None; rule.when.len()];
+            fresh = true;
+        }
+        (started, thresholds, segment, fresh)
     }
 
     /// e-BH across every slice with sequential evidence: a breach that rests on sequential
@@ -568,7 +504,7 @@ impl RuleEngine {
     fn slice_id(&self, rule: &Rule, slice: &SliceKey) -> String {
         let mut id = format!("{}/{}", rule.name, slice.flag);
         for (d, v) in &slice.values {
-            id.push_str(&format!("/{}={}", dim_name(*d), v));
+            id.push_str(&format!("/{}={}", d.as_str(), v));
         }
         id
     }
@@ -623,16 +559,16 @@ impl RuleEngine {
                 VerdictView {
                     rule: rule.name.clone(),
                     flag: key.flag.to_string(),
-                    slice: key.values.iter().map(|(d, v)| format!("{}={}", dim_name(*d), v)).collect::<Vec<_>>().join(","),
-                    verdict: s.verdict.label().into(),
-                    reason: s.verdict.reason().map(str::to_owned),
-                    since: s.since.rfc3339(),
-                    mode: s.mode.as_str().into(),
+                    slice: Slice(key.values.clone()),
+                    verdict: s.verdict.clone(),
+                    since: s.since,
+                    mode: s.mode,
                     evidence: s.record.clone(),
                 }
             })
             .collect();
-        views.sort_by(|a, b| (&a.rule, &a.flag, &a.slice).cmp(&(&b.rule, &b.flag, &b.slice)));
+        // Ordered as their labels were (`region=eu` text), so the API lists them as before.
+        views.sort_by_cached_key(|v| (v.rule.clone(), v.flag.clone(), v.slice.to_string()));
         views
     }
 
@@ -692,6 +628,25 @@ fn legacy_flag(key: &str) -> Option<&str> {
         }
     }
     Some(rest)
+}
+
+/// Sample-ratio mismatch on distinct users of the whole flag, into the record: reported, never
+/// a kill.
+fn sample_ratio(rule: &Rule, slice: &SliceKey, aggregator: &Aggregator, judgement: &mut Judgement) {
+    let Some(share) = rule.expected_share else { return };
+    let arms: Vec<(f64, f64)> = rule.treatment.iter().map(|v| aggregator.distinct_users(&slice.flag, v)).collect();
+    let treatment_users: f64 = arms.iter().map(|a| a.0).sum();
+    let treatment_var = arms.iter().map(|a| a.1).fold(0.0, f64::max);
+    let (control_users, control_var) = rule.control.as_deref().map_or((0.0, 0.0), |c| aggregator.distinct_users(&slice.flag, c));
+    let total = treatment_users + control_users;
+    let p = crate::stats::srm(treatment_users, control_users, share, (treatment_var, control_var));
+    judgement.record["srm"] = serde_json::json!({
+        "expected_share": share,
+        "treatment_users": treatment_users.round(),
+        "control_users": control_users.round(),
+        "p_value": p,
+        "mismatch": total >= 100.0 && p < 0.001,
+    });
 }
 
 #[cfg(test)]

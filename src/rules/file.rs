@@ -1,55 +1,14 @@
-//! The on-disk shape of a rule file (serde, unknown fields refused). See the README's rule
-//! reference; validation into [`super::Rule`] is in `super`.
+//! The on-disk shape of a rule (serde, unknown fields refused). See the README's rule
+//! reference; validation into [`super::Rule`] is in `super`. The whole file's shape (rules,
+//! alert mappings, rollouts) is the loader's (`rulefile::shape`).
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::condition::ConditionShape;
 use crate::model::Dimension;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleFileShape {
-    #[serde(default)]
-    pub rules: Vec<RuleShape>,
-    /// Alert webhooks → actions (see `alerts::mapping`).
-    #[serde(default)]
-    pub alerts: Vec<crate::alerts::mapping::AlertMappingShape>,
-    /// Automated progression plans (see `rollout`).
-    #[serde(default)]
-    pub rollouts: Vec<RolloutShape>,
-}
-
-/// `rollouts[i]`: a progression plan.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutShape {
-    pub name: String,
-    /// The flag key (no glob).
-    pub flag: String,
-    /// The actuator whose set-rollout call moves the plan (and whose kill rolls it back).
-    pub actuator: String,
-    #[serde(default)]
-    pub environment: Option<String>,
-    /// Run one independent plan per region (the actuator must express regions).
-    #[serde(default)]
-    pub regions: Vec<String>,
-    pub treatment: OneOrMany,
-    #[serde(default)]
-    pub control: Option<String>,
-    /// Percentages, strictly increasing, ending at most at 100.
-    pub steps: Vec<f64>,
-    /// How long each step must be healthy before the next. Default `5m`.
-    #[serde(default = "default_min_healthy", with = "humantime_serde")]
-    pub min_healthy: Duration,
-    /// Treatment evaluations needed on each step before the next. Default 100.
-    #[serde(default = "default_min_samples")]
-    pub min_samples: u64,
-}
-
-fn default_min_healthy() -> Duration {
-    Duration::from_secs(300)
-}
+pub use crate::model::Mode;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -117,68 +76,6 @@ pub struct WhereShape {
     pub region: Option<String>,
 }
 
-/// One condition: exactly one of its fields is set (`- error_rate: { above: 0.05 }`).
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ConditionShape {
-    #[serde(default)]
-    pub error_rate: Option<ErrorRateShape>,
-    #[serde(default)]
-    pub latency: Option<LatencyShape>,
-    #[serde(default)]
-    pub burn_rate: Option<BurnRateShape>,
-}
-
-/// `error_rate`: exactly one of `above` (absolute, over `window`) or `above_control_by`
-/// (sequential test against the control arm, since the slice was first seen).
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorRateShape {
-    /// Breached when errors / requests is above this (0–1).
-    #[serde(default)]
-    pub above: Option<f64>,
-    /// Breached when the treatment's error rate exceeds the control's by more than this
-    /// (0–1), at `confidence`.
-    #[serde(default)]
-    pub above_control_by: Option<f64>,
-    /// Confidence of a sequential condition (0.5–0.9999). Default 0.99.
-    #[serde(default)]
-    pub confidence: Option<f64>,
-    /// Mixing standard deviation of the mSPRT: the effect size it is most sensitive to.
-    /// Default: the margin, at least 0.005.
-    #[serde(default)]
-    pub tau: Option<f64>,
-}
-
-/// `latency`: `quantile` with exactly one of `above_ms` (absolute) or `above_control_ratio`
-/// (sequential: the treatment's share of requests slower than the control's baseline quantile
-/// × ratio exceeds the control's share).
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LatencyShape {
-    /// Quantile in (0, 1), e.g. 0.95.
-    pub quantile: f64,
-    /// Breached when the quantile is above this many milliseconds.
-    #[serde(default)]
-    pub above_ms: Option<f64>,
-    /// Breached when the treatment is slower than the control's quantile × this ratio (> 1).
-    #[serde(default)]
-    pub above_control_ratio: Option<f64>,
-    #[serde(default)]
-    pub confidence: Option<f64>,
-}
-
-/// `burn_rate`: multi-window, multi-burn-rate alerting on the error budget of `objective`
-/// (Google SRE workbook): breached when, for any pair, both windows burn at least `factor`.
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BurnRateShape {
-    /// Availability objective, e.g. 0.999.
-    pub objective: f64,
-    /// `[long, short, factor]` triples, e.g. `[[1h, 5m, 14.4], [6h, 30m, 6]]`.
-    pub windows: Vec<(String, String, f64)>,
-}
-
 #[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ActionShape {
@@ -200,22 +97,4 @@ pub enum OnUnscoped {
     #[default]
     Escalate,
     Widen,
-}
-
-/// `enforce` calls the flag system; `dry_run` (default) records what would have been done.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    DryRun,
-    Enforce,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::DryRun => "dry_run",
-            Mode::Enforce => "enforce",
-        }
-    }
 }

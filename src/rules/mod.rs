@@ -1,89 +1,33 @@
-//! Rules: YAML files written by SREs ([`file`] is their shape) validated into [`Rule`]s with
-//! errors that name file, line and field; [`evaluate`] judges one slice (pure); [`engine`]
-//! keeps per-slice state (`for`, cooldown, blast radius, staleness) and decides actions.
+//! Rules: a rule's YAML shape (`file`) validated into a [`Rule`] ([`validate`]) with errors
+//! that name file, line and field ([`report`]); its conditions, one file per kind
+//! ([`condition`]); [`evaluate`] judges one slice (pure); [`engine`] keeps per-slice state
+//! (`for`, cooldown, blast radius, staleness), decides actions and publishes typed verdicts
+//! ([`published`]). Reading whole rule files into a [`RuleSet`] is the loader's (`rulefile`).
 //!
 //! A rule set is all-or-nothing: an invalid reload keeps the previous set and says why.
 
+pub mod condition;
 pub mod engine;
 pub mod evaluate;
 pub mod file;
-pub mod gate;
+pub mod inputs;
 pub mod locate;
+pub mod plan;
+pub mod published;
+pub mod report;
 
 use std::collections::{BTreeSet, HashSet};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 
-use crate::alerts::mapping::{AlertMapping, AlertMappingShape};
+use crate::alerts::mapping::AlertMapping;
+pub use crate::model::Mode;
 use crate::model::{Dimension, Dims};
-pub use file::Mode;
-use file::{ConditionShape, RuleFileShape, RuleShape};
-
-/// One problem in one rule file, printed `file:line: field: message` like `promtool check rules`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct RuleError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// A condition that breaches a slice.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Condition {
-    /// errors / requests > threshold, over the window.
-    ErrorRateAbove(f64),
-    /// latency quantile (ms) > threshold, over the window.
-    LatencyAbove { quantile: f64, above_ms: f64 },
-    /// Sequential: p_treatment − p_control > margin at confidence 1 − alpha (mSPRT), on the data
-    /// since the slice was first seen.
-    ErrorRateAboveControl { margin: f64, alpha: f64, tau: f64 },
-    /// Sequential: the treatment's share of requests slower than (control's baseline quantile ×
-    /// ratio) exceeds the control's share, at confidence 1 − alpha.
-    LatencyAboveControl { quantile: f64, ratio: f64, alpha: f64 },
-    /// Multi-window multi-burn-rate on the error budget of `objective`.
-    BurnRate { objective: f64, windows: Vec<(Duration, Duration, f64)> },
-}
-
-impl Condition {
-    pub fn describe(&self) -> String {
-        match self {
-            Condition::ErrorRateAbove(t) => format!("error_rate > {t}"),
-            Condition::LatencyAbove { quantile, above_ms } => format!("p{} > {above_ms}ms", quantile * 100.0),
-            Condition::ErrorRateAboveControl { margin, alpha, .. } => format!("error_rate > control + {margin} (confidence {})", 1.0 - alpha),
-            Condition::LatencyAboveControl { quantile, ratio, alpha } => format!("p{} > {ratio} x control's (confidence {})", quantile * 100.0, 1.0 - alpha),
-            Condition::BurnRate { objective, windows } => format!(
-                "burn rate of {objective} objective: {}",
-                windows
-                    .iter()
-                    .map(|(l, s, f)| format!("{}/{} >= {f}x", humantime::format_duration(*l), humantime::format_duration(*s)))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        }
-    }
-
-    /// Sequential conditions compare the arms on all data since the slice was first seen.
-    pub fn is_sequential(&self) -> bool {
-        matches!(self, Condition::ErrorRateAboveControl { .. } | Condition::LatencyAboveControl { .. })
-    }
-}
+pub use condition::Condition;
+use file::RuleShape;
+pub use report::{Report, RuleError};
 
 /// `where`: only series whose judged slice has these values.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -141,214 +85,15 @@ pub struct Rule {
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// Alert mappings from the `alerts:` sections.
-    pub alerts: Vec<crate::alerts::mapping::AlertMapping>,
+    pub alerts: Vec<AlertMapping>,
     /// Progression plans from the `rollouts:` sections.
-    pub rollouts: Vec<crate::rollout::Plan>,
+    pub rollouts: Vec<plan::Plan>,
     /// The files they came from.
     pub files: Vec<PathBuf>,
 }
 
-/// Loads every `*.yaml` / `*.yml` in `dir` (sorted), validating names unique across files and
-/// `enforce` actions against the configured actuators. Returns every error found.
-pub fn load_dir(dir: &Path, actuators: &BTreeSet<String>) -> Result<RuleSet, Vec<RuleError>> {
-    let mut paths = match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect::<Vec<_>>()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(vec![RuleError { file: dir.into(), line: None, field: String::new(), message: e.to_string() }]),
-    };
-    paths.sort();
-    load_files(&paths, actuators)
-}
-
-/// Loads the given files as one rule set.
-pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<RuleSet, Vec<RuleError>> {
-    let mut set = RuleSet::default();
-    let mut errors = Vec::new();
-    let mut names: HashSet<String> = HashSet::new();
-    let mut alert_names: HashSet<String> = HashSet::new();
-    for path in paths {
-        let source = match std::fs::read_to_string(path) {
-            Ok(s) => s,
-            Err(e) => {
-                errors.push(RuleError { file: path.clone(), line: None, field: String::new(), message: e.to_string() });
-                continue;
-            }
-        };
-        match parse(path, &source, actuators) {
-            Ok(Parsed { rules, alerts, rollouts }) => {
-                for plan in rollouts {
-                    if set.rollouts.iter().any(|p| p.name == plan.name) {
-                        errors.push(RuleError {
-                            file: path.clone(),
-                            line: plan.line,
-                            field: "rollouts.name".into(),
-                            message: format!("rollout name {:?} is used twice", plan.name),
-                        });
-                    }
-                    set.rollouts.push(plan);
-                }
-                for rule in rules {
-                    if !names.insert(rule.name.clone()) {
-                        errors.push(RuleError {
-                            file: path.clone(),
-                            line: rule.line,
-                            field: "name".into(),
-                            message: format!("rule name {:?} is used twice", rule.name),
-                        });
-                    }
-                    set.rules.push(rule);
-                }
-                for mapping in alerts {
-                    if !alert_names.insert(mapping.name.clone()) {
-                        errors.push(RuleError {
-                            file: path.clone(),
-                            line: None,
-                            field: "alerts.name".into(),
-                            message: format!("alert mapping name {:?} is used twice", mapping.name),
-                        });
-                    }
-                    set.alerts.push(mapping);
-                }
-            }
-            Err(mut e) => errors.append(&mut e),
-        }
-        set.files.push(path.clone());
-    }
-    if errors.is_empty() { Ok(set) } else { Err(errors) }
-}
-
-/// One file's rules, alert mappings and rollout plans.
-pub struct Parsed {
-    pub rules: Vec<Rule>,
-    pub alerts: Vec<AlertMapping>,
-    pub rollouts: Vec<crate::rollout::Plan>,
-}
-
-/// Parses and validates one file's text.
-pub fn parse(path: &Path, source: &str, actuators: &BTreeSet<String>) -> Result<Parsed, Vec<RuleError>> {
-    let shape: RuleFileShape = match serde_yaml::from_str(source) {
-        Ok(s) => s,
-        Err(e) => {
-            let line = e.location().map(|l| l.line());
-            let message = e.to_string();
-            // serde_yaml appends " at line N column M"; the line is already in front.
-            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-            return Err(vec![RuleError { file: path.into(), line, field: String::new(), message }]);
-        }
-    };
-    let lines = locate::lines(source);
-    let mut errors = Vec::new();
-    let mut rules = Vec::new();
-    for (i, shape) in shape.rules.into_iter().enumerate() {
-        let mut report = Report { file: path, lines: &lines, prefix: format!("rules[{i}]"), errors: &mut errors, failed: false };
-        if let Some(rule) = validate(shape, &mut report, actuators) {
-            rules.push(Rule { file: path.into(), line: locate::line_of(&lines, &format!("rules[{i}]")), ..rule });
-        }
-    }
-    let mut alerts = Vec::new();
-    for (i, shape) in shape.alerts.into_iter().enumerate() {
-        let mut report = Report { file: path, lines: &lines, prefix: format!("alerts[{i}]"), errors: &mut errors, failed: false };
-        if let Some(mapping) = validate_alert(shape, &mut report, actuators) {
-            alerts.push(mapping);
-        }
-    }
-    let mut rollouts = Vec::new();
-    for (i, shape) in shape.rollouts.into_iter().enumerate() {
-        let mut report = Report { file: path, lines: &lines, prefix: format!("rollouts[{i}]"), errors: &mut errors, failed: false };
-        if let Some(plan) = validate_rollout(shape, &mut report, actuators) {
-            rollouts.push(crate::rollout::Plan { file: path.into(), line: locate::line_of(&lines, &format!("rollouts[{i}]")), ..plan });
-        }
-    }
-    if errors.is_empty() { Ok(Parsed { rules, alerts, rollouts }) } else { Err(errors) }
-}
-
-fn validate_rollout(shape: file::RolloutShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<crate::rollout::Plan> {
-    if shape.name.trim().is_empty() || shape.name.contains('/') {
-        r.fail("name", "must be non-empty, without '/'".into());
-    }
-    if shape.flag.contains(['*', '?', '[']) {
-        r.fail("flag", "a plan changes one flag: no globs".into());
-    }
-    if !actuators.contains(&shape.actuator) {
-        r.fail("actuator", format!("{:?} is not a configured actuator", shape.actuator));
-    }
-    if shape.steps.is_empty() {
-        r.fail("steps", "needs at least one percentage".into());
-    }
-    if shape.steps.iter().any(|p| !(*p > 0.0 && *p <= 100.0)) {
-        r.fail("steps", format!("percentages must be in (0, 100], got {:?}", shape.steps));
-    } else if shape.steps.windows(2).any(|w| w[0] >= w[1]) {
-        r.fail("steps", format!("must be strictly increasing, got {:?}", shape.steps));
-    }
-    if shape.min_samples == 0 {
-        r.fail("min_samples", "must be at least 1".into());
-    }
-    let treatment = shape.treatment.into_vec();
-    if r.failed {
-        return None;
-    }
-    Some(crate::rollout::Plan {
-        name: shape.name,
-        file: PathBuf::new(),
-        line: None,
-        flag: shape.flag,
-        actuator: shape.actuator,
-        environment: shape.environment,
-        regions: shape.regions,
-        treatment,
-        control: shape.control,
-        steps: shape.steps,
-        min_healthy: shape.min_healthy,
-        min_samples: shape.min_samples,
-    })
-}
-
-fn validate_alert(shape: AlertMappingShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<AlertMapping> {
-    if shape.name.trim().is_empty() {
-        r.fail("name", "must not be empty".into());
-    }
-    if shape.matches.is_empty() {
-        r.fail("match", "needs at least one label to match (an empty match would act on every alert)".into());
-    }
-    if shape.kill.flag.trim().is_empty() || shape.kill.flag == "$" {
-        r.fail("kill.flag", "must name a flag or a $label".into());
-    }
-    if shape.mode == Mode::Enforce && !actuators.contains(&shape.kill.via) {
-        r.fail("kill.via", format!("enforce mapping names actuator {:?}, which is not configured", shape.kill.via));
-    }
-    (!r.failed).then_some(AlertMapping { name: shape.name, source: shape.source, matches: shape.matches, kill: shape.kill, mode: shape.mode })
-}
-
-/// Collects one rule's (or mapping's) errors with their field path and line.
-struct Report<'a> {
-    file: &'a Path,
-    lines: &'a std::collections::HashMap<String, usize>,
-    /// `rules[3]`, `alerts[0]`.
-    prefix: String,
-    errors: &'a mut Vec<RuleError>,
-    failed: bool,
-}
-
-impl Report<'_> {
-    fn fail(&mut self, field: &str, message: String) {
-        self.failed = true;
-        let field = format!("{}.{field}", self.prefix);
-        self.errors.push(RuleError { file: self.file.into(), line: locate::line_of(self.lines, &field), field, message });
-    }
-}
-
-/// Reads a confidence (default 0.99) as alpha = 1 − confidence.
-fn confidence(field: &str, value: Option<f64>, r: &mut Report<'_>) -> f64 {
-    let c = value.unwrap_or(0.99);
-    if !(0.5..=0.9999).contains(&c) {
-        r.fail(field, format!("must be in [0.5, 0.9999], got {c}"));
-    }
-    1.0 - c
-}
-
-fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<Rule> {
+/// Validates one rule's shape into a [`Rule`], reporting every problem; `None` when it failed.
+pub fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) -> Option<Rule> {
     if shape.name.trim().is_empty() || shape.name.contains('/') {
         // A rule's name starts its slices' cooldown keys (`rule/flag/dim=value`).
         r.fail("name", "must be non-empty, without '/'".into());
@@ -382,86 +127,8 @@ fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) 
     if shape.when.is_empty() {
         r.fail("when", "needs at least one condition".into());
     }
-    let mut when = Vec::new();
-    for (i, condition) in shape.when.iter().enumerate() {
-        match condition {
-            ConditionShape { error_rate: Some(e), latency: None, burn_rate: None } => {
-                let alpha = confidence(&format!("when[{i}].error_rate.confidence"), e.confidence, r);
-                match (e.above, e.above_control_by) {
-                    (Some(above), None) => {
-                        if !(0.0..1.0).contains(&above) {
-                            r.fail(&format!("when[{i}].error_rate.above"), format!("must be in [0, 1), got {above}"));
-                        }
-                        if e.confidence.is_some() || e.tau.is_some() {
-                            r.fail(&format!("when[{i}].error_rate.confidence"), "confidence and tau go with above_control_by".into());
-                        }
-                        when.push(Condition::ErrorRateAbove(above));
-                    }
-                    (None, Some(margin)) => {
-                        if !(0.0..1.0).contains(&margin) {
-                            r.fail(&format!("when[{i}].error_rate.above_control_by"), format!("must be in [0, 1), got {margin}"));
-                        }
-                        if shape.control.is_none() {
-                            r.fail(&format!("when[{i}].error_rate.above_control_by"), "needs the rule's control variant".into());
-                        }
-                        let tau = e.tau.unwrap_or(margin.max(0.005));
-                        if !(tau > 0.0 && tau < 1.0) {
-                            r.fail(&format!("when[{i}].error_rate.tau"), format!("must be in (0, 1), got {tau}"));
-                        }
-                        when.push(Condition::ErrorRateAboveControl { margin, alpha, tau });
-                    }
-                    _ => r.fail(&format!("when[{i}].error_rate"), "needs exactly one of above, above_control_by".into()),
-                }
-            }
-            ConditionShape { latency: Some(l), error_rate: None, burn_rate: None } => {
-                if !(l.quantile > 0.0 && l.quantile < 1.0) {
-                    r.fail(&format!("when[{i}].latency.quantile"), format!("must be in (0, 1), got {}", l.quantile));
-                }
-                let alpha = confidence(&format!("when[{i}].latency.confidence"), l.confidence, r);
-                match (l.above_ms, l.above_control_ratio) {
-                    (Some(above_ms), None) => {
-                        if above_ms <= 0.0 || !above_ms.is_finite() {
-                            r.fail(&format!("when[{i}].latency.above_ms"), format!("must be positive, got {above_ms}"));
-                        }
-                        when.push(Condition::LatencyAbove { quantile: l.quantile, above_ms });
-                    }
-                    (None, Some(ratio)) => {
-                        if !(ratio > 1.0 && ratio.is_finite()) {
-                            r.fail(&format!("when[{i}].latency.above_control_ratio"), format!("must be above 1, got {ratio}"));
-                        }
-                        if shape.control.is_none() {
-                            r.fail(&format!("when[{i}].latency.above_control_ratio"), "needs the rule's control variant".into());
-                        }
-                        when.push(Condition::LatencyAboveControl { quantile: l.quantile, ratio, alpha });
-                    }
-                    _ => r.fail(&format!("when[{i}].latency"), "needs exactly one of above_ms, above_control_ratio".into()),
-                }
-            }
-            ConditionShape { burn_rate: Some(b), error_rate: None, latency: None } => {
-                if !(b.objective > 0.5 && b.objective < 1.0) {
-                    r.fail(&format!("when[{i}].burn_rate.objective"), format!("must be in (0.5, 1), got {}", b.objective));
-                }
-                if b.windows.is_empty() {
-                    r.fail(&format!("when[{i}].burn_rate.windows"), "needs at least one [long, short, factor]".into());
-                }
-                let mut windows = Vec::new();
-                for (j, (long, short, factor)) in b.windows.iter().enumerate() {
-                    let field = format!("when[{i}].burn_rate.windows[{j}]");
-                    match (humantime::parse_duration(long), humantime::parse_duration(short)) {
-                        (Ok(l), Ok(s)) if s < l && l <= Duration::from_secs(6 * 3600) && s >= Duration::from_secs(10) && *factor > 0.0 => {
-                            windows.push((l, s, *factor))
-                        }
-                        _ => r.fail(
-                            &field,
-                            format!("needs [long, short, factor] with 10s <= short < long <= 6h and factor > 0, got [{long}, {short}, {factor}]"),
-                        ),
-                    }
-                }
-                when.push(Condition::BurnRate { objective: b.objective, windows });
-            }
-            _ => r.fail(&format!("when[{i}]"), "each condition needs exactly one of error_rate, latency, burn_rate".into()),
-        }
-    }
+    let when: Vec<Condition> =
+        shape.when.iter().enumerate().filter_map(|(i, condition)| condition.validate(&format!("when[{i}]"), shape.control.is_some(), r)).collect();
     if shape.window < Duration::from_secs(10) || shape.window > Duration::from_secs(6 * 3600) {
         r.fail("window", format!("must be between 10s and 6h, got {}", humantime::format_duration(shape.window)));
     }
@@ -517,6 +184,3 @@ fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<String>) 
         expected_share: shape.expected_share,
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -26,7 +26,7 @@ async fn rules_reload_on_change_and_on_request_and_bad_reloads_keep_the_old_set(
     };
     assert_eq!(get("/healthz").await.status(), 200);
     assert_eq!(get("/readyz").await.status(), 200);
-    let names = |snapshot: &flagguard::aggregate::snapshot::Snapshot| snapshot.rules.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    let names = |snapshot: &flagguard::view::Snapshot| snapshot.rules.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     wait_until("rule a loaded", Duration::from_secs(5), || names(&daemon.snapshot()) == ["a"]).await;
 
     // A file change is picked up by the watcher.

@@ -37,7 +37,7 @@ async fn the_dashboard_shows_the_regression_the_kill_and_live_updates() {
     let daemon = Daemon::start(Daemon::config(dir.path(), RULE, &server), dir).await;
     let mut client = TraceServiceClient::connect(format!("http://{}", daemon.addrs.grpc)).await.unwrap();
     send(&mut client, false, 0).await;
-    wait_until("a healthy verdict", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.verdict == "healthy")).await;
+    wait_until("a healthy verdict", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.verdict.label() == "healthy")).await;
 
     let browser = Browser::start().await;
     let base = format!("http://{}", daemon.addrs.api);

@@ -36,7 +36,7 @@ async fn the_gate_answers_hold_promote_and_rollback() {
     assert!(out.contains("HOLD"), "{out}");
 
     send(&daemon, false, 0).await;
-    wait_until("a healthy verdict", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.verdict == "healthy")).await;
+    wait_until("a healthy verdict", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.verdict.label() == "healthy")).await;
     let (code, out) = gate(&api, &[]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = gate(&api, &["--min-healthy", "1h"]);
@@ -47,7 +47,7 @@ async fn the_gate_answers_hold_promote_and_rollback() {
     assert_eq!(answer["slices"][0]["required"], 30);
 
     send(&daemon, true, 1000).await;
-    wait_until("a breach", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.verdict == "breached")).await;
+    wait_until("a breach", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.verdict.label() == "breached")).await;
     let (code, out) = gate(&api, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("ROLL BACK") && out.contains("breached"), "{out}");

@@ -122,7 +122,8 @@ async fn python_healthy_rollout_is_not_killed() {
         on + off == 400
     })
     .await;
-    wait_until("a healthy verdict", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.flag == flag && v.verdict == "healthy")).await;
+    wait_until("a healthy verdict", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.flag == flag && v.verdict.label() == "healthy"))
+        .await;
     assert!(server.kill_calls().is_empty());
     assert!(!daemon.audit_kinds().iter().any(|k| k.starts_with("kill")), "{:?}", daemon.audit_kinds());
     daemon.stop().await;
@@ -144,8 +145,8 @@ async fn python_outage_of_the_whole_service_is_not_blamed_on_the_flag() {
     wait_until("the incident in the audit log", Duration::from_secs(30), || daemon.audit_kinds().contains(&"incident".to_owned())).await;
     wait_until("the verdict in the snapshot", Duration::from_secs(10), || daemon.snapshot().verdicts.iter().any(|v| v.flag == flag)).await;
     let verdict = daemon.snapshot().verdicts.iter().find(|v| v.flag == flag).cloned().expect("a verdict");
-    assert_eq!(verdict.verdict, "inconclusive");
-    assert!(verdict.reason.as_deref().unwrap_or("").contains("control"), "{verdict:?}");
+    assert_eq!(verdict.verdict.label(), "inconclusive");
+    assert!(verdict.verdict.reason().unwrap_or("").contains("control"), "{verdict:?}");
     assert!(server.kill_calls().is_empty(), "no kill for a service-wide failure");
     wait_until("the incident notification", Duration::from_secs(10), || {
         server.calls().iter().any(|c| c.path == "/notify" && c.body["text"].as_str().is_some_and(|t| t.contains("incident")))

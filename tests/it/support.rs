@@ -12,11 +12,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use flagguard::act::webhook::ReadBackConfig;
 use flagguard::act::webhook::WebhookConfig;
-use flagguard::aggregate::snapshot::Snapshot;
 use flagguard::app::{Addrs, App};
 use flagguard::config::{ActuatorConfig, Config, ConfigFile};
 use flagguard::store::Store;
 use flagguard::time::SystemClock;
+use flagguard::view::Snapshot;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -1,6 +1,7 @@
 use super::*;
 use crate::correlate::Sink;
 use crate::model::{Dims, Outcome, SpanId, TraceId, Variant};
+use crate::rules::condition::{burn_rate::BurnRate, error_rate::ErrorRate};
 use crate::rules::{Condition, Filter};
 
 fn rule(name: &str, flag: &str, service: &str) -> Rule {
@@ -14,7 +15,7 @@ fn rule(name: &str, flag: &str, service: &str) -> Rule {
         control: Some("off".into()),
         filter: Filter { service: Some(service.into()), ..Filter::default() },
         per: vec![Dimension::Region],
-        when: vec![Condition::ErrorRateAbove(0.05)],
+        when: vec![Condition::ErrorRate(ErrorRate::Above(0.05))],
         window: Duration::from_secs(60),
         min_samples: 50,
         for_: Duration::from_secs(10),
@@ -50,17 +51,17 @@ fn fires_after_for_once_per_cooldown_and_only_in_the_bad_region() {
     }
     feed(&mut agg, "checkout-v2", "on", "eu-west", 100, 40, t0);
     feed(&mut agg, "checkout-v2", "on", "us-east", 100, 0, t0);
-    assert!(engine.evaluate(&agg, None, t0).is_empty(), "breached, but not for 10s yet");
+    assert!(engine.evaluate(&mut agg, None, t0).is_empty(), "breached, but not for 10s yet");
     let t1 = t0.plus(Duration::from_secs(10));
-    let decisions = engine.evaluate(&agg, None, t1);
+    let decisions = engine.evaluate(&mut agg, None, t1);
     assert_eq!(decisions.len(), 1);
     let d = &decisions[0];
     assert_eq!((d.kind, d.region.as_deref(), d.service.as_deref()), (DecisionKind::Kill, Some("eu-west"), Some("payments")));
     assert_eq!(d.slice_key, "r/checkout-v2/region=eu-west");
-    assert!(engine.evaluate(&agg, None, t1.plus(Duration::from_secs(5))).is_empty(), "cooldown");
+    assert!(engine.evaluate(&mut agg, None, t1.plus(Duration::from_secs(5))).is_empty(), "cooldown");
     let views = engine.views();
-    assert_eq!(views.iter().filter(|v| v.verdict == "breached").count(), 1);
-    assert_eq!(views.iter().filter(|v| v.verdict == "healthy").count(), 1);
+    assert_eq!(views.iter().filter(|v| v.verdict.label() == "breached").count(), 1);
+    assert_eq!(views.iter().filter(|v| v.verdict.label() == "healthy").count(), 1);
 }
 
 #[test]
@@ -71,15 +72,15 @@ fn healthy_resets_the_for_clock() {
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     feed(&mut agg, "f", "off", "eu", 100, 0, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
-    assert!(engine.evaluate(&agg, None, t0).is_empty());
+    assert!(engine.evaluate(&mut agg, None, t0).is_empty());
     // The bad minute slides out; fresh healthy data comes in.
     let t1 = t0.plus(Duration::from_secs(70));
     feed(&mut agg, "f", "off", "eu", 100, 0, t1);
     feed(&mut agg, "f", "on", "eu", 100, 0, t1);
-    assert!(engine.evaluate(&agg, None, t1).is_empty());
+    assert!(engine.evaluate(&mut agg, None, t1).is_empty());
     let t2 = t1.plus(Duration::from_secs(1));
     feed(&mut agg, "f", "on", "eu", 100, 100, t2);
-    assert!(engine.evaluate(&agg, None, t2).is_empty(), "the for clock restarted at t2");
+    assert!(engine.evaluate(&mut agg, None, t2).is_empty(), "the for clock restarted at t2");
 }
 
 #[test]
@@ -92,8 +93,8 @@ fn several_flags_breaching_in_one_service_is_an_incident() {
         feed(&mut agg, flag, "off", "eu", 200, 0, t0);
         feed(&mut agg, flag, "on", "eu", 100, 50, t0);
     }
-    engine.evaluate(&agg, None, t0);
-    let decisions = engine.evaluate(&agg, None, t0.plus(Duration::from_secs(10)));
+    engine.evaluate(&mut agg, None, t0);
+    let decisions = engine.evaluate(&mut agg, None, t0.plus(Duration::from_secs(10)));
     assert_eq!(decisions.len(), 2);
     assert!(decisions.iter().all(|d| d.kind == DecisionKind::Incident), "{decisions:#?}");
 }
@@ -106,8 +107,8 @@ fn control_breaching_too_is_an_incident() {
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     feed(&mut agg, "f", "off", "eu", 200, 100, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
-    engine.evaluate(&agg, None, t0);
-    let decisions = engine.evaluate(&agg, None, t0.plus(Duration::from_secs(10)));
+    engine.evaluate(&mut agg, None, t0);
+    let decisions = engine.evaluate(&mut agg, None, t0.plus(Duration::from_secs(10)));
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].kind, DecisionKind::Incident);
 }
@@ -121,17 +122,17 @@ fn cooldown_survives_a_restart() {
     let mut engine = RuleEngine::new(set, settings(), fired, t0);
     feed(&mut agg, "f", "off", "eu", 200, 0, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
-    engine.evaluate(&agg, None, t0);
-    assert!(engine.evaluate(&agg, None, t0.plus(Duration::from_secs(30))).is_empty());
+    engine.evaluate(&mut agg, None, t0);
+    assert!(engine.evaluate(&mut agg, None, t0.plus(Duration::from_secs(30))).is_empty());
 }
 
 #[test]
 fn stale_rules_are_reported() {
-    let agg = Aggregator::new(10);
+    let mut agg = Aggregator::new(10);
     let set = Arc::new(RuleSet { rules: vec![rule("r", "f", "payments")], ..RuleSet::default() });
     let t0 = Timestamp(1_000_000);
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
-    engine.evaluate(&agg, None, t0);
+    engine.evaluate(&mut agg, None, t0);
     assert!(engine.stale_rules(t0.plus(Duration::from_secs(60))).is_empty());
     assert_eq!(engine.stale_rules(t0.plus(Duration::from_secs(301))), vec!["r".to_owned()]);
 }
@@ -146,14 +147,14 @@ fn a_killed_arm_that_drains_never_fires_again() {
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     feed(&mut agg, "f", "off", "eu", 200, 0, t0);
     feed(&mut agg, "f", "on", "eu", 100, 50, t0);
-    engine.evaluate(&agg, None, t0);
-    assert_eq!(engine.evaluate(&agg, None, t0.plus(Duration::from_secs(10))).len(), 1);
+    engine.evaluate(&mut agg, None, t0);
+    assert_eq!(engine.evaluate(&mut agg, None, t0.plus(Duration::from_secs(10))).len(), 1);
     // Killed: no more `on` traffic; only the control keeps arriving. Long after the cooldown,
     // nothing fires again.
     for s in (20..400).step_by(10) {
         let t = t0.plus(Duration::from_secs(s));
         feed(&mut agg, "f", "off", "eu", 10, 0, t);
-        assert!(engine.evaluate(&agg, None, t).is_empty(), "re-fired at +{s}s");
+        assert!(engine.evaluate(&mut agg, None, t).is_empty(), "re-fired at +{s}s");
     }
 }
 
@@ -170,7 +171,7 @@ fn still_breached_after_the_cooldown_fires_again() {
         let t = t0.plus(Duration::from_secs(s));
         feed(&mut agg, "f", "off", "eu", 50, 0, t);
         feed(&mut agg, "f", "on", "eu", 50, 25, t);
-        fired += engine.evaluate(&agg, None, t).len();
+        fired += engine.evaluate(&mut agg, None, t).len();
     }
     assert_eq!(fired, 2, "at +10s, then again after the 30s cooldown and a fresh 10s `for`");
 }
@@ -184,15 +185,17 @@ fn a_sequential_condition_fires_on_a_real_difference_only() {
     let t0 = Timestamp(1_000_000);
     let run = |treatment_errors: u64| {
         let mut agg = Aggregator::new(1000);
-        let set =
-            Arc::new(RuleSet { rules: vec![rule_when(vec![Condition::ErrorRateAboveControl { margin: 0.01, alpha: 0.01, tau: 0.02 }])], ..RuleSet::default() });
+        let set = Arc::new(RuleSet {
+            rules: vec![rule_when(vec![Condition::ErrorRate(ErrorRate::AboveControl { margin: 0.01, alpha: 0.01, tau: 0.02 })])],
+            ..RuleSet::default()
+        });
         let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
         let mut fired = None;
         for s in 0..120u64 {
             let t = t0.plus(Duration::from_secs(s));
             feed(&mut agg, "f", "off", "eu", 20, u64::from(s % 10 == 0), t);
             feed(&mut agg, "f", "on", "eu", 20, if s % 20 < treatment_errors { 20 } else { 0 } / 10, t);
-            if fired.is_none() && !engine.evaluate(&agg, None, t).is_empty() {
+            if fired.is_none() && !engine.evaluate(&mut agg, None, t).is_empty() {
                 fired = Some(s);
             }
         }
@@ -213,7 +216,7 @@ fn a_sequential_condition_fires_on_a_real_difference_only() {
 fn burn_rate_needs_both_windows_hot() {
     let t0 = Timestamp(10_000_000);
     let mut agg = Aggregator::new(1000);
-    let burn = Condition::BurnRate { objective: 0.99, windows: vec![(Duration::from_secs(600), Duration::from_secs(60), 10.0)] };
+    let burn = Condition::BurnRate(BurnRate { objective: 0.99, windows: vec![(Duration::from_secs(600), Duration::from_secs(60), 10.0)] });
     let set = Arc::new(RuleSet { rules: vec![Rule { min_samples: 50, ..rule_when(vec![burn]) }], ..RuleSet::default() });
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     // Nine quiet minutes, then a hot one: the short window burns at 50x, the long one at ~5x.
@@ -225,10 +228,10 @@ fn burn_rate_needs_both_windows_hot() {
     let hot = t0.plus(Duration::from_secs(9 * 60));
     feed(&mut agg, "f", "off", "eu", 100, 0, hot);
     feed(&mut agg, "f", "on", "eu", 100, 50, hot);
-    assert!(engine.evaluate(&agg, None, hot).is_empty(), "the long window is not hot yet: {:#?}", engine.views());
+    assert!(engine.evaluate(&mut agg, None, hot).is_empty(), "the long window is not hot yet: {:#?}", engine.views());
     let hotter = hot.plus(Duration::from_secs(30));
     feed(&mut agg, "f", "on", "eu", 100, 100, hotter);
-    assert_eq!(engine.evaluate(&agg, None, hotter).len(), 1, "{:#?}", engine.views());
+    assert_eq!(engine.evaluate(&mut agg, None, hotter).len(), 1, "{:#?}", engine.views());
 }
 
 #[test]
@@ -236,7 +239,10 @@ fn sample_ratio_mismatch_is_reported_not_killed() {
     use crate::model::Evaluation;
     let t0 = Timestamp(1_000_000);
     let mut agg = Aggregator::new(1000);
-    let set = Arc::new(RuleSet { rules: vec![Rule { expected_share: Some(0.5), ..rule_when(vec![Condition::ErrorRateAbove(0.5)]) }], ..RuleSet::default() });
+    let set = Arc::new(RuleSet {
+        rules: vec![Rule { expected_share: Some(0.5), ..rule_when(vec![Condition::ErrorRate(ErrorRate::Above(0.5))]) }],
+        ..RuleSet::default()
+    });
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
     let dims = Dims { service: "checkout".into(), environment: "prod".into(), region: "eu".into() };
     for user in 0..1000u64 {
@@ -255,7 +261,7 @@ fn sample_ratio_mismatch_is_reported_not_killed() {
     }
     feed(&mut agg, "f", "off", "eu", 100, 0, t0);
     feed(&mut agg, "f", "on", "eu", 100, 0, t0);
-    assert!(engine.evaluate(&agg, None, t0).is_empty());
+    assert!(engine.evaluate(&mut agg, None, t0).is_empty());
     let srm = &engine.views()[0].evidence["srm"];
     assert_eq!(srm["mismatch"], true, "{srm}");
     assert_eq!((srm["treatment_users"].as_f64(), srm["control_users"].as_f64()), (Some(300.0), Some(700.0)));
@@ -279,11 +285,13 @@ fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
         observe(&mut agg, "on", 1, i % 2 == 0, t0);
         observe(&mut agg, "off", 1_000_000 + i, false, t0);
     }
-    let set =
-        Arc::new(RuleSet { rules: vec![rule_when(vec![Condition::ErrorRateAboveControl { margin: 0.0, alpha: 0.01, tau: 0.02 }])], ..RuleSet::default() });
+    let set = Arc::new(RuleSet {
+        rules: vec![rule_when(vec![Condition::ErrorRate(ErrorRate::AboveControl { margin: 0.0, alpha: 0.01, tau: 0.02 })])],
+        ..RuleSet::default()
+    });
     let t1 = t0.plus(Duration::from_secs(1));
     let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t1);
-    engine.evaluate(&agg, None, t1);
+    engine.evaluate(&mut agg, None, t1);
     // Since: independent users, 1 % errors in both arms.
     let mut next = 2_000_000u64;
     for s in 2..60u64 {
@@ -294,7 +302,7 @@ fn the_design_effect_reads_the_segment_not_the_series_lifetime() {
             next += 1;
             observe(&mut agg, "off", next, i == 0 && s % 3 == 1, t);
         }
-        engine.evaluate(&agg, None, t);
+        engine.evaluate(&mut agg, None, t);
     }
     let views = engine.views();
     let condition = &views[0].evidence["conditions"][0];
@@ -314,8 +322,8 @@ fn breach(engine: &mut RuleEngine, flag: &str, at: Timestamp) -> Vec<Decision> {
     let mut agg = Aggregator::new(1000);
     feed(&mut agg, flag, "off", "eu", 200, 0, at);
     feed(&mut agg, flag, "on", "eu", 100, 50, at);
-    engine.evaluate(&agg, None, at);
-    engine.evaluate(&agg, None, at.plus(Duration::from_secs(10)))
+    engine.evaluate(&mut agg, None, at);
+    engine.evaluate(&mut agg, None, at.plus(Duration::from_secs(10)))
 }
 
 /// Review finding 10: a restore forgets the cooldown of a namespaced flag (the key used to be
@@ -367,4 +375,29 @@ fn a_region_in_where_is_in_the_kill_scope() {
     let d = breach(&mut engine, "f", t0);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].scope, vec![("region".to_owned(), "eu".to_owned())]);
+}
+
+/// The engine owns a latency comparison's threshold and hands it to the windows explicitly:
+/// once the control's baseline fixes it, every member series counts its slower requests.
+#[test]
+fn the_engine_hands_the_fixed_latency_threshold_to_the_windows() {
+    use crate::rules::condition::latency::Latency;
+    let t0 = Timestamp(1_000_000);
+    let mut agg = Aggregator::new(1000);
+    let comparison = Condition::Latency(Latency::AboveControl { quantile: 0.5, ratio: 2.0, alpha: 0.01 });
+    let set = Arc::new(RuleSet { rules: vec![rule_when(vec![comparison])], ..RuleSet::default() });
+    let mut engine = RuleEngine::new(set, settings(), HashMap::new(), t0);
+    feed(&mut agg, "f", "off", "eu", 10, 0, t0);
+    feed(&mut agg, "f", "on", "eu", 10, 0, t0);
+    engine.evaluate(&mut agg, None, t0);
+    assert!(agg.series().all(|(_, w)| w.slow_over_us().is_none()), "the control's baseline needs min_samples first");
+    let t1 = t0.plus(Duration::from_secs(1));
+    feed(&mut agg, "f", "off", "eu", 100, 0, t1);
+    feed(&mut agg, "f", "on", "eu", 100, 0, t1);
+    engine.evaluate(&mut agg, None, t1);
+    // The control's median is ~1 ms (feed records 1000 µs): the threshold is twice that.
+    for (key, window) in agg.series() {
+        let us = window.slow_over_us().unwrap_or_else(|| panic!("{key:?} counts no slow requests"));
+        assert!((1_990..=2_010).contains(&us), "{key:?}: {us} µs");
+    }
 }

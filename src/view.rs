@@ -1,10 +1,13 @@
-//! The read-only view of the pipeline that the API serves: per-series summaries and the current
-//! verdicts. Built by the pipeline on a timer and published through a `watch` channel, so that
-//! readers never lock the aggregator.
+//! The API's read model: the read-only view of the pipeline that the API serves — per-series
+//! summaries, the current (typed) verdicts and the active rule set. Built by the pipeline on a
+//! timer and published through a `watch` channel, so that readers never lock the aggregator.
+//! It sits above `aggregate` and `rules`, which know nothing of it.
 
 use serde::Serialize;
 
-use super::{Aggregator, Summary};
+pub use crate::rules::published::{TransitionView, VerdictView};
+
+use crate::aggregate::{Aggregator, Summary, Window};
 use crate::time::Timestamp;
 
 /// Counts and quantiles of one series over one window.
@@ -48,30 +51,6 @@ pub struct SeriesView {
     pub last_seen: String,
 }
 
-/// One rule slice's current verdict with its decision record.
-#[derive(Clone, Debug, Serialize)]
-pub struct VerdictView {
-    pub rule: String,
-    pub flag: String,
-    pub slice: String,
-    pub verdict: String,
-    pub reason: Option<String>,
-    pub since: String,
-    pub mode: String,
-    pub evidence: serde_json::Value,
-}
-
-/// A verdict change of one rule slice (markers on the dashboard's plots).
-#[derive(Clone, Debug, Serialize)]
-pub struct TransitionView {
-    pub at: u64,
-    pub rule: String,
-    pub flag: String,
-    pub slice: String,
-    pub from: String,
-    pub to: String,
-}
-
 /// Everything the API reads.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct Snapshot {
@@ -98,7 +77,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Summarises every series over the last minute and five minutes.
     pub fn build(aggregator: &Aggregator, now: Timestamp) -> Snapshot {
-        let view = |flag: String, variant: String, dims: &crate::model::Dims, w: &super::Window| SeriesView {
+        let view = |flag: String, variant: String, dims: &crate::model::Dims, w: &Window| SeriesView {
             flag,
             variant,
             service: dims.service.to_string(),

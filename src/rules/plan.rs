@@ -1,0 +1,41 @@
+//! A rule file's validated `rollouts:` entry: a progression plan (steps of rollout percentages,
+//! how long each must stay healthy, how many treatment evaluations it needs, the actuator).
+//! Plain data; the progression itself is `rollout`'s.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A validated plan from a rule file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub flag: String,
+    pub actuator: String,
+    pub environment: Option<String>,
+    /// Independent instances, one per region; empty: one instance for the environment.
+    pub regions: Vec<String>,
+    pub treatment: Vec<String>,
+    pub control: Option<String>,
+    /// Rollout percentages, strictly increasing, in (0, 100].
+    pub steps: Vec<f64>,
+    pub min_healthy: Duration,
+    /// Treatment evaluations needed on a step before the next.
+    pub min_samples: u64,
+}
+
+impl Plan {
+    /// The instances' regions (`None`: the whole environment).
+    pub fn instances(&self) -> Vec<Option<String>> {
+        if self.regions.is_empty() { vec![None] } else { self.regions.iter().cloned().map(Some).collect() }
+    }
+
+    /// The store key of one instance: `name` or `name/region=eu-west`.
+    pub fn key(&self, region: Option<&str>) -> String {
+        match region {
+            Some(r) => format!("{}/region={r}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
