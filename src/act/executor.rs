@@ -126,6 +126,7 @@ impl Executor {
         let attempt = row.attempts + 1;
         let kind = request.kind.as_str();
         if request.kind == ActionKind::Notify {
+            Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", "attempt")]);
             return self.deliver(&row, &request, attempt).await;
         }
         let Some(actuator) = self.actuators.get(&request.actuator).cloned() else {
@@ -180,10 +181,12 @@ impl Executor {
             return self.finish(row, Some(request), attempt, Err(e)).await;
         };
         let timeout = self.settings.timeout;
+        let started = std::time::Instant::now();
         let sent = match tokio::time::timeout(timeout, notifier.send(request, &row.idempotency_key)).await {
             Ok(sent) => sent,
             Err(_) => Err(ActError::transient(format!("timed out after {timeout:?}"))),
         };
+        self.metrics.actuator_latency.get_or_create(&vec![("actuator", request.actuator.clone())]).observe(started.elapsed().as_secs_f64());
         match sent {
             Ok(applied) => {
                 let result = json!({ "before": applied.before, "after": applied.after, "request": request });
