@@ -512,18 +512,20 @@ pub fn notification(text: &str, evidence: &Value, at: Timestamp) -> FollowUp {
         after: Some(json!({ "text": text })),
         ..AuditEntry::default()
     };
-    FollowUp { target: target.clone(), kind: ActionKind::Notify, request: to_json(&request), idempotency_key: target, audit }
+    FollowUp { target: target.clone(), kind: ActionKind::Notify, request: to_json(&request), idempotency_key: target, automatic: false, audit }
 }
 
 /// The fallback kill of escalated action `escalated`: the same kill on actuator `fallback`,
 /// audited as `kill_fallback` (the rest of `audit` as given), to queue with the escalation.
+/// It is as automatic as the kill it replaces: a rule's or an alert's (no `actor`) defers to a
+/// human's override of the fallback's target, an operator's or a plan's does not.
 pub fn fallback_kill(request: &ActionRequest, fallback: &str, escalated: i64, audit: &AuditEntry, at: Timestamp) -> FollowUp {
     let request = ActionRequest { actuator: fallback.to_owned(), ..request.clone() };
     let target = request.target();
     let audit =
         AuditEntry { kind: "kill_fallback".into(), target: Some(target.clone()), after: Some(json!({ "escalated_action": escalated })), ..audit.clone() };
     let idempotency_key = idempotency_key(&target, at);
-    FollowUp { target, kind: ActionKind::Kill, request: to_json(&request), idempotency_key, audit }
+    FollowUp { target, kind: ActionKind::Kill, request: to_json(&request), idempotency_key, automatic: request.actor.is_none(), audit }
 }
 
 /// The restore of a kill (its outbox row): same target, the state the kill saved.

@@ -172,6 +172,8 @@ pub struct FollowUp {
     pub kind: ActionKind,
     pub request: serde_json::Value,
     pub idempotency_key: String,
+    /// See [`NewAction::automatic`]: a fallback of a rule's or an alert's kill is automatic.
+    pub automatic: bool,
     pub audit: AuditEntry,
 }
 

@@ -315,14 +315,14 @@ impl Store {
     /// Queues the actions an outcome brings (no rule state: they are not a rule's slice).
     fn follow_ups_in(tx: &rusqlite::Transaction<'_>, follow_ups: &[FollowUp]) -> rusqlite::Result<()> {
         for f in follow_ups {
-            // A fallback kill or a notification is never a rule's own: it does not defer.
+            // No slice key: a fallback kill or a notification has no cooldown of its own.
             let action = NewAction {
                 target: &f.target,
                 kind: f.kind,
                 request: &f.request,
                 idempotency_key: &f.idempotency_key,
                 slice_key: "",
-                automatic: false,
+                automatic: f.automatic,
                 audit: &f.audit,
             };
             Store::submit_in(tx, &action)?;

@@ -294,3 +294,13 @@ fn the_table_reaches_every_state_from_pending() {
     }
     assert_eq!(reached.len(), ALL.len(), "every state is reachable: {reached:?}");
 }
+
+#[test]
+fn a_fallback_kill_is_as_automatic_as_the_kill_it_replaces() {
+    let audit = AuditEntry::default();
+    let rule = ActionRequest { rule: "errors".into(), ..ActionRequest::new(ActionKind::Kill, "flags", "f") };
+    let by_hand = ActionRequest { actor: Some("token:ops".into()), ..rule.clone() };
+    assert!(fallback_kill(&rule, "backup", 1, &audit, Timestamp(1)).automatic, "a rule's fallback defers to a human override");
+    assert!(!fallback_kill(&by_hand, "backup", 1, &audit, Timestamp(1)).automatic, "an operator's goes out");
+    assert!(!notification("t", &json!({}), Timestamp(1)).automatic);
+}
