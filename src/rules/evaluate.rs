@@ -181,33 +181,9 @@ mod tests {
     use super::*;
     use crate::aggregate::Window;
     use crate::rules::condition::{error_rate::ErrorRate, latency::Latency};
-    use crate::rules::{Filter, Mode};
     use crate::time::Timestamp;
-    use std::time::Duration;
 
-    fn rule(when: Vec<Condition>) -> Rule {
-        Rule {
-            name: "r".into(),
-            file: "r.yaml".into(),
-            line: None,
-            flag_pattern: "f".into(),
-            flag: globset::Glob::new("f").unwrap().compile_matcher(),
-            treatment: vec!["on".into()],
-            control: Some("off".into()),
-            filter: Filter::default(),
-            per: vec![],
-            when,
-            window: Duration::from_secs(60),
-            min_samples: 100,
-            for_: Duration::ZERO,
-            kill: None,
-            widen: false,
-            auto_restore: None,
-            cooldown: Duration::from_secs(60),
-            mode: Mode::DryRun,
-            expected_share: None,
-        }
-    }
+    use crate::rules::test_rule as rule;
 
     fn summary(requests: u64, errors: u64, latency_us: u64) -> Summary {
         let mut w = Window::new();

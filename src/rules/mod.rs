@@ -184,3 +184,30 @@ pub fn validate(shape: RuleShape, r: &mut Report<'_>, actuators: &BTreeSet<Strin
         expected_share: shape.expected_share,
     })
 }
+
+/// A dry-run rule on flag `f` (treatment `on`, control `off`, 60 s window, 100 samples) with
+/// these conditions: the unit tests' fixture.
+#[cfg(test)]
+pub(crate) fn test_rule(when: Vec<Condition>) -> Rule {
+    Rule {
+        name: "r".into(),
+        file: "r.yaml".into(),
+        line: None,
+        flag_pattern: "f".into(),
+        flag: Glob::new("f").expect("a valid glob").compile_matcher(),
+        treatment: vec!["on".into()],
+        control: Some("off".into()),
+        filter: Filter::default(),
+        per: vec![],
+        when,
+        window: Duration::from_secs(60),
+        min_samples: 100,
+        for_: Duration::ZERO,
+        kill: None,
+        widen: false,
+        auto_restore: None,
+        cooldown: Duration::from_secs(60),
+        mode: Mode::DryRun,
+        expected_share: None,
+    }
+}

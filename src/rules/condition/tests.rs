@@ -8,8 +8,9 @@ use std::path::Path;
 use super::throughput::Throughput;
 use super::*;
 use crate::aggregate::Window;
+use crate::rules::Condition;
 use crate::rules::evaluate::{Verdict, judge_window};
-use crate::rules::{Condition, Filter, Mode, Rule};
+use crate::rules::test_rule as rule;
 use crate::time::Timestamp;
 
 fn errors(source: &str) -> Vec<String> {
@@ -76,30 +77,6 @@ fn every_registered_kind_is_a_key_of_the_shape() {
     let Some(Condition::Throughput(t)) = condition else { panic!("a throughput condition") };
     assert!((t.alpha - 0.01).abs() < 1e-12 && t.below_control_ratio == 0.25, "{t:?}");
     assert!(errors.is_empty());
-}
-
-fn rule(when: Vec<Condition>) -> Rule {
-    Rule {
-        name: "r".into(),
-        file: "r.yaml".into(),
-        line: None,
-        flag_pattern: "f".into(),
-        flag: globset::Glob::new("f").unwrap().compile_matcher(),
-        treatment: vec!["on".into()],
-        control: Some("off".into()),
-        filter: Filter::default(),
-        per: vec![],
-        when,
-        window: std::time::Duration::from_secs(60),
-        min_samples: 100,
-        for_: std::time::Duration::ZERO,
-        kill: None,
-        widen: false,
-        auto_restore: None,
-        cooldown: std::time::Duration::from_secs(60),
-        mode: Mode::DryRun,
-        expected_share: None,
-    }
 }
 
 /// An arm with `exposures` flag evaluations and `requests` traced requests.
