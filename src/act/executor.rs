@@ -189,8 +189,9 @@ impl Executor {
         self.metrics.actuator_latency.get_or_create(&vec![("actuator", request.actuator.clone())]).observe(started.elapsed().as_secs_f64());
         match sent {
             Ok(applied) => {
-                let result = json!({ "before": applied.before, "after": applied.after, "request": request });
-                let done = Performed { applied, verified: true, read_back: None, widened: None, result };
+                let called = Called { applied, widened: None };
+                let result = called.result(request);
+                let done = Performed { applied: called.applied, verified: true, read_back: None, widened: None, result };
                 self.finish(row, Some(request), attempt, Ok(done)).await
             }
             Err(e) => self.failed(row, request, attempt, e).await,

@@ -36,6 +36,15 @@ pub struct Outbox {
     notify: bool,
 }
 
+/// What came of one rule decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// Something was queued (a kill or a notification): the executor has work.
+    pub queued: bool,
+    /// An operator control held the kill: its slice re-arms once the control is lifted.
+    pub held: bool,
+}
+
 /// What came of one alert delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertResult {
@@ -73,16 +82,11 @@ impl Outbox {
         &self.store
     }
 
-    /// Whether notifications are configured.
-    pub fn notifies(&self) -> bool {
-        self.notify
-    }
-
     /// Turns one of the engine's decisions into a durable action: an enforced kill goes to the
     /// outbox (unless an operator control holds it: remembered, re-armed when lifted);
-    /// dry-runs and incidents are audited; each is notified. Returns whether anything was
-    /// queued (the caller wakes the executor).
-    pub fn decide(&self, decision: &Decision) -> Result<bool, StoreError> {
+    /// dry-runs and incidents are audited; each is notified. Says whether anything was queued
+    /// (the caller wakes the executor) and whether a control held the kill.
+    pub fn decide(&self, decision: &Decision) -> Result<Decided, StoreError> {
         let request = ActionRequest {
             treatment: decision.treatment.clone(),
             control: decision.control.clone(),
@@ -113,6 +117,7 @@ impl Outbox {
             (DecisionKind::Kill, Mode::Enforce) => self.store.controls()?.hold(&decision.flag, Some(&decision.rule), decision.at),
             _ => None,
         };
+        let was_held = held.is_some();
         let summary = match (decision.kind, decision.mode) {
             (DecisionKind::Kill, Mode::Enforce) if let Some(why) = held => {
                 // Held, not queued. The pipeline re-arms the slice as soon as the control is
@@ -136,7 +141,7 @@ impl Outbox {
                 queued = true;
                 match submitted {
                     Submitted::New(id) => format!("flagguard is killing {} (action {id}, rule {})", describe(&request), decision.rule),
-                    Submitted::Joined(_) => return Ok(true),
+                    Submitted::Joined(_) => return Ok(Decided { queued: true, held: false }),
                     Submitted::Suppressed(id) => format!(
                         "flagguard is NOT killing {} again (rule {}): a human re-enabled it after kill {id}; acknowledge with POST /v1/actions/{id}/restore to re-arm",
                         describe(&request),
@@ -159,7 +164,8 @@ impl Outbox {
                 format!("incident, not killing {}: {why}", describe(&request))
             }
         };
-        Ok(self.notify(&summary, &decision.record, decision.at)? || queued)
+        let notified = self.notify(&summary, &decision.record, decision.at)?;
+        Ok(Decided { queued: notified || queued, held: was_held })
     }
 
     /// Records one alert of a delivery and what it maps to, in one transaction: a firing alert

@@ -3,21 +3,21 @@
 //! soon as no control holds them.
 
 use super::Pipeline;
-use crate::rules::engine::{Decision, DecisionKind};
+use crate::rules::engine::Decision;
 use crate::time::Timestamp;
 
 impl Pipeline {
     /// Writes the engine's decisions through the outbox; a decision that cannot be written is
     /// re-armed (the slice fires again once seen Breached for `for`: not lost).
-    pub(super) fn decide(&mut self, decisions: &[Decision], now: Timestamp) {
+    pub(super) fn decide(&mut self, decisions: &[Decision]) {
         let mut wake = false;
         for decision in decisions {
             tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");
             match self.outbox.decide(decision) {
-                Ok(queued) => {
-                    wake |= queued;
-                    if decision.kind == DecisionKind::Kill && decision.mode == crate::rules::Mode::Enforce {
-                        self.held_if_so(decision, now);
+                Ok(decided) => {
+                    wake |= decided.queued;
+                    if decided.held {
+                        self.held.insert(decision.slice_key.clone(), (decision.flag.clone(), decision.rule.clone()));
                     }
                 }
                 Err(e) => {
@@ -38,15 +38,6 @@ impl Pipeline {
             Err(e) => tracing::error!(error = %e, "cannot read the held slices; they re-arm when their cooldown ends"),
         }
         self
-    }
-
-    /// Remembers a decision an operator control held (its slice re-arms once the control is
-    /// lifted).
-    pub(super) fn held_if_so(&mut self, decision: &Decision, now: Timestamp) {
-        let held = self.store.controls().map(|c| c.hold(&decision.flag, Some(&decision.rule), now).is_some()).unwrap_or(false);
-        if held {
-            self.held.insert(decision.slice_key.clone(), (decision.flag.clone(), decision.rule.clone()));
-        }
     }
 
     /// Re-arms the slices whose held kill no control holds any more: forgets their cooldown,

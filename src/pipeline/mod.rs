@@ -205,7 +205,7 @@ impl Pipeline {
         let changed = self.aggregator.take_changed();
         if full || !changed.is_empty() {
             fired = self.engine.evaluate(&mut self.aggregator, (!full).then_some(&changed), now);
-            self.decide(&fired, now);
+            self.decide(&fired);
         }
         if full {
             self.release_held(now);

@@ -218,11 +218,6 @@ pub enum Submitted {
     Suppressed(i64),
 }
 
-/// Whether a kill of `kill_target` covers `other` (stored keys, see [`Target::covers`]).
-pub fn kill_covers(kill_target: &str, other: &str) -> bool {
-    Target::parse(kill_target).covers(&Target::parse(other))
-}
-
 /// How long a drained or recovered kill stays watched (recovery, auto-restore, drift).
 pub const WATCH_AFTER_DRAIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
