@@ -69,6 +69,8 @@ pub struct App {
     notifier: Option<Arc<Notifier>>,
     /// TLS of the OTLP listeners and of the API, loaded at build (a bad file refuses to start).
     tls: (Option<crate::tls::Reloading>, Option<crate::tls::Reloading>),
+    /// Cluster mode: the fenced lease (none: embedded, always the one that acts).
+    lease: Option<Arc<crate::cluster::lease::Lease>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -96,7 +98,10 @@ impl App {
     /// and binds the listeners.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, AppError> {
         let file = &config.file;
-        let store = Store::open(&file.data_dir)?;
+        let store = match &config.cluster {
+            None => Store::open(&file.data_dir)?,
+            Some(cluster) => Store::open_postgres(&cluster.store)?,
+        };
         let rules = crate::rulefile::load_dir(&file.rules_dir, &config.actuator_names())
             .map_err(|errors| AppError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
         let metrics = Arc::new(Metrics::new());
@@ -130,7 +135,11 @@ impl App {
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let addrs = Addrs { grpc: local(&grpc, config.grpc_listen), http: local(&http, config.http_listen), api: local(&api, config.api_listen) };
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot { rule_set: engine.rules().clone(), ..Snapshot::default() }));
-        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls })
+        let lease = match &config.cluster {
+            Some(cluster) => Some(Arc::new(crate::cluster::lease::Lease::connect(cluster, metrics.clone(), addrs.api.to_string())?)),
+            None => None,
+        };
+        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls, lease })
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -151,8 +160,16 @@ impl App {
 
     /// Runs until `shutdown` is cancelled, then stops in order within the grace period.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls } = self;
+        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls, lease } = self;
         let outbox = Outbox::new(store.clone(), notifier.is_some());
+        // The leader's door: fenced by the lease in cluster mode.
+        let fence = lease.as_ref().map(|l| l.fence());
+        let acting = match &fence {
+            Some(fence) => outbox.fenced(fence.clone()),
+            None => outbox.clone(),
+        };
+        let lease_stop = CancellationToken::new();
+        let lease_task = lease.map(|lease| tokio::spawn(lease.run(lease_stop.clone())));
         let (otlp_tls, api_tls) = tls;
         let file = &config.file;
         let (grpc_listener, http_listener, api_listener) = listeners;
@@ -253,6 +270,7 @@ impl App {
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
                 tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
+                fence: fence.clone(),
             },
             alerts,
         );
@@ -270,7 +288,7 @@ impl App {
             }),
             Aggregator::new(file.aggregate.max_series),
             engine,
-            outbox.clone(),
+            acting.clone(),
             metrics.clone(),
             clock.clone(),
             wake.clone(),
@@ -285,11 +303,15 @@ impl App {
                 audit_retention: file.audit.retention,
             },
         );
+        let pipeline = match &fence {
+            Some(fence) => pipeline.with_fence(fence.clone()),
+            None => pipeline,
+        };
         let pipeline_stop = CancellationToken::new();
         let pipeline_task = tokio::spawn(pipeline.run(batch_rx, command_rx, pipeline_stop.clone()));
 
         let executor = Arc::new(Executor {
-            outbox,
+            outbox: acting,
             actuators,
             notifier,
             settings: ExecutorSettings {
@@ -302,6 +324,7 @@ impl App {
             wake,
             clock: clock.clone(),
             verify: config.verify_settings(),
+            fence,
         });
         let executor_stop = CancellationToken::new();
         let executor_task = tokio::spawn(executor.run(executor_stop.clone(), grace));
@@ -324,6 +347,12 @@ impl App {
         tracing::info!("finishing in-flight actions");
         executor_stop.cancel();
         let _ = executor_task.await;
+        // Released once nothing of this replica acts any more: a standby takes over within
+        // its acquire interval.
+        lease_stop.cancel();
+        if let Some(task) = lease_task {
+            let _ = task.await;
+        }
         api_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
         let _ = store.audit(&AuditEntry { at: clock.now(), actor: "system".into(), kind: "stopped".into(), ..AuditEntry::default() });

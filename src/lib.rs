@@ -41,6 +41,7 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod controls;
 pub mod correlate;

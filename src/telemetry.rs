@@ -54,6 +54,11 @@ pub struct Metrics {
     pub rule_reloads: Family<Labels, Counter>,
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
     pub rules_stale: Gauge,
+    /// Cluster mode: 1 while this replica holds the lease.
+    pub cluster_leader: Gauge,
+    pub cluster_leadership_changes: Counter,
+    /// Writes refused because this replica did not (or no longer) hold the lease.
+    pub cluster_fence_rejections: Counter,
 }
 
 impl Metrics {
@@ -85,6 +90,9 @@ impl Metrics {
             rules_loaded: Gauge::default(),
             rule_reloads: Family::default(),
             rules_stale: Gauge::default(),
+            cluster_leader: Gauge::default(),
+            cluster_leadership_changes: Counter::default(),
+            cluster_fence_rejections: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("otlp_requests", "OTLP export requests by transport, signal and result", m.otlp_requests.clone());
@@ -112,6 +120,9 @@ impl Metrics {
         registry.register("rules_loaded", "Rules in the active rule set", m.rules_loaded.clone());
         registry.register("rule_reloads", "Rule reloads by result", m.rule_reloads.clone());
         registry.register("rules_stale", "Rules whose guarded flag sent no telemetry for longer than stale_after", m.rules_stale.clone());
+        registry.register("cluster_leader", "Cluster mode: 1 while this replica holds the actuator lease", m.cluster_leader.clone());
+        registry.register("cluster_leadership_changes", "Cluster mode: times this replica acquired or lost the lease", m.cluster_leadership_changes.clone());
+        registry.register("cluster_fence_rejections", "Cluster mode: writes refused because the lease was not held", m.cluster_fence_rejections.clone());
         Metrics { registry, ..m }
     }
 

@@ -44,7 +44,13 @@ pub struct Executor {
     pub clock: Arc<dyn Clock>,
     /// Per actuator: fallback and drift-check interval.
     pub verify: HashMap<String, crate::config::VerifyConfig>,
+    /// Cluster mode: the lease. Calls start only while it is held and outlives them.
+    pub fence: Option<Arc<crate::store::Fence>>,
 }
+
+/// Cluster mode: how often the executor looks for actions other replicas queued (their alert
+/// webhooks and operator calls) and whether it holds the lease.
+const CLUSTER_POLL: Duration = Duration::from_millis(200);
 
 impl Executor {
     /// Runs until `shutdown`, then lets in-flight calls finish within `grace` (the outbox keeps
@@ -62,13 +68,29 @@ impl Executor {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(DRIFT_TICK) => this.check_drift(&mut checked).await,
+                        // Drift read-backs write (drift, fallbacks): the leader's chore.
+                        _ = tokio::time::sleep(DRIFT_TICK) => if this.fence.as_ref().is_none_or(|f| f.epoch().is_some()) {
+                            this.check_drift(&mut checked).await
+                        },
                     }
                 }
             })
         };
         loop {
             let now = self.clock.now();
+            if self.fence.as_ref().is_some_and(|f| !f.may_call()) {
+                // A standby (or a leader whose lease is running out): nothing starts here.
+                tokio::select! {
+                    _ = tokio::time::sleep(CLUSTER_POLL) => {}
+                    Some(done) = tasks.join_next() => {
+                        if let Ok(id) = done {
+                            in_flight.remove(&id);
+                        }
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let store = self.outbox.store().clone();
             let due = tokio::task::spawn_blocking(move || (store.due(now), store.next_due())).await;
             let (due, next) = match due {
@@ -89,9 +111,10 @@ impl Executor {
                     });
                 }
             }
+            let idle = if self.fence.is_some() { CLUSTER_POLL } else { Duration::from_secs(1) };
             let wait = match next {
-                Some(t) if t > now => t.since(now).min(Duration::from_secs(1)),
-                _ => Duration::from_secs(1),
+                Some(t) if t > now => t.since(now).min(idle),
+                _ => idle,
             };
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -133,14 +156,31 @@ impl Executor {
             let e = ActError::Permanent(format!("actuator {:?} is not configured", request.actuator));
             return self.finish(&row, Some(&request), attempt, Err(e)).await;
         };
+        // Cluster mode: claimed under the lease, which must outlive the call.
+        let (outbox, id, timeout) = (self.outbox.clone(), row.id, self.settings.timeout);
+        let epoch = match tokio::task::spawn_blocking(move || outbox.store().claim(id, timeout)).await {
+            Ok(Ok(Some(epoch))) => epoch,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(action = row.id, error = %e, "cannot claim the action; it stays pending");
+                return;
+            }
+            Err(e) => return tracing::error!(action = row.id, error = %e, "the claim failed"),
+        };
+        crate::cluster::failpoint::hit(crate::cluster::failpoint::Point::BeforeCall);
         Metrics::count(&self.metrics.actions, &[("kind", kind), ("state", "attempt")]);
         let started = std::time::Instant::now();
-        let called = self.call(actuator.as_ref(), &row, &mut request).await;
+        let called = if self.fence.is_some() {
+            crate::cluster::EPOCH.scope(epoch, self.call(actuator.as_ref(), &row, &mut request)).await
+        } else {
+            self.call(actuator.as_ref(), &row, &mut request).await
+        };
         self.metrics.actuator_latency.get_or_create(&vec![("actuator", request.actuator.clone())]).observe(started.elapsed().as_secs_f64());
         let called = match called {
             Ok(called) => called,
             Err(e) => return self.failed(&row, &request, attempt, e).await,
         };
+        crate::cluster::failpoint::hit(crate::cluster::failpoint::Point::AfterCall);
         // The call succeeded: what it applied is kept whatever the read-back says, so a kill
         // that escalates later still has its restore (and the rollout guard still sees it).
         let result = called.result(&request);

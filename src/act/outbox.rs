@@ -14,8 +14,8 @@
 //! - a notification is queued only when notifications are configured, and never joins
 //!   another (each is its own target).
 //!
-//! The high-availability fence (a lease checked by every action write) belongs here: nothing
-//! else writes actions.
+//! In cluster mode the leader's door is [`Outbox::fenced`]: every write re-checks the lease in
+//! its own transaction (`store::fence`); nothing else writes actions.
 
 use serde_json::{Value, json};
 
@@ -75,6 +75,12 @@ pub struct AlertDelivery<'a> {
 impl Outbox {
     pub fn new(store: Store, notify: bool) -> Outbox {
         Outbox { store, notify }
+    }
+
+    /// This door with every write fenced by the lease (cluster mode: the leader's decisions,
+    /// calls and verification; alerts and operator actions use the unfenced one).
+    pub fn fenced(&self, fence: std::sync::Arc<crate::store::Fence>) -> Outbox {
+        Outbox { store: self.store.fenced(fence), notify: self.notify }
     }
 
     /// The store, for reads.

@@ -190,6 +190,9 @@ impl Webhook {
         let shown_url = substitute(&self.url_unexpanded, &values, true);
         let body = render(template, &values, &request.evidence);
         let mut call = self.client.request(self.method.clone(), &url).header("Idempotency-Key", idempotency_key).json(&body);
+        if let Some(epoch) = crate::cluster::current_epoch() {
+            call = call.header("X-Flagguard-Epoch", epoch);
+        }
         for (name, value) in &self.headers {
             call = call.header(name, value);
         }

@@ -25,7 +25,7 @@ pub fn actor(caller: Option<Extension<Caller>>, claimed: Option<String>) -> Stri
 use crate::act::{ActionKind, ActionRequest};
 use crate::action::ActionState;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Unavailable(e.to_string()))
 }
 

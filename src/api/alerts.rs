@@ -108,6 +108,12 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// 503 with `Retry-After`: Alertmanager, PagerDuty and generic senders deliver again.
+fn retry_later(message: &str) -> Response {
+    let retry = super::RETRY_AFTER_SECONDS.to_string();
+    (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, retry)], Json(json!({ "error": message }))).into_response()
+}
+
 /// The handler of `POST /v1/alerts/{source}`.
 #[tracing::instrument(name = "flagguard.alert", skip_all, fields(source = %name))]
 pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
@@ -175,8 +181,8 @@ pub async fn receive(State(state): State<AlertsState>, Path(name): Path<String>,
             (StatusCode::OK, Json(report)).into_response()
         }
         // Not acknowledged: the sender retries, and nothing half-done is acknowledged.
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot record the alert: {e}")),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot record the alert: {e}")),
+        Ok(Err(e)) => retry_later(&format!("cannot record the alert: {e}")),
+        Err(e) => retry_later(&format!("cannot record the alert: {e}")),
     }
 }
 

@@ -49,6 +49,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
             // The store's own text (SQL, paths) stays in the log: the caller learns it failed.
+            // The database is down or restarting (cluster mode): the caller retries.
+            ApiError::Store(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "API call failed: the database is unavailable");
+                let body = json!({ "error": "the database is unavailable; retry later" });
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())], Json(body)).into_response();
+            }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "API call failed in the store");
                 (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error in the store; see flagguard's log" }))
@@ -64,6 +70,9 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+/// `Retry-After` of a 503 while the database is unavailable.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -81,6 +90,8 @@ pub struct ApiState {
     pub wake: Arc<tokio::sync::Notify>,
     pub actuators: std::collections::BTreeSet<String>,
     pub tokens: auth::Tokens,
+    /// Cluster mode: this replica's lease (`GET /v1/cluster`).
+    pub fence: Option<Arc<crate::store::Fence>>,
 }
 
 /// Builds the API router; `alerts` serves `POST /v1/alerts/{source}`.
@@ -112,6 +123,7 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/export", get(audit_export))
         .route("/v1/controls", get(controls::get))
@@ -122,6 +134,29 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .with_state(state.clone())
         .merge(alert_routes)
         .layer(axum::middleware::from_fn_with_state(state.tokens.clone(), auth::check))
+}
+
+/// The cluster as this replica sees it: whether it leads (by its own clock) and what
+/// PostgreSQL holds (lease, epoch, members). Embedded: always the leader.
+async fn cluster(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let Some(fence) = s.fence.clone() else {
+        return Ok(Json(json!({ "mode": "embedded", "leader": true, "epoch": 0, "members": [] })).into_response());
+    };
+    let store = s.store.clone();
+    let rows = actions::blocking(move || store.cluster_rows()).await??;
+    let local_ms = fence.until().map(|u| u.saturating_duration_since(std::time::Instant::now()).as_millis() as u64);
+    Ok(Json(json!({
+        "mode": "cluster",
+        "instance": fence.holder(),
+        "leader": fence.epoch().is_some(),
+        "epoch": rows.epoch,
+        "holder": rows.holder,
+        "lease_expires_in_ms": rows.lease_expires_in_ms,
+        "local_lease_left_ms": local_ms,
+        "fence_rejections": fence.rejections(),
+        "members": rows.members,
+    }))
+    .into_response())
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

@@ -35,6 +35,9 @@ pub struct ConfigFile {
     /// `dynatrace`, `pagerduty`, `generic`). A source without a section is disabled (404).
     pub alerts: BTreeMap<String, AlertSourceConfig>,
     pub audit: AuditConfig,
+    /// Cluster mode: replicas on PostgreSQL, one fenced leader (see docs/cluster.md). Absent:
+    /// one process on SQLite in `data_dir`.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[audit]`: the audit log's retention.
@@ -64,6 +67,7 @@ impl Default for ConfigFile {
             record: RecordConfig::default(),
             alerts: BTreeMap::new(),
             audit: AuditConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -102,6 +106,15 @@ impl ConfigFile {
                     w.url = format!("{base}?<redacted>");
                 }
             }
+        }
+        if let Some(cluster) = &mut copy.cluster
+            && !cluster.postgres_url.starts_with("${")
+        {
+            // A literal URL may hold a password.
+            cluster.postgres_url = match cluster.postgres_url.rsplit_once('@') {
+                Some((_, host)) => format!("postgres://<redacted>@{host}"),
+                None => cluster.postgres_url.clone(),
+            };
         }
         for source in copy.alerts.values_mut() {
             for secret in [&mut source.bearer_token, &mut source.basic_password].into_iter().flatten() {

@@ -34,6 +34,8 @@ pub struct Config {
     pub tokens: Vec<(String, crate::api::auth::Role, String)>,
     /// OTLP bearer tokens, expanded from `otlp.bearer_tokens`.
     pub otlp_tokens: Vec<String>,
+    /// `[cluster]`, validated (URL expanded); `None`: embedded.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 impl Config {
@@ -232,8 +234,11 @@ impl Config {
                 errors.push(format!("api.tokens: the name {name:?} is used twice"));
             }
         }
+        let cluster = file.cluster.as_ref().and_then(|c| c.validate(file.act.timeout, &mut errors));
         match (grpc, http, api, errors.is_empty()) {
-            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => Ok(Config { file, grpc_listen, http_listen, api_listen, tokens, otlp_tokens }),
+            (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => {
+                Ok(Config { file, grpc_listen, http_listen, api_listen, tokens, otlp_tokens, cluster })
+            }
             _ => Err(ConfigError::Invalid(errors)),
         }
     }

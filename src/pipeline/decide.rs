@@ -15,10 +15,17 @@ impl Pipeline {
             tracing::info!(rule = %decision.rule, flag = %decision.flag, slice = %decision.slice_key, kind = ?decision.kind, mode = decision.mode.as_str(), "rule fired");
             match self.outbox.decide(decision) {
                 Ok(decided) => {
+                    if decided.queued {
+                        crate::cluster::failpoint::hit(crate::cluster::failpoint::Point::AfterDecision);
+                    }
                     wake |= decided.queued;
                     if decided.held {
                         self.held.insert(decision.slice_key.clone(), (decision.flag.clone(), decision.rule.clone()));
                     }
+                }
+                Err(crate::store::StoreError::Fenced) => {
+                    tracing::warn!(rule = %decision.rule, "the lease was lost before the decision was written; re-armed for the next leader");
+                    self.engine.rearm(&decision.slice_key);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, rule = %decision.rule, "cannot write the decision to the store; re-armed");
@@ -33,11 +40,15 @@ impl Pipeline {
 
     /// The slices whose kill a control held before a restart (persisted with their cooldown).
     pub(super) fn with_held(mut self) -> Self {
+        self.load_held();
+        self
+    }
+
+    pub(super) fn load_held(&mut self) {
         match self.store.held_slices() {
             Ok(held) => self.held.extend(held.into_iter().map(|(slice, flag, rule)| (slice, (flag, rule)))),
             Err(e) => tracing::error!(error = %e, "cannot read the held slices; they re-arm when their cooldown ends"),
         }
-        self
     }
 
     /// Re-arms the slices whose held kill no control holds any more: forgets their cooldown,

@@ -82,6 +82,11 @@ pub struct Pipeline {
     pruned: Timestamp,
     /// Slices whose kill an operator control held: slice key → (flag, rule).
     held: std::collections::HashMap<String, (String, String)>,
+    /// Cluster mode: the lease; only its holder decides and runs the chores that act.
+    /// `None` (embedded): always the one that acts.
+    fence: Option<Arc<crate::store::Fence>>,
+    /// Whether this replica acted at the last tick (a takeover reloads the shared state).
+    acting: bool,
 }
 
 impl Pipeline {
@@ -121,8 +126,42 @@ impl Pipeline {
             usage_flushed: restores_since,
             pruned: Timestamp(0),
             held: Default::default(),
+            fence: None,
+            acting: true,
         }
         .with_held()
+    }
+
+    /// Cluster mode: judges always, decides and acts only while `fence` holds the lease.
+    pub fn with_fence(mut self, fence: Arc<crate::store::Fence>) -> Self {
+        self.fence = Some(fence);
+        self.acting = false;
+        self
+    }
+
+    /// Whether this replica decides now. On a takeover, the state the previous leader shared
+    /// through the store is reloaded first: cooldowns (a slice it fired does not fire again)
+    /// and held slices. Slices still breached fire at this very tick.
+    fn acting(&mut self) -> bool {
+        let Some(fence) = &self.fence else { return true };
+        let leader = fence.epoch().is_some();
+        if leader && !self.acting {
+            match self.store.last_fired() {
+                Ok(fired) => {
+                    self.engine.load_fired(fired);
+                    self.held.clear();
+                    self.load_held();
+                    tracing::info!("leader: deciding and acting (cooldowns and held slices reloaded)");
+                }
+                // Not yet: deciding without the previous leader's cooldowns could fire twice.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload the shared rule state; not deciding yet");
+                    return false;
+                }
+            }
+        }
+        self.acting = leader;
+        leader
     }
 
     /// Runs until `shutdown`; then drains the batches already queued, judges once more and
@@ -203,18 +242,31 @@ impl Pipeline {
         let mut fired = Vec::new();
         self.correlator.evict_idle(now, &mut self.aggregator);
         let changed = self.aggregator.take_changed();
+        let acting = self.acting();
         if full || !changed.is_empty() {
             fired = self.engine.evaluate(&mut self.aggregator, (!full).then_some(&changed), now);
-            self.decide(&fired);
+            if acting {
+                self.decide(&fired);
+            } else {
+                // A standby judges (its `for` clocks and tests stay warm) but does not decide:
+                // the slice stays armed, so it fires at once if this replica takes over.
+                for decision in &fired {
+                    self.engine.rearm(&decision.slice_key);
+                }
+            }
         }
         if full {
-            self.release_held(now);
-            self.verify_kills(now);
+            if acting {
+                self.release_held(now);
+                self.verify_kills(now);
+            }
             self.apply_restores(now);
             self.aggregator.drop_idle(now);
             self.publish(now);
-            self.progress(now);
-            self.upkeep(now);
+            if acting {
+                self.progress(now);
+                self.upkeep(now);
+            }
         }
         fired
     }

@@ -600,6 +600,12 @@ impl RuleEngine {
             .collect()
     }
 
+    /// Replaces the cooldowns with the stored ones (a replica taking over the lease adopts the
+    /// previous leader's: a slice it fired does not fire again).
+    pub fn load_fired(&mut self, fired: HashMap<String, Fired>) {
+        self.last_fired = fired;
+    }
+
     /// Re-arms a slice whose decision could not be stored: it may fire again as soon as it is
     /// seen Breached for `for` again, without waiting for the cooldown.
     pub fn rearm(&mut self, slice_key: &str) {

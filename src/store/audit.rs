@@ -5,17 +5,17 @@ use super::*;
 impl Store {
     /// An action's audit records, oldest first: its timeline.
     pub fn timeline(&self, action_id: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        let conn = self.read();
-        let mut stmt =
-            conn.prepare("SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit WHERE action_id = ?1 ORDER BY id")?;
-        let rows = stmt.query_map(params![action_id], Store::audit_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.read().query(
+            "SELECT id, at_ms, actor, kind, rule, action_id, target, before, after, evidence FROM audit WHERE action_id = ?1 ORDER BY id",
+            params![action_id],
+        )?;
+        Ok(rows.iter().map(Store::audit_row).collect::<Result<_, _>>()?)
     }
 
-    fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    fn audit_row(r: &Row) -> rusqlite::Result<AuditRecord> {
         Ok(AuditRecord {
             id: r.get(0)?,
-            at: Timestamp(r.get::<_, i64>(1)? as u64).rfc3339(),
+            at: Timestamp(r.get::<i64>(1)? as u64).rfc3339(),
             actor: r.get(2)?,
             kind: r.get(3)?,
             rule: r.get(4)?,
@@ -83,10 +83,9 @@ impl Store {
             if sql_conditions.is_empty() { String::new() } else { format!("WHERE {}", sql_conditions.join(" AND ")) },
             f.limit
         );
-        let conn = self.read();
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), Store::audit_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let params: Vec<&dyn rusqlite::ToSql> = values.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        let rows = self.read().query(&sql, &params)?;
+        Ok(rows.iter().map(Store::audit_row).collect::<Result<_, _>>()?)
     }
 
     /// Retention: deletes audit records older than `cutoff` and records that it did (the one
@@ -96,19 +95,18 @@ impl Store {
         // stall the pipeline, the executor and the API behind one long transaction.
         let mut deleted = 0;
         loop {
-            let n = self
-                .lock()
-                .execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at_ms < ?1 ORDER BY id LIMIT 5000)", params![cutoff.as_millis() as i64])?;
+            let n =
+                self.write("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at_ms < ?1 ORDER BY id LIMIT 5000)", params![cutoff.as_millis() as i64])?;
             deleted += n;
             if n < 5000 {
                 break;
             }
         }
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let mut tx = self.begin(&mut conn)?;
         if deleted > 0 {
             Store::insert_audit(
-                &tx,
+                &mut tx,
                 &AuditEntry {
                     at: now,
                     actor: "system".into(),
@@ -125,16 +123,19 @@ impl Store {
     /// An online, consistent copy of the whole database to `path` (SQLite `VACUUM INTO`; the
     /// daemon keeps running). `path` must not exist.
     pub fn backup(&self, path: &Path) -> Result<(), StoreError> {
-        let conn = self.lock();
-        conn.execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
-        Ok(())
+        match &mut *self.lock() {
+            Conn::Sqlite(conn) => {
+                conn.execute("VACUUM INTO ?1", params![path.to_string_lossy()])?;
+                Ok(())
+            }
+            Conn::Postgres(_) => Err(StoreError::Unsupported("a PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, base backups)")),
+        }
     }
 
     /// The configuration recorded by the last `started` record, if any (to audit what changed).
     pub fn last_started_config(&self) -> Result<Option<serde_json::Value>, StoreError> {
-        let conn = self.lock();
-        let after: Option<Option<String>> =
-            conn.query_row("SELECT after FROM audit WHERE kind = 'started' ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).optional()?;
+        let mut conn = self.lock();
+        let after: Option<Option<String>> = conn.scalar("SELECT after FROM audit WHERE kind = 'started' ORDER BY id DESC LIMIT 1", &[])?;
         Ok(parse(after.flatten()).and_then(|v| v.get("config").cloned()))
     }
 }

@@ -20,17 +20,24 @@
 //! - the audit log is append-only; schema changes are numbered migrations (`user_version`).
 
 mod audit;
+mod db;
 pub mod diff;
+pub mod fence;
 pub mod migrations;
 mod outbox;
+pub mod postgres;
 mod state;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
+
+use db::{Conn, Row};
+pub use fence::Fence;
+pub use postgres::PgOptions;
 
 use crate::action::{ActionKind, ActionState, HOLDING, Refused, Target};
 use crate::time::Timestamp;
@@ -40,6 +47,19 @@ use crate::time::Timestamp;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused a statement.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// PostgreSQL cannot be reached (down, restarting, cut off): retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A fenced write of a replica that does not hold the lease: nothing was written.
+    #[error("not the lease holder: the write was refused (fenced)")]
+    Fenced,
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
     #[error("unreadable stored state: {0}")]
@@ -232,9 +252,18 @@ pub fn target_of_json(request: &serde_json::Value) -> Option<String> {
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Conn>>,
     /// The API's reads; the same connection as `conn` for an in-memory store.
-    reader: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Conn>>,
+    /// Cluster mode: writes through this handle need the lease ([`Store::fenced`]).
+    fence: Option<Arc<Fence>>,
+}
+
+impl StoreError {
+    /// The database cannot be reached now (a caller answers 503 and lets the sender retry).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 fn kind_of(column: &str) -> Option<ActionKind> {
@@ -261,8 +290,28 @@ impl Store {
         let mut store = Store::init(Connection::open(&path)?)?;
         let reader = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        store.reader = Arc::new(Mutex::new(reader));
+        store.reader = Arc::new(Mutex::new(Conn::Sqlite(reader)));
         Ok(store)
+    }
+
+    /// Opens the cluster's PostgreSQL store (creating its schema): a writer connection and a
+    /// reader for the API, like SQLite's.
+    pub fn open_postgres(options: &PgOptions) -> Result<Store, StoreError> {
+        let mut writer = postgres::PgConn::connect(options)?;
+        writer.ensure_schema()?;
+        let reader = postgres::PgConn::connect(options)?;
+        Ok(Store { conn: Arc::new(Mutex::new(Conn::Postgres(Box::new(writer)))), reader: Arc::new(Mutex::new(Conn::Postgres(Box::new(reader)))), fence: None })
+    }
+
+    /// This store, whose writes need the lease `fence` holds (the leader's decisions, calls
+    /// and verification). Without one (the API's alerts and operator actions) any replica writes.
+    pub fn fenced(&self, fence: Arc<Fence>) -> Store {
+        Store { fence: Some(fence), ..self.clone() }
+    }
+
+    /// Whether this is the cluster's PostgreSQL store.
+    pub fn is_postgres(&self) -> bool {
+        self.lock().is_postgres()
     }
 
     /// An in-memory store (tests).
@@ -276,34 +325,43 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::migrate(&mut conn)?;
-        let conn = Arc::new(Mutex::new(conn));
-        Ok(Store { reader: conn.clone(), conn })
+        let conn = Arc::new(Mutex::new(Conn::Sqlite(conn)));
+        Ok(Store { reader: conn.clone(), conn, fence: None })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The reader's connection (the API's reads).
-    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn read(&self) -> std::sync::MutexGuard<'_, Conn> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert_audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<i64> {
+    /// Begins a write transaction on `conn` (fenced when this handle is).
+    fn begin<'c>(&self, conn: &'c mut Conn) -> Result<db::Tx<'c>, StoreError> {
+        conn.begin(self.fence.as_ref())
+    }
+
+    fn insert_audit(conn: &mut Conn, e: &AuditEntry) -> Result<i64, StoreError> {
         // The flag of an action target (`actuator|flag|environment|slice`), for the indexed filter.
         let flag = e.target.as_deref().and_then(|t| t.split('|').nth(1).filter(|_| t.matches('|').count() >= 2));
-        conn.execute(
-            "INSERT INTO audit (at_ms, actor, kind, rule, action_id, target, before, after, evidence, flag) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        conn.scalar(
+            "INSERT INTO audit (at_ms, actor, kind, rule, action_id, target, before, after, evidence, flag) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
             params![e.at.as_millis() as i64, e.actor, e.kind, e.rule, e.action_id, e.target, json(&e.before), json(&e.after), json(&e.evidence), flag],
-        )?;
-        Ok(conn.last_insert_rowid())
+        )?
+        .ok_or_else(|| StoreError::Corrupt("an insert returned no id".into()))
     }
 
     /// Appends one audit record.
     pub fn audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
-        Ok(Store::insert_audit(&self.lock(), entry)?)
+        let mut conn = self.lock();
+        let mut tx = self.begin(&mut conn)?;
+        let id = Store::insert_audit(&mut tx, entry)?;
+        tx.commit()?;
+        Ok(id)
     }
 }
 

@@ -5,17 +5,26 @@
 use super::*;
 
 impl Store {
+    /// One statement in a write transaction of its own (fenced when this handle is).
+    pub(super) fn write(&self, sql: &str, params: db::Params<'_>) -> Result<usize, StoreError> {
+        let mut conn = self.lock();
+        let mut tx = self.begin(&mut conn)?;
+        let n = tx.execute(sql, params)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Writes an action to the outbox (or joins the pending one for the same target), with its
     /// audit record, and remembers when the slice fired — in one transaction.
     pub fn submit(&self, action: &NewAction<'_>) -> Result<Submitted, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let submitted = Store::submit_in(&tx, action)?;
+        let mut tx = self.begin(&mut conn)?;
+        let submitted = Store::submit_in(&mut tx, action)?;
         tx.commit()?;
         Ok(submitted)
     }
 
-    fn submit_in(tx: &rusqlite::Transaction<'_>, a: &NewAction<'_>) -> rusqlite::Result<Submitted> {
+    fn submit_in(tx: &mut Conn, a: &NewAction<'_>) -> Result<Submitted, StoreError> {
         let now = a.audit.at.as_millis() as i64;
         // Only a rule's (or an alert mapping's) slice has a cooldown; notifications, manual and
         // fallback kills leave no rule state behind.
@@ -24,10 +33,11 @@ impl Store {
             Store::fire_in(tx, a.slice_key, field("rule").as_deref(), field("flag").as_deref(), false, now)?;
         }
         if a.kind == ActionKind::Kill {
-            let overridden: Option<i64> = tx
-                .query_row("SELECT id FROM outbox WHERE target = ?1 AND kind = 'kill' ORDER BY id DESC LIMIT 1", params![a.target], |r| r.get(0))
-                .optional()?
-                .filter(|id| Store::state_in(tx, *id) == Some(ActionState::Overridden));
+            let overridden: Option<i64> = tx.scalar("SELECT id FROM outbox WHERE target = ?1 AND kind = 'kill' ORDER BY id DESC LIMIT 1", params![a.target])?;
+            let overridden = match overridden {
+                Some(id) if Store::state_in(tx, id)? == Some(ActionState::Overridden) => Some(id),
+                _ => None,
+            };
             // Only automatic kills defer to the human; an operator's or a plan's kill goes out.
             if let (Some(id), true) = (overridden, a.automatic) {
                 Store::insert_audit(tx, &AuditEntry { kind: "kill_suppressed".into(), action_id: Some(id), ..a.audit.clone() })?;
@@ -36,17 +46,13 @@ impl Store {
             Store::supersede_rollouts(tx, a.target, a.audit)?;
             // A kill supersedes a pending restore of the same target too (the executor runs one
             // action per target at a time, so one already in flight finishes first).
-            let restore: Option<i64> = tx
-                .query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' AND kind = 'restore'", params![a.target], |r| r.get(0))
-                .optional()?;
+            let restore: Option<i64> = tx.scalar("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' AND kind = 'restore'", params![a.target])?;
             if let Some(id) = restore {
                 tx.execute("UPDATE outbox SET state = 'superseded', state_ms = ?2, updated_ms = ?2 WHERE id = ?1", params![id, now])?;
                 Store::insert_audit(tx, &AuditEntry { kind: "restore_superseded".into(), action_id: Some(id), ..a.audit.clone() })?;
             }
         }
-        let open: Option<i64> = tx
-            .query_row("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' AND kind = ?2", params![a.target, a.kind.column()], |r| r.get(0))
-            .optional()?;
+        let open: Option<i64> = tx.scalar("SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' AND kind = ?2", params![a.target, a.kind.column()])?;
         Ok(match open {
             Some(id) => {
                 tx.execute("UPDATE outbox SET triggers = triggers + 1, updated_ms = ?2 WHERE id = ?1", params![id, now])?;
@@ -54,25 +60,33 @@ impl Store {
                 Submitted::Joined(id)
             }
             None => {
-                tx.execute(
-                    "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key, state_ms) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5, ?1)",
-                    params![now, a.target, a.kind.column(), a.request.to_string(), a.idempotency_key],
-                )?;
-                let id = tx.last_insert_rowid();
+                let id = Store::insert_action(tx, a.target, a.kind, a.request, a.idempotency_key, now)?;
                 Store::insert_audit(tx, &AuditEntry { action_id: Some(id), ..a.audit.clone() })?;
                 Submitted::New(id)
             }
         })
     }
 
-    fn state_in(tx: &rusqlite::Transaction<'_>, id: i64) -> Option<ActionState> {
-        tx.query_row("SELECT state FROM outbox WHERE id = ?1", params![id], |r| r.get::<_, String>(0)).ok().and_then(|s| ActionState::parse(&s))
+    fn state_in(tx: &mut Conn, id: i64) -> Result<Option<ActionState>, StoreError> {
+        Ok(tx.scalar::<String>("SELECT state FROM outbox WHERE id = ?1", params![id])?.and_then(|s| ActionState::parse(&s)))
+    }
+
+    /// A new pending action (with the epoch that decided it, in cluster mode); its id.
+    fn insert_action(tx: &mut Conn, target: &str, kind: ActionKind, request: &serde_json::Value, key: &str, now: i64) -> Result<i64, StoreError> {
+        tx.scalar(
+            "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key, state_ms) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5, ?1) RETURNING id",
+            params![now, target, kind.column(), request.to_string(), key],
+        )?
+        .ok_or_else(|| StoreError::Corrupt("an insert returned no id".into()))
     }
 
     /// A kill supersedes pending rollout changes of the same flag and environment.
-    fn supersede_rollouts(tx: &rusqlite::Transaction<'_>, kill_target: &str, audit: &AuditEntry) -> rusqlite::Result<()> {
-        let mut stmt = tx.prepare("SELECT id, target FROM outbox WHERE kind = 'rollout' AND state = 'pending'")?;
-        let rows: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    fn supersede_rollouts(tx: &mut Conn, kill_target: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        let rows: Vec<(i64, String)> = tx
+            .query("SELECT id, target FROM outbox WHERE kind = 'rollout' AND state = 'pending'", &[])?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<Result<_, rusqlite::Error>>()?;
         let kill = Target::parse(kill_target);
         for (id, target) in rows {
             if kill.covers(&Target::parse(&target)) {
@@ -89,9 +103,11 @@ impl Store {
     pub fn submit_operator(&self, a: &NewAction<'_>) -> Result<Result<i64, Refused>, StoreError> {
         let (target, audit) = (a.target, a.audit);
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let pending: Option<(i64, String)> =
-            tx.query_row("SELECT id, kind FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let mut tx = self.begin(&mut conn)?;
+        let pending: Option<(i64, String)> = match tx.query_opt("SELECT id, kind FROM outbox WHERE target = ?1 AND state = 'pending'", params![target])? {
+            Some(r) => Some((r.get(0)?, r.get(1)?)),
+            None => None,
+        };
         if let Some((id, other)) = pending {
             return Ok(Err(Refused::Pending { id, kind: kind_of(&other).unwrap_or(ActionKind::Kill) }));
         }
@@ -99,24 +115,25 @@ impl Store {
             // Any kill that reached the flag system and was not restored (or overridden by a
             // human) still holds the flag off.
             use ActionState::*;
-            let mut stmt = tx.prepare(&format!(
-                "SELECT id, target FROM outbox WHERE kind = 'kill' AND (state IN ({}) OR (state = 'escalated' AND result IS NOT NULL))",
-                ActionState::sql_list(&[Pending, Sent, Confirmed, Drained, Unverified, Recovered, Failed])
-            ))?;
-            let killed: Vec<(i64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-            drop(stmt);
+            let killed: Vec<(i64, String)> = tx
+                .query(
+                    &format!(
+                        "SELECT id, target FROM outbox WHERE kind = 'kill' AND (state IN ({}) OR (state = 'escalated' AND result IS NOT NULL))",
+                        ActionState::sql_list(&[Pending, Sent, Confirmed, Drained, Unverified, Recovered, Failed])
+                    ),
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<_, rusqlite::Error>>()?;
             let wanted = Target::parse(target);
             if let Some((id, _)) = killed.iter().find(|(_, t)| Target::parse(t).covers(&wanted)) {
                 return Ok(Err(Refused::Killed { id: *id }));
             }
         }
         let now = audit.at.as_millis() as i64;
-        tx.execute(
-            "INSERT INTO outbox (created_ms, target, kind, state, request, attempts, next_attempt_ms, triggers, updated_ms, idempotency_key, state_ms) VALUES (?1, ?2, ?3, 'pending', ?4, 0, ?1, 1, ?1, ?5, ?1)",
-            params![now, target, a.kind.column(), a.request.to_string(), a.idempotency_key],
-        )?;
-        let id = tx.last_insert_rowid();
-        Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), target: Some(target.into()), ..audit.clone() })?;
+        let id = Store::insert_action(&mut tx, target, a.kind, a.request, a.idempotency_key, now)?;
+        Store::insert_audit(&mut tx, &AuditEntry { action_id: Some(id), target: Some(target.into()), ..audit.clone() })?;
         tx.commit()?;
         Ok(Ok(id))
     }
@@ -134,12 +151,12 @@ impl Store {
         action: Option<&AlertAction<'_>>,
     ) -> Result<AlertOutcome, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let mut tx = self.begin(&mut conn)?;
         let now = received.at.as_millis() as i64;
         // 24 h from the first delivery: re-sends (which refresh `last_ms`) never keep it alive.
         tx.execute("DELETE FROM alert_deliveries WHERE first_ms < ?1", params![now - 24 * 3600 * 1000])?;
         let first = tx.execute(
-            "INSERT OR IGNORE INTO alert_deliveries (source, dedup_key, status, first_ms, last_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            "INSERT INTO alert_deliveries (source, dedup_key, status, first_ms, last_ms) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING",
             params![source, dedup_key, status, now],
         )? == 1;
         if !first {
@@ -149,23 +166,23 @@ impl Store {
             )?;
         }
         let kind = if first { received.kind.clone() } else { "alert_duplicate".to_owned() };
-        Store::insert_audit(&tx, &AuditEntry { kind, ..received.clone() })?;
+        Store::insert_audit(&mut tx, &AuditEntry { kind, ..received.clone() })?;
         let submitted = match action.filter(|_| first) {
             Some(AlertAction::Audit(audit)) => {
-                Store::insert_audit(&tx, audit)?;
+                Store::insert_audit(&mut tx, audit)?;
                 None
             }
-            Some(AlertAction::Queue(a)) => Some(Store::submit_in(&tx, a)?),
+            Some(AlertAction::Queue(a)) => Some(Store::submit_in(&mut tx, a)?),
             None => None,
         };
         tx.commit()?;
         Ok(AlertOutcome { duplicate: !first, submitted })
     }
 
-    fn fire_in(tx: &rusqlite::Transaction<'_>, slice: &str, rule: Option<&str>, flag: Option<&str>, held: bool, at_ms: i64) -> rusqlite::Result<usize> {
+    fn fire_in(tx: &mut Conn, slice: &str, rule: Option<&str>, flag: Option<&str>, held: bool, at_ms: i64) -> Result<usize, StoreError> {
         tx.execute(
             "INSERT INTO rule_state (slice, last_fired_ms, rule, flag, held) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms, rule = COALESCE(excluded.rule, rule), flag = COALESCE(excluded.flag, flag), held = excluded.held",
+             ON CONFLICT(slice) DO UPDATE SET last_fired_ms = excluded.last_fired_ms, rule = COALESCE(excluded.rule, rule_state.rule), flag = COALESCE(excluded.flag, rule_state.flag), held = excluded.held",
             params![slice, at_ms, rule, flag, held],
         )
     }
@@ -175,45 +192,43 @@ impl Store {
     /// restart, see [`Store::held_slices`]).
     pub fn record_fired(&self, fired: &Fired<'_>, at: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        Store::fire_in(&tx, fired.slice, Some(fired.rule), Some(fired.flag), fired.held, at.as_millis() as i64)?;
-        Store::insert_audit(&tx, audit)?;
+        let mut tx = self.begin(&mut conn)?;
+        Store::fire_in(&mut tx, fired.slice, Some(fired.rule), Some(fired.flag), fired.held, at.as_millis() as i64)?;
+        Store::insert_audit(&mut tx, audit)?;
         tx.commit()?;
         Ok(())
     }
 
     /// When each slice last fired, and whose flag it is (cooldowns across restarts).
     pub fn last_fired(&self) -> Result<HashMap<String, crate::rules::engine::Fired>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT slice, last_fired_ms, flag FROM rule_state")?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, crate::rules::engine::Fired { at: Timestamp(r.get::<_, i64>(1)? as u64), flag: r.get(2)? })))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.lock().query("SELECT slice, last_fired_ms, flag FROM rule_state", &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.get::<String>(0)?, crate::rules::engine::Fired { at: Timestamp(r.get::<i64>(1)? as u64), flag: r.get(2)? })))
+            .collect::<Result<_, rusqlite::Error>>()?)
     }
 
     /// Slices whose kill an operator control held: (slice, flag, rule).
     pub fn held_slices(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT slice, flag, rule FROM rule_state WHERE held = 1 AND flag IS NOT NULL AND rule IS NOT NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.lock().query("SELECT slice, flag, rule FROM rule_state WHERE held = 1 AND flag IS NOT NULL AND rule IS NOT NULL", &[])?;
+        Ok(rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).collect::<Result<_, rusqlite::Error>>()?)
     }
 
-    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
+    fn row(r: &Row) -> Result<ActionRow, StoreError> {
         Ok(ActionRow {
             id: r.get(0)?,
-            created: Timestamp(r.get::<_, i64>(1)? as u64).rfc3339(),
+            created: Timestamp(r.get::<i64>(1)? as u64).rfc3339(),
             target: r.get(2)?,
-            kind: kind_of(&r.get::<_, String>(3)?).ok_or_else(|| corrupt(3, "kind"))?,
-            state: ActionState::parse(&r.get::<_, String>(4)?).ok_or_else(|| corrupt(4, "state"))?,
-            request: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or(serde_json::Value::Null),
+            kind: kind_of(&r.get::<String>(3)?).ok_or_else(|| corrupt(3, "kind"))?,
+            state: ActionState::parse(&r.get::<String>(4)?).ok_or_else(|| corrupt(4, "state"))?,
+            request: serde_json::from_str(&r.get::<String>(5)?).unwrap_or(serde_json::Value::Null),
             attempts: r.get(6)?,
-            next_attempt_ms: r.get::<_, i64>(7)? as u64,
+            next_attempt_ms: r.get::<i64>(7)? as u64,
             last_error: r.get(8)?,
             triggers: r.get(9)?,
             idempotency_key: r.get(10)?,
             result: parse(r.get(11)?),
-            state_ms: r.get::<_, i64>(12)? as u64,
+            state_ms: r.get::<i64>(12)? as u64,
             saved: parse(r.get(13)?),
         })
     }
@@ -222,22 +237,37 @@ impl Store {
 
     /// Pending actions due at `now`, oldest first.
     pub fn due(&self, now: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("{} WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY id", Store::ROW))?;
-        let rows = stmt.query_map(params![now.as_millis() as i64], Store::row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows =
+            self.lock().query(&format!("{} WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY id", Store::ROW), params![now.as_millis() as i64])?;
+        rows.iter().map(Store::row).collect()
     }
 
     /// When the next pending action is due.
     pub fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let conn = self.lock();
-        let next: Option<i64> = conn.query_row("SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))?;
+        let next: Option<i64> = self.lock().scalar("SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'", &[])?;
         Ok(next.map(|n| Timestamp(n as u64)))
+    }
+
+    /// Cluster mode: claims a pending action for a call under this replica's lease — fenced,
+    /// and only if the lease outlives `call` (the call's timeout), so a call never outlasts
+    /// the authority it started under. Returns the epoch, or `None` when the action is no longer
+    /// pending. Embedded (no fence): nothing to claim, `Some(0)`.
+    pub fn claim(&self, id: i64, call: std::time::Duration) -> Result<Option<i64>, StoreError> {
+        let Some(fence) = &self.fence else { return Ok(Some(0)) };
+        let mut conn = self.lock();
+        let mut tx = conn.begin(None)?;
+        if tx.is_postgres() {
+            fence.check_outliving(&mut tx, call)?;
+        }
+        let epoch = fence.epoch().ok_or(StoreError::Fenced)?;
+        let claimed = tx.execute("UPDATE outbox SET claim_epoch = ?2 WHERE id = ?1 AND state = 'pending'", params![id, epoch])?;
+        tx.commit()?;
+        Ok((claimed == 1).then_some(epoch))
     }
 
     /// Records a failed attempt to retry at `next`.
     pub fn reschedule(&self, id: i64, attempts: u32, next: Timestamp, error: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.lock().execute(
+        self.write(
             "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4, updated_ms = ?5 WHERE id = ?1 AND state = 'pending'",
             params![id, attempts, next.as_millis() as i64, error, now.as_millis() as i64],
         )?;
@@ -261,13 +291,13 @@ impl Store {
             return Err(StoreError::Transition { id, from: ActionState::Pending, to: state });
         }
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let mut tx = self.begin(&mut conn)?;
         let changed = tx.execute(
             "UPDATE outbox SET state = ?2, attempts = ?3, last_error = COALESCE(?4, last_error), updated_ms = ?5, state_ms = ?5, result = COALESCE(?6, result) WHERE id = ?1 AND state = 'pending'",
             params![id, state.as_str(), attempts, error, audit.at.as_millis() as i64, result.map(|r| r.to_string())],
         )?;
         if changed == 1 {
-            Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
+            Store::insert_audit(&mut tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
         }
         tx.commit()?;
         Ok(())
@@ -284,7 +314,7 @@ impl Store {
             return Err(StoreError::Transition { id: o.id, from: ActionState::Pending, to: o.state });
         }
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let mut tx = self.begin(&mut conn)?;
         let at = o.audit.at.as_millis() as i64;
         let changed = tx.execute(
             "UPDATE outbox SET state = ?2, attempts = ?3, last_error = COALESCE(?4, last_error), updated_ms = ?5, state_ms = ?5, result = COALESCE(?6, result) \
@@ -294,30 +324,26 @@ impl Store {
         if changed == 0 {
             return Ok(false);
         }
-        Store::insert_audit(&tx, &AuditEntry { action_id: Some(o.id), ..o.audit.clone() })?;
+        Store::insert_audit(&mut tx, &AuditEntry { action_id: Some(o.id), ..o.audit.clone() })?;
         if let Some(r) = &o.restored {
-            let kills: Vec<i64> = {
-                let mut stmt = tx.prepare(&format!(
-                    "SELECT id FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) ORDER BY id",
-                    ActionState::sql_list(HOLDING)
-                ))?;
-                stmt.query_map(params![r.target, o.id], |row| row.get(0))?.collect::<Result<_, _>>()?
-            };
+            let sql =
+                format!("SELECT id FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) ORDER BY id", ActionState::sql_list(HOLDING));
+            let kills: Vec<i64> = tx.query(&sql, params![r.target, o.id])?.iter().map(|row| row.get(0)).collect::<Result<_, _>>()?;
             for kill in kills {
                 tx.execute("UPDATE outbox SET state = 'restored', updated_ms = ?2, state_ms = ?2 WHERE id = ?1", params![kill, at])?;
-                Store::insert_audit(&tx, &AuditEntry { action_id: Some(kill), ..r.audit.clone() })?;
+                Store::insert_audit(&mut tx, &AuditEntry { action_id: Some(kill), ..r.audit.clone() })?;
             }
             if !r.slice_key.is_empty() {
                 tx.execute("DELETE FROM rule_state WHERE slice = ?1", params![r.slice_key])?;
             }
         }
-        Store::follow_ups_in(&tx, &o.follow_ups)?;
+        Store::follow_ups_in(&mut tx, &o.follow_ups)?;
         tx.commit()?;
         Ok(true)
     }
 
     /// Queues the actions an outcome brings (no rule state: they are not a rule's slice).
-    fn follow_ups_in(tx: &rusqlite::Transaction<'_>, follow_ups: &[FollowUp]) -> rusqlite::Result<()> {
+    fn follow_ups_in(tx: &mut Conn, follow_ups: &[FollowUp]) -> Result<(), StoreError> {
         for f in follow_ups {
             // No slice key: a fallback kill or a notification has no cooldown of its own.
             let action = NewAction {
@@ -336,7 +362,7 @@ impl Store {
 
     /// Stores a kill's state before its first call (once: a later attempt never replaces it).
     pub fn save_snapshot(&self, id: i64, saved: &serde_json::Value) -> Result<(), StoreError> {
-        self.lock().execute("UPDATE outbox SET saved = ?2 WHERE id = ?1 AND saved IS NULL", params![id, saved.to_string()])?;
+        self.write("UPDATE outbox SET saved = ?2 WHERE id = ?1 AND saved IS NULL", params![id, saved.to_string()])?;
         Ok(())
     }
 
@@ -344,14 +370,13 @@ impl Store {
     /// saved, if that one saw the target serving: a kill of an already killed target restores to the state before
     /// the first kill, not to "off".
     pub fn holding_before(&self, target: &str, except: i64) -> Result<Option<serde_json::Value>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
+        let sql = format!(
             "SELECT COALESCE(saved, json_extract(result, '$.before')) FROM outbox WHERE kind = 'kill' AND target = ?1 AND id != ?2 AND state IN ({}) AND result IS NOT NULL ORDER BY id DESC",
             ActionState::sql_list(&HOLDING.iter().copied().filter(|s| *s != ActionState::Overridden).collect::<Vec<_>>())
-        ))?;
-        let rows = stmt.query_map(params![target, except], |r| r.get::<_, Option<String>>(0))?;
+        );
+        let rows = self.lock().query(&sql, params![target, except])?;
         for row in rows {
-            let Some(before) = parse(row?) else { continue };
+            let Some(before) = parse(row.get(0)?) else { continue };
             if before.get("serving").and_then(serde_json::Value::as_bool) == Some(true) {
                 return Ok(Some(before));
             }
@@ -362,26 +387,24 @@ impl Store {
     /// Records what a call that succeeded applied, before its read-back: even if the action
     /// later escalates (the read-back never agrees), its restore knows what to undo.
     pub fn record_applied(&self, id: i64, result: &serde_json::Value) -> Result<(), StoreError> {
-        self.lock().execute("UPDATE outbox SET result = ?2 WHERE id = ?1 AND state IN ('pending', 'superseded')", params![id, result.to_string()])?;
+        self.write("UPDATE outbox SET result = ?2 WHERE id = ?1 AND state IN ('pending', 'superseded')", params![id, result.to_string()])?;
         Ok(())
     }
 
     /// Whether the action is still pending (not superseded since it was read).
     pub fn is_pending(&self, id: i64) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        Ok(conn.query_row("SELECT COUNT(*) FROM outbox WHERE id = ?1 AND state = 'pending'", params![id], |r| r.get::<_, i64>(0))? > 0)
+        Ok(self.lock().scalar::<i64>("SELECT COUNT(*) FROM outbox WHERE id = ?1 AND state = 'pending'", params![id])?.unwrap_or(0) > 0)
     }
 
     /// The newest kill per target of `flag` (narrowed by environment and region), newest
     /// first, whatever the size of the outbox.
     pub fn flag_kills(&self, flag: &str) -> Result<Vec<ActionRow>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare(&format!(
+        let sql = format!(
             "{} WHERE id IN (SELECT MAX(id) FROM outbox WHERE kind = 'kill' AND json_extract(request, '$.flag') = ?1 GROUP BY target) ORDER BY id DESC",
             Store::ROW
-        ))?;
-        let rows = stmt.query_map(params![flag], Store::row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        );
+        let rows = self.read().query(&sql, params![flag])?;
+        rows.iter().map(Store::row).collect()
     }
 
     /// Moves an action from one of the `from` states to `to`, with its audit record, in one
@@ -405,15 +428,15 @@ impl Store {
             return Err(StoreError::Transition { id, from: *bad, to });
         }
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let Some(state) = Store::state_in(&tx, id).filter(|s| from.contains(s)) else { return Ok(false) };
+        let mut tx = self.begin(&mut conn)?;
+        let Some(state) = Store::state_in(&mut tx, id)?.filter(|s| from.contains(s)) else { return Ok(false) };
         tx.execute(
             "UPDATE outbox SET state = ?2, last_error = COALESCE(?3, last_error), updated_ms = ?4, state_ms = ?4 WHERE id = ?1",
             params![id, to.as_str(), error, audit.at.as_millis() as i64],
         )?;
         debug_assert!(state.may_become(to));
-        Store::insert_audit(&tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
-        Store::follow_ups_in(&tx, follow_ups)?;
+        Store::insert_audit(&mut tx, &AuditEntry { action_id: Some(id), ..audit.clone() })?;
+        Store::follow_ups_in(&mut tx, follow_ups)?;
         tx.commit()?;
         Ok(true)
     }
@@ -422,59 +445,54 @@ impl Store {
     /// drain or the drain deadline passes), and `drained` / `recovered` ones that entered that
     /// state after `since` (recovery, auto-restore and drift checks end after a while).
     pub fn watched_kills(&self, since: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
-            "{} WHERE kind = 'kill' AND (state IN ('sent', 'confirmed') OR (state IN ('drained', 'recovered') AND state_ms >= ?1)) ORDER BY id",
-            Store::ROW
-        ))?;
-        let rows = stmt.query_map(params![since.as_millis() as i64], Store::row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.lock().query(
+            &format!(
+                "{} WHERE kind = 'kill' AND (state IN ('sent', 'confirmed') OR (state IN ('drained', 'recovered') AND state_ms >= ?1)) ORDER BY id",
+                Store::ROW
+            ),
+            params![since.as_millis() as i64],
+        )?;
+        rows.iter().map(Store::row).collect()
     }
 
     /// Actions in `state` that entered it at or after `since` (e.g. recent restores).
     pub fn in_state_since(&self, state: ActionState, since: Timestamp) -> Result<Vec<ActionRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("{} WHERE state = ?1 AND state_ms >= ?2 ORDER BY id", Store::ROW))?;
-        let rows = stmt.query_map(params![state.as_str(), since.as_millis() as i64], Store::row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows =
+            self.lock().query(&format!("{} WHERE state = ?1 AND state_ms >= ?2 ORDER BY id", Store::ROW), params![state.as_str(), since.as_millis() as i64])?;
+        rows.iter().map(Store::row).collect()
     }
 
     /// Whether a restore of kill `kill_id` was ever queued (auto-restore tries once).
     pub fn restore_attempted(&self, kill_id: i64) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        let n: i64 =
-            conn.query_row("SELECT COUNT(*) FROM outbox WHERE kind = 'restore' AND json_extract(request, '$.restores') = ?1", params![kill_id], |r| r.get(0))?;
-        Ok(n > 0)
+        let n: Option<i64> =
+            self.lock().scalar("SELECT COUNT(*) FROM outbox WHERE kind = 'restore' AND json_extract(request, '$.restores') = ?1", params![kill_id])?;
+        Ok(n.unwrap_or(0) > 0)
     }
 
     /// Whether an action for `target` is pending (e.g. a restore in flight).
     pub fn has_pending(&self, target: &str) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        Ok(conn.query_row("SELECT COUNT(*) FROM outbox WHERE target = ?1 AND state = 'pending'", params![target], |r| r.get::<_, i64>(0))? > 0)
+        Ok(self.lock().scalar::<i64>("SELECT COUNT(*) FROM outbox WHERE target = ?1 AND state = 'pending'", params![target])?.unwrap_or(0) > 0)
     }
 
     /// Forgets a slice's cooldown (after a restore).
     pub fn clear_cooldown(&self, slice_key: &str) -> Result<(), StoreError> {
-        self.lock().execute("DELETE FROM rule_state WHERE slice = ?1", params![slice_key])?;
+        self.write("DELETE FROM rule_state WHERE slice = ?1", params![slice_key])?;
         Ok(())
     }
 
     /// Most recent actions first.
     pub fn actions(&self, limit: u32) -> Result<Vec<ActionRow>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare(&format!("{} ORDER BY id DESC LIMIT ?1", Store::ROW))?;
-        let rows = stmt.query_map(params![limit], Store::row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.read().query(&format!("{} ORDER BY id DESC LIMIT ?1", Store::ROW), params![limit])?;
+        rows.iter().map(Store::row).collect()
     }
 
     pub fn action(&self, id: i64) -> Result<Option<ActionRow>, StoreError> {
-        let conn = self.lock();
-        Ok(conn.query_row(&format!("{} WHERE id = ?1", Store::ROW), params![id], Store::row).optional()?)
+        let row = self.lock().query_opt(&format!("{} WHERE id = ?1", Store::ROW), params![id])?;
+        row.as_ref().map(Store::row).transpose()
     }
 
     /// Pending actions (for /readyz and /metrics).
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        let conn = self.lock();
-        Ok(conn.query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.lock().scalar::<i64>("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", &[])?.unwrap_or(0) as u64)
     }
 }

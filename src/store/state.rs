@@ -5,28 +5,26 @@ use super::*;
 impl Store {
     /// Every rollout plan instance's state (`rollout::PlanState` as JSON), by key.
     pub fn plan_states(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare("SELECT state FROM rollouts ORDER BY key")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok())).collect())
+        let rows = self.read().query("SELECT state FROM rollouts ORDER BY key", &[])?;
+        Ok(rows.iter().filter_map(|r| r.get::<String>(0).ok().and_then(|s| serde_json::from_str(&s).ok())).collect())
     }
 
     pub fn plan_state(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        let conn = self.lock();
-        let state: Option<String> = conn.query_row("SELECT state FROM rollouts WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
+        let mut conn = self.lock();
+        let state: Option<String> = conn.scalar("SELECT state FROM rollouts WHERE key = ?1", params![key])?;
         Ok(state.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
     /// Writes a plan instance's state, with its audit record, in one transaction.
     pub fn save_plan(&self, key: &str, state: &serde_json::Value, audit: Option<&AuditEntry>) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        Store::write_plan_in(&tx, key, state, audit)?;
+        let mut tx = self.begin(&mut conn)?;
+        Store::write_plan_in(&mut tx, key, state, audit)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn write_plan_in(tx: &rusqlite::Transaction<'_>, key: &str, state: &serde_json::Value, audit: Option<&AuditEntry>) -> rusqlite::Result<()> {
+    fn write_plan_in(tx: &mut Conn, key: &str, state: &serde_json::Value, audit: Option<&AuditEntry>) -> Result<(), StoreError> {
         let now = audit.map_or(0, |a| a.at.as_millis() as i64);
         tx.execute(
             "INSERT INTO rollouts (key, state, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
@@ -48,12 +46,12 @@ impl Store {
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let current: Option<String> = tx.query_row("SELECT state FROM rollouts WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
+        let mut tx = self.begin(&mut conn)?;
+        let current: Option<String> = tx.scalar("SELECT state FROM rollouts WHERE key = ?1", params![key])?;
         if parse(current).as_ref() != expected {
             return Ok(false);
         }
-        Store::write_plan_in(&tx, key, state, audit)?;
+        Store::write_plan_in(&mut tx, key, state, audit)?;
         tx.commit()?;
         Ok(true)
     }
@@ -61,11 +59,13 @@ impl Store {
     /// Merges first/last evaluation times of flag variants, in one transaction.
     pub fn record_usage(&self, usage: &[crate::rollout::hygiene::Usage]) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let mut tx = self.begin(&mut conn)?;
         for u in usage {
             tx.execute(
                 "INSERT INTO flag_usage (flag, variant, first_ms, last_ms) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT(flag, variant) DO UPDATE SET first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms)",
+                 ON CONFLICT(flag, variant) DO UPDATE SET \
+                 first_ms = CASE WHEN excluded.first_ms < flag_usage.first_ms THEN excluded.first_ms ELSE flag_usage.first_ms END, \
+                 last_ms = CASE WHEN excluded.last_ms > flag_usage.last_ms THEN excluded.last_ms ELSE flag_usage.last_ms END",
                 params![u.flag, u.variant, u.first_ms as i64, u.last_ms as i64],
             )?;
         }
@@ -74,23 +74,19 @@ impl Store {
     }
 
     pub fn usage(&self) -> Result<Vec<crate::rollout::hygiene::Usage>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare("SELECT flag, variant, first_ms, last_ms FROM flag_usage")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(crate::rollout::hygiene::Usage {
-                flag: r.get(0)?,
-                variant: r.get(1)?,
-                first_ms: r.get::<_, i64>(2)? as u64,
-                last_ms: r.get::<_, i64>(3)? as u64,
+        let rows = self.read().query("SELECT flag, variant, first_ms, last_ms FROM flag_usage", &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(crate::rollout::hygiene::Usage { flag: r.get(0)?, variant: r.get(1)?, first_ms: r.get::<i64>(2)? as u64, last_ms: r.get::<i64>(3)? as u64 })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect::<Result<_, rusqlite::Error>>()?)
     }
 
     /// The operator controls in force (pause, allow/deny lists, silences).
     pub fn controls(&self) -> Result<crate::controls::Controls, StoreError> {
-        let conn = self.lock();
-        let state: Option<String> = conn.query_row("SELECT state FROM controls WHERE id = 1", [], |r| r.get(0)).optional()?;
+        let mut conn = self.lock();
+        let state: Option<String> = conn.scalar("SELECT state FROM controls WHERE id = 1", &[])?;
         Store::parse_controls(state)
     }
 
@@ -111,8 +107,8 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<Result<crate::controls::Controls, E>, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let state: Option<String> = tx.query_row("SELECT state FROM controls WHERE id = 1", [], |r| r.get(0)).optional()?;
+        let mut tx = self.begin(&mut conn)?;
+        let state: Option<String> = tx.scalar("SELECT state FROM controls WHERE id = 1", &[])?;
         let before = Store::parse_controls(state)?;
         let mut after = before.clone();
         if let Err(why) = change(&mut after) {
@@ -124,8 +120,50 @@ impl Store {
             params![json, audit.at.as_millis() as i64],
         )?;
         let entry = AuditEntry { before: serde_json::to_value(&before).ok(), after: serde_json::to_value(&after).ok(), ..audit.clone() };
-        Store::insert_audit(&tx, &entry)?;
+        Store::insert_audit(&mut tx, &entry)?;
         tx.commit()?;
         Ok(Ok(after))
+    }
+}
+
+/// The cluster's lease and members as PostgreSQL holds them (`flagguard cluster status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRows {
+    /// Who holds the lease, and until when (ms from now by the database's clock; ≤ 0: expired).
+    pub holder: Option<String>,
+    pub epoch: i64,
+    pub lease_expires_in_ms: i64,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub instance: String,
+    pub api: Option<String>,
+    /// Since the member last renewed or tried to acquire the lease.
+    pub seen_ms_ago: i64,
+}
+
+impl Store {
+    /// The lease row and the members (cluster mode only).
+    pub fn cluster_rows(&self) -> Result<ClusterRows, StoreError> {
+        let mut conn = self.read();
+        if !conn.is_postgres() {
+            return Err(StoreError::Unsupported("not in cluster mode"));
+        }
+        let lease = conn.query_opt(
+            "SELECT holder, epoch, CAST(EXTRACT(EPOCH FROM (expires_at - now())) * 1000 AS BIGINT) FROM fg_lease WHERE name = ?1",
+            params![fence::LEASE],
+        )?;
+        let (holder, epoch, lease_expires_in_ms) = match lease {
+            Some(r) => (r.get(0)?, r.get(1)?, r.get(2)?),
+            None => (None, 0, 0),
+        };
+        let members = conn
+            .query("SELECT instance, api, CAST(EXTRACT(EPOCH FROM (now() - seen_at)) * 1000 AS BIGINT) FROM fg_members ORDER BY instance", &[])?
+            .iter()
+            .map(|r| Ok(Member { instance: r.get(0)?, api: r.get(1)?, seen_ms_ago: r.get(2)? }))
+            .collect::<Result<_, rusqlite::Error>>()?;
+        Ok(ClusterRows { holder, epoch, lease_expires_in_ms, members })
     }
 }

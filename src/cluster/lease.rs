@@ -1,0 +1,157 @@
+//! The fenced lease: one row in PostgreSQL (`fg_lease`) naming the replica that acts, with an
+//! epoch (the fencing token) and an expiry set by the database's clock. A standby takes an
+//! expired lease (epoch + 1) every `acquire_interval`; the leader renews every
+//! `renew_interval` and, by its own monotonic clock, stops starting calls `act.timeout` +
+//! [`super::CALL_MARGIN`] before the lease could run out and stops writing when it could
+//! ([`Fence`]). A graceful shutdown releases the lease, so a standby takes over within one
+//! `acquire_interval`.
+//!
+//! The database clock decides expiry; the local clock only makes the leader give up early
+//! (it counts from the moment the renewal was *sent*), so the two need equal rates, not equal
+//! times.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Settings;
+use crate::store::fence::LEASE;
+use crate::store::postgres::PgConn;
+use crate::store::{Fence, StoreError};
+use crate::telemetry::Metrics;
+
+/// This replica's side of the lease.
+pub struct Lease {
+    settings: Settings,
+    fence: Arc<Fence>,
+    /// Its own connection: renewals never queue behind the store's calls.
+    conn: Arc<Mutex<PgConn>>,
+    metrics: Arc<Metrics>,
+    /// The API address others may reach this replica at (for `cluster status`).
+    api: String,
+}
+
+/// What one attempt found.
+enum Step {
+    Held(i64),
+    NotHeld,
+}
+
+impl Lease {
+    pub fn connect(settings: &Settings, metrics: Arc<Metrics>, api: String) -> Result<Lease, StoreError> {
+        let conn = PgConn::connect(&settings.store)?;
+        Ok(Lease { fence: Arc::new(Fence::new(&settings.instance)), settings: settings.clone(), conn: Arc::new(Mutex::new(conn)), metrics, api })
+    }
+
+    pub fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
+    }
+
+    /// Acquires, renews and finally releases the lease until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // The epoch this replica last knew it held (to report each change once).
+        let mut leading: Option<i64> = None;
+        // Whether the last attempt failed (an outage is logged once, not every interval).
+        let mut failing = false;
+        loop {
+            let sent = Instant::now();
+            let held = self.fence.epoch();
+            if let (Some(epoch), None) = (leading, held) {
+                self.stepped_down(epoch, "it ran out by the local clock before a renewal succeeded (paused, or cut off from PostgreSQL)");
+                leading = None;
+            }
+            let this = self.clone();
+            let step = tokio::task::spawn_blocking(move || this.step(held)).await;
+            let failed = matches!(step, Ok(Err(_)));
+            if failing && !failed {
+                tracing::info!("PostgreSQL answers again");
+            }
+            match step {
+                Ok(Ok(Step::Held(epoch))) => {
+                    self.fence.granted(epoch, sent, self.settings.lease_ttl, self.settings.call_margin());
+                    if leading != Some(epoch) {
+                        self.metrics.cluster_leadership_changes.inc();
+                        tracing::info!(epoch, instance = %self.settings.instance, "lease acquired: this replica decides and acts");
+                    }
+                    leading = Some(epoch);
+                }
+                Ok(Ok(Step::NotHeld)) => {
+                    if let Some(epoch) = leading.take() {
+                        self.fence.lost();
+                        self.stepped_down(epoch, "another replica holds it");
+                    }
+                }
+                // Unreachable database: the lease stays until the local clock says it may have
+                // run out (the fence refuses every write from then on); try again.
+                Ok(Err(e)) if !failing => tracing::warn!(error = %e, "cannot reach PostgreSQL for the lease; retrying every interval"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot reach PostgreSQL for the lease"),
+                Err(e) => tracing::error!(error = %e, "the lease task failed"),
+            }
+            failing = failed;
+            self.metrics.cluster_leader.set(i64::from(self.fence.epoch().is_some()));
+            let rejected = self.fence.rejections().saturating_sub(self.metrics.cluster_fence_rejections.get());
+            self.metrics.cluster_fence_rejections.inc_by(rejected);
+            let wait = if self.fence.epoch().is_some() { self.settings.renew_interval } else { self.settings.acquire_interval };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        if let Some(epoch) = self.fence.epoch() {
+            self.fence.lost();
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.release(epoch)).await {
+                Ok(Ok(())) => tracing::info!(epoch, "lease released: a standby takes over"),
+                other => tracing::warn!(error = ?other.map(|r| r.err()), "cannot release the lease; it expires by itself"),
+            }
+            self.metrics.cluster_leader.set(0);
+        }
+    }
+
+    fn stepped_down(&self, epoch: i64, why: &str) {
+        self.metrics.cluster_leadership_changes.inc();
+        tracing::warn!(epoch, why, "lease lost: stepping down (this replica keeps judging, does not act)");
+    }
+
+    /// Renews the lease held (`Some(epoch)`), or tries to take an expired one.
+    fn step(&self, held: Option<i64>) -> Result<Step, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (instance, ttl) = (self.settings.instance.as_str(), self.settings.lease_ttl.as_secs_f64());
+        conn.execute(
+            "INSERT INTO fg_members (instance, api, started_at, seen_at) VALUES (?1, ?2, now(), now()) ON CONFLICT (instance) DO UPDATE SET api = excluded.api, seen_at = now()",
+            rusqlite::params![instance, self.api],
+        )?;
+        let epoch: Option<i64> = match held {
+            Some(epoch) => conn
+                .query(
+                    "UPDATE fg_lease SET expires_at = now() + make_interval(secs => ?3), renewed_at = now() \
+                     WHERE name = ?1 AND holder = ?2 AND epoch = ?4 AND expires_at > now() RETURNING epoch",
+                    rusqlite::params![LEASE, instance, ttl, epoch],
+                )?
+                .first()
+                .map(|r| r.get(0))
+                .transpose()?,
+            None => conn
+                .query(
+                    "INSERT INTO fg_lease (name, holder, epoch, expires_at, renewed_at) VALUES (?1, ?2, 1, now() + make_interval(secs => ?3), now()) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = fg_lease.epoch + 1, expires_at = excluded.expires_at, renewed_at = excluded.renewed_at \
+                     WHERE fg_lease.expires_at < now() RETURNING epoch",
+                    rusqlite::params![LEASE, instance, ttl],
+                )?
+                .first()
+                .map(|r| r.get(0))
+                .transpose()?,
+        };
+        Ok(epoch.map_or(Step::NotHeld, Step::Held))
+    }
+
+    fn release(&self, epoch: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "UPDATE fg_lease SET expires_at = now() WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
+            rusqlite::params![LEASE, self.settings.instance, epoch],
+        )?;
+        Ok(())
+    }
+}
