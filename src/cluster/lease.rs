@@ -155,3 +155,96 @@ impl Lease {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{AuditEntry, Store};
+
+    fn settings(instance: &str, store: &crate::store::PgOptions) -> Settings {
+        Settings {
+            instance: instance.into(),
+            store: store.clone(),
+            lease_ttl: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(1),
+            acquire_interval: Duration::from_secs(1),
+            act_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn epoch(step: Step) -> Option<i64> {
+        match step {
+            Step::Held(e) => Some(e),
+            Step::NotHeld => None,
+        }
+    }
+
+    fn entry(kind: &str) -> AuditEntry {
+        AuditEntry { actor: "test".into(), kind: kind.into(), ..AuditEntry::default() }
+    }
+
+    /// The zombie leader (Argo Rollouts #2117): a leader paused past its lease, whose own
+    /// clock has not noticed, resumes and tries to write — the fence in the transaction
+    /// refuses it, it steps down, and nothing of it is written.
+    #[test]
+    fn a_deposed_leader_cannot_write_even_before_it_notices() {
+        let db = crate::store::test_pg::database("lease");
+        let store = Store::open_postgres(&db).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let a = Lease::connect(&settings("a", &db), metrics.clone(), String::new()).unwrap();
+        let b = Lease::connect(&settings("b", &db), metrics, String::new()).unwrap();
+        assert_eq!(epoch(a.step(None).unwrap()), Some(1), "the first replica takes the lease");
+        assert_eq!(epoch(b.step(None).unwrap()), None, "a held lease is not taken");
+        a.fence.granted(1, Instant::now(), Duration::from_secs(30), Duration::from_secs(2));
+        let leader = store.fenced(a.fence());
+        leader.audit(&entry("while_leading")).expect("the holder writes");
+        assert_eq!(epoch(a.step(Some(1)).unwrap()), Some(1), "the holder renews");
+
+        // `a` is paused past its lease (expired by the database's clock); `b` takes over.
+        a.conn.lock().unwrap().execute("UPDATE fg_lease SET expires_at = now() - interval '1 second'", &[]).unwrap();
+        assert_eq!(epoch(b.step(None).unwrap()), Some(2), "an expired lease is taken with a new epoch");
+        assert_eq!(a.fence.epoch(), Some(1), "a's own clock still says it leads");
+        let refused = leader.audit(&entry("zombie_write"));
+        assert!(matches!(refused, Err(StoreError::Fenced)), "the fence refuses the write: {refused:?}");
+        assert_eq!(a.fence.epoch(), None, "and a steps down");
+        assert_eq!(a.fence.rejections(), 1);
+        assert!(store.audit_log(10, None, Some("zombie_write")).unwrap().is_empty(), "nothing of the zombie is written");
+        assert_eq!(epoch(a.step(Some(1)).unwrap()), None, "nor can it renew");
+
+        // A release hands over at the next attempt.
+        b.release(2).unwrap();
+        assert_eq!(epoch(a.step(None).unwrap()), Some(3));
+    }
+
+    /// A call starts only if the lease outlives it: a claim under a lease about to expire is
+    /// refused, so a call never runs past the authority it started under.
+    #[test]
+    fn a_claim_needs_the_lease_to_outlive_the_call() {
+        let db = crate::store::test_pg::database("claim");
+        let store = Store::open_postgres(&db).unwrap();
+        let a = Lease::connect(&settings("a", &db), Arc::new(Metrics::new()), String::new()).unwrap();
+        assert_eq!(epoch(a.step(None).unwrap()), Some(1));
+        a.fence.granted(1, Instant::now(), Duration::from_secs(30), Duration::from_secs(2));
+        let leader = store.fenced(a.fence());
+        let request = serde_json::json!({ "flag": "f" });
+        let audit = entry("kill_decided");
+        let action = crate::store::NewAction {
+            target: "flags|f||",
+            kind: crate::action::ActionKind::Kill,
+            request: &request,
+            idempotency_key: "k",
+            slice_key: "",
+            automatic: false,
+            audit: &audit,
+        };
+        let crate::store::Submitted::New(id) = leader.submit(&action).unwrap() else { panic!("a new action") };
+        assert_eq!(leader.claim(id, Duration::from_secs(5)).unwrap(), Some(1), "a 30 s lease outlives a 5 s call");
+        a.conn.lock().unwrap().execute("UPDATE fg_lease SET expires_at = now() + interval '2 seconds'", &[]).unwrap();
+        assert!(matches!(leader.claim(id, Duration::from_secs(5)), Err(StoreError::Fenced)), "2 s left do not cover a 5 s call");
+        assert_eq!(a.fence.epoch(), Some(1), "the holder still holds it: the next renewal extends it");
+        assert_eq!(epoch(a.step(Some(1)).unwrap()), Some(1));
+        assert_eq!(leader.claim(id, Duration::from_secs(5)).unwrap(), Some(1), "renewed, the call may start");
+    }
+}

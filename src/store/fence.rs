@@ -93,14 +93,23 @@ impl Fence {
             return Err(StoreError::Fenced);
         };
         let held = conn.query_opt(
-            "SELECT 1 FROM fg_lease WHERE name = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > now() + make_interval(secs => ?4) FOR SHARE",
+            "SELECT expires_at > now() + make_interval(secs => ?4) FROM fg_lease WHERE name = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > now() FOR SHARE",
             rusqlite::params![LEASE, self.holder, epoch, margin.as_secs_f64()],
         )?;
-        if held.is_none() {
-            self.rejections.fetch_add(1, Ordering::Relaxed);
-            self.lost();
-            tracing::warn!(epoch, "lease lost: a write failed the fence; stepping down");
-            return Err(StoreError::Fenced);
+        match held {
+            None => {
+                self.rejections.fetch_add(1, Ordering::Relaxed);
+                self.lost();
+                tracing::warn!(epoch, "lease lost: a write failed the fence; stepping down");
+                return Err(StoreError::Fenced);
+            }
+            // Still the holder, but the lease ends too soon for what is about to start: refused,
+            // and the next renewal extends it.
+            Some(row) if !row.get::<bool>(0)? => {
+                self.rejections.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Fenced);
+            }
+            Some(_) => {}
         }
         Ok(())
     }

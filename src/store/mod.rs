@@ -366,4 +366,6 @@ impl Store {
 }
 
 #[cfg(test)]
+pub(crate) mod test_pg;
+#[cfg(test)]
 mod tests;

@@ -23,6 +23,48 @@ impl Put for Store {
     }
 }
 
+thread_local! {
+    /// Set while [`the_store_tests_pass_on_postgres`] runs the tests again on PostgreSQL.
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A fresh store: in memory, or a database of its own on the test PostgreSQL.
+fn new_store() -> Store {
+    if ON_POSTGRES.get() { Store::open_postgres(&super::test_pg::database("store")).unwrap() } else { Store::in_memory().unwrap() }
+}
+
+/// Every store test written against a fresh store, again on PostgreSQL (cluster mode): the
+/// statements are shared, so must be the behaviour.
+#[test]
+fn the_store_tests_pass_on_postgres() {
+    ON_POSTGRES.set(true);
+    let tests: &[(&str, fn())] = &[
+        ("a_flags_kills_are_found_past_any_number_of_notifications", a_flags_kills_are_found_past_any_number_of_notifications),
+        (
+            "a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift",
+            a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift,
+        ),
+        ("a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore", a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore),
+        ("a_plan_state_is_not_overwritten_after_an_operators_change", a_plan_state_is_not_overwritten_after_an_operators_change),
+        ("a_second_kill_inherits_only_from_a_kill_that_reached_the_flag_system", a_second_kill_inherits_only_from_a_kill_that_reached_the_flag_system),
+        ("audit_filters_page_forward_and_retention_prunes_with_a_record", audit_filters_page_forward_and_retention_prunes_with_a_record),
+        ("drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not", drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not),
+        ("finishing_is_audited_once", finishing_is_audited_once),
+        ("held_slices_survive_in_rule_state", held_slices_survive_in_rule_state),
+        ("one_pending_action_per_target_and_triggers_join", one_pending_action_per_target_and_triggers_join),
+        ("reschedule_and_due", reschedule_and_due),
+        ("targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill", targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill),
+        (
+            "transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills",
+            transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills,
+        ),
+    ];
+    for (name, test) in tests {
+        eprintln!("on postgres: {name}");
+        test();
+    }
+}
+
 fn decided(at: u64) -> AuditEntry {
     AuditEntry {
         at: Timestamp(at),
@@ -37,7 +79,7 @@ fn decided(at: u64) -> AuditEntry {
 
 #[test]
 fn one_pending_action_per_target_and_triggers_join() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let a = store.put("t", "kill", &json!({}), "k1", "r/f", &decided(1)).unwrap();
     let b = store.put("t", "kill", &json!({}), "k2", "r/f", &decided(2)).unwrap();
     let Submitted::New(id) = a else { panic!("first is new") };
@@ -51,7 +93,7 @@ fn one_pending_action_per_target_and_triggers_join() {
 
 #[test]
 fn finishing_is_audited_once() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let Submitted::New(id) = store.put("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
     let confirmed = AuditEntry { kind: "kill_confirmed".into(), action_id: Some(id), ..decided(5) };
     store.finish(id, ActionState::Confirmed, 1, None, None, &confirmed).unwrap();
@@ -65,7 +107,7 @@ fn finishing_is_audited_once() {
 
 #[test]
 fn reschedule_and_due() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let Submitted::New(id) = store.put("t", "kill", &json!({"a": 1}), "k", "s", &decided(1)).unwrap() else { panic!() };
     assert_eq!(store.due(Timestamp(1)).unwrap().len(), 1);
     store.reschedule(id, 1, Timestamp(500), "503", Timestamp(2)).unwrap();
@@ -95,7 +137,7 @@ fn reopening_keeps_everything_and_pagination_works() {
 
 #[test]
 fn a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let rollout = store.put_operator("u|f|production|", "rollout", &json!({}), "r1", &decided(1)).unwrap().unwrap();
     let other_env = store.put_operator("u|f|staging|", "rollout", &json!({}), "r2", &decided(1)).unwrap().unwrap();
     assert!(store.put_operator("u|f|production|", "rollout", &json!({}), "r3", &decided(2)).unwrap().is_err(), "one pending per target");
@@ -115,7 +157,7 @@ fn a_kill_supersedes_pending_rollouts_and_rollouts_wait_for_a_restore() {
 
 #[test]
 fn transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let Submitted::New(kill) = store.put("t", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
     assert!(!store.transition(kill, &[ActionState::Confirmed], ActionState::Drained, None, &decided(2)).unwrap(), "still pending");
     store.finish(kill, ActionState::Confirmed, 1, None, None, &decided(2)).unwrap();
@@ -132,7 +174,7 @@ fn transitions_happen_once_from_the_expected_state_and_drift_suppresses_kills() 
 
 #[test]
 fn drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let Submitted::New(a) = store.put("a", "kill", &json!({}), "k", "s", &decided(1)).unwrap() else { panic!() };
     let Submitted::New(b) = store.put("b", "kill", &json!({}), "k2", "s2", &decided(1)).unwrap() else { panic!() };
     store.finish(a, ActionState::Confirmed, 1, None, None, &decided(10)).unwrap();
@@ -145,7 +187,7 @@ fn drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not() {
 
 #[test]
 fn a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let restore = store.put_operator("t", "restore", &json!({}), "r", &decided(1)).unwrap().unwrap();
     let Submitted::New(kill) = store.put("t", "kill", &json!({}), "k", "s", &decided(2)).unwrap() else { panic!("a new kill, not joined to the restore") };
     assert_eq!(store.action(restore).unwrap().unwrap().state, "superseded");
@@ -158,7 +200,7 @@ fn a_kill_supersedes_a_pending_restore_and_only_automatic_kills_defer_to_drift()
 
 #[test]
 fn audit_filters_page_forward_and_retention_prunes_with_a_record() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     for (i, (actor, target)) in
         [("token:alice", "flags|checkout|production|"), ("rule:r", "flags|search|production|"), ("token:alice", "flags|search|staging|")].iter().enumerate()
     {
@@ -233,7 +275,7 @@ fn targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill() {
     assert_eq!(kill_request(&[("environment", "staging")], None).target(), "flagd|f|staging|");
     assert_eq!(target_of_json(&serde_json::to_value(&a).unwrap()), Some(a.target()));
 
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let Submitted::New(kill) = store.put(&per_env.target(), "kill", &serde_json::to_value(&per_env).unwrap(), "k", "r/f", &decided(1)).unwrap() else {
         panic!()
     };
@@ -268,7 +310,7 @@ fn migration_makes_old_targets_canonical() {
 /// notifications, manual and fallback kills leave no rule state behind.
 #[test]
 fn a_flags_kills_are_found_past_any_number_of_notifications() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let request = kill_request(&[], Some("production"));
     let Submitted::New(kill) = store.put(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k", "", &decided(1)).unwrap() else { panic!() };
     for i in 0..1001 {
@@ -282,7 +324,7 @@ fn a_flags_kills_are_found_past_any_number_of_notifications() {
 /// Review finding 13: a held kill's slice is stored as held, with its rule and flag.
 #[test]
 fn held_slices_survive_in_rule_state() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     store.record_fired(&Fired { slice: "r/f/region=eu", rule: "r", flag: "f", held: true }, Timestamp(1), &decided(1)).unwrap();
     store.record_fired(&Fired { slice: "r/g", rule: "r", flag: "g", held: false }, Timestamp(1), &decided(1)).unwrap();
     assert_eq!(store.held_slices().unwrap(), vec![("r/f/region=eu".to_owned(), "f".to_owned(), "r".to_owned())]);
@@ -293,7 +335,7 @@ fn held_slices_survive_in_rule_state() {
 /// operator's abort in between is not overwritten by the plan's next step.
 #[test]
 fn a_plan_state_is_not_overwritten_after_an_operators_change() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let read = json!({"status": "running", "step": 0});
     store.save_plan("p", &read, None).unwrap();
     store.save_plan("p", &json!({"status": "aborted"}), Some(&decided(2))).unwrap();
@@ -307,7 +349,7 @@ fn a_plan_state_is_not_overwritten_after_an_operators_change() {
 /// only from a kill whose call succeeded (one that never reached the flag system holds nothing).
 #[test]
 fn a_second_kill_inherits_only_from_a_kill_that_reached_the_flag_system() {
-    let store = Store::in_memory().unwrap();
+    let store = new_store();
     let request = kill_request(&[], Some("production"));
     let target = request.target();
     let value = serde_json::to_value(&request).unwrap();

@@ -130,9 +130,28 @@ struct Counts {
     suppressed: usize,
 }
 
+/// Where the model's store lives: a SQLite file, or a PostgreSQL database (cluster mode); a
+/// crash re-opens it.
+enum Engine {
+    Sqlite(Dir),
+    Postgres(crate::store::PgOptions),
+}
+
+impl Engine {
+    fn open(&self) -> Store {
+        match self {
+            Engine::Sqlite(dir) => Store::open(&dir.0).unwrap(),
+            Engine::Postgres(options) => Store::open_postgres(options).unwrap(),
+        }
+    }
+}
+
 fn run(ops: &[Op], counts: &mut Counts) {
-    let dir = dir();
-    let mut outbox = Outbox::new(Store::open(&dir.0).unwrap(), true);
+    run_on(&Engine::Sqlite(dir()), ops, counts)
+}
+
+fn run_on(engine: &Engine, ops: &[Op], counts: &mut Counts) {
+    let mut outbox = Outbox::new(engine.open(), true);
     let mut now = 1_000u64;
     let mut told: Vec<i64> = Vec::new();
     let mut seen = observe(outbox.store());
@@ -235,7 +254,7 @@ fn run(ops: &[Op], counts: &mut Counts) {
             Op::Crash => {
                 counts.crashes += 1;
                 drop(outbox);
-                outbox = Outbox::new(Store::open(&dir.0).unwrap(), true);
+                outbox = Outbox::new(engine.open(), true);
             }
             _ => {}
         }
@@ -277,6 +296,18 @@ proptest! {
         run(&ops, &mut counts);
         // Counted for the record (run with --nocapture): how much each case exercised.
         println!("outbox model: {counts:?}");
+    }
+}
+
+proptest! {
+    // The same model on PostgreSQL: one dialect, the same invariants (fewer cases: each
+    // creates a database).
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #[test]
+    fn the_outbox_holds_its_invariants_on_postgres_too(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut counts = Counts::default();
+        run_on(&Engine::Postgres(crate::store::test_pg::database("model")), &ops, &mut counts);
+        println!("outbox model on postgres: {counts:?}");
     }
 }
 
