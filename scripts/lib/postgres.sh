@@ -62,7 +62,14 @@ psql_pg() { # psql as postgres to the private cluster's maintenance database
 init_cluster() {
   BINDIR="$(pg_bindir)"
   [ -n "$BINDIR" ] || die "PostgreSQL binaries not found"
-  [ -f "$PG_DATA/PG_VERSION" ] && return
+  if [ -f "$PG_DATA/PG_VERSION" ]; then
+    # A tree copied by root (a new work tree from an old one) leaves the data owned by root.
+    if [ "$(stat -c %U "$PG_DATA")" != postgres ]; then
+      log "chown -R postgres $PG_DATA (the cluster data is not owned by postgres)"
+      chown -R postgres: "$PG_DATA"
+    fi
+    return
+  fi
   log "initdb $PG_DATA"
   rm -rf "$PG_DATA"
   mkdir -p "$PG_DATA"
