@@ -114,3 +114,66 @@ async fn harness_spawns_the_binary_reads_its_log_and_signals_it() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(exit.status.signal(), Some(9));
 }
+
+/// The audit and outbox rows of an embedded replica's SQLite store, in the checkers' shape.
+fn sqlite_history(data_dir: &std::path::Path) -> (Vec<super::pg::AuditRow>, Vec<super::pg::OutboxRow>) {
+    let db = rusqlite::Connection::open(data_dir.join("flagguard.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut audit = db.prepare("SELECT kind, actor, target, action_id, after FROM audit ORDER BY id").unwrap();
+    let audit = audit
+        .query_map([], |r| {
+            Ok(super::pg::AuditRow {
+                kind: r.get(0)?,
+                actor: r.get(1)?,
+                target: r.get(2)?,
+                action_id: r.get(3)?,
+                after: r.get::<_, Option<String>>(4)?.and_then(|t| serde_json::from_str(&t).ok()),
+            })
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let mut outbox = db.prepare("SELECT target, kind, state, idempotency_key FROM outbox ORDER BY id").unwrap();
+    let outbox = outbox
+        .query_map([], |r| Ok(super::pg::OutboxRow { target: r.get(0)?, kind: r.get(1)?, state: r.get(2)?, idempotency_key: r.get(3)? }))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (audit, outbox)
+}
+
+/// The scenarios' config, rules, traffic and alert fixture, checked on one embedded replica
+/// today: the regression is killed once with one key, the A/A slice is not, the alert kills
+/// its cohort; the checkers (a) and (b) hold on that real history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_traffic_rules_and_checkers_agree_with_an_embedded_replica() {
+    use super::fixture::{FLAG, a_a, regression};
+    use super::history::{kill_decisions, key_violations};
+
+    let cluster = Cluster::new("harness embedded").await;
+    let replica = cluster.spawn_with("solo", Spawn { embedded: true, ..Spawn::default() }).await;
+    replica.send(a_a("checkout-aa", "production")).await;
+    replica.send(regression(FLAG, "staging")).await;
+    let data = cluster.dir.path().join("solo/data");
+    let confirmed = |kind: &str| sqlite_history(&data).0.iter().any(|r| r.kind == kind);
+    crate::support::wait_until("the regression's kill confirmed", Duration::from_secs(20), || confirmed("kill_confirmed")).await;
+
+    let body = std::fs::read(format!("{}/tests/fixtures/webhooks/alertmanager-v4.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (status, _, reply) = replica.post_alert("alertmanager", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    crate::support::wait_until("the alert's kill call", Duration::from_secs(20), || cluster.flags.kill_calls().iter().any(|c| c.path == "/v1/flags/checkout-v2")).await;
+    crate::support::wait_until("both kills confirmed", Duration::from_secs(20), || {
+        sqlite_history(&data).0.iter().filter(|r| r.kind == "kill_confirmed").count() == 2
+    })
+    .await;
+
+    let (audit, outbox) = sqlite_history(&data);
+    let decisions = kill_decisions(&audit);
+    assert_eq!(decisions.len(), 2, "the staging regression and the alert, not the A/A slice: {decisions:?}");
+    assert!(decisions.values().all(|n| *n == 1), "{decisions:?}");
+    assert!(decisions.keys().all(|t| !t.contains("checkout-aa")), "{decisions:?}");
+    let calls = cluster.flags.kill_calls();
+    assert_eq!(key_violations(&calls, &outbox), Vec::<String>::new());
+    let alert_kill = audit.iter().find(|r| r.kind == "kill_confirmed" && r.target.as_deref().is_some_and(|t| t.contains("checkout-v2")));
+    assert_eq!(alert_kill.map(|r| r.actor.as_str()), Some("rule:alert:checkout-burn"), "the alert mapping confirms its kill");
+}

@@ -16,10 +16,28 @@
 //!
 //! Fault loops run `FLAGGUARD_CLUSTER_RUNS` times (default 2–3) with varied timing and print
 //! `NAME: runs R, faults injected F, kills missed M, kills doubled D, …`.
+//!
+//! What the scenarios assume of the binary (black-box, beyond the `[cluster]` keys):
+//! - `GET /v1/cluster` answers from the replica's own state, also while PostgreSQL is out of
+//!   reach, within 1 s; `leader` is a bool, `epoch` the current lease epoch (a standby reports
+//!   its leader's), `holder` the leader's `instance_id`;
+//! - every webhook call carries `X-Flagguard-Epoch: N` (decimal) with the calling leader's
+//!   epoch; epochs grow by one per acquisition;
+//! - `flagguard_cluster_leader` and `flagguard_cluster_fence_rejections_total` are unlabelled;
+//! - a failpoint ends the process with a non-zero status (abort or SIGKILL) before anything
+//!   else happens; it fires in the leader's executor, so only the first leader is armed;
+//! - SIGTERM releases the lease (standby leads within 2 s) and exits 0;
+//! - with PostgreSQL down, `POST /v1/alerts/…` answers 503 with `Retry-After` (seconds)
+//!   within 5 s, and OTLP ingest still answers;
+//! - the PostgreSQL tables `audit` and `outbox` keep the SQLite columns' names (any integer,
+//!   text or JSON types: the checkers cast).
 
+mod failover;
 mod fixture;
 mod harness;
 mod history;
+mod partition;
 mod pg;
 mod proxy;
 mod replica;
+mod scenarios;

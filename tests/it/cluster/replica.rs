@@ -137,11 +137,19 @@ impl Replica {
 
     /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) unless the process has ended.
     pub fn signal(&self, signal: &str) {
-        if self.exited().is_some() {
-            return;
+        if !self.try_signal(signal) {
+            // It may have died just now: its waiter records that a moment later.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(self.exited().is_some(), "kill -{signal} {} failed", self.pid);
         }
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).stderr(Stdio::null()).status().expect("kill runs");
-        assert!(status.success() || self.exited().is_some(), "kill -{signal} {} failed", self.pid);
+    }
+
+    /// Sends a signal unless the process has ended; false if `kill` failed.
+    fn try_signal(&self, signal: &str) -> bool {
+        if self.exited().is_some() {
+            return true;
+        }
+        Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
     }
 
     pub fn kill9(&self) {
@@ -248,7 +256,8 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        // Also ends a stopped process (SIGKILL needs no SIGCONT).
-        self.kill9();
+        // Also ends a stopped process (SIGKILL needs no SIGCONT). Never panics: this may run
+        // while a failed test unwinds.
+        self.try_signal("KILL");
     }
 }
