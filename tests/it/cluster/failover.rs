@@ -19,7 +19,7 @@ async fn abort_run(failpoint: &'static str, run: usize) -> RunReport {
     let (a, b, first_epoch) = cluster.pair(Spawn { failpoints: vec![failpoint], ..Spawn::default() }, Spawn::default()).await;
     tokio::time::sleep(jitter(run, Duration::from_millis(600))).await;
     let batch = regression(FLAG, "production");
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         send_to_all(&[&a, &b], batch).await;
     } else {
         send_to_all(&[&b, &a], batch).await;
@@ -127,7 +127,9 @@ async fn pause_run(run: usize) -> RunReport {
     }
     a.resume();
     match try_wait_status(&a, Duration::from_secs(5), |s| !s.leader).await {
-        Ok(status) if status.epoch.is_some() && status.epoch < new_epoch => violations.push(format!("a reports a stale epoch after resuming: {:?}", status.raw)),
+        Ok(status) if status.epoch.is_some() && status.epoch < new_epoch => {
+            violations.push(format!("a reports a stale epoch after resuming: {:?}", status.raw))
+        }
         Ok(_) => {}
         Err(last) => violations.push(format!("a still claims leadership after resuming: {last:?}")),
     }

@@ -186,7 +186,11 @@ pub async fn wait_status(replica: &Replica, what: &str, deadline: Duration, cond
 }
 
 /// Like [`wait_status`], the last answer (if any) as the error on timeout.
-pub async fn try_wait_status(replica: &Replica, deadline: Duration, condition: impl Fn(&ClusterStatus) -> bool) -> Result<ClusterStatus, Option<serde_json::Value>> {
+pub async fn try_wait_status(
+    replica: &Replica,
+    deadline: Duration,
+    condition: impl Fn(&ClusterStatus) -> bool,
+) -> Result<ClusterStatus, Option<serde_json::Value>> {
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < deadline {
@@ -207,18 +211,16 @@ fn now_ns() -> u64 {
 
 /// 200 requests split over `on`/`off`; a quarter of all (half the treatment) fail in payments.
 pub fn regression(flag: &str, environment: &str) -> ExportTraceServiceRequest {
-    let requests: Vec<Request> = (0..200)
-        .map(|i| Request { user: i, variant: if i % 2 == 0 { "on" } else { "off" }.into(), region: "eu".into(), payments_error: i % 4 == 0 })
-        .collect();
+    let requests: Vec<Request> =
+        (0..200).map(|i| Request { user: i, variant: if i % 2 == 0 { "on" } else { "off" }.into(), region: "eu".into(), payments_error: i % 4 == 0 }).collect();
     build(flag, environment, &requests, now_ns(), &mut rand::rng())
 }
 
 /// A/A: both variants fail equally often (a quarter each) — above the rule's absolute threshold,
 /// but the control breaches just as much, so nothing is to be killed.
 pub fn a_a(flag: &str, environment: &str) -> ExportTraceServiceRequest {
-    let requests: Vec<Request> = (0..200)
-        .map(|i| Request { user: i, variant: if i % 2 == 0 { "on" } else { "off" }.into(), region: "eu".into(), payments_error: i % 8 < 2 })
-        .collect();
+    let requests: Vec<Request> =
+        (0..200).map(|i| Request { user: i, variant: if i % 2 == 0 { "on" } else { "off" }.into(), region: "eu".into(), payments_error: i % 8 < 2 }).collect();
     build(flag, environment, &requests, now_ns(), &mut rand::rng())
 }
 

@@ -148,7 +148,7 @@ fn sqlite_history(data_dir: &std::path::Path) -> (Vec<super::pg::AuditRow>, Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_traffic_rules_and_checkers_agree_with_an_embedded_replica() {
     use super::fixture::{FLAG, a_a, regression};
-    use super::history::{kill_decisions, key_violations};
+    use super::history::{key_violations, kill_decisions};
 
     let cluster = Cluster::new("harness embedded").await;
     let replica = cluster.spawn_with("solo", Spawn { embedded: true, ..Spawn::default() }).await;
@@ -161,7 +161,10 @@ async fn harness_traffic_rules_and_checkers_agree_with_an_embedded_replica() {
     let body = std::fs::read(format!("{}/tests/fixtures/webhooks/alertmanager-v4.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let (status, _, reply) = replica.post_alert("alertmanager", &body).await;
     assert_eq!(status, 200, "{reply}");
-    crate::support::wait_until("the alert's kill call", Duration::from_secs(20), || cluster.flags.kill_calls().iter().any(|c| c.path == "/v1/flags/checkout-v2")).await;
+    crate::support::wait_until("the alert's kill call", Duration::from_secs(20), || {
+        cluster.flags.kill_calls().iter().any(|c| c.path == "/v1/flags/checkout-v2")
+    })
+    .await;
     crate::support::wait_until("both kills confirmed", Duration::from_secs(20), || {
         sqlite_history(&data).0.iter().filter(|r| r.kind == "kill_confirmed").count() == 2
     })

@@ -229,7 +229,8 @@ mod tests {
     #[test]
     fn a_lower_epoch_after_a_higher_one_is_a_regression() {
         let now = Instant::now();
-        let calls: Vec<Call> = [Some(3), Some(3), Some(4), Some(3), None, Some(5), Some(4)].into_iter().map(|e| call("/v1/flags/f", Some("k"), e, now)).collect();
+        let calls: Vec<Call> =
+            [Some(3), Some(3), Some(4), Some(3), None, Some(5), Some(4)].into_iter().map(|e| call("/v1/flags/f", Some("k"), e, now)).collect();
         assert_eq!(epoch_regressions(&calls), vec![3, 6]);
         assert_eq!(missing_epochs(&calls), 1);
     }

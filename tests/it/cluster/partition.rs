@@ -26,7 +26,11 @@ async fn partition_run(run: usize) -> RunReport {
     let through_proxy = Spawn { postgres_url: Some(proxy.postgres_url(&cluster.db.url)), ..Spawn::default() };
     let (a, b, first_epoch) = cluster.pair(through_proxy, Spawn::default()).await;
     tokio::time::sleep(jitter(run, Duration::from_millis(500))).await;
-    if run % 2 == 0 { proxy.cut() } else { proxy.reset() }
+    if run.is_multiple_of(2) {
+        proxy.cut()
+    } else {
+        proxy.reset()
+    }
     let cut = Instant::now();
     let mut violations = Vec::new();
     let ttl = cluster.timings.lease_ttl;

@@ -153,9 +153,7 @@ impl Database {
         // Casts: whatever integer and text/JSON types the store chose, read them one way.
         let rows = client.query("SELECT kind::text, actor::text, target::text, action_id::bigint, after::text FROM audit ORDER BY id", &[]).await;
         empty_if_missing(rows.map(|rows| {
-            rows.iter()
-                .map(|r| AuditRow { kind: r.get(0), actor: r.get(1), target: r.get(2), action_id: r.get(3), after: json(r.get(4)) })
-                .collect()
+            rows.iter().map(|r| AuditRow { kind: r.get(0), actor: r.get(1), target: r.get(2), action_id: r.get(3), after: json(r.get(4)) }).collect()
         }))
     }
 
@@ -163,9 +161,9 @@ impl Database {
     pub async fn try_outbox(&self) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
         let client = connect(&self.url).await?;
         let rows = client.query("SELECT target::text, kind::text, state::text, idempotency_key::text FROM outbox ORDER BY id", &[]).await;
-        empty_if_missing(rows.map(|rows| {
-            rows.iter().map(|r| OutboxRow { target: r.get(0), kind: r.get(1), state: r.get(2), idempotency_key: r.get(3) }).collect()
-        }))
+        empty_if_missing(
+            rows.map(|rows| rows.iter().map(|r| OutboxRow { target: r.get(0), kind: r.get(1), state: r.get(2), idempotency_key: r.get(3) }).collect()),
+        )
     }
 
     pub async fn audit(&self) -> Vec<AuditRow> {

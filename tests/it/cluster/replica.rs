@@ -85,9 +85,8 @@ impl Replica {
             http_client: flagguard::app::http_client(Duration::from_secs(5), None).expect("an HTTP client"),
         };
         let running = replica.wait_log("flagguard is running", Duration::from_secs(30)).await;
-        let address = |field: &str| -> SocketAddr {
-            running[field].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("`{field}` address in {running}"))
-        };
+        let address =
+            |field: &str| -> SocketAddr { running[field].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("`{field}` address in {running}")) };
         (replica.grpc, replica.http, replica.api) = (address("grpc"), address("http"), address("api"));
         replica
     }
