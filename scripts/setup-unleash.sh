@@ -79,23 +79,9 @@ http_status() {
   fi
 }
 
-port_in_use() { # something accepts TCP connections on 127.0.0.1:$1
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# A port nobody listens on, below Linux's default ephemeral range (32768-60999) so outgoing
-# connections cannot be holding it either. Callers still retry if they lose a race for it.
-free_port() {
-  local p _
-  for _ in $(seq 1 200); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-    if ! port_in_use "$p" && ! { command -v ss >/dev/null 2>&1 && ss -Htan "( sport = :$p )" 2>/dev/null | grep -q .; }; then
-      echo "$p"
-      return 0
-    fi
-  done
-  die "no free TCP port found"
-}
+# port_in_use, free_port, pg_bindir, install_postgres, as_pg, pg_running, psql_pg,
+# init_cluster, launch_postgres: shared with scripts/setup-postgres.sh.
+. "$ROOT/scripts/lib/postgres.sh"
 
 mkdir -p "$OUT"
 # Serialize every invocation: `start` from several test threads at once must yield one server.
@@ -103,30 +89,6 @@ exec 9>"$OUT/.lock"
 flock 9
 
 # ---------------------------------------------------------------------------------- install
-pg_bindir() { # directory of the versioned PostgreSQL binaries, empty if not installed
-  local f
-  f="$(dpkg -L postgresql-15 2>/dev/null | grep '/bin/initdb$' | head -n1 || true)"
-  if [ -z "$f" ]; then
-    f="$(printf '%s\n' /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n1)"
-  fi
-  [ -n "$f" ] && [ -x "$f" ] && dirname "$f"
-  return 0
-}
-
-install_postgres() {
-  if [ -n "$(pg_bindir)" ]; then
-    return
-  fi
-  [ "$(id -u)" = 0 ] || die "PostgreSQL is not installed and we are not root to apt-get it"
-  log "installing PostgreSQL (apt-get install postgresql)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y --no-install-recommends postgresql >&2; then
-    apt-get update >&2
-    apt-get install -y --no-install-recommends postgresql >&2
-  fi
-  [ -n "$(pg_bindir)" ] || die "PostgreSQL installed but no .../bin/initdb found"
-}
-
 install_unleash() {
   [ -f "$PKG_DIR/package-lock.json" ] || die "missing $PKG_DIR/package-lock.json"
   local want have
@@ -151,47 +113,8 @@ do_install() {
 }
 
 # ------------------------------------------------------------------------------- postgres
-as_pg() { (cd / && runuser -u postgres -- "$@"); } # cd /: our cwd may be unreadable to postgres
-
-pg_running() {
-  [ -f "$PG_DATA/postmaster.pid" ] && as_pg "$BINDIR/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
-}
-
-psql_pg() { # psql as postgres to the private cluster's maintenance database
-  as_pg "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
-}
-
 start_postgres() {
-  BINDIR="$(pg_bindir)"
-  [ -n "$BINDIR" ] || die "PostgreSQL binaries not found"
-  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-    log "initdb $PG_DATA"
-    rm -rf "$PG_DATA"
-    mkdir -p "$PG_DATA"
-    chown postgres: "$PG_DATA"
-    chmod 700 "$PG_DATA"
-    # The cluster lives in the work tree: `postgres` must be able to reach it.
-    local d="$OUT"
-    while [ "$d" != / ]; do
-      if ! as_pg test -x "$d"; then
-        log "chmod o+x $d (PostgreSQL runs as postgres and must reach $PG_DATA)"
-        chmod o+x "$d"
-      fi
-      d="$(dirname "$d")"
-    done
-    as_pg "$BINDIR/initdb" -D "$PG_DATA" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
-    # Throw-away test data: loopback only, no Unix socket (path length limits), no durability.
-    cat >> "$PG_DATA/postgresql.conf" <<'EOF'
-
-# flagguard test cluster (scripts/setup-unleash.sh)
-listen_addresses = '127.0.0.1'
-unix_socket_directories = ''
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_connections = 100
-EOF
-  fi
+  init_cluster setup-unleash.sh
   if pg_running; then
     PG_PORT="$(cat "$PG_PORT_FILE" 2>/dev/null || true)"
     if [ -n "$PG_PORT" ] && psql_pg -c 'SELECT 1' >/dev/null 2>&1; then
@@ -200,19 +123,13 @@ EOF
     log "PostgreSQL in $PG_DATA runs but does not answer; restarting it"
     as_pg "$BINDIR/pg_ctl" -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true
   fi
-  rm -f "$PG_DATA/postmaster.pid"
-  touch "$PG_LOG"
-  chown postgres: "$PG_LOG"
   local attempt
   for attempt in 1 2 3 4 5; do
-    PG_PORT="$(free_port)"
-    # 9>&-: the server must not inherit (and keep holding) our lock.
-    if as_pg "$BINDIR/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 -o "-p $PG_PORT" start >/dev/null 2>&1 9>&-; then
+    if launch_postgres ""; then
       printf '%s\n' "$PG_PORT" > "$PG_PORT_FILE"
       return
     fi
-    log "PostgreSQL did not start on port $PG_PORT (attempt $attempt); log tail:"
-    tail -n 5 "$PG_LOG" >&2 || true
+    log "(attempt $attempt)"
   done
   die "could not start PostgreSQL (log: $PG_LOG)"
 }

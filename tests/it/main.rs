@@ -7,6 +7,7 @@ mod api;
 mod audit;
 mod auth;
 mod check_cli;
+mod cluster;
 mod conditions;
 mod contract;
 mod dashboard;

@@ -36,6 +36,8 @@ pub struct Call {
     pub headers: HeaderMap,
     pub body: serde_json::Value,
     pub answered: u16,
+    /// When the request arrived (before it was answered).
+    pub at: Instant,
 }
 
 /// A local HTTP server standing in for a flag system's API: records every call and answers
@@ -106,7 +108,7 @@ async fn record(
     use axum::response::IntoResponse;
     let answered = status.load(Ordering::SeqCst);
     let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    calls.lock().unwrap().push(Call { path: format!("/v1/flags/{flag}"), headers, body, answered });
+    calls.lock().unwrap().push(Call { path: format!("/v1/flags/{flag}"), headers, body, answered, at: Instant::now() });
     let status = StatusCode::from_u16(answered).unwrap();
     match retry_after.load(Ordering::SeqCst) {
         0 => status.into_response(),
@@ -117,7 +119,7 @@ async fn record(
 
 async fn record_notify(State((calls, _, _)): State<ServerState>, headers: HeaderMap, body: String) -> StatusCode {
     let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    calls.lock().unwrap().push(Call { path: "/notify".into(), headers, body, answered: 200 });
+    calls.lock().unwrap().push(Call { path: "/notify".into(), headers, body, answered: 200, at: Instant::now() });
     StatusCode::OK
 }
 
