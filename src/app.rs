@@ -169,7 +169,7 @@ impl App {
             None => outbox.clone(),
         };
         let lease_stop = CancellationToken::new();
-        let lease_task = lease.map(|lease| tokio::spawn(lease.run(lease_stop.clone())));
+        let lease_task = lease.clone().map(|lease| tokio::spawn(lease.run(lease_stop.clone())));
         let (otlp_tls, api_tls) = tls;
         let file = &config.file;
         let (grpc_listener, http_listener, api_listener) = listeners;
@@ -270,7 +270,7 @@ impl App {
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
                 tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
-                fence: fence.clone(),
+                lease,
             },
             alerts,
         );

@@ -91,7 +91,7 @@ pub struct ApiState {
     pub actuators: std::collections::BTreeSet<String>,
     pub tokens: auth::Tokens,
     /// Cluster mode: this replica's lease (`GET /v1/cluster`).
-    pub fence: Option<Arc<crate::store::Fence>>,
+    pub lease: Option<Arc<crate::cluster::lease::Lease>>,
 }
 
 /// Builds the API router; `alerts` serves `POST /v1/alerts/{source}`.
@@ -136,27 +136,17 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.tokens.clone(), auth::check))
 }
 
-/// The cluster as this replica sees it: whether it leads (by its own clock) and what
-/// PostgreSQL holds (lease, epoch, members). Embedded: always the leader.
-async fn cluster(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let Some(fence) = s.fence.clone() else {
-        return Ok(Json(json!({ "mode": "embedded", "leader": true, "epoch": 0, "members": [] })).into_response());
-    };
-    let store = s.store.clone();
-    let rows = actions::blocking(move || store.cluster_rows()).await??;
-    let local_ms = fence.until().map(|u| u.saturating_duration_since(std::time::Instant::now()).as_millis() as u64);
-    Ok(Json(json!({
-        "mode": "cluster",
-        "instance": fence.holder(),
-        "leader": fence.epoch().is_some(),
-        "epoch": rows.epoch,
-        "holder": rows.holder,
-        "lease_expires_in_ms": rows.lease_expires_in_ms,
-        "local_lease_left_ms": local_ms,
-        "fence_rejections": fence.rejections(),
-        "members": rows.members,
-    }))
-    .into_response())
+/// The cluster as this replica sees it, from its own state (it answers while PostgreSQL does
+/// not): whether it leads by its own clock, and the lease row and members as last read.
+/// Embedded: always the leader.
+async fn cluster(State(s): State<ApiState>) -> Response {
+    match &s.lease {
+        None => Json(json!({ "mode": "embedded", "leader": true, "epoch": 0, "members": [] })).into_response(),
+        Some(lease) => {
+            lease.refresh_if_stale(std::time::Duration::from_millis(500)).await;
+            Json(lease.status()).into_response()
+        }
+    }
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

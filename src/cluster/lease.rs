@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
@@ -30,6 +31,28 @@ pub struct Lease {
     metrics: Arc<Metrics>,
     /// The API address others may reach this replica at (for `cluster status`).
     api: String,
+    /// The lease row and members as last read (status answers from it without waiting for
+    /// the database: it must answer while PostgreSQL does not).
+    observed: Mutex<Option<(Instant, ClusterRows)>>,
+}
+
+/// The cluster's lease and members as PostgreSQL holds them (`flagguard cluster status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRows {
+    /// Who holds the lease, and until when (ms from the read, by the database's clock; ≤ 0:
+    /// expired).
+    pub holder: Option<String>,
+    pub epoch: i64,
+    pub lease_expires_in_ms: i64,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub instance: String,
+    pub api: Option<String>,
+    /// Since the member last renewed or tried to acquire the lease.
+    pub seen_ms_ago: i64,
 }
 
 /// What one attempt found.
@@ -41,7 +64,14 @@ enum Step {
 impl Lease {
     pub fn connect(settings: &Settings, metrics: Arc<Metrics>, api: String) -> Result<Lease, StoreError> {
         let conn = PgConn::connect(&settings.store)?;
-        Ok(Lease { fence: Arc::new(Fence::new(&settings.instance)), settings: settings.clone(), conn: Arc::new(Mutex::new(conn)), metrics, api })
+        Ok(Lease {
+            fence: Arc::new(Fence::new(&settings.instance)),
+            settings: settings.clone(),
+            conn: Arc::new(Mutex::new(conn)),
+            metrics,
+            api,
+            observed: Mutex::new(None),
+        })
     }
 
     pub fn fence(&self) -> Arc<Fence> {
@@ -72,7 +102,7 @@ impl Lease {
                     self.fence.granted(epoch, sent, self.settings.lease_ttl, self.settings.call_margin());
                     if leading != Some(epoch) {
                         self.metrics.cluster_leadership_changes.inc();
-                        tracing::info!(epoch, instance = %self.settings.instance, "lease acquired: this replica decides and acts");
+                        tracing::info!(epoch, instance = %self.settings.instance, role = "this replica decides and acts", "lease acquired");
                     }
                     leading = Some(epoch);
                 }
@@ -102,7 +132,7 @@ impl Lease {
             self.fence.lost();
             let this = self.clone();
             match tokio::task::spawn_blocking(move || this.release(epoch)).await {
-                Ok(Ok(())) => tracing::info!(epoch, "lease released: a standby takes over"),
+                Ok(Ok(())) => tracing::info!(epoch, next = "a standby takes over", "lease released"),
                 other => tracing::warn!(error = ?other.map(|r| r.err()), "cannot release the lease; it expires by itself"),
             }
             self.metrics.cluster_leader.set(0);
@@ -111,7 +141,7 @@ impl Lease {
 
     fn stepped_down(&self, epoch: i64, why: &str) {
         self.metrics.cluster_leadership_changes.inc();
-        tracing::warn!(epoch, why, "lease lost: stepping down (this replica keeps judging, does not act)");
+        tracing::warn!(epoch, why, role = "stepping down: this replica keeps judging and does not act", "lease lost");
     }
 
     /// Renews the lease held (`Some(epoch)`), or tries to take an expired one.
@@ -143,7 +173,52 @@ impl Lease {
                 .map(|r| r.get(0))
                 .transpose()?,
         };
+        let observed = observe(&mut conn)?;
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), observed));
         Ok(epoch.map_or(Step::NotHeld, Step::Held))
+    }
+
+    /// Reads the lease row and members again when the last read is older than two intervals
+    /// (a replica just resumed, or a lease loop waiting on the database), within `deadline`;
+    /// otherwise, or past it, the last read stands.
+    pub async fn refresh_if_stale(self: &Arc<Self>, deadline: std::time::Duration) {
+        let stale = 2 * self.settings.renew_interval.max(self.settings.acquire_interval);
+        let age = self.observed.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(at, _)| at.elapsed());
+        if age.is_some_and(|a| a < stale) {
+            return;
+        }
+        let this = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let rows = observe(&mut conn)?;
+            *this.observed.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), rows));
+            Ok::<_, StoreError>(())
+        });
+        let _ = tokio::time::timeout(deadline, read).await;
+    }
+
+    /// This replica's view of the cluster, from its own state: whether it leads by its own
+    /// clock, and the lease row and members as last read (with their age).
+    pub fn status(&self) -> serde_json::Value {
+        let observed = self.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = Instant::now();
+        let (age, rows) = match observed {
+            Some((at, rows)) => (Some(now.saturating_duration_since(at).as_millis() as u64), Some(rows)),
+            None => (None, None),
+        };
+        serde_json::json!({
+            "mode": "cluster",
+            "instance": self.settings.instance,
+            "leader": self.fence.epoch().is_some(),
+            "epoch": rows.as_ref().map(|r| r.epoch),
+            "holder": rows.as_ref().and_then(|r| r.holder.clone()),
+            "lease_expires_in_ms": rows.as_ref().map(|r| r.lease_expires_in_ms - age.unwrap_or(0) as i64),
+            "local_lease_left_ms": self.fence.until().map(|u| u.saturating_duration_since(now).as_millis() as u64),
+            "observed_ms_ago": age,
+            "fence_rejections": self.fence.rejections(),
+            "lease_ttl_ms": self.settings.lease_ttl.as_millis() as u64,
+            "members": rows.map(|r| r.members).unwrap_or_default(),
+        })
     }
 
     fn release(&self, epoch: i64) -> Result<(), StoreError> {
@@ -154,6 +229,24 @@ impl Lease {
         )?;
         Ok(())
     }
+}
+
+/// The lease row and the members.
+fn observe(conn: &mut PgConn) -> Result<ClusterRows, StoreError> {
+    let lease = conn.query(
+        "SELECT holder, epoch, CAST(EXTRACT(EPOCH FROM (expires_at - now())) * 1000 AS BIGINT) FROM fg_lease WHERE name = ?1",
+        rusqlite::params![LEASE],
+    )?;
+    let (holder, epoch, lease_expires_in_ms) = match lease.first() {
+        Some(r) => (r.get(0)?, r.get(1)?, r.get(2)?),
+        None => (None, 0, 0),
+    };
+    let members = conn
+        .query("SELECT instance, api, CAST(EXTRACT(EPOCH FROM (now() - seen_at)) * 1000 AS BIGINT) FROM fg_members ORDER BY instance", &[])?
+        .iter()
+        .map(|r| Ok(Member { instance: r.get(0)?, api: r.get(1)?, seen_ms_ago: r.get(2)? }))
+        .collect::<Result<_, rusqlite::Error>>()?;
+    Ok(ClusterRows { holder, epoch, lease_expires_in_ms, members })
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ impl Fence {
             None => {
                 self.rejections.fetch_add(1, Ordering::Relaxed);
                 self.lost();
-                tracing::warn!(epoch, "lease lost: a write failed the fence; stepping down");
+                tracing::warn!(epoch, why = "a write failed the fence", role = "stepping down: this replica keeps judging and does not act", "lease lost");
                 return Err(StoreError::Fenced);
             }
             // Still the holder, but the lease ends too soon for what is about to start: refused,
