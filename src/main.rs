@@ -90,6 +90,16 @@ enum Command {
         /// The backup file to create (must not exist).
         out: PathBuf,
     },
+    /// Cluster mode: `cluster status` shows the members, the leader, its epoch and lease.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// The store: `store migrate` copies an embedded data directory into PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Flag hygiene: `flags stale` lists removal candidates known to a running daemon.
     Flags {
         #[command(subcommand)]
@@ -121,6 +131,34 @@ enum Command {
         /// After the kill, keep the daemon (and its dashboard) running this long, e.g. `5m`.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         hold: Duration,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, epoch and lease expiry as a replica sees them (exit 0 a leader holds
+    /// the lease, 1 none does, 3 error).
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum StoreCommand {
+    /// Copies an embedded SQLite data directory (stopped daemon) into an empty PostgreSQL
+    /// database for cluster mode, ids kept, in one transaction (exit 0 done, 1 failed).
+    Migrate {
+        /// The embedded data directory (holding flagguard.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// PostgreSQL URL of the cluster's database.
+        #[arg(long, env = "FLAGGUARD_PG_URL")]
+        to: String,
     },
 }
 
@@ -158,6 +196,10 @@ fn main() {
             runtime().block_on(flagguard::cli::flags::stale(&server, token.as_deref(), &single_variant_for, &unused_for, json))
         }
         Command::Backup { config, out } => backup(config, &out),
+        Command::Cluster { command: ClusterCommand::Status { server, token, json } } => {
+            runtime().block_on(flagguard::cli::cluster::status(&server, token.as_deref(), json))
+        }
+        Command::Store { command: StoreCommand::Migrate { from, to } } => migrate(&from, &to),
         Command::Simulate { runs, seed, horizon, family_series, family_runs } => {
             print!("{}", flagguard::cli::simulate::report(runs, seed, horizon.as_secs(), family_series, family_runs));
             0
@@ -196,6 +238,28 @@ fn replay(rules: PathBuf, config_path: Option<PathBuf>, incident_start: Option<S
         }
         Err(e) => {
             eprintln!("replay: {e}");
+            1
+        }
+    }
+}
+
+fn migrate(from: &std::path::Path, to: &str) -> i32 {
+    if !from.join("flagguard.db").exists() {
+        eprintln!("store migrate: no store at {} (give the data directory)", from.join("flagguard.db").display());
+        return 1;
+    }
+    let target = flagguard::store::PgOptions { url: to.to_owned(), op_timeout: Duration::from_secs(60) };
+    let copied = flagguard::store::Store::open(from).and_then(|source| source.copy_into(&flagguard::store::Store::open_postgres(&target)?));
+    match copied {
+        Ok(copied) => {
+            for (table, rows) in copied {
+                println!("{table}: {rows} rows");
+            }
+            println!("migrated {} into PostgreSQL; start the replicas with [cluster]", from.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("store migrate: {e}");
             1
         }
     }

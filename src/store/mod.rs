@@ -23,6 +23,7 @@ mod audit;
 mod db;
 pub mod diff;
 pub mod fence;
+pub mod migrate;
 pub mod migrations;
 mod outbox;
 pub mod postgres;
