@@ -357,8 +357,12 @@ try:
 except (ValueError, KeyError, TypeError) as e:
     fail(f"values: grace is not a duration ({e})")
 sts_t = templates.get("statefulset.yaml", "")
-check(re.search(r"^\s*replicas:\s*1\s*$", sts_t, re.M) and "Values.replicas" not in sts_t,
-      "templates/statefulset.yaml: replicas fixed at 1")
+# One replica unless cluster mode is on (replicas share PostgreSQL and one fenced leader).
+check("replicas: {{ if .Values.cluster.enabled }}{{ .Values.cluster.replicas }}{{ else }}1{{ end }}" in sts_t
+      and "Values.replicas" not in sts_t,
+      "templates/statefulset.yaml: replicas 1, or cluster.replicas in cluster mode")
+check(helm_values.get("cluster", {}).get("enabled") is False,
+      "values: cluster mode is off by default (one process, SQLite)")
 vct = sts_t.split("volumeClaimTemplates:", 1)[-1]
 check("flagguard.labels" not in vct, "templates/statefulset.yaml: no chart-version labels in volumeClaimTemplates (immutable)")
 

@@ -73,9 +73,6 @@ impl ClusterConfig {
     /// Checks the section (errors as `cluster.FIELD: …`); the settings when valid.
     pub fn validate(&self, act_timeout: Duration, errors: &mut Vec<String>) -> Option<Settings> {
         let before = errors.len();
-        if self.instance_id.trim().is_empty() || self.instance_id.contains("${") {
-            errors.push("cluster.instance_id: required, unique per replica".into());
-        }
         let instance = match crate::secrets::expand_env(&self.instance_id) {
             Ok(v) if !v.trim().is_empty() => v,
             Ok(_) => {

@@ -255,7 +255,7 @@ impl Config {
 }
 
 /// Top-level configuration keys that `FLAGGUARD_*` variables may set.
-const TOP_LEVEL: [&str; 10] = ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators"];
+const TOP_LEVEL: [&str; 11] = ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators", "cluster"];
 
 /// The `FLAGGUARD_*` environment variables that address configuration fields. Others with the
 /// prefix (`FLAGGUARD_CONFIG`, the CLI's own; test-harness switches) are not configuration.
