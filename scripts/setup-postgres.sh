@@ -58,7 +58,10 @@ answering() { # the running server takes queries on the recorded port
 
 do_start() {
   install_postgres
-  init_cluster setup-postgres.sh
+  # A crashed server (`restart-immediate`) must keep every commit it acknowledged, as a real
+  # one does: with synchronous_commit off, the last ones would be lost and the tests would see
+  # a decided kill vanish. (fsync stays off: a process crash keeps the OS's page cache.)
+  PG_SYNCHRONOUS_COMMIT=on init_cluster setup-postgres.sh
   if answering; then
     url
     return

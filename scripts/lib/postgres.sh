@@ -91,7 +91,7 @@ init_cluster() {
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 fsync = off
-synchronous_commit = off
+synchronous_commit = ${PG_SYNCHRONOUS_COMMIT:-off}
 full_page_writes = off
 max_connections = 100
 CONF

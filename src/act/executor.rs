@@ -95,8 +95,12 @@ impl Executor {
             let due = tokio::task::spawn_blocking(move || (store.due(now), store.next_due())).await;
             let (due, next) = match due {
                 Ok((Ok(due), Ok(next))) => (due, next),
-                other => {
-                    tracing::error!(error = ?other.err(), "cannot read the outbox; retrying");
+                Ok((Err(e), _) | (_, Err(e))) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying");
+                    (Vec::new(), None)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying");
                     (Vec::new(), None)
                 }
             };
