@@ -307,6 +307,12 @@ impl App {
             Some(fence) => pipeline.with_fence(fence.clone()),
             None => pipeline,
         };
+        // Every replica checkpoints its own state (each ingests the whole stream).
+        let pipeline = match file.state.checkpoint_interval {
+            interval if interval.is_zero() => pipeline,
+            interval => pipeline
+                .with_checkpoints(crate::pipeline::checkpoint::CheckpointSettings { path: file.data_dir.join(crate::pipeline::checkpoint::FILE), interval }),
+        };
         let pipeline_stop = CancellationToken::new();
         let pipeline_task = tokio::spawn(pipeline.run(batch_rx, command_rx, pipeline_stop.clone()));
 

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub rule_reloads: Family<Labels, Counter>,
     /// Rules whose guarded flag has sent no telemetry for longer than `stale_after`.
     pub rules_stale: Gauge,
+    /// Checkpoints of the windows and rule state by result (written, failed).
+    pub checkpoints: Family<Labels, Counter>,
+    pub checkpoint_bytes: Gauge,
+    /// Unix seconds of the last checkpoint written (alert when it falls behind).
+    pub checkpoint_written: Gauge,
     /// Cluster mode: 1 while this replica holds the lease.
     pub cluster_leader: Gauge,
     pub cluster_leadership_changes: Counter,
@@ -90,6 +95,9 @@ impl Metrics {
             rules_loaded: Gauge::default(),
             rule_reloads: Family::default(),
             rules_stale: Gauge::default(),
+            checkpoints: Family::default(),
+            checkpoint_bytes: Gauge::default(),
+            checkpoint_written: Gauge::default(),
             cluster_leader: Gauge::default(),
             cluster_leadership_changes: Counter::default(),
             cluster_fence_rejections: Counter::default(),
@@ -120,6 +128,9 @@ impl Metrics {
         registry.register("rules_loaded", "Rules in the active rule set", m.rules_loaded.clone());
         registry.register("rule_reloads", "Rule reloads by result", m.rule_reloads.clone());
         registry.register("rules_stale", "Rules whose guarded flag sent no telemetry for longer than stale_after", m.rules_stale.clone());
+        registry.register("checkpoints", "Checkpoints of the windows and rule state by result", m.checkpoints.clone());
+        registry.register("checkpoint_bytes", "Size of the last checkpoint written", m.checkpoint_bytes.clone());
+        registry.register("checkpoint_last_written_timestamp_seconds", "When the last checkpoint was written (Unix seconds)", m.checkpoint_written.clone());
         registry.register("cluster_leader", "Cluster mode: 1 while this replica holds the actuator lease", m.cluster_leader.clone());
         registry.register("cluster_leadership_changes", "Cluster mode: times this replica acquired or lost the lease", m.cluster_leadership_changes.clone());
         registry.register("cluster_fence_rejections", "Cluster mode: writes refused because the lease was not held", m.cluster_fence_rejections.clone());

@@ -140,6 +140,29 @@ impl Sparse {
         Sparse(out.into_boxed_slice())
     }
 
+    /// The encoded bytes (what a checkpoint stores).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A sparse histogram from [`Sparse::bytes`], if they decode to whole (value, count) pairs
+    /// of ascending values within the histograms' range.
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<Sparse> {
+        let mut buf: &[u8] = &bytes;
+        let mut value = 0u64;
+        let mut first = true;
+        while !buf.is_empty() {
+            let delta = prost::encoding::decode_varint(&mut buf).ok()?;
+            prost::encoding::decode_varint(&mut buf).ok()?;
+            if delta == 0 && !first {
+                return None;
+            }
+            first = false;
+            value = value.checked_add(delta).filter(|&v| v <= template().highest_equivalent(HIGHEST_US))?;
+        }
+        Some(Sparse(bytes.into_boxed_slice()))
+    }
+
     /// The (value, count) pairs, ascending.
     pub fn pairs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let mut buf: &[u8] = &self.0;

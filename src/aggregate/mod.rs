@@ -7,6 +7,7 @@
 //! longer than the longest window are dropped.
 
 pub mod history;
+pub mod image;
 pub mod latency;
 pub mod window;
 
@@ -58,6 +59,11 @@ impl Aggregator {
 
     pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &Window)> {
         self.series.iter()
+    }
+
+    /// The series cap.
+    pub fn max_series(&self) -> usize {
+        self.max_series
     }
 
     pub fn series_count(&self) -> usize {

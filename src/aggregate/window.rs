@@ -343,5 +343,7 @@ fn add_to_level(level: &mut VecDeque<Bucket>, start: u64, stats: &Stats) {
     }
 }
 
+pub mod image;
+
 #[cfg(test)]
 mod tests;

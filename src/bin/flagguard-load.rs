@@ -78,6 +78,10 @@ enum Cmd {
         /// Seconds between two requests of one series.
         #[arg(long, default_value_t = 1)]
         every: u64,
+        /// Also time a checkpoint of the filled windows (taken, encoded, written here, read
+        /// back, restored) and report its size.
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
     },
     /// Detection latency of the real daemon (`--flagguard` binary) under background load.
     Detect {
@@ -137,7 +141,7 @@ fn main() {
             Cmd::Drive { target, http, pid, connections, in_flight, duration, warmup, traces, rate } => {
                 drive(&target, http, pid, connections, in_flight, warmup, duration, traces, rate).await
             }
-            Cmd::Memory { series, history, every } => memory(series, history, every),
+            Cmd::Memory { series, history, every, checkpoint } => memory(series, history, every, checkpoint.as_deref()),
             Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
             Cmd::Overload { flagguard, duration, traces, factor } => overload(&flagguard, duration, traces, factor).await,
             Cmd::Soak { flagguard, duration, rate, traces, probe_every, reload_every, sample_every } => {
@@ -409,7 +413,7 @@ async fn drive(target: &str, http: bool, pid: u32, connections: usize, in_flight
 
 // ---------------------------------------------------------------------------------- memory
 
-fn memory(series: usize, history: Duration, every: u64) -> i32 {
+fn memory(series: usize, history: Duration, every: u64, checkpoint: Option<&std::path::Path>) -> i32 {
     use flagguard::aggregate::Aggregator;
     use flagguard::correlate::Sink;
     use flagguard::model::{Dims, FlagKey, Outcome, SpanId, TraceId, Variant};
@@ -442,15 +446,64 @@ fn memory(series: usize, history: Duration, every: u64) -> i32 {
     }
     let after = rss_bytes("self").unwrap_or(0);
     let window_bytes = agg.bytes();
-    println!(
-        "{}",
-        serde_json::json!({
-            "series": agg.series_count(), "history_s": history.as_secs(), "requests": n, "fill_seconds": started.elapsed().as_secs_f64(),
-            "rss_bytes": after, "rss_growth_bytes": after.saturating_sub(before), "window_bytes": window_bytes,
-            "bytes_per_series": window_bytes / series.max(1), "rss_per_series": after.saturating_sub(before) / series.max(1) as u64,
-        })
-    );
+    let mut report = serde_json::json!({
+        "series": agg.series_count(), "history_s": history.as_secs(), "requests": n, "fill_seconds": started.elapsed().as_secs_f64(),
+        "rss_bytes": after, "rss_growth_bytes": after.saturating_sub(before), "window_bytes": window_bytes,
+        "bytes_per_series": window_bytes / series.max(1), "rss_per_series": after.saturating_sub(before) / series.max(1) as u64,
+    });
+    if let Some(dir) = checkpoint {
+        match time_checkpoint(&agg, dir, start.plus(history)) {
+            Ok(timings) => report["checkpoint"] = timings,
+            Err(e) => {
+                eprintln!("checkpoint: {e}");
+                return 1;
+            }
+        }
+    }
+    println!("{report}");
     0
+}
+
+/// Times each step of a checkpoint of `agg` (no rules: the windows are what is large).
+fn time_checkpoint(agg: &flagguard::aggregate::Aggregator, dir: &std::path::Path, now: flagguard::time::Timestamp) -> Result<serde_json::Value, String> {
+    use flagguard::pipeline::checkpoint::{Checkpoint, FILE, decode, encode, write};
+    use flagguard::rules::engine::{EngineSettings, RuleEngine};
+    let settings =
+        EngineSettings { sequential_fdr: true, stale_after: Duration::from_secs(300), max_concurrent_kills: 1, incident_window: Duration::from_secs(600) };
+    let engine = RuleEngine::new(Default::default(), settings, Default::default(), now);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    // As the pipeline takes it: a series at a time (the slowest one bounds how far a tick's
+    // slice can overrun its budget).
+    let t = Instant::now();
+    let mut slowest_us = 0f64;
+    let mut series = Vec::new();
+    for key in agg.series_keys() {
+        let one = Instant::now();
+        series.extend(agg.image_of(&key));
+        slowest_us = slowest_us.max(one.elapsed().as_secs_f64() * 1e6);
+    }
+    let image =
+        Checkpoint { written_at: now.as_millis(), aggregator: agg.image_with(series), engine: engine.image(), restores_seen: vec![], restores_since: 0 };
+    let image_ms = ms(t);
+    let t = Instant::now();
+    let bytes = encode(&image);
+    let encode_ms = ms(t);
+    let path = dir.join(FILE);
+    let t = Instant::now();
+    write(&path, &bytes).map_err(|e| e.to_string())?;
+    let write_ms = ms(t);
+    let t = Instant::now();
+    let read = std::fs::read(&path).map_err(|e| e.to_string())?;
+    let back = decode(&read).map_err(|e| e.to_string())?;
+    let decode_ms = ms(t);
+    let t = Instant::now();
+    let mut restored = flagguard::aggregate::Aggregator::new(agg.max_series());
+    let outcome = restored.restore(back.aggregator)?;
+    let restore_ms = ms(t);
+    Ok(serde_json::json!({
+        "bytes": bytes.len(), "bytes_per_series": bytes.len() / agg.series_count().max(1), "restored_series": outcome.series,
+        "image_ms": image_ms, "slowest_series_image_us": slowest_us, "encode_ms": encode_ms, "write_fsync_ms": write_ms, "read_decode_ms": decode_ms, "restore_ms": restore_ms,
+    }))
 }
 
 /// A log-normal-ish latency (median 20 ms, σ 0.5), deterministic in (t, i): what request

@@ -35,9 +35,28 @@ pub struct ConfigFile {
     /// `dynatrace`, `pagerduty`, `generic`). A source without a section is disabled (404).
     pub alerts: BTreeMap<String, AlertSourceConfig>,
     pub audit: AuditConfig,
+    pub state: StateConfig,
     /// Cluster mode: replicas on PostgreSQL, one fenced leader (see docs/cluster.md). Absent:
     /// one process on SQLite in `data_dir`.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+}
+
+/// `[state]`: the checkpoint of windows and rule state that a restart restores
+/// (docs/operations.md, "Restarts").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// How often the windows, `for` clocks and sequential tests are written to
+    /// `data_dir/state.ckpt` (and always at a graceful stop). A crash loses at most this much
+    /// evidence. Default `30s`; `0s` turns checkpoints off (every restart starts blind).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { checkpoint_interval: Duration::from_secs(30) }
+    }
 }
 
 /// `[audit]`: the audit log's retention.
@@ -67,6 +86,7 @@ impl Default for ConfigFile {
             record: RecordConfig::default(),
             alerts: BTreeMap::new(),
             audit: AuditConfig::default(),
+            state: StateConfig::default(),
             cluster: None,
         }
     }

@@ -81,6 +81,9 @@ impl Config {
         if !(10..=1000).contains(&tick) {
             errors.push(format!("aggregate.tick: must be between 10ms and 1s, got {tick}ms"));
         }
+        if !file.state.checkpoint_interval.is_zero() && file.state.checkpoint_interval < std::time::Duration::from_secs(1) {
+            errors.push("state.checkpoint_interval: 0s (off) or at least 1s".into());
+        }
         if file.aggregate.snapshot_interval < file.aggregate.tick {
             errors.push("aggregate.snapshot_interval: must not be shorter than aggregate.tick".into());
         }
@@ -255,7 +258,7 @@ impl Config {
 }
 
 /// Top-level configuration keys that `FLAGGUARD_*` variables may set.
-const TOP_LEVEL: [&str; 11] = ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators", "cluster"];
+const TOP_LEVEL: [&str; 12] = ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators", "cluster", "state"];
 
 /// The `FLAGGUARD_*` environment variables that address configuration fields. Others with the
 /// prefix (`FLAGGUARD_CONFIG`, the CLI's own; test-harness switches) are not configuration.

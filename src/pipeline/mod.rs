@@ -9,6 +9,7 @@
 //! [`reload`] (rule files), [`upkeep`] (flag usage, audit retention); rollout plans move in
 //! `rollout::run`, handed what they need.
 
+pub mod checkpoint;
 mod decide;
 mod publish;
 mod reload;
@@ -87,6 +88,8 @@ pub struct Pipeline {
     fence: Option<Arc<crate::store::Fence>>,
     /// Whether this replica acted at the last tick (a takeover reloads the shared state).
     acting: bool,
+    /// Checkpoints of the windows and slice state (`None`: off, as in replays).
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl Pipeline {
@@ -128,6 +131,7 @@ impl Pipeline {
             held: Default::default(),
             fence: None,
             acting: true,
+            checkpointer: None,
         }
         .with_held()
     }
@@ -136,6 +140,12 @@ impl Pipeline {
     pub fn with_fence(mut self, fence: Arc<crate::store::Fence>) -> Self {
         self.fence = Some(fence);
         self.acting = false;
+        self
+    }
+
+    /// Writes checkpoints as `settings` say, and restores the last one when run.
+    pub fn with_checkpoints(mut self, settings: checkpoint::CheckpointSettings) -> Self {
+        self.checkpointer = Some(checkpoint::Checkpointer::new(settings, self.clock.now()));
         self
     }
 
@@ -164,9 +174,10 @@ impl Pipeline {
         leader
     }
 
-    /// Runs until `shutdown`; then drains the batches already queued, judges once more and
-    /// publishes a last snapshot.
+    /// Restores the last checkpoint, then runs until `shutdown`; then drains the batches
+    /// already queued, judges once more, publishes a last snapshot and writes a last checkpoint.
     pub async fn run(mut self, mut batches: mpsc::Receiver<crate::ingest::Queued>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        self.restore_checkpoint(self.clock.now());
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full = Timestamp(0);
@@ -211,6 +222,7 @@ impl Pipeline {
         }
         let _ = self.on_tick(self.clock.now(), true);
         self.flush_usage(self.clock.now());
+        self.checkpoint_at_stop(self.clock.now()).await;
     }
 
     /// The rule engine (its rules, verdicts and cooldowns).
@@ -268,6 +280,7 @@ impl Pipeline {
                 self.upkeep(now);
             }
         }
+        self.checkpoint_step(now);
         fired
     }
 

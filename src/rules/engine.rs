@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod gather;
+pub mod image;
 
 use super::condition::{Condition, Reads};
 use super::evaluate::{BaselineKind, Inputs, Judgement, Verdict, WindowPair, judge};

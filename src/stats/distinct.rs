@@ -52,6 +52,20 @@ impl Distinct {
         if self.is_exact() { 0.0 } else { 1.0 / (K as f64 - 2.0) }
     }
 
+    /// The hashes kept (what a checkpoint stores).
+    pub fn smallest(&self) -> impl Iterator<Item = u64> + '_ {
+        self.smallest.iter().copied()
+    }
+
+    /// A sketch from [`Distinct::smallest`] (at most `K` of them are kept).
+    pub fn from_smallest(hashes: impl IntoIterator<Item = u64>) -> Distinct {
+        let mut smallest: BTreeSet<u64> = hashes.into_iter().collect();
+        while smallest.len() > K {
+            smallest.pop_last();
+        }
+        Distinct { smallest }
+    }
+
     pub fn merge(&mut self, other: &Distinct) {
         for &h in &other.smallest {
             self.smallest.insert(h);

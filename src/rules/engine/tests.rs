@@ -401,3 +401,59 @@ fn the_engine_hands_the_fixed_latency_threshold_to_the_windows() {
         assert!((1_990..=2_010).contains(&us), "{key:?}: {us} µs");
     }
 }
+
+/// The checkpoint's promise, in the engine: a restart restored from a checkpoint decides at
+/// the same tick, on the same evidence, as a run that never stopped; a restart without one
+/// starts its sequential test from nothing and decides later, if at all.
+#[test]
+fn a_restart_from_a_checkpoint_decides_as_if_there_was_none() {
+    use crate::pipeline::checkpoint::{Checkpoint, decode, encode};
+    let t0 = Timestamp(1_000_000);
+    let set = || {
+        Arc::new(RuleSet {
+            rules: vec![Rule {
+                for_: Duration::from_secs(5),
+                ..rule_when(vec![Condition::ErrorRate(ErrorRate::AboveControl { margin: 0.01, alpha: 0.01, tau: 0.02 })])
+            }],
+            ..RuleSet::default()
+        })
+    };
+    // Restart at second `at`, restored from a checkpoint or blind; the second it fired and the
+    // slice's view at the end.
+    let run = |restart: Option<(u64, bool)>| {
+        let mut agg = Aggregator::new(1000);
+        let mut engine = RuleEngine::new(set(), settings(), HashMap::new(), t0);
+        let mut fired = None;
+        for s in 0..150u64 {
+            let t = t0.plus(Duration::from_secs(s));
+            if let Some((at, restore)) = restart
+                && at == s
+            {
+                let image = Checkpoint { written_at: t.as_millis(), aggregator: agg.image(), engine: engine.image(), restores_seen: vec![], restores_since: 0 };
+                let bytes = encode(&image);
+                agg = Aggregator::new(1000);
+                engine = RuleEngine::new(set(), settings(), HashMap::new(), t);
+                if restore {
+                    let back = decode(&bytes).expect("decodes");
+                    agg.restore(back.aggregator).expect("windows restore");
+                    assert_eq!(engine.restore(back.engine).expect("slices restore").slices, 1);
+                }
+            }
+            feed(&mut agg, "f", "off", "eu", 20, u64::from(s % 10 == 0), t);
+            feed(&mut agg, "f", "on", "eu", 20, if s % 20 < 8 { 2 } else { 0 }, t);
+            if fired.is_none() && !engine.evaluate(&mut agg, None, t).is_empty() {
+                fired = Some(s);
+            }
+        }
+        (fired, engine.views().into_iter().map(|v| (v.verdict.label(), v.evidence.clone())).collect::<Vec<_>>())
+    };
+    let (straight, views) = run(None);
+    let straight = straight.expect("the regression is caught without a restart");
+    assert!(straight > 10, "the test needs evidence from many seconds (fired at {straight} s)");
+    let at = straight - 3;
+    let (restored, restored_views) = run(Some((at, true)));
+    assert_eq!(restored, Some(straight), "restored at {at} s: decides at the same second");
+    assert_eq!(restored_views, views, "and on the same evidence");
+    let (blind, _) = run(Some((at, false)));
+    assert!(blind.is_none_or(|b| b > straight + 3), "a blind restart at {at} s starts over (fired at {blind:?}, straight at {straight})");
+}
