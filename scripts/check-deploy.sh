@@ -553,6 +553,22 @@ for line in re.findall(r"^\s*# processors: (\[.*\])\s*$", col_text, re.M):
     unknown = [c for c in listed if c not in kinds["processors"] and c not in example]
     check(not unknown, f"commented pipeline processors {line} are all defined", str(unknown))
 
+sharded_path = "deploy/collector/otel-collector-sharded.yaml"
+sharded = (yaml_docs.get(sharded_path) or [{}])[0]
+if check(bool(sharded), f"{sharded_path} parses"):
+    lb = sharded.get("exporters", {}).get("loadbalancing/flagguard", {})
+    check(lb.get("routing_key") == "traceID", "sharded: the loadbalancing exporter routes by traceID")
+    check(str(lb.get("resolver", {}).get("dns", {}).get("port")) == "4317", "sharded: to the shards' OTLP gRPC port")
+    sp = sharded.get("service", {}).get("pipelines", {})
+    routed = {n.split("/")[0] for n, p in sp.items() if p.get("exporters") == ["loadbalancing/flagguard"]}
+    check(routed == {"traces", "logs"}, "sharded: traces and logs both routed by trace ID", str(sorted(routed)))
+    check(all("tail_sampling" not in p.get("processors", []) for p in sp.values()), "sharded: no tail sampling")
+    for name, p in sp.items():
+        for kind in ("receivers", "processors", "exporters"):
+            unknown = [c for c in p.get(kind, []) if c not in sharded.get(kind, {})]
+            check(not unknown, f"sharded pipeline {name}: {kind} defined", str(unknown))
+
+
 OTTL_PATHS = {
     "span": {"name", "kind", "attributes", "parent_span_id", "span_id", "trace_id", "status", "resource",
              "instrumentation_scope", "start_time_unix_nano", "end_time_unix_nano", "trace_state"},

@@ -52,6 +52,9 @@ pub struct Addrs {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub api: SocketAddr,
+    /// A shard's window-delta stream (`[shard]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<SocketAddr>,
 }
 
 /// A built daemon, listeners bound, not yet running.
@@ -71,6 +74,8 @@ pub struct App {
     tls: (Option<crate::tls::Reloading>, Option<crate::tls::Reloading>),
     /// Cluster mode: the fenced lease (none: embedded, always the one that acts).
     lease: Option<Arc<crate::cluster::lease::Lease>>,
+    /// A shard's stream listener.
+    stream_listener: Option<TcpListener>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -132,14 +137,38 @@ impl App {
         let grpc = bind("OTLP gRPC", config.grpc_listen).await?;
         let http = bind("OTLP HTTP", config.http_listen).await?;
         let api = bind("API", config.api_listen).await?;
+        let stream_listener = match &config.shard {
+            Some(shard) => Some(bind("shard stream", shard.stream_listen).await?),
+            None => None,
+        };
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
-        let addrs = Addrs { grpc: local(&grpc, config.grpc_listen), http: local(&http, config.http_listen), api: local(&api, config.api_listen) };
+        let addrs = Addrs {
+            grpc: local(&grpc, config.grpc_listen),
+            http: local(&http, config.http_listen),
+            api: local(&api, config.api_listen),
+            stream: stream_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        };
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot { rule_set: engine.rules().clone(), ..Snapshot::default() }));
         let lease = match &config.cluster {
             Some(cluster) => Some(Arc::new(crate::cluster::lease::Lease::connect(cluster, metrics.clone(), addrs.api.to_string())?)),
             None => None,
         };
-        Ok(App { config, clock, listeners: (grpc, http, api), addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls, lease })
+        Ok(App {
+            config,
+            clock,
+            listeners: (grpc, http, api),
+            addrs,
+            store,
+            metrics,
+            snapshots,
+            snapshot_tx,
+            engine,
+            actuators,
+            notifier,
+            tls,
+            lease,
+            stream_listener,
+        })
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -160,7 +189,7 @@ impl App {
 
     /// Runs until `shutdown` is cancelled, then stops in order within the grace period.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls, lease } = self;
+        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls, lease, stream_listener } = self;
         let outbox = Outbox::new(store.clone(), notifier.is_some());
         // The leader's door: fenced by the lease in cluster mode.
         let fence = lease.as_ref().map(|l| l.fence());
@@ -313,6 +342,43 @@ impl App {
             interval => pipeline
                 .with_checkpoints(crate::pipeline::checkpoint::CheckpointSettings { path: file.data_dir.join(crate::pipeline::checkpoint::FILE), interval }),
         };
+        // Scale-out: a shard serves its deltas (until after the pipeline's last frame), an
+        // evaluator subscribes to every shard.
+        let stream_stop = CancellationToken::new();
+        let mut stream_task = None;
+        let pipeline = match (&config.shard, stream_listener) {
+            (Some(shard), Some(listener)) => {
+                let (image_tx, image_rx) = mpsc::channel(4);
+                let name = addrs.stream.map_or_else(|| shard.stream_listen.to_string(), |a| a.to_string());
+                let hub = Arc::new(crate::shard::hub::Hub::new(name, shard.buffer_bytes, image_tx));
+                let server = crate::shard::server::StreamServer::new(hub.clone(), shard.token.clone(), stream_stop.clone());
+                stream_task = Some(tokio::spawn(crate::shard::server::serve(listener, server)));
+                pipeline.with_shard(crate::pipeline::shard::ShardSide::new(hub, image_rx, file.aggregate.max_series))
+            }
+            _ => pipeline,
+        };
+        let pipeline = match &config.merge {
+            Some(merge) => {
+                let positions = crate::shard::subscriber::Positions::default();
+                let (input_tx, input_rx) = mpsc::channel(1024);
+                let (ready_tx, ready_rx) = watch::channel(false);
+                let evaluator = file.cluster.as_ref().map_or_else(|| "flagguard".to_owned(), |c| c.instance_id.clone());
+                for shard in &merge.shards {
+                    let subscriber = crate::shard::subscriber::Subscriber {
+                        shard: shard.clone(),
+                        evaluator: evaluator.clone(),
+                        token: merge.token.clone(),
+                        reconnect: merge.reconnect,
+                        positions: positions.clone(),
+                        inputs: input_tx.clone(),
+                        ready: ready_rx.clone(),
+                    };
+                    tokio::spawn(subscriber.run(listeners_stop.clone()));
+                }
+                pipeline.with_merge(crate::pipeline::shard::MergeSide::new(&merge.shards, positions, input_rx, ready_tx))
+            }
+            None => pipeline,
+        };
         let pipeline_stop = CancellationToken::new();
         let pipeline_task = tokio::spawn(pipeline.run(batch_rx, command_rx, pipeline_stop.clone()));
 
@@ -350,6 +416,12 @@ impl App {
         tracing::info!("draining the pipeline");
         pipeline_stop.cancel();
         let _ = tokio::time::timeout_at(deadline, pipeline_task).await;
+        stream_stop.cancel();
+        if let Some(mut task) = stream_task
+            && tokio::time::timeout(Duration::from_secs(1), &mut task).await.is_err()
+        {
+            task.abort();
+        }
         tracing::info!("finishing in-flight actions");
         executor_stop.cancel();
         let _ = executor_task.await;

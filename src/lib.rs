@@ -54,6 +54,7 @@ pub mod rollout;
 pub mod rulefile;
 pub mod rules;
 pub mod secrets;
+pub mod shard;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

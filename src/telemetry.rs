@@ -59,6 +59,12 @@ pub struct Metrics {
     pub checkpoint_bytes: Gauge,
     /// Unix seconds of the last checkpoint written (alert when it falls behind).
     pub checkpoint_written: Gauge,
+    /// A shard: the last frame's sequence number.
+    pub shard_stream_seq: Gauge,
+    /// An evaluator: breaks in a shard's stream that could not be resumed, by shard.
+    pub shard_gaps: Family<Labels, Counter>,
+    /// An evaluator: milliseconds between a shard's frame and its arrival, by shard.
+    pub shard_lag: Family<Labels, Gauge>,
     /// Cluster mode: 1 while this replica holds the lease.
     pub cluster_leader: Gauge,
     pub cluster_leadership_changes: Counter,
@@ -98,6 +104,9 @@ impl Metrics {
             checkpoints: Family::default(),
             checkpoint_bytes: Gauge::default(),
             checkpoint_written: Gauge::default(),
+            shard_stream_seq: Gauge::default(),
+            shard_gaps: Family::default(),
+            shard_lag: Family::default(),
             cluster_leader: Gauge::default(),
             cluster_leadership_changes: Counter::default(),
             cluster_fence_rejections: Counter::default(),
@@ -131,6 +140,9 @@ impl Metrics {
         registry.register("checkpoints", "Checkpoints of the windows and rule state by result", m.checkpoints.clone());
         registry.register("checkpoint_bytes", "Size of the last checkpoint written", m.checkpoint_bytes.clone());
         registry.register("checkpoint_last_written_timestamp_seconds", "When the last checkpoint was written (Unix seconds)", m.checkpoint_written.clone());
+        registry.register("shard_stream_seq", "A shard: sequence number of the last window delta published", m.shard_stream_seq.clone());
+        registry.register("shard_gaps", "An evaluator: breaks in a shard's stream that could not be resumed", m.shard_gaps.clone());
+        registry.register("shard_lag_milliseconds", "An evaluator: delay of a shard's last frame", m.shard_lag.clone());
         registry.register("cluster_leader", "Cluster mode: 1 while this replica holds the actuator lease", m.cluster_leader.clone());
         registry.register("cluster_leadership_changes", "Cluster mode: times this replica acquired or lost the lease", m.cluster_leadership_changes.clone());
         registry.register("cluster_fence_rejections", "Cluster mode: writes refused because the lease was not held", m.cluster_fence_rejections.clone());

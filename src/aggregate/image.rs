@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::window::image::WindowImage;
-use super::{Aggregator, FastMap};
+use super::{Aggregator, FastMap, Window};
 use crate::model::{Dims, FlagKey, SeriesKey, Variant};
 use crate::stats::distinct::Distinct;
 use crate::time::Timestamp;
@@ -69,6 +69,26 @@ pub struct Restored {
 }
 
 impl AggregatorImage {
+    /// The image in parts of at most `series` series each (a bootstrap's frames); the
+    /// baselines, sketches and usage travel with the first part.
+    pub fn split(mut self, series: usize) -> Vec<AggregatorImage> {
+        let mut parts = Vec::new();
+        let mut rest = std::mem::take(&mut self.series);
+        while rest.len() > series.max(1) {
+            let tail = rest.split_off(series.max(1));
+            parts.push(AggregatorImage { series: rest, unflagged: Vec::new(), users: Vec::new(), usage: Vec::new(), overflow: 0 });
+            rest = tail;
+        }
+        self.series = rest;
+        parts.insert(0, self);
+        parts
+    }
+
+    /// Series in this image.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
     /// About how many bytes the image encodes to.
     pub fn size_hint(&self) -> usize {
         let windows: usize = self.series.iter().map(|(_, w)| w.size_hint()).chain(self.unflagged.iter().map(|(_, w)| w.size_hint())).sum();
@@ -102,6 +122,60 @@ impl Aggregator {
     /// The whole image at once.
     pub fn image(&self) -> AggregatorImage {
         self.image_with(self.series.iter().map(|(k, w)| (k.into(), w.image())).collect())
+    }
+
+    /// Adds a shard's delta (the image of a fresh aggregator fed since its last flush) into
+    /// these windows at `now`; checked whole first. Returns the series it touched.
+    pub fn apply_delta(&mut self, delta: AggregatorImage, now: Timestamp) -> Result<usize, String> {
+        self.add_image(delta, now, |target, window, now| target.add_delta(&window, now))
+    }
+
+    /// Adds a shard's whole windows (bootstrap of an evaluator that has none of its data).
+    pub fn merge_image(&mut self, image: AggregatorImage, now: Timestamp) -> Result<usize, String> {
+        self.add_image(image, now, |target, window, now| target.add_window(window, now))
+    }
+
+    fn add_image(&mut self, image: AggregatorImage, now: Timestamp, add: impl Fn(&mut Window, Window, Timestamp)) -> Result<usize, String> {
+        let mut series = Vec::with_capacity(image.series.len());
+        for (key, window) in image.series {
+            let key = SeriesKey::from(key);
+            let window = window.restore().map_err(|e| format!("series {}/{}: {e}", key.flag, key.variant))?;
+            series.push((key, window));
+        }
+        let mut unflagged = Vec::with_capacity(image.unflagged.len());
+        for (dims, window) in image.unflagged {
+            let dims = Dims::from(dims);
+            let window = window.restore().map_err(|e| format!("unflagged {}: {e}", dims.service))?;
+            unflagged.push((dims, window));
+        }
+        let touched = series.len();
+        for (key, window) in series {
+            if let Some(target) = self.window(key) {
+                add(target, window, now);
+            }
+        }
+        for (dims, window) in unflagged {
+            if !self.unflagged.contains_key(&dims) && self.unflagged.len() >= self.max_series {
+                self.overflow += 1;
+                continue;
+            }
+            add(self.unflagged.entry(dims).or_default(), window, now);
+        }
+        for (f, v, smallest) in image.users {
+            let key = (FlagKey(f.into()), Variant(v.into()));
+            if self.users.len() < self.max_series || self.users.contains_key(&key) {
+                self.users.entry(key).or_default().merge(&Distinct::from_smallest(smallest));
+            }
+        }
+        for (f, v, first, last) in image.usage {
+            let key = (FlagKey(f.into()), Variant(v.into()));
+            if self.usage.len() < self.max_series || self.usage.contains_key(&key) {
+                let entry = self.usage.entry(key).or_insert((Timestamp(first), Timestamp(last)));
+                entry.0 = entry.0.min(Timestamp(first));
+                entry.1 = entry.1.max(Timestamp(last));
+            }
+        }
+        Ok(touched)
     }
 
     /// Replaces this aggregator's state with the image's, keeping its own `max_series`; the

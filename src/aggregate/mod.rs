@@ -66,6 +66,11 @@ impl Aggregator {
         self.max_series
     }
 
+    /// Nothing recorded at all (a shard's delta with nothing to send).
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty() && self.unflagged.is_empty() && self.users.is_empty() && self.usage.is_empty()
+    }
+
     pub fn series_count(&self) -> usize {
         self.series.len()
     }

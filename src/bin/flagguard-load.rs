@@ -482,8 +482,14 @@ fn time_checkpoint(agg: &flagguard::aggregate::Aggregator, dir: &std::path::Path
         series.extend(agg.image_of(&key));
         slowest_us = slowest_us.max(one.elapsed().as_secs_f64() * 1e6);
     }
-    let image =
-        Checkpoint { written_at: now.as_millis(), aggregator: agg.image_with(series), engine: engine.image(), restores_seen: vec![], restores_since: 0 };
+    let image = Checkpoint {
+        written_at: now.as_millis(),
+        aggregator: agg.image_with(series),
+        engine: engine.image(),
+        restores_seen: vec![],
+        restores_since: 0,
+        shards: vec![],
+    };
     let image_ms = ms(t);
     let t = Instant::now();
     let bytes = encode(&image);

@@ -36,6 +36,11 @@ pub struct ConfigFile {
     pub alerts: BTreeMap<String, AlertSourceConfig>,
     pub audit: AuditConfig,
     pub state: StateConfig,
+    /// Scale-out: this instance is a shard that streams its window deltas to evaluators
+    /// (docs/cluster.md, "Scale-out"). Absent by default.
+    pub shard: Option<crate::shard::ShardConfig>,
+    /// Scale-out: this instance judges the merged windows of these shards. Absent by default.
+    pub merge: Option<crate::shard::MergeConfig>,
     /// Cluster mode: replicas on PostgreSQL, one fenced leader (see docs/cluster.md). Absent:
     /// one process on SQLite in `data_dir`.
     pub cluster: Option<crate::cluster::ClusterConfig>,
@@ -87,6 +92,8 @@ impl Default for ConfigFile {
             alerts: BTreeMap::new(),
             audit: AuditConfig::default(),
             state: StateConfig::default(),
+            shard: None,
+            merge: None,
             cluster: None,
         }
     }

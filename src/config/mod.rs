@@ -36,6 +36,9 @@ pub struct Config {
     pub otlp_tokens: Vec<String>,
     /// `[cluster]`, validated (URL expanded); `None`: embedded.
     pub cluster: Option<crate::cluster::Settings>,
+    /// `[shard]` and `[merge]`, validated (tokens expanded).
+    pub shard: Option<crate::shard::ShardSettings>,
+    pub merge: Option<crate::shard::MergeSettings>,
 }
 
 impl Config {
@@ -238,9 +241,14 @@ impl Config {
             }
         }
         let cluster = file.cluster.as_ref().and_then(|c| c.validate(file.act.timeout, &mut errors));
+        let shard = file.shard.as_ref().and_then(|s| s.validate(&mut errors));
+        let merge = file.merge.as_ref().and_then(|m| m.validate(&mut errors));
+        if file.shard.is_some() && file.merge.is_some() {
+            errors.push("shard, merge: an instance is a shard or an evaluator, not both".into());
+        }
         match (grpc, http, api, errors.is_empty()) {
             (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => {
-                Ok(Config { file, grpc_listen, http_listen, api_listen, tokens, otlp_tokens, cluster })
+                Ok(Config { file, grpc_listen, http_listen, api_listen, tokens, otlp_tokens, cluster, shard, merge })
             }
             _ => Err(ConfigError::Invalid(errors)),
         }
@@ -258,7 +266,8 @@ impl Config {
 }
 
 /// Top-level configuration keys that `FLAGGUARD_*` variables may set.
-const TOP_LEVEL: [&str; 12] = ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators", "cluster", "state"];
+const TOP_LEVEL: [&str; 14] =
+    ["data_dir", "rules_dir", "otlp", "correlate", "aggregate", "rules", "act", "api", "log", "actuators", "cluster", "state", "shard", "merge"];
 
 /// The `FLAGGUARD_*` environment variables that address configuration fields. Others with the
 /// prefix (`FLAGGUARD_CONFIG`, the CLI's own; test-harness switches) are not configuration.

@@ -65,6 +65,10 @@ pub struct Checkpoint {
     /// (a restore during the downtime still resets its flag's windows).
     pub restores_seen: Vec<i64>,
     pub restores_since: u64,
+    /// An evaluator: each shard's (address, incarnation, last frame applied), taken with the
+    /// slices at the end, so that a restart resumes after them (a frame applied to a series
+    /// after it was imaged is then lost with the crash, never counted twice).
+    pub shards: Vec<(String, u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +209,10 @@ impl Pipeline {
             engine: self.engine.image(),
             restores_seen: self.restores_seen.iter().copied().collect(),
             restores_since: self.restores_since.as_millis(),
+            shards: self
+                .merge
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.positions.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, &(i, q))| (s.clone(), i, q)).collect()),
         }
     }
 
@@ -316,6 +324,10 @@ impl Pipeline {
         };
         self.aggregator = aggregator;
         self.restores_seen = checkpoint.restores_seen.into_iter().collect();
+        if let Some(merge) = &self.merge {
+            let mut positions = merge.positions.lock().unwrap_or_else(|p| p.into_inner());
+            positions.extend(checkpoint.shards.into_iter().map(|(s, i, q)| (s, (i, q))));
+        }
         self.restores_since = Timestamp(checkpoint.restores_since).min(now);
         if let Some(c) = &mut self.checkpointer {
             c.last = now;
@@ -346,6 +358,7 @@ mod tests {
             engine: engine.image(),
             restores_seen: vec![7],
             restores_since: 3,
+            shards: vec![("http://s0".into(), 5, 9)],
         }
     }
 

@@ -13,6 +13,7 @@ pub mod checkpoint;
 mod decide;
 mod publish;
 mod reload;
+pub mod shard;
 mod upkeep;
 mod verify;
 
@@ -90,6 +91,10 @@ pub struct Pipeline {
     acting: bool,
     /// Checkpoints of the windows and slice state (`None`: off, as in replays).
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// Scale-out: a shard publishes its window deltas and judges nothing; an evaluator applies
+    /// the shards' deltas (`crate::shard`).
+    shard: Option<shard::ShardSide>,
+    merge: Option<shard::MergeSide>,
 }
 
 impl Pipeline {
@@ -132,6 +137,8 @@ impl Pipeline {
             fence: None,
             acting: true,
             checkpointer: None,
+            shard: None,
+            merge: None,
         }
         .with_held()
     }
@@ -146,6 +153,18 @@ impl Pipeline {
     /// Writes checkpoints as `settings` say, and restores the last one when run.
     pub fn with_checkpoints(mut self, settings: checkpoint::CheckpointSettings) -> Self {
         self.checkpointer = Some(checkpoint::Checkpointer::new(settings, self.clock.now()));
+        self
+    }
+
+    /// A shard: publishes window deltas instead of judging.
+    pub fn with_shard(mut self, side: shard::ShardSide) -> Self {
+        self.shard = Some(side);
+        self
+    }
+
+    /// An evaluator: judges the shards' merged windows.
+    pub fn with_merge(mut self, side: shard::MergeSide) -> Self {
+        self.merge = Some(side);
         self
     }
 
@@ -178,6 +197,11 @@ impl Pipeline {
     /// already queued, judges once more, publishes a last snapshot and writes a last checkpoint.
     pub async fn run(mut self, mut batches: mpsc::Receiver<crate::ingest::Queued>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         self.restore_checkpoint(self.clock.now());
+        let mut images = self.shard.as_mut().and_then(|s| s.images.take());
+        let mut inputs = self.merge.as_mut().and_then(|m| m.inputs.take());
+        if let Some(merge) = &self.merge {
+            let _ = merge.ready.send(true);
+        }
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full = Timestamp(0);
@@ -204,6 +228,8 @@ impl Pipeline {
                         self.reload_if_changed();
                     }
                 }
+                Some(reply) = recv(&mut images) => self.answer_image(reply, self.clock.now()),
+                Some(input) = recv(&mut inputs) => self.apply_input(input, self.clock.now()),
                 Some(command) = commands.recv() => match command {
                     Command::ReloadRules { actor, reply } => {
                         self.rules_fingerprint = reload::fingerprint(&self.settings.rules_dir);
@@ -235,9 +261,19 @@ impl Pipeline {
         &mut self.engine
     }
 
-    /// Feeds one batch through the correlator into the windows.
+    /// Feeds one batch through the correlator into the windows (and, on a shard, the delta).
     pub fn ingest(&mut self, batch: Batch) {
         let now = self.clock.now();
+        if let Some(shard) = &mut self.shard {
+            let mut sink = shard::Tee { windows: &mut self.aggregator, delta: &mut shard.deltas };
+            for evaluation in &batch.evaluations {
+                self.correlator.evaluation(evaluation, now, &mut sink);
+            }
+            for outcome in batch.outcomes {
+                self.correlator.outcome(outcome, now, &mut sink);
+            }
+            return;
+        }
         for evaluation in &batch.evaluations {
             self.correlator.evaluation(evaluation, now, &mut self.aggregator);
         }
@@ -252,11 +288,29 @@ impl Pipeline {
     /// and the store's upkeep.
     pub fn on_tick(&mut self, now: Timestamp, full: bool) -> Vec<Decision> {
         let mut fired = Vec::new();
+        if let Some(shard) = &mut self.shard {
+            // A shard judges nothing (its windows hold a share of the traffic): it publishes.
+            self.correlator.evict_idle(now, &mut shard::Tee { windows: &mut self.aggregator, delta: &mut shard.deltas });
+            self.flush_delta(now);
+            self.aggregator.take_changed();
+            if full {
+                self.aggregator.drop_idle(now);
+                self.publish(now);
+            }
+            self.checkpoint_step(now);
+            return fired;
+        }
         self.correlator.evict_idle(now, &mut self.aggregator);
         let changed = self.aggregator.take_changed();
         let acting = self.acting();
         if full || !changed.is_empty() {
             fired = self.engine.evaluate(&mut self.aggregator, (!full).then_some(&changed), now);
+            if let Some(merge) = &self.merge {
+                let coverage = merge.coverage_json();
+                for decision in &mut fired {
+                    decision.record["coverage"] = coverage.clone();
+                }
+            }
             if acting {
                 self.decide(&fired);
             } else {
@@ -294,5 +348,13 @@ impl Pipeline {
         let snapshot = self.snapshots.borrow().clone();
         let progress = crate::rollout::run::Progress { outbox: &self.outbox, aggregator: &self.aggregator, snapshot: &snapshot, wake: &self.wake_executor };
         progress.run(&plans, now);
+    }
+}
+
+/// The next message of an optional receiver (never, without one).
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -25,6 +25,7 @@ mod replay;
 mod restart;
 mod rollouts;
 mod security;
+mod shards;
 mod support;
 mod unleash;
 mod webdriver;

@@ -159,6 +159,28 @@ impl WindowImage {
     }
 }
 
+impl Window {
+    /// Adds a delta window's data (a shard's windows' gain since its last flush: a fresh window
+    /// per flush, so its level 0 holds all of it) into this window's open bucket at `now`, and
+    /// its user-bucket counts into this one's. A delta arrives a tick or so after its data: the
+    /// sums over any window are a single instance's, a bucket boundary may fall one flush later.
+    pub fn add_delta(&mut self, delta: &Window, now: Timestamp) {
+        for bucket in &delta.levels[0] {
+            self.open_bucket(now).add(&bucket.stats);
+        }
+        if let Some(theirs) = &delta.users {
+            self.users.get_or_insert_with(Default::default).add(theirs);
+        }
+    }
+
+    /// Adds a whole window (a shard's at bootstrap) into this one, both advanced to `now`.
+    pub fn add_window(&mut self, mut other: Window, now: Timestamp) {
+        self.advance(now);
+        other.advance(now);
+        self.merge(&other);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -429,7 +429,14 @@ fn a_restart_from_a_checkpoint_decides_as_if_there_was_none() {
             if let Some((at, restore)) = restart
                 && at == s
             {
-                let image = Checkpoint { written_at: t.as_millis(), aggregator: agg.image(), engine: engine.image(), restores_seen: vec![], restores_since: 0 };
+                let image = Checkpoint {
+                    written_at: t.as_millis(),
+                    aggregator: agg.image(),
+                    engine: engine.image(),
+                    restores_seen: vec![],
+                    restores_since: 0,
+                    shards: vec![],
+                };
                 let bytes = encode(&image);
                 agg = Aggregator::new(1000);
                 engine = RuleEngine::new(set(), settings(), HashMap::new(), t);
