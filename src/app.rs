@@ -353,7 +353,9 @@ impl App {
                 let hub = Arc::new(crate::shard::hub::Hub::new(name, shard.buffer_bytes, image_tx));
                 let server = crate::shard::server::StreamServer::new(hub.clone(), shard.token.clone(), stream_stop.clone());
                 stream_task = Some(tokio::spawn(crate::shard::server::serve(listener, server)));
-                pipeline.with_shard(crate::pipeline::shard::ShardSide::new(hub, image_rx, file.aggregate.max_series))
+                let (side, encoder) = crate::pipeline::shard::ShardSide::new(hub, image_rx, file.aggregate.max_series);
+                tokio::spawn(encoder);
+                pipeline.with_shard(side)
             }
             _ => pipeline,
         };
@@ -402,7 +404,8 @@ impl App {
         let executor_task = tokio::spawn(executor.run(executor_stop.clone(), grace));
 
         ready.store(true, Ordering::Relaxed);
-        tracing::info!(grpc = %addrs.grpc, http = %addrs.http, api = %addrs.api, rules = %file.rules_dir.display(), "flagguard is running");
+        let stream = addrs.stream.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(grpc = %addrs.grpc, http = %addrs.http, api = %addrs.api, stream, rules = %file.rules_dir.display(), "flagguard is running");
         shutdown.cancelled().await;
 
         tracing::info!("shutting down: stopping listeners");

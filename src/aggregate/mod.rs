@@ -42,6 +42,9 @@ pub struct Aggregator {
     /// like the series.
     usage: FastMap<(FlagKey, Variant), (Timestamp, Timestamp)>,
     overflow: u64,
+    /// Whether `changed` is kept (not by a shard's delta, which nobody judges: a key clone and
+    /// a hash per observation saved).
+    track_changes: bool,
 }
 
 impl Aggregator {
@@ -54,7 +57,13 @@ impl Aggregator {
             changed: FastSet::default(),
             usage: FastMap::default(),
             overflow: 0,
+            track_changes: true,
         }
+    }
+
+    /// An aggregator for a shard's delta: the same windows, no record of what changed.
+    pub fn for_delta(max_series: usize) -> Self {
+        Aggregator { track_changes: false, ..Aggregator::new(max_series) }
     }
 
     pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &Window)> {
@@ -129,13 +138,31 @@ impl Aggregator {
         self.series.values().chain(self.unflagged.values()).map(Window::bytes).sum()
     }
 
+    /// The series' window (created below the cap), noted as changed.
     fn window(&mut self, key: SeriesKey) -> Option<&mut Window> {
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-            self.overflow += 1;
-            return None;
-        }
-        self.changed.insert(key.clone());
-        Some(self.series.entry(key).or_default())
+        use std::collections::hash_map::Entry;
+        // One lookup (the entry), not a `contains_key` and then the entry.
+        let full = self.series.len() >= self.max_series;
+        let (changed, track) = (&mut self.changed, self.track_changes);
+        let window = match self.series.entry(key) {
+            Entry::Vacant(_) if full => {
+                self.overflow += 1;
+                return None;
+            }
+            Entry::Occupied(e) => {
+                if track {
+                    changed.insert(e.key().clone());
+                }
+                e.into_mut()
+            }
+            Entry::Vacant(e) => {
+                if track {
+                    changed.insert(e.key().clone());
+                }
+                e.insert(Window::default())
+            }
+        };
+        Some(window)
     }
 }
 

@@ -83,6 +83,17 @@ enum Cmd {
         #[arg(long)]
         checkpoint: Option<std::path::PathBuf>,
     },
+    /// Bytes of a shard's delta frame per changed series: `--series` series each gaining
+    /// `--requests` requests (of distinct users) within one frame.
+    StreamBytes {
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        #[arg(long, default_value_t = 1)]
+        requests: u64,
+        /// Frames per second (the shard's tick: 40 at 25 ms) for the bytes-per-second figure.
+        #[arg(long, default_value_t = 40.0)]
+        frames_per_second: f64,
+    },
     /// Detection latency of the real daemon (`--flagguard` binary) under background load.
     Detect {
         #[arg(long)]
@@ -94,6 +105,14 @@ enum Cmd {
         traces: u64,
         #[arg(long, default_value_t = 50)]
         probes: usize,
+        /// Where the daemon runs: `embedded` (one process, SQLite), `postgres` (cluster mode on
+        /// `--postgres`, this replica the leader) or `sharded` (the traffic to a shard, the rule
+        /// and the kill on an evaluator subscribed to it).
+        #[arg(long, default_value = "embedded")]
+        topology: Topology,
+        /// PostgreSQL URL for `--topology postgres` (an empty database).
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// Overload: the daemon's capacity measured, then twice that offered for `duration`, with a
     /// regression injected halfway and every refused request retried afterwards.
@@ -141,8 +160,11 @@ fn main() {
             Cmd::Drive { target, http, pid, connections, in_flight, duration, warmup, traces, rate } => {
                 drive(&target, http, pid, connections, in_flight, warmup, duration, traces, rate).await
             }
+            Cmd::StreamBytes { series, requests, frames_per_second } => stream_bytes(series, requests, frames_per_second),
             Cmd::Memory { series, history, every, checkpoint } => memory(series, history, every, checkpoint.as_deref()),
-            Cmd::Detect { flagguard, background_rate, traces, probes } => detect(&flagguard, background_rate, traces, probes).await,
+            Cmd::Detect { flagguard, background_rate, traces, probes, topology, postgres } => {
+                detect(&flagguard, background_rate, traces, probes, topology, postgres.as_deref()).await
+            }
             Cmd::Overload { flagguard, duration, traces, factor } => overload(&flagguard, duration, traces, factor).await,
             Cmd::Soak { flagguard, duration, rate, traces, probe_every, reload_every, sample_every } => {
                 soak(&flagguard, duration, rate, traces, probe_every, reload_every, sample_every).await
@@ -464,6 +486,39 @@ fn memory(series: usize, history: Duration, every: u64, checkpoint: Option<&std:
     0
 }
 
+fn stream_bytes(series: usize, requests: u64, frames_per_second: f64) -> i32 {
+    use flagguard::aggregate::Aggregator;
+    use flagguard::correlate::Sink;
+    use flagguard::model::{Dims, FlagKey, Outcome, SpanId, TraceId, Variant};
+    use flagguard::shard::frame::{Frame, encode};
+    use flagguard::time::Timestamp;
+    let mut delta = Aggregator::new(series + 10);
+    let now = Timestamp(1_700_000_000_000);
+    for i in 0..series {
+        let dims = Dims { service: format!("svc-{}", (i / 2) % 100).into(), environment: "production".into(), region: "eu-west".into() };
+        let (flag, variant) = (FlagKey::new(None, &format!("flag-{}", i / 200)), Variant(if i % 2 == 0 { "on" } else { "off" }.into()));
+        for r in 0..requests {
+            let mut trace = [0u8; 16];
+            trace[..8].copy_from_slice(&(i as u64 * 1_000 + r).to_le_bytes());
+            let outcome = Outcome { trace: TraceId(trace), span: SpanId([0; 8]), dims: dims.clone(), error: r % 50 == 0, latency_us: latency(r, i) };
+            delta.observe(&flag, &variant, &outcome, Some((i as u64) << 20 | r), now);
+        }
+    }
+    let started = Instant::now();
+    let frame = encode(&Frame::Delta { seq: 1, at: now.as_millis(), delta: delta.image() });
+    let encode_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let per_series = frame.len() as f64 / series.max(1) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "series": series, "requests_per_series": requests, "frame_bytes": frame.len(), "bytes_per_changed_series": per_series,
+            "frames_per_second": frames_per_second, "bytes_per_second_per_changed_series": per_series * frames_per_second,
+            "image_and_encode_ms": encode_ms,
+        })
+    );
+    0
+}
+
 /// Times each step of a checkpoint of `agg` (no rules: the windows are what is large).
 fn time_checkpoint(agg: &flagguard::aggregate::Aggregator, dir: &std::path::Path, now: flagguard::time::Timestamp) -> Result<serde_json::Value, String> {
     use flagguard::pipeline::checkpoint::{Checkpoint, FILE, decode, encode, write};
@@ -530,17 +585,62 @@ fn latency(t: u64, i: usize) -> u64 {
 
 /// A real `flagguard serve` child with a rule guarding `probe-*` flags and a flag server that
 /// remembers when each kill arrived.
+/// Where the detection probe's daemon runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Topology {
+    Embedded,
+    Postgres,
+    Sharded,
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     child: tokio::process::Child,
+    /// A sharded topology's evaluator (the child is then the shard the traffic goes to).
+    evaluator: Option<tokio::process::Child>,
     channel: tonic::transport::Channel,
     kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
 }
 
 const PROBE_RULE: &str = "rules:\n  - name: probe\n    flag: \"probe-*\"\n    treatment: \"on\"\n    control: \"off\"\n    where: { service: payments }\n    when: [ { error_rate: { above: 0.3 } } ]\n    window: 10s\n    min_samples: 20\n    cooldown: 1h\n    action: { kill: hook }\n    mode: enforce\n";
 
+/// Starts `flagguard serve --config CONFIG` and returns it with its "flagguard is running" line.
+async fn serve(flagguard: &std::path::Path, config: &std::path::Path) -> Option<(tokio::process::Child, serde_json::Value)> {
+    let mut child = tokio::process::Command::new(flagguard)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let stderr = child.stderr.take()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "flagguard is running"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(running)) => Some((child, running)),
+        _ => None,
+    }
+}
+
 impl Harness {
     async fn start(flagguard: &std::path::Path) -> Option<Harness> {
+        Harness::start_as(flagguard, Topology::Embedded, None).await
+    }
+
+    async fn start_as(flagguard: &std::path::Path, topology: Topology, postgres: Option<&str>) -> Option<Harness> {
         use axum::routing::post;
         let dir = tempfile::tempdir().expect("temp dir");
         let kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
@@ -561,45 +661,47 @@ impl Harness {
         tokio::spawn(async move { axum::serve(listener, app).await });
         std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
         std::fs::write(dir.path().join("rules/probe.yaml"), PROBE_RULE).expect("rule");
+        let common = "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"warn,flagguard=info\"\n";
+        let daemon = format!(
+            "data_dir = \"{}\"\nrules_dir = \"{}\"\n{common}[rules]\nmax_concurrent_kills = 100000\n[actuators.hook]\ntype = \"webhook\"\nurl = \"http://{hook}/kill/{{flag}}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("rules").display()
+        );
         let config = dir.path().join("flagguard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{}\"\nrules_dir = \"{}\"\n[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"warn,flagguard=info\"\n[rules]\nmax_concurrent_kills = 100000\n[actuators.hook]\ntype = \"webhook\"\nurl = \"http://{hook}/kill/{{flag}}\"\n",
-                dir.path().join("data").display(),
-                dir.path().join("rules").display()
-            ),
-        )
-        .expect("config");
-        let mut child = tokio::process::Command::new(flagguard)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("flagguard serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            let mut tx = Some(tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "flagguard is running"
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(v["grpc"].as_str().unwrap_or_default().to_owned());
-                }
+        let (child, running, evaluator) = match topology {
+            Topology::Embedded => {
+                std::fs::write(&config, daemon).ok()?;
+                let (child, running) = serve(flagguard, &config).await?;
+                (child, running, None)
             }
-        });
-        let grpc = match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(addr)) => format!("http://{addr}"),
-            _ => return None,
+            Topology::Postgres => {
+                let url = postgres?;
+                std::fs::write(&config, format!("{daemon}[cluster]\ninstance_id = \"bench\"\npostgres_url = \"{url}\"\n")).ok()?;
+                let (child, running) = serve(flagguard, &config).await?;
+                (child, running, None)
+            }
+            Topology::Sharded => {
+                std::fs::create_dir_all(dir.path().join("shard-rules")).ok()?;
+                let shard = dir.path().join("shard.toml");
+                std::fs::write(
+                    &shard,
+                    format!(
+                        "data_dir = \"{}\"\nrules_dir = \"{}\"\n{common}[shard]\nstream_listen = \"127.0.0.1:0\"\n",
+                        dir.path().join("shard-data").display(),
+                        dir.path().join("shard-rules").display()
+                    ),
+                )
+                .ok()?;
+                let (child, running) = serve(flagguard, &shard).await?;
+                let stream = running["stream"].as_str().unwrap_or_default().to_owned();
+                std::fs::write(&config, format!("{daemon}[merge]\nshards = [\"http://{stream}\"]\n")).ok()?;
+                let (evaluator, _) = serve(flagguard, &config).await?;
+                (child, running, Some(evaluator))
+            }
         };
+        let grpc = format!("http://{}", running["grpc"].as_str().unwrap_or_default());
         let channel = tonic::transport::Endpoint::from_shared(grpc).expect("endpoint").connect_lazy();
-        Some(Harness { dir, child, channel, kills })
+        Some(Harness { dir, child, evaluator, channel, kills })
     }
 
     /// Healthy traffic of another flag at `rate` requests per second until `stop`.
@@ -662,8 +764,8 @@ impl Harness {
     }
 }
 
-async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, probes: usize) -> i32 {
-    let Some(mut h) = Harness::start(flagguard).await else {
+async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, probes: usize, topology: Topology, postgres: Option<&str>) -> i32 {
+    let Some(mut h) = Harness::start_as(flagguard, topology, postgres).await else {
         eprintln!("detect: the daemon did not start");
         return 1;
     };
@@ -682,12 +784,15 @@ async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, 
     stop.store(true, Ordering::Relaxed);
     let _ = background.await;
     let _ = h.child.kill().await;
+    if let Some(evaluator) = &mut h.evaluator {
+        let _ = evaluator.kill().await;
+    }
     latencies.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
     println!(
         "{}",
         serde_json::json!({ "probes": probes, "detected": latencies.len(), "missed": missed, "background_rps": background_rate,
-                            "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": latencies.last() })
+                            "topology": format!("{topology:?}").to_lowercase(), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": latencies.last() })
     );
     0
 }

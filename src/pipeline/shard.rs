@@ -17,19 +17,31 @@ use crate::correlate::Sink;
 use crate::model::{Dims, Evaluation, FlagKey, Outcome, Variant};
 use crate::shard::frame::Frame;
 use crate::shard::hub::{Hub, ImageRequest};
+
 use crate::shard::subscriber::{Input, Positions};
 use crate::time::Timestamp;
 
-/// A shard's part: the delta since the last frame and where frames go.
+/// A shard's part: the delta since the last frame, the frames' numbers, and the encoder they
+/// go to (`Hub::encode_frames`, which publishes them in order).
 pub struct ShardSide {
     pub(super) deltas: Aggregator,
-    pub(super) hub: Arc<Hub>,
+    /// The last sequence number handed to the encoder.
+    pub(super) seq: u64,
+    encoder: mpsc::Sender<(u64, Aggregator, Timestamp)>,
     pub(super) images: Option<mpsc::Receiver<ImageRequest>>,
+    /// Bootstraps waiting for the pending delta to be handed over (the encoder was busy).
+    waiting: Vec<ImageRequest>,
 }
 
+/// Frames the encoder may fall behind by before the pipeline keeps adding to one delta.
+const ENCODER_QUEUE: usize = 8;
+
 impl ShardSide {
-    pub fn new(hub: Arc<Hub>, images: mpsc::Receiver<ImageRequest>, max_series: usize) -> Self {
-        ShardSide { deltas: Aggregator::new(max_series), hub, images: Some(images) }
+    /// The shard's part, and its encoder's task (to spawn).
+    pub fn new(hub: Arc<Hub>, images: mpsc::Receiver<ImageRequest>, max_series: usize) -> (Self, impl std::future::Future<Output = ()>) {
+        let (encoder, frames) = mpsc::channel(ENCODER_QUEUE);
+        let side = ShardSide { deltas: Aggregator::for_delta(max_series), seq: hub.seq(), encoder, images: Some(images), waiting: Vec::new() };
+        (side, hub.encode_frames(frames))
     }
 }
 
@@ -109,23 +121,38 @@ impl Sink for Tee<'_> {
 }
 
 impl Pipeline {
-    /// A shard publishes what its windows gained since the last frame (nothing when idle).
+    /// A shard hands what its windows gained since the last frame to the encoder as the next
+    /// numbered frame (nothing when idle). A busy encoder: the delta keeps growing until the
+    /// next tick, nothing is dropped. Then answers the bootstraps that waited for it.
     pub(super) fn flush_delta(&mut self, now: Timestamp) {
         let Some(shard) = &mut self.shard else { return };
-        if shard.deltas.is_empty() {
-            return;
+        if !shard.deltas.is_empty() {
+            let delta = std::mem::replace(&mut shard.deltas, Aggregator::for_delta(self.aggregator.max_series()));
+            match shard.encoder.try_send((shard.seq + 1, delta, now)) {
+                Ok(()) => {
+                    shard.seq += 1;
+                    self.metrics.shard_stream_seq.set(shard.seq as i64);
+                }
+                Err(mpsc::error::TrySendError::Full((_, delta, _))) => {
+                    shard.deltas = delta;
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
-        let delta = std::mem::replace(&mut shard.deltas, Aggregator::new(self.aggregator.max_series()));
-        let seq = shard.hub.publish(delta.image(), now);
-        self.metrics.shard_stream_seq.set(seq as i64);
+        // The image holds exactly the frames up to `seq`.
+        let seq = shard.seq;
+        for reply in shard.waiting.drain(..) {
+            let _ = reply.send((seq, self.aggregator.image()));
+        }
     }
 
-    /// A bootstrap: the pending delta is published first, so the image holds exactly the
-    /// frames up to the sequence number it is sent with.
+    /// A bootstrap: answered once the pending delta is handed over, with the whole windows and
+    /// the sequence number they hold every frame up to.
     pub(super) fn answer_image(&mut self, reply: ImageRequest, now: Timestamp) {
+        let Some(shard) = &mut self.shard else { return };
+        shard.waiting.push(reply);
         self.flush_delta(now);
-        let Some(shard) = &self.shard else { return };
-        let _ = reply.send((shard.hub.seq(), self.aggregator.image()));
     }
 
     /// An evaluator applies one shard's input.

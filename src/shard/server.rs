@@ -98,7 +98,11 @@ impl tonic::server::ServerStreamingService<Bytes> for SubscribeCall {
                     let n = parts.len();
                     frames.extend(parts.into_iter().enumerate().map(|(i, part)| encode(&Frame::Image { seq, part, last: i + 1 == n })));
                 }
-                let mut last = 0;
+                // Frames up to the hello's position are the evaluator's already (or in the image).
+                let mut last = match start.hello {
+                    Frame::Hello { seq, .. } => seq,
+                    _ => 0,
+                };
                 for frame in frames {
                     if tx.send(Ok(frame)).await.is_err() {
                         return;

@@ -23,8 +23,10 @@ pub struct WindowImage {
     cascaded_1: u64,
     dropped_before: Vec<u64>,
     last_record: u64,
-    /// The user buckets, flattened: (requests, errors, slow) per bucket.
-    users: Option<Vec<u32>>,
+    /// The user buckets that are not all zero: (bucket, [requests, errors, slow]). Sparse: a
+    /// shard's delta frame touches a few buckets of each series (276 bytes per changed series
+    /// per frame with all 64 buckets, most of it zeros).
+    users: Option<Vec<(u8, [u32; 3])>>,
     slow_over_us: u64,
 }
 
@@ -90,7 +92,7 @@ impl Window {
             cascaded_1: self.cascaded_1,
             dropped_before: self.dropped_before.to_vec(),
             last_record: self.last_record.as_millis(),
-            users: self.users.as_ref().map(|u| u.0.iter().flatten().copied().collect()),
+            users: self.users.as_ref().map(|u| u.0.iter().enumerate().filter(|(_, b)| **b != [0; 3]).map(|(i, b)| (i as u8, *b)).collect()),
             slow_over_us: self.slow_over_us,
         }
     }
@@ -100,7 +102,7 @@ impl WindowImage {
     /// About how many bytes this image encodes to.
     pub fn size_hint(&self) -> usize {
         // Histograms, ~20 bytes of varint counts per bucket, the user buckets and the rest.
-        self.latency.len() + self.levels.iter().map(Vec::len).sum::<usize>() * 20 + self.users.as_ref().map_or(0, |u| u.len() * 3) + 64
+        self.latency.len() + self.levels.iter().map(Vec::len).sum::<usize>() * 20 + self.users.as_ref().map_or(0, |u| u.len() * 8) + 64
     }
 
     /// The window this image was taken of, or what is wrong with it.
@@ -145,13 +147,15 @@ impl WindowImage {
         window.cascaded_1 = self.cascaded_1;
         window.last_record = Timestamp(self.last_record);
         window.slow_over_us = self.slow_over_us;
-        if let Some(flat) = self.users {
-            if flat.len() != USER_BUCKETS * 3 {
-                return Err(format!("{} user bucket counters (expected {})", flat.len(), USER_BUCKETS * 3));
-            }
+        if let Some(sparse) = self.users {
             let mut users = UserBuckets::default();
-            for (bucket, counts) in users.0.iter_mut().zip(flat.chunks_exact(3)) {
-                bucket.copy_from_slice(counts);
+            let mut previous = None;
+            for (i, counts) in sparse {
+                if usize::from(i) >= USER_BUCKETS || previous.is_some_and(|p| p >= i) {
+                    return Err(format!("user bucket {i} out of range or out of order (of {USER_BUCKETS})"));
+                }
+                previous = Some(i);
+                users.0[usize::from(i)] = counts;
             }
             window.users = Some(Box::new(users));
         }
@@ -242,7 +246,9 @@ mod tests {
         let mut long = good.clone();
         long.latency.push(1);
         let mut users = good.clone();
-        users.users = Some(vec![1; 5]);
+        users.users = Some(vec![(64, [1, 0, 0])]);
+        let mut reordered = good.clone();
+        reordered.users.as_mut().unwrap().reverse();
         let mut levels = good.clone();
         levels.levels.pop();
         for (what, image) in [
