@@ -72,6 +72,9 @@ pub struct Snapshot {
     pub usage: Vec<crate::rollout::hygiene::Usage>,
     pub series_count: usize,
     pub window_bytes: usize,
+    /// Scale-out: a shard's stream (`role`, `seq`) or an evaluator's shards (`role`,
+    /// `complete`, per shard connected, gaps, lag); null otherwise.
+    pub scale_out: serde_json::Value,
 }
 
 impl Snapshot {

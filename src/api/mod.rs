@@ -140,13 +140,18 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
 /// not): whether it leads by its own clock, and the lease row and members as last read.
 /// Embedded: always the leader.
 async fn cluster(State(s): State<ApiState>) -> Response {
-    match &s.lease {
-        None => Json(json!({ "mode": "embedded", "leader": true, "epoch": 0, "members": [] })).into_response(),
+    let mut answer = match &s.lease {
+        None => json!({ "mode": "embedded", "leader": true, "epoch": 0, "members": [] }),
         Some(lease) => {
             lease.refresh_if_stale(std::time::Duration::from_millis(500)).await;
-            Json(lease.status()).into_response()
+            lease.status()
         }
+    };
+    let scale_out = s.snapshots.borrow().scale_out.clone();
+    if !scale_out.is_null() {
+        answer["scale_out"] = scale_out;
     }
+    Json(answer).into_response()
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

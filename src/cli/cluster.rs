@@ -46,6 +46,39 @@ async fn ask(server: &str, token: Option<&str>) -> Result<Value, String> {
 
 /// The human-readable summary.
 pub fn render(a: &Value) -> String {
+    let mut out = lease(a);
+    out.push_str(&scale_out(&a["scale_out"]));
+    out
+}
+
+/// A shard's stream, or an evaluator's shards with their lag and gaps.
+fn scale_out(s: &Value) -> String {
+    match s["role"].as_str() {
+        Some("shard") => format!("shard: streaming window deltas, last frame {}\n", s["seq"]),
+        Some("evaluator") => {
+            let mut out = format!(
+                "evaluator of {} shard(s), coverage {}\n",
+                s["shards"].as_array().map_or(0, Vec::len),
+                if s["complete"] == true { "complete" } else { "REDUCED" }
+            );
+            out.push_str(&format!("{:<40} {:<10} {:>8} {:>6} {:>15}\n", "shard", "stream", "lag ms", "gaps", "missing frames"));
+            for shard in s["shards"].as_array().cloned().unwrap_or_default() {
+                out.push_str(&format!(
+                    "{:<40} {:<10} {:>8} {:>6} {:>15}\n",
+                    shard["shard"].as_str().unwrap_or("-"),
+                    if shard["connected"] == true { "connected" } else { "DOWN" },
+                    shard["lag_ms"],
+                    shard["gaps"],
+                    shard["missing_frames"]
+                ));
+            }
+            out
+        }
+        _ => String::new(),
+    }
+}
+
+fn lease(a: &Value) -> String {
     if a["mode"] == "embedded" {
         return "embedded: one process on SQLite, always the one that acts\n".into();
     }
@@ -74,6 +107,18 @@ pub fn render(a: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn an_evaluator_shows_each_shard_and_says_when_coverage_is_reduced() {
+        let a = json!({ "mode": "embedded", "leader": true, "scale_out": { "role": "evaluator", "complete": false, "shards": [
+            { "shard": "http://s0:4320", "connected": true, "gaps": 0, "missing_frames": 0, "lag_ms": 12 },
+            { "shard": "http://s1:4320", "connected": false, "gaps": 2, "missing_frames": 40, "lag_ms": 9 } ] } });
+        let text = super::render(&a);
+        assert!(text.contains("evaluator of 2 shard(s), coverage REDUCED"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("http://s1:4320") && l.contains("DOWN") && l.contains("40")), "{text}");
+        let shard = super::render(&json!({ "mode": "embedded", "scale_out": { "role": "shard", "seq": 7 } }));
+        assert!(shard.contains("last frame 7"), "{shard}");
+    }
 
     #[test]
     fn an_expired_lease_is_no_leader() {

@@ -47,6 +47,15 @@ impl Pipeline {
         snapshot.rule_set = self.engine.rules().clone();
         snapshot.traces_in_flight = self.correlator.live_traces();
         snapshot.usage = self.usage();
+        snapshot.scale_out = match (&self.shard, &self.merge) {
+            (Some(shard), _) => serde_json::json!({ "role": "shard", "seq": shard.seq }),
+            (_, Some(merge)) => {
+                let mut coverage = merge.coverage_json();
+                coverage["role"] = "evaluator".into();
+                coverage
+            }
+            _ => serde_json::Value::Null,
+        };
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 

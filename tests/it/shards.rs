@@ -166,6 +166,22 @@ async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_rest
     assert_eq!(coverage["shards"].as_array().unwrap().len(), 2, "{coverage}");
     assert_eq!(coverage["complete"], false, "the decision record says coverage was reduced by the gap: {coverage}");
     assert!(coverage["shards"].as_array().unwrap().iter().any(|s| s["gaps"] == 1), "{coverage}");
+    // The status (from the snapshot, published every 200 ms) catches up.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = reqwest::get(format!("http://{}/v1/cluster", evaluator.addrs.api)).await.unwrap().json().await.unwrap();
+        let shards = status["scale_out"]["shards"].as_array().cloned().unwrap_or_default();
+        if shards.len() == 2 && shards.iter().all(|s| s["connected"] == true) && shards.iter().any(|s| s["gaps"] == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["scale_out"]["role"], "evaluator", "{status}");
+    assert_eq!(status["scale_out"]["complete"], false, "{status}");
+    let shards = status["scale_out"]["shards"].as_array().unwrap();
+    assert!(shards.iter().all(|s| s["connected"] == true) && shards.iter().any(|s| s["gaps"] == 1), "both streaming again, one gap: {status}");
+    let shard_status: serde_json::Value = reqwest::get(format!("http://{}/v1/cluster", shard0.addrs.api)).await.unwrap().json().await.unwrap();
+    assert_eq!(shard_status["scale_out"]["role"], "shard", "{shard_status}");
 
     // A shard added: the evaluator restarts with three (it resumes the two from its checkpoint
     // and bootstraps the new one); traffic over three shards still reads as the reference's.
@@ -183,6 +199,47 @@ async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_rest
     send(&reference, more).await;
     same_counts("three shards to read as the reference", &evaluator, &reference).await;
     for daemon in [evaluator, shard0, shard1, shard2, reference] {
+        daemon.stop().await;
+    }
+}
+
+/// The shard → evaluator stream broken at varied moments (the connection reset while traffic
+/// flows, held down for a varied time, then healed): every break resumes from the shard's
+/// buffer, and the merged windows end exactly at the reference's — nothing lost, nothing
+/// doubled. `FLAGGUARD_CLUSTER_RUNS=N` sets the number of breaks (default 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_breaks_at_varied_moments_resume_without_loss_or_double_count() {
+    use rand::Rng;
+    let runs: usize = std::env::var("FLAGGUARD_CLUSTER_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let (idle, reference_server) = (FlagServer::start().await, FlagServer::start().await);
+    let (d0, d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shard = Daemon::start(shard_config(d0.path(), &idle, "127.0.0.1:0"), d0).await;
+    let proxy = crate::cluster::proxy::Proxy::start(shard.addrs.stream.unwrap()).await;
+    let mut file = Daemon::config(d1.path(), RULE, &idle);
+    file.merge = Some(MergeConfig { shards: vec![format!("http://{}", proxy.addr)], token: None, reconnect: Duration::from_millis(100) });
+    let evaluator = Daemon::start(file, d1).await;
+    let reference = Daemon::start(Daemon::config(d2.path(), RULE, &reference_server), d2).await;
+    let mut rng = rand::rng();
+    for run in 0..runs {
+        let before = traffic(60, 1_000_000);
+        send(&shard, before.clone()).await;
+        send(&reference, before).await;
+        // Break at a varied moment after the traffic: mid-frame, between frames, or after.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..120))).await;
+        proxy.reset();
+        let during = traffic(40, 1_000_000);
+        send(&shard, during.clone()).await;
+        send(&reference, during).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        proxy.restore();
+        same_counts(&format!("run {run}: the evaluator to catch up after the break"), &evaluator, &reference).await;
+    }
+    let gaps = metric(&evaluator, "flagguard_shard_gaps_total").await;
+    let connections = proxy.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    println!("runs {runs}, stream breaks injected {runs}, connections {connections}, gaps {}, counts missed 0, counts doubled 0", gaps as u64);
+    assert!(connections > runs, "every break was a reconnect ({connections} connections for {runs} breaks)");
+    assert_eq!(gaps, 0.0, "the buffer covered every break: no gap");
+    for daemon in [evaluator, shard, reference] {
         daemon.stop().await;
     }
 }

@@ -38,6 +38,6 @@ mod harness;
 mod history;
 mod partition;
 mod pg;
-mod proxy;
+pub(crate) mod proxy;
 mod replica;
 mod scenarios;
