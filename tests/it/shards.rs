@@ -3,7 +3,7 @@
 //! Collector's `loadbalancing` exporter does with `routing_key: traceID` (each span to the
 //! shard its trace id hashes to), and a reference instance gets all of the traffic: the
 //! ground truth the evaluators' merged windows must equal — after a bootstrap, a shard's
-//! restart (a gap, never a double count) and a shard added.
+//! restart (a gap, never a double count), a shard added and one removed.
 
 use std::time::Duration;
 
@@ -93,16 +93,33 @@ async fn metric(daemon: &Daemon, name: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-async fn same_counts(what: &str, evaluator: &Daemon, reference: &Daemon) {
-    wait_until(what, Duration::from_secs(30), || {
-        let (e, r) = (counts(evaluator), counts(reference));
-        !r.is_empty() && e == r
+/// Waits until the reference has attributed `per_variant` requests of each variant to
+/// payments (all the traffic sent so far: the traces are joined after `trace_idle`), then
+/// until the evaluator's windows equal the reference's.
+async fn same_counts(what: &str, evaluator: &Daemon, reference: &Daemon, per_variant: u64) {
+    wait_until(&format!("the reference to count all the traffic before {what}"), Duration::from_secs(30), || {
+        ["on", "off"].iter().all(|v| {
+            reference.snapshot().series.iter().filter(|s| s.variant == *v && s.service == "payments").map(|s| s.last_5m.requests).sum::<u64>() == per_variant
+        })
     })
     .await;
+    let start = std::time::Instant::now();
+    loop {
+        let (e, r) = (counts(evaluator), counts(reference));
+        if !r.is_empty() && e == r {
+            return;
+        }
+        if start.elapsed() >= Duration::from_secs(30) {
+            let status = reqwest::get(format!("http://{}/v1/cluster", evaluator.addrs.api)).await.unwrap().text().await.unwrap();
+            let kinds = evaluator.audit_kinds();
+            panic!("timed out waiting for {what}:\nevaluator {e:#?}\nreference {r:#?}\nevaluator status {status}\nevaluator audit {kinds:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_restart_and_a_new_shard() {
+async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_restart_and_membership_changes() {
     let (server, reference_server, idle) = (FlagServer::start().await, FlagServer::start().await, FlagServer::start().await);
     let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut dirs = dirs.into_iter();
@@ -123,13 +140,13 @@ async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_rest
         send(shard, part).await;
     }
     send(&reference, healthy).await;
-    same_counts("the evaluator's merged windows to equal the reference's", &evaluator, &reference).await;
+    same_counts("the evaluator's merged windows to equal the reference's", &evaluator, &reference, 150).await;
     assert!(server.kill_calls().is_empty(), "healthy: no kill");
 
     // An evaluator that joins now bootstraps from the shards' windows.
     let d = dir();
     let late = Daemon::start(evaluator_config(d.path(), &idle, &[&shard0, &shard1]), d).await;
-    same_counts("a late evaluator to bootstrap to the reference's windows", &late, &reference).await;
+    same_counts("a late evaluator to bootstrap to the reference's windows", &late, &reference, 150).await;
     late.stop().await;
 
     // Shard 1 restarts on its port: a new incarnation, a gap; it restores its own windows and
@@ -157,7 +174,7 @@ async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_rest
         send(shard, part).await;
     }
     send(&reference, bad).await;
-    same_counts("the windows to equal the reference's after the restart", &evaluator, &reference).await;
+    same_counts("the windows to equal the reference's after the restart", &evaluator, &reference, 250).await;
     wait_until("the evaluator to kill", Duration::from_secs(20), || !server.kill_calls().is_empty()).await;
     wait_until("the reference to kill", Duration::from_secs(20), || !reference_server.kill_calls().is_empty()).await;
     let decided = evaluator.store.audit_log(10, None, Some("kill_decided")).unwrap();
@@ -191,13 +208,25 @@ async fn sharded_evaluators_read_and_kill_as_one_instance_through_bootstrap_rest
     let mut three = evaluator_file.clone();
     three.merge.as_mut().unwrap().shards.push(format!("http://{}", shard2.addrs.stream.unwrap()));
     let evaluator = Daemon::start(three, d).await;
-    same_counts("the restarted evaluator to resume to the reference's windows", &evaluator, &reference).await;
+    same_counts("the restarted evaluator to resume to the reference's windows", &evaluator, &reference, 250).await;
     let more = traffic(150, 1_000_000);
     for (shard, part) in [&shard0, &shard1, &shard2].into_iter().zip(route(&more, 3)) {
         send(shard, part).await;
     }
     send(&reference, more).await;
-    same_counts("three shards to read as the reference", &evaluator, &reference).await;
+    same_counts("three shards to read as the reference", &evaluator, &reference, 325).await;
+
+    // A shard removed: the evaluator restarts with two again. The removed shard's data stays in
+    // the windows (it ages out); traffic over the two remaining shards reads as the reference.
+    let d = evaluator.stop_keeping_data().await;
+    let evaluator = Daemon::start(evaluator_file, d).await;
+    same_counts("the evaluator without the removed shard to resume to the reference's windows", &evaluator, &reference, 325).await;
+    let last = traffic(100, 1_000_000);
+    for (shard, part) in [&shard0, &shard1].into_iter().zip(route(&last, 2)) {
+        send(shard, part).await;
+    }
+    send(&reference, last).await;
+    same_counts("two shards, one removed, to read as the reference", &evaluator, &reference, 375).await;
     for daemon in [evaluator, shard0, shard1, shard2, reference] {
         daemon.stop().await;
     }
@@ -232,7 +261,7 @@ async fn stream_breaks_at_varied_moments_resume_without_loss_or_double_count() {
         send(&reference, during).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
         proxy.restore();
-        same_counts(&format!("run {run}: the evaluator to catch up after the break"), &evaluator, &reference).await;
+        same_counts(&format!("run {run}: the evaluator to catch up after the break"), &evaluator, &reference, 50 * (run as u64 + 1)).await;
     }
     let gaps = metric(&evaluator, "flagguard_shard_gaps_total").await;
     let connections = proxy.accepted.load(std::sync::atomic::Ordering::SeqCst);
