@@ -3,7 +3,8 @@
 #   1. ingest per shard with delta streaming on vs off: spans per CPU-second of a plain instance
 #      and of a shard with an evaluator subscribed, the same load (flagguard-load drive);
 #   2. detection latency (evidence accepted → kill call received) embedded, in cluster mode on
-#      PostgreSQL (a private one, scripts/setup-postgres.sh) and through a shard to an evaluator;
+#      PostgreSQL (a private one, scripts/setup-postgres.sh) and through two shards to an
+#      evaluator (requests to the shards in turn, each request's traces on one);
 #   3. the stream's bytes per changed series.
 #
 #   scripts/bench-shard.sh [SECONDS measured per throughput run, default 20, after 5 s warm-up]

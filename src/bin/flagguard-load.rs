@@ -596,8 +596,11 @@ enum Topology {
 struct Harness {
     dir: tempfile::TempDir,
     child: tokio::process::Child,
-    /// A sharded topology's evaluator (the child is then the shard the traffic goes to).
-    evaluator: Option<tokio::process::Child>,
+    /// A sharded topology's evaluator and second shard (the child is then the first shard).
+    others: Vec<tokio::process::Child>,
+    /// Every process that takes the traffic (the shards; else the one daemon): requests go to
+    /// them in turn, each request's traces to one of them, as a trace-ID router would.
+    targets: Vec<tonic::transport::Channel>,
     channel: tonic::transport::Channel,
     kills: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
 }
@@ -668,45 +671,51 @@ impl Harness {
             dir.path().join("rules").display()
         );
         let config = dir.path().join("flagguard.toml");
-        let (child, running, evaluator) = match topology {
+        let grpc = |running: &serde_json::Value| {
+            let url = format!("http://{}", running["grpc"].as_str().unwrap_or_default());
+            tonic::transport::Endpoint::from_shared(url).expect("endpoint").connect_lazy()
+        };
+        let (child, running, others, targets) = match topology {
             Topology::Embedded => {
                 std::fs::write(&config, daemon).ok()?;
                 let (child, running) = serve(flagguard, &config).await?;
-                (child, running, None)
+                let targets = vec![grpc(&running)];
+                (child, running, Vec::new(), targets)
             }
             Topology::Postgres => {
                 let url = postgres?;
                 std::fs::write(&config, format!("{daemon}[cluster]\ninstance_id = \"bench\"\npostgres_url = \"{url}\"\n")).ok()?;
                 let (child, running) = serve(flagguard, &config).await?;
-                (child, running, None)
+                let targets = vec![grpc(&running)];
+                (child, running, Vec::new(), targets)
             }
             Topology::Sharded => {
-                std::fs::create_dir_all(dir.path().join("shard-rules")).ok()?;
-                let shard = dir.path().join("shard.toml");
-                std::fs::write(
-                    &shard,
-                    format!(
-                        "data_dir = \"{}\"\nrules_dir = \"{}\"\n{common}[shard]\nstream_listen = \"127.0.0.1:0\"\n",
-                        dir.path().join("shard-data").display(),
-                        dir.path().join("shard-rules").display()
-                    ),
-                )
-                .ok()?;
-                let (child, running) = serve(flagguard, &shard).await?;
-                let stream = running["stream"].as_str().unwrap_or_default().to_owned();
-                std::fs::write(&config, format!("{daemon}[merge]\nshards = [\"http://{stream}\"]\n")).ok()?;
+                // Two shards and an evaluator subscribed to both.
+                let mut shards = Vec::new();
+                for i in 0..2 {
+                    std::fs::create_dir_all(dir.path().join(format!("shard-{i}-rules"))).ok()?;
+                    let shard = dir.path().join(format!("shard-{i}.toml"));
+                    let (data, rules) = (dir.path().join(format!("shard-{i}-data")), dir.path().join(format!("shard-{i}-rules")));
+                    let body = format!("data_dir = \"{}\"\nrules_dir = \"{}\"\n{common}[shard]\nstream_listen = \"127.0.0.1:0\"\n", data.display(), rules.display());
+                    std::fs::write(&shard, body).ok()?;
+                    shards.push(serve(flagguard, &shard).await?);
+                }
+                let streams: Vec<String> = shards.iter().map(|(_, r)| format!("\"http://{}\"", r["stream"].as_str().unwrap_or_default())).collect();
+                std::fs::write(&config, format!("{daemon}[merge]\nshards = [{}]\n", streams.join(", "))).ok()?;
                 let (evaluator, _) = serve(flagguard, &config).await?;
-                (child, running, Some(evaluator))
+                let targets = shards.iter().map(|(_, r)| grpc(r)).collect();
+                let (second, _) = shards.pop()?;
+                let (first, running) = shards.pop()?;
+                (first, running, vec![second, evaluator], targets)
             }
         };
-        let grpc = format!("http://{}", running["grpc"].as_str().unwrap_or_default());
-        let channel = tonic::transport::Endpoint::from_shared(grpc).expect("endpoint").connect_lazy();
-        Some(Harness { dir, child, evaluator, channel, kills })
+        let channel = grpc(&running);
+        Some(Harness { dir, child, others, targets, channel, kills })
     }
 
     /// Healthy traffic of another flag at `rate` requests per second until `stop`.
     fn background(&self, rate: f64, traces: u64, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
-        let channel = self.channel.clone();
+        let targets = self.targets.clone();
         let templates: Vec<Template> = (0..16).map(|seed| Template::new(&realistic(traces, 1000 + seed))).collect();
         tokio::spawn(async move {
             let every = Duration::from_secs_f64(1.0 / rate.max(0.1));
@@ -716,7 +725,7 @@ impl Harness {
             while !stop.load(Ordering::Relaxed) {
                 let body = templates[salt as usize % templates.len()].fresh(salt);
                 salt = salt.wrapping_add(1);
-                let channel = channel.clone();
+                let channel = targets[salt as usize % targets.len()].clone();
                 inflight.spawn(async move { send(channel, body).await });
                 while inflight.len() > 16 {
                     inflight.join_next().await;
@@ -730,7 +739,9 @@ impl Harness {
     /// Sends one request that completes a regression of `flag` and waits for its kill:
     /// milliseconds from acceptance to the flag server's receipt, or None if missed.
     async fn probe(&self, flag: &str) -> Option<f64> {
-        let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(self.channel.clone());
+        // Each probe to one target (its traces on one shard), in turn across probes.
+        let target = flag.bytes().map(usize::from).sum::<usize>() % self.targets.len();
+        let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(self.targets[target].clone());
         // 25 users on `on` with every payment failing, 25 healthy on `off`: the evidence is
         // complete with this one request (min_samples 20 per arm).
         let requests: Vec<Request> = (0..50)
@@ -784,8 +795,8 @@ async fn detect(flagguard: &std::path::Path, background_rate: f64, traces: u64, 
     stop.store(true, Ordering::Relaxed);
     let _ = background.await;
     let _ = h.child.kill().await;
-    if let Some(evaluator) = &mut h.evaluator {
-        let _ = evaluator.kill().await;
+    for other in &mut h.others {
+        let _ = other.kill().await;
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
