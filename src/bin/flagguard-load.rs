@@ -696,7 +696,8 @@ impl Harness {
                     std::fs::create_dir_all(dir.path().join(format!("shard-{i}-rules"))).ok()?;
                     let shard = dir.path().join(format!("shard-{i}.toml"));
                     let (data, rules) = (dir.path().join(format!("shard-{i}-data")), dir.path().join(format!("shard-{i}-rules")));
-                    let body = format!("data_dir = \"{}\"\nrules_dir = \"{}\"\n{common}[shard]\nstream_listen = \"127.0.0.1:0\"\n", data.display(), rules.display());
+                    let body =
+                        format!("data_dir = \"{}\"\nrules_dir = \"{}\"\n{common}[shard]\nstream_listen = \"127.0.0.1:0\"\n", data.display(), rules.display());
                     std::fs::write(&shard, body).ok()?;
                     shards.push(serve(flagguard, &shard).await?);
                 }

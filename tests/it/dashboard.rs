@@ -114,3 +114,36 @@ async fn readme_screenshot() {
     browser.wait_for("the plots", "document.querySelector('#chart-errors polyline')", Duration::from_secs(20)).await;
     browser.screenshot(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png")).await;
 }
+
+/// The cluster page of an evaluator shows its shard streaming, with full coverage; a shard's
+/// page says it is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_shows_an_evaluators_shards_and_their_coverage() {
+    let server = FlagServer::start().await;
+    let (d0, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut shard_file = Daemon::config(d0.path(), "rules: []\n", &server);
+    shard_file.shard = Some(flagguard::shard::ShardConfig { stream_listen: "127.0.0.1:0".into(), token: None, buffer_bytes: 64 << 20 });
+    let shard = Daemon::start(shard_file, d0).await;
+    let mut evaluator_file = Daemon::config(d1.path(), RULE, &server);
+    let stream = format!("http://{}", shard.addrs.stream.unwrap());
+    evaluator_file.merge = Some(flagguard::shard::MergeConfig { shards: vec![stream.clone()], token: None, reconnect: Duration::from_millis(200) });
+    let evaluator = Daemon::start(evaluator_file, d1).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", shard.addrs.grpc)).await.unwrap();
+    send(&mut client, false, 0).await;
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{}/#/cluster", evaluator.addrs.api)).await;
+    browser.wait_for("the embedded lease line", "document.querySelector('#lease[data-mode=\"embedded\"]')", Duration::from_secs(10)).await;
+    browser
+        .wait_for(
+            "the shard connected, coverage complete",
+            &format!("document.querySelector('#scale-out[data-complete=\"true\"]') && document.querySelector('#shards tr[data-shard=\"{stream}\"][data-connected=\"true\"]')"),
+            Duration::from_secs(15),
+        )
+        .await;
+    browser.screenshot(&shots().join("cluster.png")).await;
+    browser.goto(&format!("http://{}/#/cluster", shard.addrs.api)).await;
+    browser.wait_for("the shard's own page", "document.querySelector('#scale-out[data-role=\"shard\"]')", Duration::from_secs(10)).await;
+    evaluator.stop().await;
+    shard.stop().await;
+}

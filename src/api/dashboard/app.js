@@ -1,4 +1,4 @@
-// flagguard dashboard: overview, flag page, audit timeline, rules. No dependencies; charts are
+// flagguard dashboard: overview, flag page, audit timeline, rules, cluster. No dependencies; charts are
 // plain SVG. Live updates come from the daemon's Server-Sent Events (/v1/events).
 
 const $main = document.getElementById('main');
@@ -179,6 +179,29 @@ async function renderRules() {
       <td>${esc(r.mode === 'enforce' ? 'enforce' : 'dry-run')}${stale_rules.includes(r.name) ? ' · <span class="error">stale</span>' : ''}</td><td>${r.action ? `kill via ${esc(r.action)}` : 'observe'}, cooldown ${esc(r.cooldown)}</td></tr>`).join('')}</tbody></table>`;
 }
 
+// ---------------------------------------------------------------- cluster
+async function renderCluster() {
+  const c = await getJSON('/v1/cluster');
+  const lease = c.mode === 'embedded'
+    ? '<p id="lease" data-mode="embedded">Embedded: one process on SQLite, always the one that acts.</p>'
+    : `<p id="lease" data-mode="cluster" data-leader="${c.leader === true}">Instance <strong>${esc(c.instance)}</strong> is ${c.leader ? 'the leader' : 'a standby'};
+       leader ${esc(c.holder ?? 'none')} at epoch ${esc(c.epoch)}, lease expires in ${esc(c.lease_expires_in_ms ?? '–')} ms; fence rejections ${esc(c.fence_rejections ?? 0)}.</p>
+       ${c.holder ? '' : '<p class="error" role="alert">No leader: nobody decides or acts until a replica takes the lease.</p>'}
+       <table id="members"><thead><tr><th scope="col">Member</th><th scope="col">API</th><th scope="col">Last seen</th></tr></thead><tbody>
+       ${(c.members || []).map((m) => `<tr><th scope="row">${esc(m.instance)}${m.instance === c.holder ? ' (leader)' : ''}</th><td>${esc(m.api)}</td><td>${esc(m.seen_ms_ago)} ms ago</td></tr>`).join('')}</tbody></table>`;
+  const s = c.scale_out;
+  let scale = '';
+  if (s?.role === 'shard') scale = `<h2>Scale-out</h2><p id="scale-out" data-role="shard">A shard: streaming window deltas to evaluators, last frame ${esc(s.seq)}.</p>`;
+  else if (s?.role === 'evaluator') {
+    scale = `<h2>Scale-out</h2><p id="scale-out" data-role="evaluator" data-complete="${s.complete === true}">An evaluator of ${s.shards.length} shard(s): coverage
+      ${s.complete ? 'complete' : '<span class="error">reduced</span> (a shard is down or its stream had a gap: decisions say so in their record)'}.</p>
+      <table id="shards"><thead><tr><th scope="col">Shard</th><th scope="col">Stream</th><th scope="col">Lag</th><th scope="col">Gaps</th><th scope="col">Missing frames</th></tr></thead><tbody>
+      ${s.shards.map((sh) => `<tr data-shard="${esc(sh.shard)}" data-connected="${sh.connected === true}"><th scope="row">${esc(sh.shard)}</th><td>${sh.connected ? 'connected' : '<span class="error">down</span>'}</td>
+        <td>${esc(sh.lag_ms)} ms</td><td>${esc(sh.gaps)}</td><td>${esc(sh.missing_frames)}</td></tr>`).join('')}</tbody></table>`;
+  }
+  $main.innerHTML = `<h1>Cluster</h1>${lease}${scale}`;
+}
+
 // ---------------------------------------------------------------- routing and live updates
 async function render() {
   const r = parseRoute();
@@ -187,6 +210,7 @@ async function render() {
     if (r.view === 'flag') await renderFlag(r.arg, r.params);
     else if (r.view === 'audit') await renderAudit(r.params);
     else if (r.view === 'rules') await renderRules();
+    else if (r.view === 'cluster') await renderCluster();
     else renderOverview();
   } catch (e) { $main.innerHTML = `<p class="error" role="alert">${esc(e.message)}</p>`; }
 }
@@ -202,6 +226,7 @@ function connect() {
     const r = parseRoute();
     if (r.view === 'flags') renderOverview();
     else if (r.view === 'flag' && Date.now() - state.lastFlagRefresh > 2000 && !document.querySelector('details[open]')) renderFlag(r.arg, r.params);
+    else if (r.view === 'cluster') renderCluster().catch(() => {});
   });
   es.onerror = () => { $live.textContent = 'reconnecting…'; $live.className = ''; };
 }
