@@ -7,33 +7,17 @@
 //! A write transaction ([`Conn::begin`]) on PostgreSQL first takes one transaction-scoped
 //! advisory lock — writers of all replicas are serialised exactly as SQLite serialises the
 //! writers of one process, so every check-then-write of the outbox (one pending action per
-//! target, dedupe, cooldowns) holds across replicas — and then, for a fenced store, checks the
-//! lease ([`Fence`]): a write of a replica that is not the lease holder fails and writes nothing.
+//! target, dedupe, cooldowns) holds across replicas. A fenced store then checks the lease in
+//! the same transaction (`super::fence`, from `Store::begin`): a write of a replica that is not
+//! the lease holder fails and writes nothing.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
-use rusqlite::types::{FromSql, ToSql, Value, ValueRef};
+use rusqlite::types::{FromSql, Value};
 
 use super::StoreError;
-use super::fence::Fence;
 use super::postgres::PgConn;
-
-/// Statement parameters, as rusqlite's `params!` builds them.
-pub(crate) type Params<'a> = &'a [&'a dyn ToSql];
-
-/// One result row.
-pub(crate) struct Row(pub(crate) Vec<Value>);
-
-impl Row {
-    pub(crate) fn get<T: FromSql>(&self, i: usize) -> rusqlite::Result<T> {
-        let v = self.0.get(i).ok_or(rusqlite::Error::InvalidColumnIndex(i))?;
-        T::column_result(ValueRef::from(v)).map_err(|e| match e {
-            rusqlite::types::FromSqlError::InvalidType => rusqlite::Error::InvalidColumnType(i, format!("column {i}"), v.data_type()),
-            other => rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(other)),
-        })
-    }
-}
+pub(crate) use super::row::{Params, Row};
 
 /// A connection to either engine.
 pub(crate) enum Conn {
@@ -81,16 +65,12 @@ impl Conn {
         }
     }
 
-    /// Begins a write transaction: on PostgreSQL, under the writers' lock and, with a `fence`,
-    /// only while this replica holds the lease (else [`StoreError::Fenced`], nothing written).
-    pub(crate) fn begin(&mut self, fence: Option<&Arc<Fence>>) -> Result<Tx<'_>, StoreError> {
+    /// Begins a write transaction: on PostgreSQL, under the writers' lock.
+    pub(crate) fn begin(&mut self) -> Result<Tx<'_>, StoreError> {
         self.batch("BEGIN")?;
         let mut tx = Tx { conn: self, open: true };
         if let Conn::Postgres(_) = tx.conn {
             tx.query("SELECT pg_advisory_xact_lock(?1)", rusqlite::params![super::postgres::WRITERS_LOCK])?;
-            if let Some(fence) = fence {
-                fence.check(&mut tx)?;
-            }
         }
         Ok(tx)
     }

@@ -32,7 +32,7 @@ impl Store {
         }
         let mut source = self.lock();
         let mut conn = target.lock();
-        let mut tx = conn.begin(None)?;
+        let mut tx = conn.begin()?;
         for table in ["audit", "outbox"] {
             if tx.scalar::<i64>(&format!("SELECT COUNT(*) FROM {table}"), &[])?.unwrap_or(0) > 0 {
                 return Err(StoreError::Config(format!("the PostgreSQL store already has {table} rows; migrate into an empty database")));

@@ -27,6 +27,7 @@ pub mod migrate;
 pub mod migrations;
 mod outbox;
 pub mod postgres;
+mod row;
 mod state;
 
 use std::collections::HashMap;
@@ -341,9 +342,17 @@ impl Store {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Begins a write transaction on `conn` (fenced when this handle is).
+    /// Begins a write transaction on `conn`; a fenced handle on PostgreSQL then checks, in the
+    /// same transaction, that this replica holds the lease (else [`StoreError::Fenced`], nothing
+    /// written).
     fn begin<'c>(&self, conn: &'c mut Conn) -> Result<db::Tx<'c>, StoreError> {
-        conn.begin(self.fence.as_ref())
+        let mut tx = conn.begin()?;
+        if let Some(fence) = &self.fence
+            && tx.is_postgres()
+        {
+            fence.check(&mut tx)?;
+        }
+        Ok(tx)
     }
 
     fn insert_audit(conn: &mut Conn, e: &AuditEntry) -> Result<i64, StoreError> {

@@ -255,7 +255,7 @@ impl Store {
     pub fn claim(&self, id: i64, call: std::time::Duration) -> Result<Option<i64>, StoreError> {
         let Some(fence) = &self.fence else { return Ok(Some(0)) };
         let mut conn = self.lock();
-        let mut tx = conn.begin(None)?;
+        let mut tx = conn.begin()?;
         if tx.is_postgres() {
             fence.check_outliving(&mut tx, call)?;
         }

@@ -17,7 +17,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::StoreError;
-use super::db::{Params, Row};
+use super::row::{Params, Row};
 
 /// The advisory lock every write transaction takes (serialises writers of all replicas).
 pub const WRITERS_LOCK: i64 = 0x666c_6167_6775; // "flaggu"
