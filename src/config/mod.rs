@@ -246,6 +246,10 @@ impl Config {
         if file.shard.is_some() && file.merge.is_some() {
             errors.push("shard, merge: an instance is a shard or an evaluator, not both".into());
         }
+        if file.shard.is_some() && file.cluster.is_some() {
+            // A shard judges nothing: holding the lease, it would keep the evaluators from acting.
+            errors.push("shard, cluster: a shard takes no part in the lease; give the [cluster] section to the evaluators only".into());
+        }
         match (grpc, http, api, errors.is_empty()) {
             (Some(grpc_listen), Some(http_listen), Some(api_listen), true) => {
                 Ok(Config { file, grpc_listen, http_listen, api_listen, tokens, otlp_tokens, cluster, shard, merge })
@@ -284,6 +288,35 @@ fn config_env() -> config::Map<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale_out_sections_are_checked_together() {
+        let shard = || crate::shard::ShardConfig { stream_listen: "127.0.0.1:4320".into(), token: None, buffer_bytes: 64 << 20 };
+        let merge = |shards: Vec<&str>| crate::shard::MergeConfig {
+            shards: shards.into_iter().map(Into::into).collect(),
+            token: None,
+            reconnect: std::time::Duration::from_secs(1),
+        };
+        let errors = |file: ConfigFile| match Config::validate(file) {
+            Err(ConfigError::Invalid(errors)) => errors,
+            other => panic!("expected errors, got {other:?}"),
+        };
+        let both = ConfigFile { shard: Some(shard()), merge: Some(merge(vec!["http://a:1"])), ..ConfigFile::default() };
+        assert!(errors(both).iter().any(|e| e.starts_with("shard, merge:")));
+        let cluster = crate::cluster::ClusterConfig {
+            instance_id: "s0".into(),
+            postgres_url: "postgres://x@127.0.0.1/db".into(),
+            lease_ttl: std::time::Duration::from_secs(8),
+            renew_interval: std::time::Duration::from_secs(2),
+            acquire_interval: std::time::Duration::from_secs(1),
+        };
+        let leased = ConfigFile { shard: Some(shard()), cluster: Some(cluster), ..ConfigFile::default() };
+        assert!(errors(leased).iter().any(|e| e.starts_with("shard, cluster:")), "a shard must not take the lease");
+        let twice = ConfigFile { merge: Some(merge(vec!["http://a:1", "http://a:1", "ftp://b"])), ..ConfigFile::default() };
+        let e = errors(twice);
+        assert!(e.iter().any(|e| e.contains("named twice")) && e.iter().any(|e| e.starts_with("merge.shards[2]")), "{e:?}");
+        assert!(Config::validate(ConfigFile { merge: Some(merge(vec!["http://a:1"])), ..ConfigFile::default() }).is_ok());
+    }
 
     #[test]
     fn defaults_are_valid() {
