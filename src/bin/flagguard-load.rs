@@ -547,7 +547,7 @@ fn time_checkpoint(agg: &flagguard::aggregate::Aggregator, dir: &std::path::Path
     };
     let image_ms = ms(t);
     let t = Instant::now();
-    let bytes = encode(&image);
+    let bytes = encode(&image).map_err(|e| e.to_string())?;
     let encode_ms = ms(t);
     let path = dir.join(FILE);
     let t = Instant::now();

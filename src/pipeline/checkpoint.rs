@@ -83,23 +83,41 @@ pub enum CheckpointError {
     Checksum,
     #[error("cannot decode: {0}")]
     Decode(String),
+    #[error("cannot encode: {0}")]
+    Encode(String),
     #[error("cannot restore: {0}")]
     Restore(String),
 }
 
 /// The file's bytes: header, then the body.
-pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
+pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
     // Sized up front: growing a Vec to 170 MB by doubling made encoding twice as slow.
     let size_hint = checkpoint.aggregator.size_hint();
     let mut out = Vec::with_capacity(HEADER + size_hint + size_hint / 8 + 4096);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 32]);
-    // Encoding plain data into a Vec cannot fail (no I/O, nothing postcard cannot express).
-    let mut out = postcard::to_extend(checkpoint, out).unwrap_or_default();
+    let mut out = postcard::to_extend(checkpoint, out).map_err(|e| CheckpointError::Encode(e.to_string()))?;
     let digest = Sha256::digest(&out[HEADER..]);
     out[8..HEADER].copy_from_slice(&digest);
-    out
+    Ok(out)
+}
+
+/// Encodes and writes: the bytes written.
+fn encode_and_write(checkpoint: &Checkpoint, path: &Path) -> Result<usize, CheckpointError> {
+    let bytes = encode(checkpoint)?;
+    write(path, &bytes)?;
+    Ok(bytes.len())
+}
+
+/// Clears "a checkpoint is being written" when the write ends, however it ends (a panic in
+/// it must not stop every later checkpoint).
+struct Writing(Arc<AtomicBool>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
@@ -239,13 +257,11 @@ impl Pipeline {
         }
         let Some(taking) = c.taking.take() else { return };
         c.writing.store(true, Ordering::Release);
-        let (writing, path, metrics) = (c.writing.clone(), c.settings.path.clone(), self.metrics.clone());
+        let (writing, path, metrics) = (Writing(c.writing.clone()), c.settings.path.clone(), self.metrics.clone());
         let checkpoint = Checkpoint { aggregator: self.aggregator.image_with(taking.series), ..self.checkpoint_rest(now) };
         tokio::task::spawn_blocking(move || {
-            let bytes = encode(&checkpoint);
-            let result = write(&path, &bytes).map(|()| bytes.len());
-            record(&metrics, &result, now);
-            writing.store(false, Ordering::Release);
+            let _writing = writing;
+            record(&metrics, &encode_and_write(&checkpoint, &path), now);
         });
     }
 
@@ -261,8 +277,7 @@ impl Pipeline {
         let (path, metrics) = (c.settings.path.clone(), self.metrics.clone());
         let checkpoint = self.checkpoint(now);
         let written = tokio::task::spawn_blocking(move || {
-            let bytes = encode(&checkpoint);
-            let result = write(&path, &bytes).map(|()| bytes.len());
+            let result = encode_and_write(&checkpoint, &path);
             record(&metrics, &result, now);
             result.is_ok()
         })
@@ -364,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_damaged_foreign_or_newer_file_is_refused_whole() {
-        let bytes = encode(&empty());
+        let bytes = encode(&empty()).unwrap();
         assert_eq!(decode(&bytes).expect("round trip"), empty());
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
@@ -387,10 +402,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data").join(FILE);
         assert!(read(&path).expect("no file is not an error").is_none());
-        write(&path, &encode(&empty())).unwrap();
+        write(&path, &encode(&empty()).unwrap()).unwrap();
         let mut second = empty();
         second.written_at = 43;
-        write(&path, &encode(&second)).unwrap();
+        write(&path, &encode(&second).unwrap()).unwrap();
         assert_eq!(read(&path).unwrap().map(|c| c.written_at), Some(43));
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from(FILE)], "no temporary file left behind");

@@ -85,7 +85,12 @@ impl tonic::server::ServerStreamingService<Bytes> for SubscribeCall {
                 None => {
                     let (reply, answer) = oneshot::channel();
                     hub.images.send(reply).await.map_err(|_| Status::unavailable("shutting down"))?;
-                    Some(answer.await.map_err(|_| Status::unavailable("shutting down"))?)
+                    // A pipeline that cannot answer (stopping, stuck): the evaluator retries.
+                    match tokio::time::timeout(std::time::Duration::from_secs(60), answer).await {
+                        Ok(Ok(image)) => Some(image),
+                        Ok(Err(_)) => return Err(Status::unavailable("shutting down")),
+                        Err(_) => return Err(Status::unavailable("the shard's windows were not imaged in time; retry")),
+                    }
                 }
             };
             let start = hub.start(subscribe.after, image.as_ref().map(|(seq, _)| *seq));

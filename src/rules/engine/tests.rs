@@ -437,7 +437,7 @@ fn a_restart_from_a_checkpoint_decides_as_if_there_was_none() {
                     restores_since: 0,
                     shards: vec![],
                 };
-                let bytes = encode(&image);
+                let bytes = encode(&image).expect("encodes");
                 agg = Aggregator::new(1000);
                 engine = RuleEngine::new(set(), settings(), HashMap::new(), t);
                 if restore {
