@@ -175,12 +175,14 @@ impl Pipeline {
         let Some(fence) = &self.fence else { return true };
         let leader = fence.epoch().is_some();
         if leader && !self.acting {
-            match self.store.last_fired() {
-                Ok(fired) => {
+            let since = self.clock.now().minus(self.engine.incident_window());
+            match self.store.last_fired().and_then(|fired| Ok((fired, self.store.kills_since(since)?))) {
+                Ok((fired, kills)) => {
                     self.engine.load_fired(fired);
+                    self.engine.load_recent_kills(kills);
                     self.held.clear();
                     self.load_held();
-                    tracing::info!("leader: deciding and acting (cooldowns and held slices reloaded)");
+                    tracing::info!("leader: deciding and acting (cooldowns, recent kills and held slices reloaded)");
                 }
                 // Not yet: deciding without the previous leader's cooldowns could fire twice.
                 Err(e) => {

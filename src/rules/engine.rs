@@ -607,6 +607,24 @@ impl RuleEngine {
         self.last_fired = fired;
     }
 
+    /// How far back the incident limit looks (what a takeover reads from the store).
+    pub fn incident_window(&self) -> Duration {
+        self.settings.incident_window
+    }
+
+    /// Takes the kills the store holds (every replica's, within the incident window) as the
+    /// recent kills the incident limit counts: a new leader counts what the old one killed,
+    /// not what it judged itself. Kills not decided by a rule of this set (alerts, operators)
+    /// are not counted, as they never were.
+    pub fn load_recent_kills(&mut self, kills: Vec<crate::store::RecentKill>) {
+        let names: HashSet<&str> = self.rules.rules.iter().map(|r| r.name.as_str()).collect();
+        self.recent_kills = kills
+            .into_iter()
+            .filter(|k| names.contains(k.rule.as_str()))
+            .map(|k| (k.service.unwrap_or_else(|| "*".into()), k.environment.unwrap_or_else(|| "*".into()), k.flag, k.at))
+            .collect();
+    }
+
     /// Re-arms a slice whose decision could not be stored: it may fire again as soon as it is
     /// seen Breached for `for` again, without waiting for the cooldown.
     pub fn rearm(&mut self, slice_key: &str) {

@@ -90,6 +90,16 @@ pub struct AuditEntry {
     pub evidence: Option<serde_json::Value>,
 }
 
+/// A kill decided recently, as the incident limit counts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentKill {
+    pub rule: String,
+    pub flag: String,
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub at: Timestamp,
+}
+
 /// An audit record as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {

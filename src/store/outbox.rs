@@ -208,6 +208,23 @@ impl Store {
             .collect::<Result<_, rusqlite::Error>>()?)
     }
 
+    /// Kills decided since `since` (any replica's, any state), with the rule and slice that
+    /// decided them: the incident limit's memory, read back on a takeover.
+    pub fn kills_since(&self, since: Timestamp) -> Result<Vec<RecentKill>, StoreError> {
+        let rows = self
+            .lock()
+            .query("SELECT request, created_ms FROM outbox WHERE kind = 'kill' AND created_ms >= ?1 ORDER BY id", params![since.as_millis() as i64])?;
+        let mut kills = Vec::new();
+        for r in &rows {
+            let request: serde_json::Value = serde_json::from_str(&r.get::<String>(0)?).unwrap_or_default();
+            let text = |k: &str| request[k].as_str().map(str::to_owned);
+            if let (Some(rule), Some(flag)) = (text("rule"), text("flag")) {
+                kills.push(RecentKill { rule, flag, service: text("service"), environment: text("environment"), at: Timestamp(r.get::<i64>(1)? as u64) });
+            }
+        }
+        Ok(kills)
+    }
+
     /// Slices whose kill an operator control held: (slice, flag, rule).
     pub fn held_slices(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         let rows = self.lock().query("SELECT slice, flag, rule FROM rule_state WHERE held = 1 AND flag IS NOT NULL AND rule IS NOT NULL", &[])?;

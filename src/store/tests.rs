@@ -51,6 +51,7 @@ fn the_store_tests_pass_on_postgres() {
         ("drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not", drained_kills_stop_being_watched_after_a_while_but_undrained_ones_do_not),
         ("finishing_is_audited_once", finishing_is_audited_once),
         ("held_slices_survive_in_rule_state", held_slices_survive_in_rule_state),
+        ("kills_since_reads_back_each_kills_rule_and_slice", kills_since_reads_back_each_kills_rule_and_slice),
         ("one_pending_action_per_target_and_triggers_join", one_pending_action_per_target_and_triggers_join),
         ("reschedule_and_due", reschedule_and_due),
         ("targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill", targets_are_canonical_and_the_rollout_guard_sees_a_per_environment_kill),
@@ -406,4 +407,18 @@ fn old_audit_records_are_found_by_flag_after_the_migration() {
     let store = Store::init(conn).unwrap();
     let by = |flag: &str| store.audit_query(&AuditFilter { limit: 10, flag: Some(flag.into()), ..AuditFilter::default() }).unwrap().len();
     assert_eq!((by("shop/checkout"), by("shop"), by("plan-key"), by("u")), (2, 1, 1, 0));
+}
+
+#[test]
+fn kills_since_reads_back_each_kills_rule_and_slice() {
+    let store = new_store();
+    for (i, rule) in ["a", "alert:x"].iter().enumerate() {
+        let request = json!({ "kind": "kill", "actuator": "flags", "flag": format!("f{i}"), "rule": rule, "service": "payments", "environment": "prod" });
+        let audit = AuditEntry { at: Timestamp(1_000 + i as u64), actor: format!("rule:{rule}"), kind: "kill_decided".into(), ..AuditEntry::default() };
+        store.put(&format!("flags|f{i}|prod|"), "kill", &request, &format!("k{i}"), &format!("{rule}/f{i}"), &audit).unwrap();
+    }
+    let kills = store.kills_since(Timestamp(0)).unwrap();
+    let read: Vec<_> = kills.iter().map(|k| (k.rule.as_str(), k.flag.as_str(), k.service.as_deref(), k.environment.as_deref())).collect();
+    assert_eq!(read, vec![("a", "f0", Some("payments"), Some("prod")), ("alert:x", "f1", Some("payments"), Some("prod"))]);
+    assert_eq!(store.kills_since(Timestamp(1_001)).unwrap().len(), 1, "only those decided since");
 }

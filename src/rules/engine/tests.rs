@@ -464,3 +464,30 @@ fn a_restart_from_a_checkpoint_decides_as_if_there_was_none() {
     let (blind, _) = run(Some((at, false)));
     assert!(blind.is_none_or(|b| b > straight + 3), "a blind restart at {at} s starts over (fired at {blind:?}, straight at {straight})");
 }
+
+/// A new leader counts the kills the store holds: with one flag of payments killed by the old
+/// leader within the incident window, a second flag breaching there is an incident, not a
+/// second kill — and a kill by an alert mapping or an operator is not counted, as before.
+#[test]
+fn a_new_leader_counts_the_old_leaders_recent_kills() {
+    let set = Arc::new(RuleSet { rules: vec![rule("a", "flag-a", "payments"), rule("b", "flag-b", "payments")], ..RuleSet::default() });
+    let t0 = Timestamp(1_000_000);
+    let kill = |rule: &str, flag: &str| crate::store::RecentKill {
+        rule: rule.into(),
+        flag: flag.into(),
+        // As the decision wrote them: the rule pins the service, not the environment.
+        service: Some("payments".into()),
+        environment: None,
+        at: t0.minus(Duration::from_secs(60)),
+    };
+    let run = |kills: Vec<crate::store::RecentKill>| {
+        let mut engine = RuleEngine::new(set.clone(), settings(), HashMap::new(), t0);
+        engine.load_recent_kills(kills);
+        breach(&mut engine, "flag-b", t0)
+    };
+    let decisions = run(vec![kill("a", "flag-a")]);
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].kind, DecisionKind::Incident, "flag-a was killed by the old leader: {decisions:#?}");
+    assert_eq!(run(vec![kill("alert:payments-5xx", "flag-a")])[0].kind, DecisionKind::Kill, "an alert's kill is not a rule's");
+    assert_eq!(run(vec![])[0].kind, DecisionKind::Kill);
+}
