@@ -6,8 +6,9 @@
 //!
 //! One file per chore after the tick's evaluation: [`decide`] (decisions and held slices),
 //! [`verify`] (watched kills, restores), [`publish`] (the snapshot and stale rules),
-//! [`reload`] (rule files), [`upkeep`] (flag usage, audit retention); rollout plans move in
-//! `rollout::run`, handed what they need.
+//! [`reload`] (rule files), [`upkeep`] (flag usage, audit retention), [`checkpoint`] (the
+//! state a restart restores), [`shard`] (scale-out: a shard's deltas, an evaluator's frames);
+//! rollout plans move in `rollout::run`, handed what they need.
 
 pub mod checkpoint;
 mod decide;
@@ -266,21 +267,9 @@ impl Pipeline {
     /// Feeds one batch through the correlator into the windows (and, on a shard, the delta).
     pub fn ingest(&mut self, batch: Batch) {
         let now = self.clock.now();
-        if let Some(shard) = &mut self.shard {
-            let mut sink = shard::Tee { windows: &mut self.aggregator, delta: &mut shard.deltas };
-            for evaluation in &batch.evaluations {
-                self.correlator.evaluation(evaluation, now, &mut sink);
-            }
-            for outcome in batch.outcomes {
-                self.correlator.outcome(outcome, now, &mut sink);
-            }
-            return;
-        }
-        for evaluation in &batch.evaluations {
-            self.correlator.evaluation(evaluation, now, &mut self.aggregator);
-        }
-        for outcome in batch.outcomes {
-            self.correlator.outcome(outcome, now, &mut self.aggregator);
+        match &mut self.shard {
+            Some(shard) => feed(&mut self.correlator, &mut shard::Tee { windows: &mut self.aggregator, delta: &mut shard.deltas }, batch, now),
+            None => feed(&mut self.correlator, &mut self.aggregator, batch, now),
         }
     }
 
@@ -350,6 +339,16 @@ impl Pipeline {
         let snapshot = self.snapshots.borrow().clone();
         let progress = crate::rollout::run::Progress { outbox: &self.outbox, aggregator: &self.aggregator, snapshot: &snapshot, wake: &self.wake_executor };
         progress.run(&plans, now);
+    }
+}
+
+/// One batch through the correlator into `sink`.
+fn feed(correlator: &mut Correlator, sink: &mut impl crate::correlate::Sink, batch: Batch, now: Timestamp) {
+    for evaluation in &batch.evaluations {
+        correlator.evaluation(evaluation, now, sink);
+    }
+    for outcome in batch.outcomes {
+        correlator.outcome(outcome, now, sink);
     }
 }
 
