@@ -31,6 +31,9 @@ impl Default for UserBuckets {
     }
 }
 
+/// The user buckets that are not all zero, as (bucket, [requests, errors, slow]).
+pub type NonZeroBuckets = Vec<(u8, [u32; 3])>;
+
 /// Which event of a request the user buckets are read for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Event {
@@ -39,6 +42,26 @@ pub enum Event {
 }
 
 impl UserBuckets {
+    /// The buckets that are not all zero, as (bucket, counts): what a checkpoint or a shard's
+    /// frame carries (most buckets of a frame's delta are zero).
+    pub fn nonzero(&self) -> NonZeroBuckets {
+        self.0.iter().enumerate().filter(|(_, b)| **b != [0; 3]).map(|(i, b)| (i as u8, *b)).collect()
+    }
+
+    /// The buckets from [`UserBuckets::nonzero`], or what is wrong with them.
+    pub fn from_nonzero(nonzero: NonZeroBuckets) -> Result<UserBuckets, String> {
+        let mut users = UserBuckets::default();
+        let mut previous = None;
+        for (i, counts) in nonzero {
+            if usize::from(i) >= USER_BUCKETS || previous.is_some_and(|p| p >= i) {
+                return Err(format!("user bucket {i} out of range or out of order (of {USER_BUCKETS})"));
+            }
+            previous = Some(i);
+            users.0[usize::from(i)] = counts;
+        }
+        Ok(users)
+    }
+
     pub fn add(&mut self, other: &UserBuckets) {
         for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
             for (m, t) in mine.iter_mut().zip(theirs) {

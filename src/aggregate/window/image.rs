@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bucket, LEVELS, Stats, Window};
 use crate::aggregate::latency::{Latency, Sparse};
-use crate::stats::{USER_BUCKETS, UserBuckets};
+use crate::stats::{NonZeroBuckets, UserBuckets};
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub struct WindowImage {
     /// The user buckets that are not all zero: (bucket, [requests, errors, slow]). Sparse: a
     /// shard's delta frame touches a few buckets of each series (276 bytes per changed series
     /// per frame with all 64 buckets, most of it zeros).
-    users: Option<Vec<(u8, [u32; 3])>>,
+    users: Option<NonZeroBuckets>,
     slow_over_us: u64,
 }
 
@@ -92,7 +92,7 @@ impl Window {
             cascaded_1: self.cascaded_1,
             dropped_before: self.dropped_before.to_vec(),
             last_record: self.last_record.as_millis(),
-            users: self.users.as_ref().map(|u| u.0.iter().enumerate().filter(|(_, b)| **b != [0; 3]).map(|(i, b)| (i as u8, *b)).collect()),
+            users: self.users.as_ref().map(|u| u.nonzero()),
             slow_over_us: self.slow_over_us,
         }
     }
@@ -147,17 +147,8 @@ impl WindowImage {
         window.cascaded_1 = self.cascaded_1;
         window.last_record = Timestamp(self.last_record);
         window.slow_over_us = self.slow_over_us;
-        if let Some(sparse) = self.users {
-            let mut users = UserBuckets::default();
-            let mut previous = None;
-            for (i, counts) in sparse {
-                if usize::from(i) >= USER_BUCKETS || previous.is_some_and(|p| p >= i) {
-                    return Err(format!("user bucket {i} out of range or out of order (of {USER_BUCKETS})"));
-                }
-                previous = Some(i);
-                users.0[usize::from(i)] = counts;
-            }
-            window.users = Some(Box::new(users));
+        if let Some(nonzero) = self.users {
+            window.users = Some(Box::new(UserBuckets::from_nonzero(nonzero)?));
         }
         Ok(window)
     }
@@ -258,6 +249,7 @@ mod tests {
             ("short latency", short),
             ("long latency", long),
             ("user bucket", users),
+            ("user bucket order", reordered),
             ("levels", levels),
         ] {
             let error = image.restore().err().unwrap_or_else(|| panic!("a damaged {what} must be refused"));

@@ -14,7 +14,7 @@ use super::{RuleEngine, SliceKey, SliceState, TransitionView};
 use crate::aggregate::image::SeriesImage;
 use crate::model::{Dimension, FlagKey, SeriesKey, Slice};
 use crate::rules::evaluate::Verdict;
-use crate::stats::{USER_BUCKETS, UserBuckets};
+use crate::stats::{NonZeroBuckets, UserBuckets};
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,8 +40,8 @@ struct SliceImage {
     started: u64,
     thresholds: Vec<Option<f64>>,
     segment: u32,
-    user_base: Vec<(SeriesImage, Vec<u32>)>,
-    slow_base: Vec<(SeriesImage, Vec<u32>)>,
+    user_base: Vec<(SeriesImage, NonZeroBuckets)>,
+    slow_base: Vec<(SeriesImage, NonZeroBuckets)>,
     verdict: VerdictImage,
     since: u64,
     breached_since: Option<u64>,
@@ -79,24 +79,12 @@ fn label(label: &str) -> Option<&'static str> {
     ["healthy", "breached", "inconclusive", "no_data"].into_iter().find(|l| *l == label)
 }
 
-fn buckets(base: &HashMap<SeriesKey, UserBuckets>) -> Vec<(SeriesImage, Vec<u32>)> {
-    base.iter().map(|(k, b)| (k.into(), b.0.iter().flatten().copied().collect())).collect()
+fn buckets(base: &HashMap<SeriesKey, UserBuckets>) -> Vec<(SeriesImage, NonZeroBuckets)> {
+    base.iter().map(|(k, b)| (k.into(), b.nonzero())).collect()
 }
 
-fn base(image: Vec<(SeriesImage, Vec<u32>)>) -> Result<HashMap<SeriesKey, UserBuckets>, String> {
-    image
-        .into_iter()
-        .map(|(key, flat)| {
-            if flat.len() != USER_BUCKETS * 3 {
-                return Err(format!("a user-bucket base of {} counters", flat.len()));
-            }
-            let mut buckets = UserBuckets::default();
-            for (bucket, counts) in buckets.0.iter_mut().zip(flat.chunks_exact(3)) {
-                bucket.copy_from_slice(counts);
-            }
-            Ok((SeriesKey::from(key), buckets))
-        })
-        .collect()
+fn base(image: Vec<(SeriesImage, NonZeroBuckets)>) -> Result<HashMap<SeriesKey, UserBuckets>, String> {
+    image.into_iter().map(|(key, nonzero)| Ok((SeriesKey::from(key), UserBuckets::from_nonzero(nonzero)?))).collect()
 }
 
 impl RuleEngine {
