@@ -60,6 +60,36 @@ impl From<DimsImage> for Dims {
     }
 }
 
+/// A cohort's key from an image's strings.
+fn cohort(flag: String, variant: String) -> (FlagKey, Variant) {
+    (FlagKey(flag.into()), Variant(variant.into()))
+}
+
+/// Every window of an image, restored (checked) before any is used.
+#[allow(clippy::type_complexity)]
+fn windows(
+    series: Vec<(SeriesImage, WindowImage)>,
+    unflagged: Vec<(DimsImage, WindowImage)>,
+) -> Result<(Vec<(SeriesKey, Window)>, Vec<(Dims, Window)>), String> {
+    let series = series
+        .into_iter()
+        .map(|(key, window)| {
+            let key = SeriesKey::from(key);
+            let window = window.restore().map_err(|e| format!("series {}/{}: {e}", key.flag, key.variant))?;
+            Ok((key, window))
+        })
+        .collect::<Result<_, String>>()?;
+    let unflagged = unflagged
+        .into_iter()
+        .map(|(dims, window)| {
+            let dims = Dims::from(dims);
+            let window = window.restore().map_err(|e| format!("unflagged {}: {e}", dims.service))?;
+            Ok((dims, window))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok((series, unflagged))
+}
+
 /// What a restore brought back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -136,18 +166,7 @@ impl Aggregator {
     }
 
     fn add_image(&mut self, image: AggregatorImage, now: Timestamp, add: impl Fn(&mut Window, Window, Timestamp)) -> Result<usize, String> {
-        let mut series = Vec::with_capacity(image.series.len());
-        for (key, window) in image.series {
-            let key = SeriesKey::from(key);
-            let window = window.restore().map_err(|e| format!("series {}/{}: {e}", key.flag, key.variant))?;
-            series.push((key, window));
-        }
-        let mut unflagged = Vec::with_capacity(image.unflagged.len());
-        for (dims, window) in image.unflagged {
-            let dims = Dims::from(dims);
-            let window = window.restore().map_err(|e| format!("unflagged {}: {e}", dims.service))?;
-            unflagged.push((dims, window));
-        }
+        let (series, unflagged) = windows(image.series, image.unflagged)?;
         let touched = series.len();
         for (key, window) in series {
             if let Some(target) = self.window(key) {
@@ -155,20 +174,17 @@ impl Aggregator {
             }
         }
         for (dims, window) in unflagged {
-            if !self.unflagged.contains_key(&dims) && self.unflagged.len() >= self.max_series {
-                self.overflow += 1;
-                continue;
+            if let Some(target) = self.unflagged_window(&dims) {
+                add(target, window, now);
             }
-            add(self.unflagged.entry(dims).or_default(), window, now);
         }
         for (f, v, smallest) in image.users {
-            let key = (FlagKey(f.into()), Variant(v.into()));
-            if self.users.len() < self.max_series || self.users.contains_key(&key) {
-                self.users.entry(key).or_default().merge(&Distinct::from_smallest(smallest));
+            if let Some(users) = self.cohort_users(cohort(f, v)) {
+                users.merge(&Distinct::from_smallest(smallest));
             }
         }
         for (f, v, first, last) in image.usage {
-            let key = (FlagKey(f.into()), Variant(v.into()));
+            let key = cohort(f, v);
             if self.usage.len() < self.max_series || self.usage.contains_key(&key) {
                 let entry = self.usage.entry(key).or_insert((Timestamp(first), Timestamp(last)));
                 entry.0 = entry.0.min(Timestamp(first));
@@ -182,32 +198,12 @@ impl Aggregator {
     /// image is checked whole before anything is replaced.
     pub fn restore(&mut self, image: AggregatorImage) -> Result<Restored, String> {
         let cap = self.max_series;
-        let mut restored = Restored::default();
-        let mut series = FastMap::default();
-        for (key, window) in image.series {
-            let key = SeriesKey::from(key);
-            let window = window.restore().map_err(|e| format!("series {}/{}: {e}", key.flag, key.variant))?;
-            if series.len() >= cap {
-                restored.over_cap += 1;
-                continue;
-            }
-            series.insert(key, window);
-        }
-        let mut unflagged = FastMap::default();
-        for (dims, window) in image.unflagged.into_iter().take(cap) {
-            let dims = Dims::from(dims);
-            let window = window.restore().map_err(|e| format!("unflagged {}: {e}", dims.service))?;
-            unflagged.insert(dims, window);
-        }
-        let users =
-            image.users.into_iter().take(cap).map(|(f, v, smallest)| ((FlagKey(f.into()), Variant(v.into())), Distinct::from_smallest(smallest))).collect();
-        let usage = image
-            .usage
-            .into_iter()
-            .take(cap)
-            .map(|(f, v, first, last)| ((FlagKey(f.into()), Variant(v.into())), (Timestamp(first), Timestamp(last))))
-            .collect();
-        restored.series = series.len();
+        let (all, unflagged) = windows(image.series, image.unflagged)?;
+        let restored = Restored { series: all.len().min(cap), over_cap: all.len().saturating_sub(cap) };
+        let series: FastMap<_, _> = all.into_iter().take(cap).collect();
+        let unflagged = unflagged.into_iter().take(cap).collect();
+        let users = image.users.into_iter().take(cap).map(|(f, v, smallest)| (cohort(f, v), Distinct::from_smallest(smallest))).collect();
+        let usage = image.usage.into_iter().take(cap).map(|(f, v, first, last)| (cohort(f, v), (Timestamp(first), Timestamp(last)))).collect();
         self.series = series;
         self.unflagged = unflagged;
         self.users = users;

@@ -138,6 +138,23 @@ impl Aggregator {
         self.series.values().chain(self.unflagged.values()).map(Window::bytes).sum()
     }
 
+    /// A slice's unflagged baseline (created below the cap; past it, counted as overflow).
+    fn unflagged_window(&mut self, dims: &Dims) -> Option<&mut Window> {
+        if !self.unflagged.contains_key(dims) && self.unflagged.len() >= self.max_series {
+            self.overflow += 1;
+            return None;
+        }
+        Some(self.unflagged.entry(dims.clone()).or_default())
+    }
+
+    /// A cohort's distinct-user sketch (created below the cap).
+    fn cohort_users(&mut self, cohort: (FlagKey, Variant)) -> Option<&mut crate::stats::distinct::Distinct> {
+        if self.users.len() >= self.max_series && !self.users.contains_key(&cohort) {
+            return None;
+        }
+        Some(self.users.entry(cohort).or_default())
+    }
+
     /// The series' window (created below the cap), noted as changed.
     fn window(&mut self, key: SeriesKey) -> Option<&mut Window> {
         use std::collections::hash_map::Entry;
@@ -178,19 +195,17 @@ impl Sink for Aggregator {
     }
 
     fn unflagged(&mut self, dims: &Dims, error: bool, latency_us: u64, now: Timestamp) {
-        if !self.unflagged.contains_key(dims) && self.unflagged.len() >= self.max_series {
-            self.overflow += 1;
-            return;
+        if let Some(w) = self.unflagged_window(dims) {
+            w.record_request(now, error, latency_us);
         }
-        self.unflagged.entry(dims.clone()).or_default().record_request(now, error, latency_us);
     }
 
     fn exposure(&mut self, evaluation: &Evaluation, now: Timestamp) {
         let Some(variant) = &evaluation.variant else { return };
         if let Some(context) = evaluation.context
-            && (self.users.len() < self.max_series || self.users.contains_key(&(evaluation.flag.clone(), variant.clone())))
+            && let Some(users) = self.cohort_users((evaluation.flag.clone(), variant.clone()))
         {
-            self.users.entry((evaluation.flag.clone(), variant.clone())).or_default().insert(context);
+            users.insert(context);
         }
         let room = self.usage.len() < self.max_series;
         match self.usage.entry((evaluation.flag.clone(), variant.clone())) {
