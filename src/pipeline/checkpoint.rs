@@ -175,7 +175,7 @@ pub enum Restore {
 }
 
 /// How much of one tick imaging may take: a checkpoint of many series is taken a slice per
-/// tick, so that it never stalls detection (10,000 series of 1 h take ~200 ms to image).
+/// tick, so that it never stalls detection (10,000 series of 1 h took 510–570 ms to image).
 const STEP_BUDGET: Duration = Duration::from_millis(2);
 
 /// The pipeline's checkpoint chore: when the last one was started, the one being taken (a
@@ -216,14 +216,15 @@ fn record(metrics: &Metrics, result: &Result<usize, CheckpointError>, at: Timest
 impl Pipeline {
     /// The state to checkpoint, taken whole now.
     pub fn checkpoint(&self, now: Timestamp) -> Checkpoint {
-        Checkpoint { aggregator: self.aggregator.image(), ..self.checkpoint_rest(now) }
+        self.checkpoint_with(self.aggregator.image(), now)
     }
 
-    /// Everything but the series' windows (the engine's slices, restores), taken now.
-    fn checkpoint_rest(&self, now: Timestamp) -> Checkpoint {
+    /// A checkpoint of these windows and of everything else (the engine's slices, restores,
+    /// shard positions) taken now.
+    fn checkpoint_with(&self, aggregator: AggregatorImage, now: Timestamp) -> Checkpoint {
         Checkpoint {
             written_at: now.as_millis(),
-            aggregator: self.aggregator.image_with(Vec::new()),
+            aggregator,
             engine: self.engine.image(),
             restores_seen: self.restores_seen.iter().copied().collect(),
             restores_since: self.restores_since.as_millis(),
@@ -258,7 +259,7 @@ impl Pipeline {
         let Some(taking) = c.taking.take() else { return };
         c.writing.store(true, Ordering::Release);
         let (writing, path, metrics) = (Writing(c.writing.clone()), c.settings.path.clone(), self.metrics.clone());
-        let checkpoint = Checkpoint { aggregator: self.aggregator.image_with(taking.series), ..self.checkpoint_rest(now) };
+        let checkpoint = self.checkpoint_with(self.aggregator.image_with(taking.series), now);
         tokio::task::spawn_blocking(move || {
             let _writing = writing;
             record(&metrics, &encode_and_write(&checkpoint, &path), now);
