@@ -60,14 +60,22 @@ pub struct MergeSide {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Coverage {
     pub connected: bool,
-    pub frames: u64,
     /// Breaks that could not be resumed, and the frames known to be missing across them.
     pub gaps: u64,
     pub missing_frames: u64,
     pub last_gap: Option<Timestamp>,
-    /// The shard's clock at its last frame, and ours when it arrived (lag).
-    pub last_frame_at: Option<Timestamp>,
+    /// Our clock minus the shard's at its last frame.
     pub lag_ms: u64,
+}
+
+impl Coverage {
+    /// One break that could not be resumed, `missing` frames known lost across it.
+    fn gap(&mut self, shard: &str, missing: u64, now: Timestamp, metrics: &crate::telemetry::Metrics) {
+        self.gaps += 1;
+        self.missing_frames += missing;
+        self.last_gap = Some(now);
+        metrics.shard_gaps.get_or_create(&vec![("shard", shard.to_owned())]).inc();
+    }
 }
 
 impl MergeSide {
@@ -177,15 +185,9 @@ impl Pipeline {
                         } else if !resumed {
                             // The frames after our position are gone (or of another
                             // incarnation): count the gap, go on from the shard's now.
-                            c.gaps += 1;
-                            c.last_gap = Some(now);
-                            if let Some((i, ours)) = position
-                                && i == incarnation
-                            {
-                                c.missing_frames += seq.saturating_sub(ours);
-                            }
+                            let missing = position.filter(|(i, _)| *i == incarnation).map_or(0, |(_, ours)| seq.saturating_sub(ours));
+                            c.gap(&shard, missing, now, &self.metrics);
                             tracing::warn!(%shard, "shard stream resumed with a gap: coverage reduced");
-                            self.metrics.shard_gaps.get_or_create(&vec![("shard", shard.clone())]).inc();
                             merge.set_position(&shard, (incarnation, seq));
                         }
                     }
@@ -210,13 +212,8 @@ impl Pipeline {
                             return;
                         }
                         if seq > ours + 1 {
-                            c.gaps += 1;
-                            c.missing_frames += seq - ours - 1;
-                            c.last_gap = Some(now);
-                            self.metrics.shard_gaps.get_or_create(&vec![("shard", shard.clone())]).inc();
+                            c.gap(&shard, seq - ours - 1, now, &self.metrics);
                         }
-                        c.frames += 1;
-                        c.last_frame_at = Some(Timestamp(at));
                         c.lag_ms = now.as_millis().saturating_sub(at);
                         self.metrics.shard_lag.get_or_create(&vec![("shard", shard.clone())]).set(c.lag_ms as i64);
                         if let Err(e) = self.aggregator.apply_delta(delta, now) {

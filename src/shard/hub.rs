@@ -59,13 +59,6 @@ impl Hub {
         self.state().seq
     }
 
-    /// Publishes one delta; returns its sequence number.
-    pub fn publish(&self, delta: AggregatorImage, at: Timestamp) -> u64 {
-        let seq = self.seq() + 1;
-        self.publish_encoded(seq, encode(&Frame::Delta { seq, at: at.as_millis(), delta }));
-        seq
-    }
-
     /// Publishes frame `seq` (the next one: the encoder hands them over in order).
     pub fn publish_encoded(&self, seq: u64, bytes: Bytes) {
         let mut state = self.state();
@@ -126,6 +119,12 @@ mod tests {
         Hub::new("s0".into(), max_bytes, mpsc::channel(1).0)
     }
 
+    /// Publishes an empty delta as the next frame, as the encoder would.
+    fn publish(h: &Hub, t: u64) {
+        let seq = h.seq() + 1;
+        h.publish_encoded(seq, encode(&Frame::Delta { seq, at: t, delta: Aggregator::new(1).image() }));
+    }
+
     fn hello(start: &Start) -> (u64, bool) {
         match start.hello {
             Frame::Hello { seq, resumed, .. } => (seq, resumed),
@@ -137,7 +136,7 @@ mod tests {
     fn a_reconnect_resumes_from_the_buffer_or_is_told_of_its_gap() {
         let h = hub(1 << 20);
         for t in 0..5 {
-            h.publish(Aggregator::new(1).image(), Timestamp(t));
+            publish(&h, t);
         }
         let resumed = h.start(Some((h.incarnation, 2)), None);
         assert_eq!(hello(&resumed), (2, true));
@@ -156,7 +155,7 @@ mod tests {
         let one = encode(&Frame::Delta { seq: 1, at: 0, delta: Aggregator::new(1).image() }).len();
         let h = hub(one * 3);
         for t in 0..10 {
-            h.publish(Aggregator::new(1).image(), Timestamp(t));
+            publish(&h, t);
         }
         let old = h.start(Some((h.incarnation, 2)), None);
         assert_eq!(hello(&old), (10, false), "frames 3.. are gone: a gap");

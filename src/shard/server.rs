@@ -97,24 +97,21 @@ impl tonic::server::ServerStreamingService<Bytes> for SubscribeCall {
             tracing::info!(evaluator = %subscribe.evaluator, bootstrap = image.is_some(), "evaluator subscribed");
             let (tx, rx) = mpsc::channel(16);
             tokio::spawn(async move {
+                // Frames up to the hello's position are the evaluator's already (or in the image);
+                // the backlog continues from there, the live frames after it.
+                let hello_seq = match start.hello {
+                    Frame::Hello { seq, .. } => seq,
+                    _ => 0,
+                };
                 let mut frames = vec![encode(&start.hello)];
                 if let Some((seq, image)) = image {
                     let parts = image.split(SERIES_PER_PART);
                     let n = parts.len();
                     frames.extend(parts.into_iter().enumerate().map(|(i, part)| encode(&Frame::Image { seq, part, last: i + 1 == n })));
                 }
-                // Frames up to the hello's position are the evaluator's already (or in the image).
-                let mut last = match start.hello {
-                    Frame::Hello { seq, .. } => seq,
-                    _ => 0,
-                };
+                let mut last = start.backlog.last().map_or(hello_seq, |(seq, _)| *seq);
+                frames.extend(start.backlog.into_iter().map(|(_, frame)| frame));
                 for frame in frames {
-                    if tx.send(Ok(frame)).await.is_err() {
-                        return;
-                    }
-                }
-                for (seq, frame) in start.backlog {
-                    last = seq;
                     if tx.send(Ok(frame)).await.is_err() {
                         return;
                     }
