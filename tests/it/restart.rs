@@ -12,6 +12,27 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 
 use crate::support::*;
 
+/// Writes `rules` and a configuration for the real binary under `dir`: free loopback ports,
+/// JSON logs, `sections` (TOML tables), and a webhook actuator `flags` on `server` (with its
+/// read-back when `read_back`).
+fn write_config(dir: &std::path::Path, rules: &str, server: &FlagServer, sections: &str, read_back: bool) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(dir.join("rules/r.yaml"), rules).unwrap();
+    let read_back = if read_back { format!("[actuators.flags.read_back]\nurl = \"{}\"\npointer = \"/enabled\"\n", server.url()) } else { String::new() };
+    let config = dir.join("flagguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\nrules_dir = \"{rules}\"\n[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{sections}[actuators.flags]\ntype = \"webhook\"\nurl = \"{url}\"\n{read_back}",
+            data = dir.join("data").display(),
+            rules = dir.join("rules").display(),
+            url = server.url()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Starts the real binary and returns it with its OTLP gRPC address (read from its JSON log).
 fn spawn(config: &std::path::Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flagguard"))
@@ -42,38 +63,7 @@ async fn a_kill_decided_before_a_crash_completes_once_after_restart() {
     server.status.store(503, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let rules = "rules:\n  - name: crashy\n    flag: checkout-crash\n    treatment: \"on\"\n    control: \"off\"\n    where: { service: payments }\n    when: [ { error_rate: { above: 0.1 } } ]\n    window: 1m\n    min_samples: 30\n    action: { kill: flags }\n    mode: enforce\n";
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/r.yaml"), rules).unwrap();
-    let config = dir.path().join("flagguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"data_dir = "{data}"
-rules_dir = "{rules}"
-[otlp]
-grpc_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-[api]
-listen = "127.0.0.1:0"
-[log]
-format = "json"
-[act]
-initial_backoff = "200ms"
-max_backoff = "400ms"
-max_attempts = 1000
-[actuators.flags]
-type = "webhook"
-url = "{url}"
-[actuators.flags.read_back]
-url = "{url}"
-pointer = "/enabled"
-"#,
-            data = dir.path().join("data").display(),
-            rules = dir.path().join("rules").display(),
-            url = server.url()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), rules, &server, "[act]\ninitial_backoff = \"200ms\"\nmax_backoff = \"400ms\"\nmax_attempts = 1000\n", true);
 
     let (mut first, grpc) = spawn(&config);
     let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.unwrap();
@@ -169,19 +159,7 @@ async fn the_evidence_and_the_for_clock_survive_a_graceful_restart() {
 async fn a_crash_loses_at_most_the_checkpoint_interval() {
     let server = FlagServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/r.yaml"), SLOW_RULE).unwrap();
-    let config = dir.path().join("flagguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{data}\"\nrules_dir = \"{rules}\"\n[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[state]\ncheckpoint_interval = \"1s\"\n[aggregate]\nsnapshot_interval = \"200ms\"\n[actuators.flags]\ntype = \"webhook\"\nurl = \"{url}\"\n",
-            data = dir.path().join("data").display(),
-            rules = dir.path().join("rules").display(),
-            url = server.url()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), SLOW_RULE, &server, "[state]\ncheckpoint_interval = \"1s\"\n[aggregate]\nsnapshot_interval = \"200ms\"\n", false);
     let (mut first, grpc) = spawn(&config);
     let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.unwrap();
     client.export(breaching_traffic()).await.unwrap();
