@@ -88,6 +88,9 @@ pub enum ActionState {
     Restored,
     /// A rollout change or restore overtaken by a kill of its target.
     Superseded,
+    /// A compare-and-set rollout change found the flag not at the expected percentage:
+    /// nothing was changed (an answer, not an escalation).
+    Refused,
 }
 
 use ActionState::*;
@@ -95,13 +98,15 @@ use ActionState::*;
 /// Every allowed move, and only those. A call's outcome: `Pending` (or `Superseded` while its
 /// call was in flight) → `Sent` / `Confirmed` / `Escalated`. Verification: `Sent` /
 /// `Confirmed` → `Drained` / `Escalated` / `Unverified`, `Drained` → `Recovered` / `Failed`.
-/// Drift: `Confirmed` / `Drained` / `Recovered` → `Overridden`. A restore ends every state
+/// Drift: `Confirmed` / `Drained` / `Recovered` → `Overridden`. A compare-and-set rollout
+/// whose flag is not at the expected percentage: `Pending` → `Refused`. A restore ends every state
 /// that still holds the flag off ([`HOLDING`]). A kill supersedes a pending rollout or restore.
 pub const TRANSITIONS: &[(ActionState, ActionState)] = &[
     (Pending, Sent),
     (Pending, Confirmed),
     (Pending, Escalated),
     (Pending, Superseded),
+    (Pending, ActionState::Refused),
     (Superseded, Sent),
     (Superseded, Confirmed),
     (Superseded, Escalated),
@@ -130,7 +135,8 @@ pub const TRANSITIONS: &[(ActionState, ActionState)] = &[
 pub const HOLDING: &[ActionState] = &[Sent, Confirmed, Drained, Recovered, Failed, Unverified, Escalated, Overridden];
 
 /// Every state, for parsing and tests.
-pub const ALL: &[ActionState] = &[Pending, Sent, Confirmed, Drained, Recovered, Failed, Unverified, Escalated, Overridden, Restored, Superseded];
+pub const ALL: &[ActionState] =
+    &[Pending, Sent, Confirmed, Drained, Recovered, Failed, Unverified, Escalated, Overridden, Restored, Superseded, ActionState::Refused];
 
 impl ActionState {
     pub fn as_str(self) -> &'static str {
@@ -146,6 +152,7 @@ impl ActionState {
             Overridden => "overridden",
             Restored => "restored",
             Superseded => "superseded",
+            ActionState::Refused => "refused",
         }
     }
 
@@ -201,6 +208,11 @@ pub enum Refused {
     Killed { id: i64 },
     /// What was asked cannot be restored (not a kill, never reached the flag system…).
     NotRestorable(String),
+    /// The caller's idempotency key already made this action (for the same change): the
+    /// change is made once; the caller follows that action.
+    SameKey { id: i64 },
+    /// The caller's idempotency key already made an action for another change.
+    KeyReused { id: i64 },
 }
 
 impl fmt::Display for Refused {
@@ -209,6 +221,8 @@ impl fmt::Display for Refused {
             Refused::Pending { id, kind } => write!(f, "action {id} ({kind}) is still pending for this target"),
             Refused::Killed { id } => write!(f, "the flag is killed (action {id}); restore it before changing its rollout"),
             Refused::NotRestorable(why) => f.write_str(why),
+            Refused::SameKey { id } => write!(f, "this idempotency key already made action {id}"),
+            Refused::KeyReused { id } => write!(f, "this idempotency key already made action {id} for another change (another target or kind); use a new key"),
         }
     }
 }

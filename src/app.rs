@@ -298,6 +298,7 @@ impl App {
                 clock: clock.clone(),
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
+                flag_systems: actuators.clone(),
                 tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
                 lease,
             },

@@ -100,7 +100,8 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
-    /// Flag hygiene: `flags stale` lists removal candidates known to a running daemon.
+    /// Flags for pipelines and hygiene: `flags get`, `flags set-rollout` (compare-and-set),
+    /// `flags stale` (removal candidates).
     Flags {
         #[command(subcommand)]
         command: FlagsCommand,
@@ -162,8 +163,76 @@ enum StoreCommand {
     },
 }
 
+/// A flag in one environment (and region).
+#[derive(clap::Args)]
+struct FlagArgs {
+    /// Flag key.
+    flag: String,
+    /// Environment (telemetry name; the actuator maps it to the flag system's).
+    #[arg(long = "env", alias = "environment")]
+    environment: String,
+    #[arg(long)]
+    region: Option<String>,
+    /// Default: the only configured actuator.
+    #[arg(long)]
+    actuator: Option<String>,
+}
+
+impl FlagArgs {
+    fn target(self) -> flagguard::cli::flags::FlagTarget {
+        flagguard::cli::flags::FlagTarget { flag: self.flag, environment: self.environment, region: self.region, actuator: self.actuator }
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum FlagsCommand {
+    /// The flag's state in the flag system (enabled, rollout, variants), whether flagguard
+    /// holds it killed, and its pending actions (exit 0; 3 when it cannot be read).
+    Get {
+        #[command(flatten)]
+        target: FlagArgs,
+        /// Read the flag system directly with this configuration's actuator (read-only; no
+        /// daemon needed, so what flagguard holds is not shown).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sets the rollout percentage through the daemon (audited), waiting for the outcome: exit
+    /// 0 changed, 1 refused (not at --expect, another action pending, killed), 2 still pending
+    /// after --wait, 3 error.
+    SetRollout {
+        #[command(flatten)]
+        target: FlagArgs,
+        /// The new percentage (0–100).
+        #[arg(long, required_unless_present = "by", conflicts_with = "by")]
+        percent: Option<f64>,
+        /// Compare-and-set: change only if the flag is at this percentage now.
+        #[arg(long, conflicts_with = "by")]
+        expect: Option<f64>,
+        /// Widen (or narrow, negative) by this many points from the percentage read now, as a
+        /// compare-and-set from it; capped to 0–100.
+        #[arg(long, allow_hyphen_values = true)]
+        by: Option<f64>,
+        /// The same key again changes the flag once (a retried pipeline step).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Recorded in the audit log (default: the change itself).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Flags that served one variant to all traffic for `--single-variant-for`, or were not
     /// evaluated for `--unused-for` (exit 0; 3 on a usage or connection error).
     Stale {
@@ -192,6 +261,22 @@ fn main() {
         Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
         Command::Gate { flag, environment, region, variant, min_healthy, wait, server, token, json } => runtime()
             .block_on(flagguard::cli::gate::run(flagguard::cli::gate::GateArgs { flag, environment, region, variant, min_healthy, wait, server, token, json })),
+        Command::Flags { command: FlagsCommand::Get { target, config, server, token, json } } => {
+            let source = match config {
+                Some(path) => flagguard::cli::flags::Source::Config(path),
+                None => flagguard::cli::flags::Source::Daemon { server, token },
+            };
+            runtime().block_on(flagguard::cli::flags::get(&target.target(), &source, json))
+        }
+        Command::Flags { command: FlagsCommand::SetRollout { target, percent, expect, by, idempotency_key, reason, wait, server, token, json } } => {
+            use flagguard::cli::flags::Change;
+            let change = match (by, percent) {
+                (Some(step), _) => Change::By(step),
+                (None, percent) => Change::To { percent: percent.unwrap_or_default(), expect },
+            };
+            let args = flagguard::cli::flags::SetRollout { target: target.target(), change, idempotency_key, reason, wait };
+            runtime().block_on(flagguard::cli::flags::set_rollout(&args, &server, token.as_deref(), json))
+        }
         Command::Flags { command: FlagsCommand::Stale { single_variant_for, unused_for, server, token, json } } => {
             runtime().block_on(flagguard::cli::flags::stale(&server, token.as_deref(), &single_variant_for, &unused_for, json))
         }

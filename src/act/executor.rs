@@ -248,8 +248,11 @@ impl Executor {
         let timeout = self.settings.timeout;
         let timed_out = || ActError::transient(format!("timed out after {timeout:?}"));
         let widened = prepare(actuator, request)?;
-        let saved = match request.kind {
-            ActionKind::Kill => tokio::time::timeout(timeout, self.saved_state(actuator, row, request)).await.map_err(|_| timed_out())??,
+        let saved = match request.payload()? {
+            Payload::Kill { .. } => tokio::time::timeout(timeout, self.saved_state(actuator, row, request)).await.map_err(|_| timed_out())??,
+            Payload::Rollout { expect: Some(expected), strict: true, .. } => {
+                tokio::time::timeout(timeout, self.compared(actuator, row, request, expected)).await.map_err(|_| timed_out())??
+            }
             _ => None,
         };
         let mut called = tokio::time::timeout(timeout, call(actuator, request, &row.idempotency_key)).await.map_err(|_| timed_out())??;
@@ -280,6 +283,32 @@ impl Executor {
         match saved {
             Ok(Ok(saved)) => Ok(Some(saved)),
             other => Err(ActError::transient(format!("cannot store the state before the kill: {:?}", other.map(|r| r.err())))),
+        }
+    }
+
+    /// Compare-and-set, once per action: before its first call the flag must be at exactly
+    /// `expected` (else `refused`); the percentage it was at is stored before the call, so a
+    /// retry after a lost answer (which reads the new percentage) is not refused.
+    async fn compared(&self, actuator: &dyn Actuator, row: &ActionRow, request: &ActionRequest, expected: f64) -> Result<Option<serde_json::Value>, ActError> {
+        if let Some(saved) = &row.saved {
+            return Ok(Some(saved.clone()));
+        }
+        let now = actuator.read(request).await?;
+        if now.killed == Some(true) {
+            return Err(ActError::Refused(format!("the flag is off in the flag system, not at the expected {expected} %")));
+        }
+        match now.rollout {
+            None => return Err(ActError::Permanent("the flag system does not report a rollout percentage: compare-and-set cannot be checked".into())),
+            Some(seen) if (seen - expected).abs() > 0.001 => {
+                return Err(ActError::Refused(format!("the rollout is {seen} %, not the expected {expected} %; nothing was changed")));
+            }
+            Some(_) => {}
+        }
+        let saved = json!({ "rollout": now.rollout, "serving": true });
+        let (outbox, id, value) = (self.outbox.clone(), row.id, saved.clone());
+        match tokio::task::spawn_blocking(move || outbox.save_snapshot(id, &value)).await {
+            Ok(Ok(())) => Ok(Some(saved)),
+            other => Err(ActError::transient(format!("cannot store the compared state: {:?}", other.map(|r| r.err())))),
         }
     }
 
@@ -340,6 +369,12 @@ impl Executor {
                     Some(done.result.clone()),
                 )
             }
+            Err(e @ ActError::Refused(_)) => (
+                ActionState::Refused,
+                Some(e.to_string()),
+                AuditEntry { kind: format!("{kind}_refused"), after: Some(json!({ "error": e.to_string(), "attempts": attempts })), ..base.clone() },
+                None,
+            ),
             Err(e) => (
                 ActionState::Escalated,
                 Some(e.to_string()),
@@ -349,6 +384,7 @@ impl Executor {
         };
         match &result {
             Ok(done) => tracing::info!(action = row.id, target = %row.target, attempts, state = %state, widened = done.widened.is_some(), "action done"),
+            Err(e @ ActError::Refused(_)) => tracing::info!(action = row.id, target = %row.target, error = %e, "compare-and-set refused"),
             Err(e) => {
                 Metrics::count(&self.metrics.actuator_errors, &[("actuator", request.map_or("", |r| r.actuator.as_str())), ("class", "permanent")]);
                 tracing::error!(action = row.id, target = %row.target, attempts, error = %e, "action escalated")
@@ -371,6 +407,8 @@ impl Executor {
                 describe(r),
                 done.widened.as_ref().map(|w| format!("; WIDENED to the whole environment: {w}")).unwrap_or_default()
             )),
+            // The caller asked and is answered; nobody else needs telling.
+            (Some(_), Err(ActError::Refused(_))) => None,
             (Some(r), Err(e)) => Some(format!("ESCALATION: flagguard could not {} {} (action {id}): {e}", r.kind.as_str(), describe(r))),
             _ => None,
         };
@@ -502,20 +540,20 @@ pub async fn call(actuator: &dyn Actuator, request: &ActionRequest, key: &str) -
         Payload::Kill { .. } => actuator.kill(request, key).await?,
         Payload::Notify { .. } => return Err(ActError::Permanent("a notification is not a flag-system call".into())),
         Payload::Restore { .. } => actuator.restore(request, key).await?,
-        Payload::Rollout { percent, expect } => {
+        Payload::Rollout { percent, expect, strict } => {
             if let Some(expected) = expect {
-                // Read before write: a plan never overwrites someone else's change.
+                // Read before write: a plan never overwrites someone else's change (nor does a
+                // compare-and-set whose flag moved since it was compared: refused).
                 let now = actuator.read(request).await?;
+                let refuse = |message: String| if strict { ActError::Refused(message) } else { ActError::Permanent(format!("drift: {message}")) };
                 if now.killed == Some(true) {
-                    return Err(ActError::Permanent("drift: the flag is off in the flag system; a plan does not turn it back on".into()));
+                    return Err(refuse("the flag is off in the flag system; a rollout change does not turn it back on".into()));
                 }
                 if let Some(seen) = now.rollout
                     && (seen - expected).abs() > 0.001
                     && (seen - percent).abs() > 0.001
                 {
-                    return Err(ActError::Permanent(format!(
-                        "drift: the rollout is {seen} %, the plan expected {expected} % (changed outside flagguard?); not overwriting"
-                    )));
+                    return Err(refuse(format!("the rollout is {seen} %, {expected} % was expected (changed outside flagguard?); not overwriting")));
                 }
             }
             actuator.set_rollout(request, percent, key).await?

@@ -322,6 +322,7 @@ impl Actuator for FlagdFile {
         Ok(FlagState {
             killed: Some(is_killed(&doc, &request.flag, &self.off(request), condition.as_ref())),
             rollout: fractional_share(&def, &request.treatment),
+            variants: Vec::new(),
             detail: def,
         })
     }

@@ -229,7 +229,12 @@ impl Actuator for Flagsmith {
             })
             .unwrap_or_default();
         let killed = enabled.map(|e| !e && overrides.is_empty());
-        Ok(FlagState { killed, rollout: None, detail: json!({ "enabled": enabled, "id": state.get("id"), "enabled_overrides": overrides }) })
+        Ok(FlagState {
+            killed,
+            rollout: None,
+            variants: Vec::new(),
+            detail: json!({ "enabled": enabled, "id": state.get("id"), "enabled_overrides": overrides }),
+        })
     }
 }
 

@@ -84,6 +84,7 @@ fn with_context(system: &str, method: &Method, path: &str, error: ActError) -> A
     match error {
         ActError::Transient { message, retry_after } => ActError::Transient { message: format!("{system} {method} {path}: {message}"), retry_after },
         ActError::Permanent(message) => ActError::Permanent(format!("{system} {method} {path}: {message}")),
+        refused @ ActError::Refused(_) => refused,
     }
 }
 

@@ -194,6 +194,7 @@ impl Actuator for LaunchDarkly {
         Ok(FlagState {
             killed: is_on(&flag, &env).map(|on| !on),
             rollout,
+            variants: Vec::new(),
             detail: json!({ "environment": env, "on": is_on(&flag, &env), "version": flag.get("_version") }),
         })
     }

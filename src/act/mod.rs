@@ -42,6 +42,10 @@ pub enum ActError {
     /// Retrying cannot help (4xx, bad configuration, inexpressible slice): escalate.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A compare-and-set change found the flag in another state than expected: nothing was
+    /// changed, and nothing is escalated (the caller is told; `refused`).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl ActError {
@@ -90,6 +94,11 @@ pub struct ActionRequest {
     /// anything else means someone changed it outside flagguard: refused, never overwritten.
     #[serde(default)]
     pub expect_rollout: Option<f64>,
+    /// Compare-and-set (`flags set-rollout --expect`): the first attempt requires the flag at
+    /// exactly `expect_rollout`, and anything else ends the action `refused`. Without it (a
+    /// plan's step) the target percentage, already reached, is accepted too.
+    #[serde(default)]
+    pub compare_and_set: bool,
     /// Operator actions: who and why.
     #[serde(default)]
     pub actor: Option<String>,
@@ -120,6 +129,7 @@ impl ActionRequest {
             widen: false,
             auto_restore_ms: None,
             expect_rollout: None,
+            compare_and_set: false,
             actor: None,
             reason: None,
         }
@@ -164,8 +174,9 @@ pub enum Payload<'a> {
     /// Return the target to the state its kill saved (`None`: nothing saved, the actuator
     /// decides).
     Restore { saved: Option<&'a Value> },
-    /// Set the rollout to `percent` (0–100), only from `expect` when a plan sets it.
-    Rollout { percent: f64, expect: Option<f64> },
+    /// Set the rollout to `percent` (0–100), only from `expect` when a plan sets it (or an
+    /// operator's compare-and-set: `strict`).
+    Rollout { percent: f64, expect: Option<f64>, strict: bool },
     /// Tell the on-call.
     Notify { text: &'a str },
 }
@@ -183,6 +194,7 @@ impl ActionRequest {
                     .filter(|p| (0.0..=100.0).contains(p))
                     .ok_or_else(|| ActError::Permanent(format!("rollout {:?} is not in 0–100", self.percent)))?,
                 expect: self.expect_rollout,
+                strict: self.compare_and_set && self.expect_rollout.is_some(),
             },
             ActionKind::Notify => Payload::Notify { text: self.text.as_deref().ok_or_else(|| ActError::Permanent("a notification without text".into()))? },
         })
@@ -212,14 +224,35 @@ pub struct FlagState {
     pub killed: Option<bool>,
     /// The rollout percentage serving the cohort, when the flag system has one.
     pub rollout: Option<f64>,
+    /// The variant split serving the cohort (percent of the rollout each), where the flag
+    /// system has one; empty when it has none or cannot say.
+    pub variants: Vec<VariantWeight>,
     /// The raw state, for the audit log.
     pub detail: Value,
+}
+
+/// One variant of a split and its share (0–100 %).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantWeight {
+    pub name: String,
+    pub percent: f64,
 }
 
 impl FlagState {
     /// A flag system that cannot be read back.
     pub fn unknown() -> FlagState {
-        FlagState { killed: None, rollout: None, detail: Value::Null }
+        FlagState { killed: None, rollout: None, variants: Vec::new(), detail: Value::Null }
+    }
+
+    /// What `flags get` and drift checks show of it.
+    pub fn view(&self) -> Value {
+        json!({
+            "readable": self.killed.is_some() || self.rollout.is_some(),
+            "enabled": self.killed.map(|k| !k),
+            "rollout": self.rollout,
+            "variants": self.variants,
+            "detail": self.detail,
+        })
     }
 }
 
@@ -311,7 +344,7 @@ mod tests {
     #[test]
     fn a_stored_request_its_kind_cannot_carry_out_is_a_permanent_failure() {
         let rollout = |percent| ActionRequest { percent, ..ActionRequest::new(ActionKind::Rollout, "flags", "f") };
-        assert_eq!(rollout(Some(25.0)).payload().unwrap(), Payload::Rollout { percent: 25.0, expect: None });
+        assert_eq!(rollout(Some(25.0)).payload().unwrap(), Payload::Rollout { percent: 25.0, expect: None, strict: false });
         for bad in [None, Some(-1.0), Some(100.5)] {
             assert!(matches!(rollout(bad).payload(), Err(ActError::Permanent(_))), "{bad:?}");
         }

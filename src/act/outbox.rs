@@ -288,6 +288,13 @@ impl Outbox {
     /// change is refused while another action is pending for the target or a kill holds the
     /// flag off. Returns the action, or why it was refused.
     pub fn operator(&self, request: &ActionRequest, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {
+        self.operator_keyed(request, None, at)
+    }
+
+    /// [`Outbox::operator`] with the caller's idempotency key: the same key again answers
+    /// [`Refused::SameKey`] with the action it made (the change is made once), and a key used
+    /// for another change [`Refused::KeyReused`].
+    pub fn operator_keyed(&self, request: &ActionRequest, client_key: Option<&str>, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {
         let target = request.target();
         let kind = request.kind.as_str();
         let audit = AuditEntry {
@@ -299,7 +306,10 @@ impl Outbox {
             evidence: Some(request.evidence.clone()),
             ..AuditEntry::default()
         };
-        let key = idempotency_key(&format!("{kind}|{target}"), at);
+        let key = match client_key {
+            Some(client) => format!("{}{client}", crate::store::CLIENT_KEY),
+            None => idempotency_key(&format!("{kind}|{target}"), at),
+        };
         let value = to_json(request);
         let action = NewAction { target: &target, kind: request.kind, request: &value, idempotency_key: &key, slice_key: "", automatic: false, audit: &audit };
         if request.kind == ActionKind::Kill {

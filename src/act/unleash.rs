@@ -199,6 +199,15 @@ fn rollout_of(strategy: &Value) -> Option<f64> {
     }
 }
 
+/// A strategy's variant split; Unleash weighs variants out of 1000.
+fn variants_of(strategy: &Value) -> Vec<super::VariantWeight> {
+    let variants = strategy.get("variants").and_then(Value::as_array).map(|v| v.as_slice()).unwrap_or_default();
+    variants
+        .iter()
+        .filter_map(|v| Some(super::VariantWeight { name: v.get("name")?.as_str()?.to_owned(), percent: v.get("weight")?.as_f64()? / 10.0 }))
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl Actuator for Unleash {
     fn unexpressible(&self, scope: &[(String, String)]) -> Option<String> {
@@ -309,8 +318,10 @@ impl Actuator for Unleash {
         let path = self.env_path(request)?;
         let state = self.state(&path).await?;
         let cohort = self.cohort(request)?;
-        let rollout = rollout_strategy(&state, &cohort).ok().and_then(rollout_of);
-        Ok(FlagState { killed: Some(cohort_off(&state, &cohort)), rollout, detail: state })
+        let strategy = rollout_strategy(&state, &cohort).ok();
+        let rollout = strategy.and_then(rollout_of);
+        let variants = strategy.map(variants_of).unwrap_or_default();
+        Ok(FlagState { killed: Some(cohort_off(&state, &cohort)), rollout, variants, detail: state })
     }
 }
 

@@ -308,7 +308,7 @@ impl Actuator for Webhook {
         let answer: Value = serde_json::from_str(&text).map_err(|e| ActError::Permanent(format!("read back: the answer is not JSON ({e})")))?;
         let value = answer.pointer(&rb.pointer).ok_or_else(|| ActError::Permanent(format!("read back: the answer has nothing at {}", rb.pointer)))?;
         let rollout = rb.rollout_pointer.as_deref().and_then(|p| answer.pointer(p)).and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()));
-        Ok(FlagState { killed: Some(*value == rb.killed_value), rollout, detail: answer })
+        Ok(FlagState { killed: Some(*value == rb.killed_value), rollout, variants: Vec::new(), detail: answer })
     }
 }
 

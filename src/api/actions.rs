@@ -90,7 +90,9 @@ pub async fn restore(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    pub actuator: String,
+    /// Default: the only configured actuator.
+    #[serde(default)]
+    pub actuator: Option<String>,
     #[serde(default)]
     pub environment: Option<String>,
     #[serde(default)]
@@ -104,20 +106,40 @@ pub struct Target {
     /// Rollout only: 0–100.
     #[serde(default)]
     pub percent: Option<f64>,
+    /// Rollout only, compare-and-set: the percentage the flag must be at now; anything else
+    /// ends the action `refused`, with nothing changed.
+    #[serde(default)]
+    pub expect: Option<f64>,
+    /// Rollout only: the caller's key; the same key again changes the flag once (the answer
+    /// names the action the first request made).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     pub reason: String,
     #[serde(default)]
     pub actor: Option<String>,
 }
 
 fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target, actor: String) -> Result<ActionRequest, ApiError> {
-    if !s.actuators.contains(&t.actuator) {
-        return Err(ApiError::BadRequest(format!("actuator {:?} is not configured", t.actuator)));
-    }
+    let actuator = match &t.actuator {
+        Some(name) if s.actuators.contains(name) => name.clone(),
+        Some(name) => return Err(ApiError::BadRequest(format!("actuator {name:?} is not configured"))),
+        None if s.actuators.len() == 1 => s.actuators.iter().next().cloned().unwrap_or_default(),
+        None => return Err(ApiError::BadRequest(format!("give the actuator: one of {:?}", s.actuators))),
+    };
     if t.reason.trim().is_empty() {
         return Err(ApiError::BadRequest("a reason is required".into()));
     }
     if kind == ActionKind::Rollout && !t.percent.is_some_and(|p| (0.0..=100.0).contains(&p)) {
         return Err(ApiError::BadRequest(format!("percent must be in 0–100, got {:?}", t.percent)));
+    }
+    if t.expect.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+        return Err(ApiError::BadRequest(format!("expect must be in 0–100, got {:?}", t.expect)));
+    }
+    if kind != ActionKind::Rollout && (t.expect.is_some() || t.idempotency_key.is_some()) {
+        return Err(ApiError::BadRequest("expect and idempotency_key are for rollout changes".into()));
+    }
+    if t.idempotency_key.as_deref().is_some_and(|k| k.is_empty() || k.len() > 200) {
+        return Err(ApiError::BadRequest("idempotency_key must be 1–200 characters".into()));
     }
     Ok(ActionRequest {
         treatment: t.treatment.clone().unwrap_or_default(),
@@ -126,30 +148,39 @@ fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target, acto
         region: t.region.clone(),
         scope: t.region.iter().map(|r| ("region".to_owned(), r.clone())).collect(),
         percent: t.percent.filter(|_| kind == ActionKind::Rollout),
+        expect_rollout: t.expect,
+        compare_and_set: t.expect.is_some(),
         actor: Some(actor),
         reason: Some(t.reason.clone()),
         evidence: json!({ "manual": true, "reason": t.reason }),
-        ..ActionRequest::new(kind, &t.actuator, flag)
+        ..ActionRequest::new(kind, &actuator, flag)
     })
 }
 
-async fn queue(s: &ApiState, request: ActionRequest) -> Result<Response, ApiError> {
+/// Queues an operator's action: 202 with the new action, 200 with the action an earlier
+/// request with the same idempotency key made, 409 with why it was refused.
+async fn queue(s: &ApiState, request: ActionRequest, client_key: Option<String>) -> Result<Response, ApiError> {
     let now = s.clock.now();
     let outbox = s.outbox.clone();
-    let outcome = blocking(move || outbox.operator(&request, now)).await??;
-    let id = outcome.map_err(|r| ApiError::Conflict(r.to_string()))?;
+    let outcome = blocking(move || outbox.operator_keyed(&request, client_key.as_deref(), now)).await??;
+    let id = match outcome {
+        Ok(id) => id,
+        Err(crate::action::Refused::SameKey { id }) => return Ok(Json(json!({ "action": id, "status": "existing" })).into_response()),
+        Err(refused) => return Err(ApiError::Conflict(refused.to_string())),
+    };
     s.wake.notify_one();
-    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "action": id }))).into_response())
+    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "action": id, "status": "queued" }))).into_response())
 }
 
 /// `POST /v1/flags/{flag}/kill`: a manual kill, through the outbox like an automatic one.
 pub async fn kill(State(s): State<ApiState>, caller: Option<Extension<Caller>>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
     let request = operator_request(&s, ActionKind::Kill, &flag, &t, actor(caller, t.actor.clone()))?;
-    queue(&s, request).await
+    queue(&s, request, None).await
 }
 
 /// `POST /v1/flags/{flag}/rollout`: set the rollout percentage (refused while the flag is
-/// killed; a later kill supersedes it while pending).
+/// killed; a later kill supersedes it while pending), compare-and-set with `expect`, once per
+/// `idempotency_key`.
 pub async fn rollout(
     State(s): State<ApiState>,
     caller: Option<Extension<Caller>>,
@@ -157,7 +188,7 @@ pub async fn rollout(
     Json(t): Json<Target>,
 ) -> Result<Response, ApiError> {
     let request = operator_request(&s, ActionKind::Rollout, &flag, &t, actor(caller, t.actor.clone()))?;
-    queue(&s, request).await
+    queue(&s, request, t.idempotency_key.clone()).await
 }
 
 /// `POST /v1/flags/{flag}/restore`: body of [`FlagRestore`].

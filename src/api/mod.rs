@@ -20,6 +20,7 @@ pub mod alerts;
 pub mod auth;
 pub mod controls;
 pub mod dashboard;
+pub mod flags;
 pub mod gates;
 pub mod rollouts;
 
@@ -89,6 +90,9 @@ pub struct ApiState {
     /// Wakes the executor after an operator action is queued.
     pub wake: Arc<tokio::sync::Notify>,
     pub actuators: std::collections::BTreeSet<String>,
+    /// The actuators, for reads (`GET /v1/flags/{flag}/state`); every change goes through the
+    /// outbox.
+    pub flag_systems: std::collections::HashMap<String, Arc<dyn crate::act::Actuator>>,
     pub tokens: auth::Tokens,
     /// Cluster mode: this replica's lease (`GET /v1/cluster`).
     pub lease: Option<Arc<crate::cluster::lease::Lease>>,
@@ -120,6 +124,7 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/{flag}/kill", post(actions::kill))
         .route("/v1/flags/{flag}/rollout", post(actions::rollout))
         .route("/v1/flags/{flag}/restore", post(actions::restore_flag))
+        .route("/v1/flags/{flag}/state", get(flags::state))
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))

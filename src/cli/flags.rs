@@ -1,10 +1,26 @@
-//! `flagguard flags stale`: flag hygiene from a running daemon (`GET /v1/flags/stale`) — flags
-//! that served a single variant to all traffic for a long time, or that nothing evaluated for a
-//! long time: candidates for removal.
+//! `flagguard flags …`: flags for pipelines and hygiene.
+//! - `flags get`: a flag's state in the flag system with what flagguard holds on it (through
+//!   the daemon, `GET /v1/flags/{flag}/state`; or read-only from the configuration's
+//!   actuator with `--config`, no daemon needed).
+//! - `flags set-rollout`: a rollout change through the daemon's outbox (authenticated,
+//!   authorised, audited), compare-and-set with `--expect`, once per `--idempotency-key`; waits
+//!   for the outcome.
+//! - `flags stale`: removal candidates (`GET /v1/flags/stale`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use super::api::{Api, failure};
+
+/// Exit codes of `flags get` and `flags set-rollout`.
+pub const DONE: i32 = 0;
+/// `set-rollout`: refused (not at `--expect`, another action pending, the flag killed…): nothing
+/// was changed.
+pub const REFUSED: i32 = 1;
+/// `set-rollout`: still pending when `--wait` ran out (it may yet be carried out).
+pub const UNDECIDED: i32 = 2;
+pub const ERROR: i32 = 3;
 
 /// Prints the candidates; returns the exit code (0, or 3 on a usage or connection error).
 pub async fn stale(server: &str, token: Option<&str>, single_variant_for: &str, unused_for: &str, json: bool) -> i32 {
@@ -19,28 +35,18 @@ pub async fn stale(server: &str, token: Option<&str>, single_variant_for: &str, 
         }
         Err(e) => {
             eprintln!("flags stale: {e}");
-            super::gate::ERROR
+            ERROR
         }
     }
 }
 
 async fn ask(server: &str, token: Option<&str>, single_variant_for: &str, unused_for: &str) -> Result<Value, String> {
-    let client = crate::app::http_client(Duration::from_secs(10), std::env::var_os("FLAGGUARD_CA_FILE").as_deref().map(std::path::Path::new))
-        .map_err(|e| e.to_string())?;
-    let mut url = reqwest::Url::parse(server).map_err(|e| format!("--server {server}: {e}"))?;
-    url.path_segments_mut().map_err(|_| format!("--server {server} cannot be a base URL"))?.pop_if_empty().extend(["v1", "flags", "stale"]);
-    url.query_pairs_mut().append_pair("single_variant_for", single_variant_for).append_pair("unused_for", unused_for);
-    let mut request = client.get(url.clone());
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+    let api = Api::new(server, token)?;
+    let query = [("single_variant_for", Some(single_variant_for)), ("unused_for", Some(unused_for))];
+    match api.get(&["v1", "flags", "stale"], &query).await? {
+        (200, body) => Ok(body),
+        (status, body) => Err(failure(status, &body)),
     }
-    let response = request.send().await.map_err(|e| format!("cannot reach {url}: {e}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.map_err(|e| format!("{url}: not an answer: {e}"))?;
-    if !status.is_success() {
-        return Err(format!("{url}: HTTP {status}: {}", body["error"].as_str().unwrap_or("")));
-    }
-    Ok(body)
 }
 
 /// The human-readable table.
@@ -55,4 +61,243 @@ pub fn render(answer: &Value) -> String {
         out.push_str(&format!("{:<32} {:<15} {:<10} {:<26} {:<26} {}\n", s("flag"), s("why"), s("variant"), s("since"), s("last_evaluated"), s("owner")));
     }
     out
+}
+
+/// Which flag target a command is about.
+#[derive(Clone, Debug, Default)]
+pub struct FlagTarget {
+    pub flag: String,
+    pub environment: String,
+    pub region: Option<String>,
+    pub actuator: Option<String>,
+}
+
+/// Where `flags get` reads from: the daemon, or the configuration's actuator directly.
+pub enum Source {
+    Daemon { server: String, token: Option<String> },
+    Config(std::path::PathBuf),
+}
+
+/// `flags get`: prints the state; exit 0, or 3 when it cannot be read.
+pub async fn get(target: &FlagTarget, source: &Source, json: bool) -> i32 {
+    let answer = match source {
+        Source::Daemon { server, token } => from_daemon(server, token.as_deref(), target).await,
+        Source::Config(path) => from_config(path, target).await,
+    };
+    match answer {
+        Ok(answer) if json => {
+            println!("{answer}");
+            if answer["flag_system"]["readable"] == true { DONE } else { ERROR }
+        }
+        Ok(answer) => {
+            print!("{}", render_state(&answer));
+            if answer["flag_system"]["readable"] == true { DONE } else { ERROR }
+        }
+        Err(e) => {
+            eprintln!("flags get: {e}");
+            ERROR
+        }
+    }
+}
+
+async fn from_daemon(server: &str, token: Option<&str>, t: &FlagTarget) -> Result<Value, String> {
+    let api = Api::new(server, token)?;
+    let query = [("actuator", t.actuator.as_deref()), ("environment", Some(t.environment.as_str())), ("region", t.region.as_deref())];
+    match api.get(&["v1", "flags", &t.flag, "state"], &query).await? {
+        (200, body) => Ok(body),
+        (status, body) => Err(failure(status, &body)),
+    }
+}
+
+/// Reads the flag system with the configuration's actuator: what flagguard holds on the flag
+/// is unknown without the daemon (`null`).
+async fn from_config(path: &std::path::Path, t: &FlagTarget) -> Result<Value, String> {
+    let config = crate::config::Config::load(Some(path)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let client = crate::app::http_client(config.file.act.timeout, config.file.act.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let names: Vec<&String> = config.file.actuators.keys().collect();
+    let name = match (&t.actuator, names.as_slice()) {
+        (Some(name), _) => name.clone(),
+        (None, [one]) => (*one).clone(),
+        (None, []) => return Err(format!("{}: no actuator is configured", path.display())),
+        (None, many) => return Err(format!("several actuators are configured ({many:?}): say which with --actuator")),
+    };
+    let settings = config.file.actuators.get(&name).ok_or_else(|| format!("actuator {name:?} is not configured in {}", path.display()))?;
+    let actuator = settings.build(&name, &client)?;
+    let mut request = crate::api::flags::read_request(&name, &t.flag, Some(&t.environment), t.region.as_deref());
+    crate::act::executor::prepare(actuator.as_ref(), &mut request).map_err(|e| e.to_string())?;
+    let flag_system = match actuator.read(&request).await {
+        Ok(state) => state.view(),
+        Err(e) => json!({ "readable": false, "error": e.to_string() }),
+    };
+    Ok(json!({
+        "flag": t.flag,
+        "actuator": name,
+        "environment": request.environment,
+        "region": request.region,
+        "flag_system": flag_system,
+        "killed_by_flagguard": null,
+        "pending": null,
+    }))
+}
+
+/// The human-readable state.
+pub fn render_state(a: &Value) -> String {
+    let fs = &a["flag_system"];
+    let mut out = format!(
+        "{} in {}{} via {}\n",
+        a["flag"].as_str().unwrap_or("?"),
+        a["environment"].as_str().unwrap_or("(default environment)"),
+        a["region"].as_str().map(|r| format!(" region {r}")).unwrap_or_default(),
+        a["actuator"].as_str().unwrap_or("?")
+    );
+    if fs["readable"] != true {
+        out.push_str(&format!("  flag system: cannot be read: {}\n", fs["error"].as_str().unwrap_or("it has no read-back")));
+    } else {
+        let enabled = match fs["enabled"].as_bool() {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "unknown",
+        };
+        out.push_str(&format!("  enabled: {enabled}\n"));
+        out.push_str(&format!("  rollout: {}\n", fs["rollout"].as_f64().map_or("-".into(), |p| format!("{p} %"))));
+        let variants: Vec<String> =
+            fs["variants"].as_array().into_iter().flatten().map(|v| format!("{} {} %", v["name"].as_str().unwrap_or("?"), v["percent"])).collect();
+        if !variants.is_empty() {
+            out.push_str(&format!("  variants: {}\n", variants.join(", ")));
+        }
+    }
+    match a["killed_by_flagguard"].as_array() {
+        None => out.push_str("  killed by flagguard: unknown (read without the daemon)\n"),
+        Some(kills) if kills.is_empty() => out.push_str("  killed by flagguard: no\n"),
+        Some(kills) => {
+            for k in kills {
+                out.push_str(&format!(
+                    "  killed by flagguard: action {} ({}, rule {})\n",
+                    k["action"],
+                    k["state"].as_str().unwrap_or("?"),
+                    k["rule"].as_str().unwrap_or("-")
+                ));
+            }
+        }
+    }
+    if let Some(pending) = a["pending"].as_array() {
+        for p in pending {
+            out.push_str(&format!("  pending: action {} ({})\n", p["action"], p["kind"].as_str().unwrap_or("?")));
+        }
+    }
+    out
+}
+
+/// What `flags set-rollout` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct SetRollout {
+    pub target: FlagTarget,
+    pub change: Change,
+    pub idempotency_key: Option<String>,
+    pub reason: Option<String>,
+    /// How long to wait for the outcome.
+    pub wait: Duration,
+}
+
+/// What the rollout becomes.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// `--percent P [--expect Q]`.
+    To { percent: f64, expect: Option<f64> },
+    /// `--by N`: from the percentage read now (as `--expect`) to it plus N, within 0–100.
+    By(f64),
+}
+
+impl Default for Change {
+    fn default() -> Change {
+        Change::To { percent: 0.0, expect: None }
+    }
+}
+
+/// `flags set-rollout`: queues the change and waits for its outcome; returns the exit code
+/// ([`DONE`], [`REFUSED`], [`UNDECIDED`], [`ERROR`]).
+pub async fn set_rollout(args: &SetRollout, server: &str, token: Option<&str>, json: bool) -> i32 {
+    let (code, answer) = match change(args, server, token).await {
+        Ok(done) => done,
+        Err(e) => (ERROR, json!({ "outcome": "error", "error": e })),
+    };
+    if json {
+        println!("{answer}");
+    } else if code == DONE {
+        println!("{}", answer["message"].as_str().unwrap_or(""));
+    } else {
+        eprintln!("flags set-rollout: {}", answer["message"].as_str().or(answer["error"].as_str()).unwrap_or(""));
+    }
+    code
+}
+
+async fn change(args: &SetRollout, server: &str, token: Option<&str>) -> Result<(i32, Value), String> {
+    let api = Api::new(server, token)?;
+    let t = &args.target;
+    let (percent, expect) = match args.change {
+        Change::To { percent, expect } => (percent, expect),
+        Change::By(step) => {
+            let state = from_daemon(server, token, t).await?;
+            let Some(now) = state["flag_system"]["rollout"].as_f64() else {
+                return Err(format!("--by needs the rollout now, and the flag system reports none: {}", state["flag_system"]));
+            };
+            let next = (now + step).clamp(0.0, 100.0);
+            if next == now && args.idempotency_key.is_none() {
+                let message = format!("{} in {}: already at {now} %, nothing to change", t.flag, t.environment);
+                return Ok((DONE, json!({ "outcome": "unchanged", "message": message })));
+            }
+            (next, Some(now))
+        }
+    };
+    let reason = args.reason.clone().unwrap_or_else(|| match expect {
+        Some(from) => format!("flags set-rollout {from} → {percent} %"),
+        None => format!("flags set-rollout → {percent} %"),
+    });
+    let body = json!({
+        "actuator": t.actuator,
+        "environment": t.environment,
+        "region": t.region,
+        "percent": percent,
+        "expect": expect,
+        "idempotency_key": args.idempotency_key,
+        "reason": reason,
+    });
+    let (status, answer) = api.post(&["v1", "flags", &t.flag, "rollout"], &body).await?;
+    let id = match status {
+        200 | 202 => answer["action"].as_i64().ok_or_else(|| format!("the answer names no action: {answer}"))?,
+        409 => {
+            let message = format!("refused: {}", answer["error"].as_str().unwrap_or(""));
+            return Ok((REFUSED, json!({ "outcome": "refused", "message": message })));
+        }
+        _ => return Err(failure(status, &answer)),
+    };
+    let deadline = Instant::now() + args.wait;
+    loop {
+        let (status, action) = api.get(&["v1", "actions", &id.to_string()], &[]).await?;
+        if status != 200 {
+            return Err(failure(status, &action));
+        }
+        let state = action["state"].as_str().unwrap_or("").to_owned();
+        let error = action["last_error"].as_str().unwrap_or("").to_owned();
+        let at = format!("{} in {}", t.flag, t.environment);
+        let outcome = match state.as_str() {
+            "confirmed" | "sent" => {
+                let set = action["request"]["percent"].as_f64().unwrap_or(percent);
+                Some((DONE, format!("{at}: rollout {set} % (action {id}, {state})")))
+            }
+            "refused" => Some((REFUSED, format!("refused (action {id}): {error}"))),
+            "superseded" => Some((REFUSED, format!("refused (action {id}): a kill of the flag overtook the change"))),
+            "pending" => None,
+            _ => Some((ERROR, format!("the change failed (action {id}, {state}): {error}"))),
+        };
+        if let Some((code, message)) = outcome {
+            let existing = answer["status"] == "existing";
+            return Ok((code, json!({ "outcome": state, "action": id, "existing": existing, "message": message, "error": error })));
+        }
+        if Instant::now() >= deadline {
+            let message = format!("action {id} is still pending after {:?}; it may yet be carried out (flagguard flags get shows it)", args.wait);
+            return Ok((UNDECIDED, json!({ "outcome": "pending", "action": id, "message": message })));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

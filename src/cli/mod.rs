@@ -1,6 +1,7 @@
 //! Commands other than `serve`: `check` (validate config and rules, like promtool) and `demo`
 //! (a whole rollback on embedded defaults), plus the synthetic traffic the demo drives.
 
+pub mod api;
 pub mod check;
 pub mod cluster;
 pub mod demo;

@@ -104,6 +104,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_flag ON audit(flag, id);
     CREATE INDEX audit_target ON audit(target, id);
     CREATE INDEX audit_action ON audit(action_id, id);",
+    // 10: a caller's idempotency key (`flags set-rollout --idempotency-key`) makes one action,
+    // even when two requests with it race.
+    "CREATE UNIQUE INDEX outbox_client_key ON outbox(idempotency_key) WHERE idempotency_key LIKE 'client:%';",
 ];
 
 /// The migration after which stored targets are re-derived canonically (in Rust: the target

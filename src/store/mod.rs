@@ -39,6 +39,7 @@ use serde::Serialize;
 
 use db::{Conn, Row};
 pub use fence::Fence;
+pub use outbox::CLIENT_KEY;
 pub use postgres::PgOptions;
 
 use crate::action::{ActionKind, ActionState, HOLDING, Refused, Target};

@@ -104,6 +104,14 @@ impl Store {
         let (target, audit) = (a.target, a.audit);
         let mut conn = self.lock();
         let mut tx = self.begin(&mut conn)?;
+        // A caller's key (`client:…`, unique in the outbox) makes its change once.
+        if a.idempotency_key.starts_with(CLIENT_KEY)
+            && let Some(r) = tx.query_opt("SELECT id, target, request FROM outbox WHERE idempotency_key = ?1", params![a.idempotency_key])?
+        {
+            let (id, old_target, old_request): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let same = old_target == target && serde_json::from_str::<serde_json::Value>(&old_request).ok().is_some_and(|old| same_change(&old, a.request));
+            return Ok(Err(if same { Refused::SameKey { id } } else { Refused::KeyReused { id } }));
+        }
         let pending: Option<(i64, String)> = match tx.query_opt("SELECT id, kind FROM outbox WHERE target = ?1 AND state = 'pending'", params![target])? {
             Some(r) => Some((r.get(0)?, r.get(1)?)),
             None => None,
@@ -128,7 +136,7 @@ impl Store {
                 .collect::<Result<_, rusqlite::Error>>()?;
             let wanted = Target::parse(target);
             if let Some((id, _)) = killed.iter().find(|(_, t)| Target::parse(t).covers(&wanted)) {
-                return Ok(Err(Refused::Killed { id: *id }));
+                return Ok(Err(crate::action::Refused::Killed { id: *id }));
             }
         }
         let now = audit.at.as_millis() as i64;
@@ -487,6 +495,13 @@ impl Store {
     }
 
     /// Whether an action for `target` is pending (e.g. a restore in flight).
+    /// The pending actions of a flag (every target), oldest first.
+    pub fn pending_for_flag(&self, flag: &str) -> Result<Vec<ActionRow>, StoreError> {
+        let sql = format!("{} WHERE state = 'pending' AND json_extract(request, '$.flag') = ?1 ORDER BY id", Store::ROW);
+        let rows = self.read().query(&sql, params![flag])?;
+        rows.iter().map(Store::row).collect()
+    }
+
     pub fn has_pending(&self, target: &str) -> Result<bool, StoreError> {
         Ok(self.lock().scalar::<i64>("SELECT COUNT(*) FROM outbox WHERE target = ?1 AND state = 'pending'", params![target])?.unwrap_or(0) > 0)
     }
@@ -512,4 +527,14 @@ impl Store {
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().scalar::<i64>("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", &[])?.unwrap_or(0) as u64)
     }
+}
+
+/// The prefix of idempotency keys a caller chose (`flags set-rollout --idempotency-key`).
+pub const CLIENT_KEY: &str = "client:";
+
+/// Whether two stored requests are the same step: the same kind of change (the target is
+/// compared too). A retried `set-rollout --by 5` computes its percentages anew from a flag the
+/// first attempt already moved; the key names the step, and the first attempt's change stands.
+fn same_change(old: &serde_json::Value, new: &serde_json::Value) -> bool {
+    old.get("kind") == new.get("kind")
 }

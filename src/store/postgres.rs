@@ -50,6 +50,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS outbox_one_pending_per_target ON outbox(target
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_ms);
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(kind, state);
 CREATE INDEX IF NOT EXISTS outbox_kill_flag ON outbox(kind, json_extract(request, '$.flag'));
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_client_key ON outbox(idempotency_key) WHERE idempotency_key LIKE 'client:%';
 CREATE TABLE IF NOT EXISTS rule_state (
     slice TEXT PRIMARY KEY, last_fired_ms BIGINT NOT NULL, rule TEXT, flag TEXT, held BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS alert_deliveries (

@@ -14,6 +14,7 @@ mod dashboard;
 mod deploy;
 mod docs;
 mod extraction;
+mod flag_cli;
 mod fuzz_replay;
 mod gates;
 mod kill_path;
