@@ -22,6 +22,8 @@
 //! - [`alerts`]    — alert webhooks (Alertmanager, Grafana, Datadog, New Relic, Dynatrace,
 //!   PagerDuty, generic): authentication, normalisation, mapping to flags.
 //! - [`rollout`]   — rollout plans (steps gated by the promotion gate) and flag hygiene.
+//! - [`manifest`]  — flag manifests in Git (owners, lifecycle, intended state per environment)
+//!   and drift against the flag systems.
 //! - [`controls`]  — operator controls over automatic actions (pause, allow/deny, silences).
 //! - [`store`]     — SQLite: audit log, action outbox, rule state, plans, controls.
 //! - [`api`]       — the admin HTTP API (tokens and roles), the dashboard and `/metrics`.
@@ -32,7 +34,7 @@
 //! - [`model`], [`time`], [`telemetry`], [`otel`], [`tls`] — shared vocabulary, injected time,
 //!   metrics, logs and flagguard's own traces, certificates.
 //! - [`cli`]       — the subcommands: `serve`, `check`, `demo`, `gate`, `replay`, `simulate`,
-//!   `traffic`, `flags`, `backup`.
+//!   `traffic`, `flags`, `drift`, `apply`, `backup`.
 
 pub mod act;
 pub mod action;
@@ -47,6 +49,7 @@ pub mod controls;
 pub mod correlate;
 pub mod gate;
 pub mod ingest;
+pub mod manifest;
 pub mod model;
 pub mod otel;
 pub mod pipeline;

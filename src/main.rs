@@ -54,6 +54,9 @@ enum Command {
         config: Option<PathBuf>,
         /// Rules directory (default: the configuration's rules_dir).
         rules: Option<PathBuf>,
+        /// Also validate the flag manifests in this directory.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
     },
     /// Promotion gate for CI: exit 0 promote, 1 breached (roll back), 2 not enough data, 3 error.
     Gate {
@@ -105,6 +108,42 @@ enum Command {
     Flags {
         #[command(subcommand)]
         command: FlagsCommand,
+    },
+    /// Flag manifests against the flag systems: exit 0 in sync, 1 drifted (a flagguard kill
+    /// included, reported as such), 2 cannot tell, 3 error.
+    Drift {
+        /// The manifests directory (`*.yaml`).
+        manifests: PathBuf,
+        /// Only this environment.
+        #[arg(long = "env", alias = "environment")]
+        environment: Option<String>,
+        /// Read the flag systems directly with this configuration's actuators (no daemon; its
+        /// kills are then unknown).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reconciles rollout percentages with the manifests through the daemon (compare-and-set,
+    /// audited, in promotion order, never undoing a kill): exit 0 in sync, 1 something left
+    /// drifted, 2 cannot tell, 3 error.
+    Apply {
+        manifests: PathBuf,
+        #[arg(long = "env", alias = "environment")]
+        environment: Option<String>,
+        /// How long to wait for each change's outcome.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+        server: String,
+        #[arg(long, env = "FLAGGUARD_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Simulates rollouts through the real rule engine and prints the statistics table.
     Simulate {
@@ -258,7 +297,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { config, rules } => flagguard::cli::check::run(config.as_deref(), rules),
+        Command::Check { config, rules, manifests } => flagguard::cli::check::run(config.as_deref(), rules, manifests.as_deref()),
         Command::Gate { flag, environment, region, variant, min_healthy, wait, server, token, json } => runtime()
             .block_on(flagguard::cli::gate::run(flagguard::cli::gate::GateArgs { flag, environment, region, variant, min_healthy, wait, server, token, json })),
         Command::Flags { command: FlagsCommand::Get { target, config, server, token, json } } => {
@@ -279,6 +318,16 @@ fn main() {
         }
         Command::Flags { command: FlagsCommand::Stale { single_variant_for, unused_for, server, token, json } } => {
             runtime().block_on(flagguard::cli::flags::stale(&server, token.as_deref(), &single_variant_for, &unused_for, json))
+        }
+        Command::Drift { manifests, environment, config, server, token, json } => {
+            let source = match config {
+                Some(path) => flagguard::cli::flags::Source::Config(path),
+                None => flagguard::cli::flags::Source::Daemon { server, token },
+            };
+            runtime().block_on(flagguard::cli::manifests::drift(&manifests, environment.as_deref(), &source, json))
+        }
+        Command::Apply { manifests, environment, wait, server, token, json } => {
+            runtime().block_on(flagguard::cli::manifests::apply(&manifests, environment.as_deref(), &server, token.as_deref(), wait, json))
         }
         Command::Backup { config, out } => backup(config, &out),
         Command::Cluster { command: ClusterCommand::Status { server, token, json } } => {

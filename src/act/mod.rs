@@ -4,7 +4,8 @@
 //! (rule decisions, alerts, operators, plans, verification, drift, notifications); the
 //! [`executor`] carries them out with retries ([`retry`]) and reads each result back;
 //! [`verify`] watches a confirmed kill's cohort drain and its SLI recover; [`notify`] delivers
-//! notifications (not an actuator: it changes no flag).
+//! notifications (not an actuator: it changes no flag); [`read`] is a flag as pipelines and
+//! drift checks see it.
 //!
 //! Invariants: a kill is in the outbox before any call; only transient failures (5xx, 429,
 //! timeouts, connection errors) are retried, with capped jittered backoff and a bounded number
@@ -20,6 +21,7 @@ pub mod launchdarkly;
 pub mod notify;
 pub mod outbox;
 pub mod providers;
+pub mod read;
 pub mod retry;
 pub mod unleash;
 pub mod verify;
@@ -242,17 +244,6 @@ impl FlagState {
     /// A flag system that cannot be read back.
     pub fn unknown() -> FlagState {
         FlagState { killed: None, rollout: None, variants: Vec::new(), detail: Value::Null }
-    }
-
-    /// What `flags get` and drift checks show of it.
-    pub fn view(&self) -> Value {
-        json!({
-            "readable": self.killed.is_some() || self.rollout.is_some(),
-            "enabled": self.killed.map(|k| !k),
-            "rollout": self.rollout,
-            "variants": self.variants,
-            "detail": self.detail,
-        })
     }
 }
 

@@ -1,16 +1,16 @@
 //! A flag as a pipeline sees it (`GET /v1/flags/{flag}/state`, behind `flagguard flags get`):
 //! the flag system's state of one target, read now through the configured actuator, beside
-//! what flagguard holds on it — the kills that still hold it off and the pending actions.
+//! what flagguard holds on it — the kills that still hold it off and the pending actions
+//! ([`crate::act::read::FlagView`]).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::actions::blocking;
 use super::{ApiError, ApiState};
-use crate::act::{ActionKind, ActionRequest};
+use crate::act::read::{KillRef, PendingRef, read};
 use crate::action::Target;
 
 #[derive(Deserialize, Default)]
@@ -25,18 +25,9 @@ pub struct StateQuery {
     pub region: Option<String>,
 }
 
-/// The request whose target is read: the flag in one environment (and region).
-pub fn read_request(actuator: &str, flag: &str, environment: Option<&str>, region: Option<&str>) -> ActionRequest {
-    ActionRequest {
-        environment: environment.map(str::to_owned),
-        region: region.map(str::to_owned),
-        scope: region.iter().map(|r| ("region".to_owned(), (*r).to_owned())).collect(),
-        ..ActionRequest::new(ActionKind::Rollout, actuator, flag)
-    }
-}
-
-/// `GET /v1/flags/{flag}/state?actuator=&environment=&region=`. The flag system's answer is in
-/// `flag_system` (`readable: false` with `error` when it cannot be read: the rest still stands).
+/// `GET /v1/flags/{flag}/state?actuator=&environment=&region=`: a
+/// [`crate::act::read::FlagView`]. When the flag
+/// system cannot be read, `flag_system.readable` is false with the `error`; the rest stands.
 pub async fn state(State(s): State<ApiState>, Path(flag): Path<String>, Query(q): Query<StateQuery>) -> Result<Response, ApiError> {
     let name = match q.actuator {
         Some(name) => name,
@@ -47,34 +38,25 @@ pub async fn state(State(s): State<ApiState>, Path(flag): Path<String>, Query(q)
         },
     };
     let Some(actuator) = s.flag_systems.get(&name).cloned() else { return Err(ApiError::BadRequest(format!("actuator {name:?} is not configured"))) };
-    let mut request = read_request(&name, &flag, q.environment.as_deref(), q.region.as_deref());
-    crate::act::executor::prepare(actuator.as_ref(), &mut request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), actuator.read(&request)).await;
-    let flag_system = match read {
-        Ok(Ok(state)) => state.view(),
-        Ok(Err(e)) => json!({ "readable": false, "error": e.to_string() }),
-        Err(_) => json!({ "readable": false, "error": "the flag system did not answer within 10 s" }),
-    };
+    let (mut view, request) = read(actuator.as_ref(), &name, &flag, q.environment.as_deref(), q.region.as_deref()).await;
     let store = s.store.clone();
     let wanted = flag.clone();
     let (kills, pending) = blocking(move || Ok::<_, crate::store::StoreError>((store.flag_kills(&wanted)?, store.pending_for_flag(&wanted)?))).await??;
     let here = crate::act::outbox::target_of(&request);
-    let killed_by: Vec<Value> = kills
-        .iter()
-        .filter(|k| k.state.holds() && overlaps(&Target::parse(&k.target), &here))
-        .map(|k| json!({ "action": k.id, "state": k.state, "target": k.target, "rule": k.request.get("rule") }))
-        .collect();
-    let pending: Vec<Value> = pending.iter().map(|p| json!({ "action": p.id, "kind": p.kind, "target": p.target })).collect();
-    Ok(Json(json!({
-        "flag": flag,
-        "actuator": name,
-        "environment": request.environment,
-        "region": request.region,
-        "flag_system": flag_system,
-        "killed_by_flagguard": killed_by,
-        "pending": pending,
-    }))
-    .into_response())
+    view.killed_by_flagguard = Some(
+        kills
+            .iter()
+            .filter(|k| k.state.holds() && overlaps(&Target::parse(&k.target), &here))
+            .map(|k| KillRef {
+                action: k.id,
+                state: k.state.to_string(),
+                target: k.target.clone(),
+                rule: k.request.get("rule").and_then(|r| r.as_str()).filter(|r| !r.is_empty()).map(str::to_owned),
+            })
+            .collect(),
+    );
+    view.pending = Some(pending.iter().map(|p| PendingRef { action: p.id, kind: p.kind.as_str().to_owned(), target: p.target.clone() }).collect());
+    Ok(Json(view).into_response())
 }
 
 /// A kill of one target touches another: either covers the other (a region's kill shows on its

@@ -1,12 +1,13 @@
-//! `flagguard check`: validates the configuration and the rule files, printing every error as
-//! `file:line: field: message`. Exit 0 when valid, 1 when rules are invalid, 64 for bad config.
+//! `flagguard check`: validates the configuration, the rule files and (with `--manifests`) the
+//! flag manifests, printing every error as `file:line: field: message`. Exit 0 when valid, 1
+//! when rules or manifests are invalid, 64 for bad config.
 
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 
 /// Runs the check, printing to stdout/stderr; returns the exit code.
-pub fn run(config_path: Option<&Path>, rules_dir: Option<PathBuf>) -> i32 {
+pub fn run(config_path: Option<&Path>, rules_dir: Option<PathBuf>, manifests: Option<&Path>) -> i32 {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -15,7 +16,29 @@ pub fn run(config_path: Option<&Path>, rules_dir: Option<PathBuf>) -> i32 {
         }
     };
     let dir = rules_dir.unwrap_or_else(|| config.file.rules_dir.clone());
-    match crate::rulefile::load_dir(&dir, &config.actuator_names()) {
+    let rules = rules(&config, &dir);
+    let manifests = manifests.map_or(0, |m| self::manifests(&config, m));
+    rules.max(manifests)
+}
+
+fn manifests(config: &Config, dir: &Path) -> i32 {
+    match crate::manifest::load_dir(dir, Some(&config.actuator_names())) {
+        Ok(set) => {
+            println!("{}: {} flag manifest(s) in {} file(s) OK", dir.display(), set.flags.len(), set.files.len());
+            0
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s)", errors.len());
+            1
+        }
+    }
+}
+
+fn rules(config: &Config, dir: &Path) -> i32 {
+    match crate::rulefile::load_dir(dir, &config.actuator_names()) {
         Ok(set) => {
             println!("{}: {} rule(s) in {} file(s) OK", dir.display(), set.rules.len(), set.files.len());
             for rule in &set.rules {

@@ -112,32 +112,44 @@ async fn from_daemon(server: &str, token: Option<&str>, t: &FlagTarget) -> Resul
 /// Reads the flag system with the configuration's actuator: what flagguard holds on the flag
 /// is unknown without the daemon (`null`).
 async fn from_config(path: &std::path::Path, t: &FlagTarget) -> Result<Value, String> {
-    let config = crate::config::Config::load(Some(path)).map_err(|e| format!("{}: {e}", path.display()))?;
-    let client = crate::app::http_client(config.file.act.timeout, config.file.act.ca_file.as_deref()).map_err(|e| e.to_string())?;
-    let names: Vec<&String> = config.file.actuators.keys().collect();
-    let name = match (&t.actuator, names.as_slice()) {
-        (Some(name), _) => name.clone(),
-        (None, [one]) => (*one).clone(),
-        (None, []) => return Err(format!("{}: no actuator is configured", path.display())),
-        (None, many) => return Err(format!("several actuators are configured ({many:?}): say which with --actuator")),
-    };
-    let settings = config.file.actuators.get(&name).ok_or_else(|| format!("actuator {name:?} is not configured in {}", path.display()))?;
-    let actuator = settings.build(&name, &client)?;
-    let mut request = crate::api::flags::read_request(&name, &t.flag, Some(&t.environment), t.region.as_deref());
-    crate::act::executor::prepare(actuator.as_ref(), &mut request).map_err(|e| e.to_string())?;
-    let flag_system = match actuator.read(&request).await {
-        Ok(state) => state.view(),
-        Err(e) => json!({ "readable": false, "error": e.to_string() }),
-    };
-    Ok(json!({
-        "flag": t.flag,
-        "actuator": name,
-        "environment": request.environment,
-        "region": request.region,
-        "flag_system": flag_system,
-        "killed_by_flagguard": null,
-        "pending": null,
-    }))
+    let systems = FlagSystems::from_config(path)?;
+    let view = systems.read(t.actuator.as_deref(), &t.flag, &t.environment, t.region.as_deref()).await?;
+    serde_json::to_value(view).map_err(|e| e.to_string())
+}
+
+/// The configuration's actuators, for reads without a daemon (`flags get --config`, `drift
+/// --config`).
+pub struct FlagSystems {
+    actuators: std::collections::BTreeMap<String, std::sync::Arc<dyn crate::act::Actuator>>,
+    source: String,
+}
+
+impl FlagSystems {
+    pub fn from_config(path: &std::path::Path) -> Result<FlagSystems, String> {
+        let config = crate::config::Config::load(Some(path)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let client = crate::app::http_client(config.file.act.timeout, config.file.act.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        let mut actuators = std::collections::BTreeMap::new();
+        for (name, settings) in &config.file.actuators {
+            actuators.insert(name.clone(), settings.build(name, &client).map_err(|e| format!("actuator {name}: {e}"))?);
+        }
+        Ok(FlagSystems { actuators, source: path.display().to_string() })
+    }
+
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.actuators.keys().cloned().collect()
+    }
+
+    /// Reads one target with the named actuator (default: the only one).
+    pub async fn read(&self, actuator: Option<&str>, flag: &str, environment: &str, region: Option<&str>) -> Result<crate::act::read::FlagView, String> {
+        let name = match (actuator, self.actuators.keys().collect::<Vec<_>>().as_slice()) {
+            (Some(name), _) => name.to_owned(),
+            (None, [one]) => (*one).clone(),
+            (None, []) => return Err(format!("{}: no actuator is configured", self.source)),
+            (None, many) => return Err(format!("several actuators are configured ({many:?}): say which with --actuator")),
+        };
+        let actuator = self.actuators.get(&name).ok_or_else(|| format!("actuator {name:?} is not configured in {}", self.source))?;
+        Ok(crate::act::read::read(actuator.as_ref(), &name, flag, Some(environment), region).await.0)
+    }
 }
 
 /// The human-readable state.
@@ -231,7 +243,9 @@ pub async fn set_rollout(args: &SetRollout, server: &str, token: Option<&str>, j
     code
 }
 
-async fn change(args: &SetRollout, server: &str, token: Option<&str>) -> Result<(i32, Value), String> {
+/// Queues the change and waits for its outcome: the exit code and the answer (`outcome`,
+/// `action`, `message`).
+pub async fn change(args: &SetRollout, server: &str, token: Option<&str>) -> Result<(i32, Value), String> {
     let api = Api::new(server, token)?;
     let t = &args.target;
     let (percent, expect) = match args.change {

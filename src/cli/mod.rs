@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod demo;
 pub mod flags;
 pub mod gate;
+pub mod manifests;
 pub mod replay;
 pub mod simulate;
 pub mod traffic;

@@ -29,6 +29,26 @@ fn check_accepts_the_shipped_rules() {
 }
 
 #[test]
+fn check_validates_flag_manifests_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flagguard.toml");
+    std::fs::write(&config, "[actuators.unleash]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/v1/flags/{flag}\"\n").unwrap();
+    let manifests = dir.path().join("flags");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("good.yaml"), "flags:\n  - key: a\n    lifecycle: ops\n    environments: [ { name: production, enabled: true } ]\n").unwrap();
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+    let check = || flagguard().args(["check", "--config", config.to_str().unwrap(), rules, "--manifests", manifests.to_str().unwrap()]).output().unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 flag manifest(s) in 1 file(s) OK"));
+    std::fs::write(manifests.join("bad.yaml"), "flags:\n  - key: b\n    actuator: launchdarkly\n    lifecycle: sometimes\n    environments: []\n").unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.yaml:4:") && stderr.contains("unknown variant `sometimes`"), "{stderr}");
+}
+
+#[test]
 fn bad_config_exits_64_with_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("flagguard.toml");

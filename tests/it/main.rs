@@ -18,6 +18,7 @@ mod flag_cli;
 mod fuzz_replay;
 mod gates;
 mod kill_path;
+mod manifests;
 mod node_sdk;
 mod otlp_errors;
 mod own_telemetry;

@@ -1,0 +1,189 @@
+//! Flag manifests against the real Unleash, in two environments (`staging` is Unleash's
+//! `development`): `drift` through the daemon and without it, a human's edit found and
+//! reconciled by `apply` (compare-and-set, audited with the manifest), a flagguard kill reported
+//! as expected drift and never undone, the promotion order, and a flag system that cannot be
+//! reached.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use flagguard::config::ActuatorConfig;
+use serde_json::{Value, json};
+
+use crate::support::*;
+use crate::unleash::{Unleash, actuator, rollout, unique, unleash};
+
+fn staging_is_development(server: &Unleash) -> ActuatorConfig {
+    let ActuatorConfig::Unleash(mut config) = actuator(server, "FG_TEST_UNLEASH_TOKEN") else { unreachable!() };
+    config.environments = BTreeMap::from([("staging".into(), "development".into())]);
+    ActuatorConfig::Unleash(config)
+}
+
+async fn daemon(server: &Unleash) -> Daemon {
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    config.actuators.clear();
+    config.actuators.insert("unleash".into(), staging_is_development(server));
+    Daemon::start(config, dir).await
+}
+
+fn development(server: &Unleash, flag: &str) -> String {
+    server.env_path(flag).replace("/environments/production", "/environments/development")
+}
+
+/// `flag` at 100 % in development (staging) and `production` % in production.
+async fn create(server: &Unleash, flag: &str, production: u32) {
+    server.create(flag, &[rollout(flag, production, None)]).await;
+    let (status, body) = server.admin(reqwest::Method::POST, &format!("{}/strategies", development(server, flag)), Some(rollout(flag, 100, None))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.admin(reqwest::Method::POST, &format!("{}/on", development(server, flag)), None).await;
+    assert_eq!(status, 200);
+}
+
+/// Sets the rollout of the environment's first strategy as a human would, in Unleash.
+async fn human_sets(server: &Unleash, env_path: &str, percent: u32) {
+    let state = server.admin(reqwest::Method::GET, env_path, None).await.1;
+    let id = state["strategies"][0]["id"].as_str().unwrap().to_owned();
+    let patch = json!([{ "op": "replace", "path": "/parameters/rollout", "value": percent.to_string() }]);
+    let (status, body) = server.admin(reqwest::Method::PATCH, &format!("{env_path}/strategies/{id}"), Some(patch)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn manifest(dir: &Path, flag: &str, production: u32) {
+    std::fs::write(
+        dir.join("flags.yaml"),
+        format!(
+            "flags:\n  - key: {flag}\n    owner: {{ team: payments, contact: pay@example.com }}\n    lifecycle: release\n    expires: 2027-03-31\n    environments:\n      - {{ name: staging, enabled: true, rollout: 100 }}\n      - {{ name: production, enabled: true, rollout: {production} }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Runs `flagguard ARGS… --json`; returns (exit code, the JSON answer).
+async fn run(args: &[&str]) -> (i32, Value) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flagguard")).args(args).arg("--json").output().await.unwrap();
+    let answer = serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_else(|_| json!({ "stderr": String::from_utf8_lossy(&out.stderr) }));
+    (out.status.code().unwrap_or(-1), answer)
+}
+
+fn statuses(answer: &Value) -> Vec<(String, String)> {
+    answer["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["environment"].as_str().unwrap().to_owned(), f["status"].as_str().or(f["outcome"].as_str()).unwrap().to_owned()))
+        .collect()
+}
+
+fn pair(env: &str, status: &str) -> (String, String) {
+    (env.to_owned(), status.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_finds_a_human_edit_apply_reconciles_it_and_a_kill_is_expected_drift_never_undone() {
+    let server = unleash().await;
+    let flag = unique("fg-manifest");
+    create(&server, &flag, 5).await;
+    let daemon = daemon(&server).await;
+    let api_url = format!("http://{}", daemon.addrs.api);
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("flags");
+    std::fs::create_dir_all(&manifests).unwrap();
+    manifest(&manifests, &flag, 5);
+    let m = manifests.to_str().unwrap();
+
+    let (code, answer) = run(&["drift", m, "--server", &api_url]).await;
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(statuses(&answer), [pair("staging", "in_sync"), pair("production", "in_sync")]);
+
+    // A human widens production to 25 % in Unleash's UI.
+    human_sets(&server, &server.env_path(&flag), 25).await;
+    let (code, answer) = run(&["drift", m, "--server", &api_url]).await;
+    assert_eq!(code, 1, "{answer}");
+    assert_eq!(statuses(&answer), [pair("staging", "in_sync"), pair("production", "drifted")]);
+    assert_eq!(answer["flags"][1]["findings"], json!([{ "field": "rollout", "want": 5.0, "have": 25.0 }]));
+    // Without the daemon, from the configuration's actuator: the same drift.
+    let config = dir.path().join("flagguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[actuators.unleash]\ntype = \"unleash\"\nurl = \"{}\"\ntoken = \"${{FG_TEST_UNLEASH_TOKEN}}\"\nenvironments = {{ staging = \"development\" }}\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let (code, answer) = run(&["drift", m, "--config", config.to_str().unwrap(), "--env", "production"]).await;
+    assert_eq!((code, statuses(&answer)), (1, vec![pair("production", "drifted")]), "{answer}");
+
+    // apply sets it back, compare-and-set from the 25 % it read, through the outbox.
+    let (code, answer) = run(&["apply", m, "--server", &api_url]).await;
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(statuses(&answer), [pair("staging", "in_sync"), pair("production", "applied")]);
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "5");
+    let action = daemon.store.action(answer["flags"][1]["action"].as_i64().unwrap()).unwrap().unwrap();
+    assert_eq!((action.request["expect_rollout"].as_f64(), action.request["percent"].as_f64()), (Some(25.0), Some(5.0)));
+    assert!(action.request["reason"].as_str().unwrap().contains("flags.yaml"), "{}", action.request);
+    let (code, _) = run(&["drift", m, "--server", &api_url]).await;
+    assert_eq!(code, 0, "in sync after apply");
+
+    // A flagguard kill: expected drift, reported as such; apply refuses to undo it.
+    let (status, body) =
+        api(&daemon, &format!("/v1/flags/{flag}/kill"), json!({ "environment": "production", "treatment": ["true"], "reason": "incident" })).await;
+    assert_eq!(status, 202, "{body}");
+    let kill = body["action"].as_i64().unwrap();
+    wait_until("the kill", Duration::from_secs(20), || crate::unleash::state_of(&daemon, kill) == "confirmed").await;
+    let (code, answer) = run(&["drift", m, "--server", &api_url]).await;
+    assert_eq!((code, statuses(&answer)[1].clone()), (1, pair("production", "killed")), "{answer}");
+    assert_eq!(answer["flags"][1]["kills"][0]["action"], kill);
+    let events = server.events(&flag).await.len();
+    let (code, answer) = run(&["apply", m, "--server", &api_url]).await;
+    assert_eq!((code, statuses(&answer)[1].clone()), (1, pair("production", "refused")), "{answer}");
+    assert!(answer["flags"][1]["message"].as_str().unwrap().contains(&format!("undo flagguard's kill (action {kill})")), "{answer}");
+    assert_eq!(server.events(&flag).await.len(), events, "nothing changed in Unleash");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_widens_production_only_once_staging_is_in_sync_and_an_unreachable_flag_system_cannot_tell() {
+    let server = unleash().await;
+    let flag = unique("fg-promote");
+    create(&server, &flag, 5).await;
+    let daemon = daemon(&server).await;
+    let api_url = format!("http://{}", daemon.addrs.api);
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().to_str().unwrap();
+    // The manifest promotes production to 25 %; but a human turned staging off.
+    manifest(dir.path(), &flag, 25);
+    let (status, _) = server.admin(reqwest::Method::POST, &format!("{}/off", development(&server, &flag)), None).await;
+    assert_eq!(status, 200);
+    let (code, answer) = run(&["apply", m, "--server", &api_url]).await;
+    assert_eq!(code, 1, "{answer}");
+    assert_eq!(statuses(&answer), [pair("staging", "not_applicable"), pair("production", "held")]);
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "5", "production was not widened");
+    // Staging back on: production is widened.
+    let (status, _) = server.admin(reqwest::Method::POST, &format!("{}/on", development(&server, &flag)), None).await;
+    assert_eq!(status, 200);
+    let (code, answer) = run(&["apply", m, "--server", &api_url]).await;
+    assert_eq!((code, statuses(&answer)), (0, vec![pair("staging", "in_sync"), pair("production", "applied")]), "{answer}");
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "25");
+    daemon.stop().await;
+
+    // A flag system that does not answer: cannot tell (2), not "in sync".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = dir.path().join("unreachable.toml");
+    std::fs::write(&config, format!("[actuators.unleash]\ntype = \"unleash\"\nurl = \"http://{closed}\"\ntoken = \"${{FG_TEST_UNLEASH_TOKEN}}\"\n")).unwrap();
+    let (code, answer) = run(&["drift", m, "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{answer}");
+    assert_eq!(statuses(&answer)[1], pair("production", "cannot_tell"));
+    // A manifest with an error: 3, with file:line:field.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "flags:\n  - key: x\n    lifecycle: release\n    environments: [ { name: production, enabled: true, rollout: 150 } ]\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flagguard")).args(["drift", m, "--config", config.to_str().unwrap()]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:4: flags[0].environments[0].rollout: 150 is not a percentage"), "{out:?}");
+}
