@@ -279,6 +279,22 @@ impl App {
         let http_app = crate::ingest::http::router(ingest.clone(), file.otlp.max_body_bytes, otlp_auth);
         let http_task = tokio::spawn(serve_http(http_listener, otlp_tls, http_app, "OTLP HTTP", listeners_stop.clone()));
         drop(ingest);
+        // The drift watch over the flag manifests, when configured.
+        let (drift_tx, drift_rx) = watch::channel(Arc::new(crate::manifest::watch::DriftState { dir: file.manifests.dir.clone(), ..Default::default() }));
+        let drift_stop = CancellationToken::new();
+        let drift_task = file.manifests.dir.clone().map(|dir| {
+            let watcher = crate::manifest::watch::DriftWatch {
+                dir,
+                interval: file.manifests.drift_interval,
+                actuators: actuators.clone(),
+                outbox: acting.clone(),
+                fence: fence.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                publish: drift_tx,
+            };
+            tokio::spawn(watcher.run(drift_stop.clone()))
+        });
         let alerts = crate::api::alerts::AlertsState {
             routes: Arc::new(crate::api::alerts::routes(&file.alerts, clock.now())),
             snapshots: snapshots.clone(),
@@ -299,6 +315,7 @@ impl App {
                 wake: wake.clone(),
                 actuators: config.actuator_names(),
                 flag_systems: actuators.clone(),
+                drift: drift_rx,
                 tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
                 lease,
             },
@@ -424,6 +441,11 @@ impl App {
         if let Some(mut task) = stream_task
             && tokio::time::timeout(Duration::from_secs(1), &mut task).await.is_err()
         {
+            task.abort();
+        }
+        // A pass under way is dropped: the next start reads the flag systems again.
+        drift_stop.cancel();
+        if let Some(task) = drift_task {
             task.abort();
         }
         tracing::info!("finishing in-flight actions");

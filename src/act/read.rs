@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ActError, ActionKind, ActionRequest, Actuator, VariantWeight};
+use crate::action::Target;
 
 /// How long one read may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,4 +106,31 @@ pub async fn read(actuator: &dyn Actuator, name: &str, flag: &str, environment: 
 
 fn failed(e: &ActError) -> SystemView {
     SystemView { error: Some(e.to_string()), transient: matches!(e, ActError::Transient { .. }), ..SystemView::default() }
+}
+
+/// Fills in what flagguard holds on the view's target from the store: the kills that hold it
+/// (or a slice of it) off, and the flag's pending actions.
+pub fn held(store: &crate::store::Store, view: &mut FlagView, request: &ActionRequest) -> Result<(), crate::store::StoreError> {
+    let (kills, pending) = (store.flag_kills(&view.flag)?, store.pending_for_flag(&view.flag)?);
+    let here = super::outbox::target_of(request);
+    view.killed_by_flagguard = Some(
+        kills
+            .iter()
+            .filter(|k| k.state.holds() && overlaps(&Target::parse(&k.target), &here))
+            .map(|k| KillRef {
+                action: k.id,
+                state: k.state.to_string(),
+                target: k.target.clone(),
+                rule: k.request.get("rule").and_then(Value::as_str).filter(|r| !r.is_empty()).map(str::to_owned),
+            })
+            .collect(),
+    );
+    view.pending = Some(pending.iter().map(|p| PendingRef { action: p.id, kind: p.kind.as_str().to_owned(), target: p.target.clone() }).collect());
+    Ok(())
+}
+
+/// A kill of one target touches another: either covers the other (a region's kill shows on its
+/// environment, an environment's kill on each region).
+fn overlaps(kill: &Target, read: &Target) -> bool {
+    kill.covers(read) || read.covers(kill)
 }

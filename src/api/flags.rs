@@ -10,8 +10,7 @@ use serde::Deserialize;
 
 use super::actions::blocking;
 use super::{ApiError, ApiState};
-use crate::act::read::{KillRef, PendingRef, read};
-use crate::action::Target;
+use crate::act::read::read;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -40,27 +39,17 @@ pub async fn state(State(s): State<ApiState>, Path(flag): Path<String>, Query(q)
     let Some(actuator) = s.flag_systems.get(&name).cloned() else { return Err(ApiError::BadRequest(format!("actuator {name:?} is not configured"))) };
     let (mut view, request) = read(actuator.as_ref(), &name, &flag, q.environment.as_deref(), q.region.as_deref()).await;
     let store = s.store.clone();
-    let wanted = flag.clone();
-    let (kills, pending) = blocking(move || Ok::<_, crate::store::StoreError>((store.flag_kills(&wanted)?, store.pending_for_flag(&wanted)?))).await??;
-    let here = crate::act::outbox::target_of(&request);
-    view.killed_by_flagguard = Some(
-        kills
-            .iter()
-            .filter(|k| k.state.holds() && overlaps(&Target::parse(&k.target), &here))
-            .map(|k| KillRef {
-                action: k.id,
-                state: k.state.to_string(),
-                target: k.target.clone(),
-                rule: k.request.get("rule").and_then(|r| r.as_str()).filter(|r| !r.is_empty()).map(str::to_owned),
-            })
-            .collect(),
-    );
-    view.pending = Some(pending.iter().map(|p| PendingRef { action: p.id, kind: p.kind.as_str().to_owned(), target: p.target.clone() }).collect());
+    let view = blocking(move || crate::act::read::held(&store, &mut view, &request).map(|()| view)).await??;
     Ok(Json(view).into_response())
 }
 
-/// A kill of one target touches another: either covers the other (a region's kill shows on its
-/// environment, an environment's kill on each region).
-fn overlaps(kill: &Target, read: &Target) -> bool {
-    kill.covers(read) || read.covers(kill)
+/// `GET /v1/drift`: the drift watch's last pass (`[manifests] dir`): per flag × environment
+/// its `status` and `findings`, the owners, `checked_at`, and `errors` when the manifests on
+/// disk are invalid (the last valid set is still watched). 404 when no manifests are watched.
+pub async fn drift(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let state = s.drift.borrow().clone();
+    if state.dir.is_none() {
+        return Err(ApiError::NotFound("no flag manifests are watched (configure [manifests] dir)".into()));
+    }
+    Ok(Json(state.as_ref().clone()).into_response())
 }

@@ -93,6 +93,8 @@ pub struct ApiState {
     /// The actuators, for reads (`GET /v1/flags/{flag}/state`); every change goes through the
     /// outbox.
     pub flag_systems: std::collections::HashMap<String, Arc<dyn crate::act::Actuator>>,
+    /// The drift watch's last pass over the flag manifests (`[manifests]`), and their owners.
+    pub drift: watch::Receiver<Arc<crate::manifest::watch::DriftState>>,
     pub tokens: auth::Tokens,
     /// Cluster mode: this replica's lease (`GET /v1/cluster`).
     pub lease: Option<Arc<crate::cluster::lease::Lease>>,
@@ -125,6 +127,7 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/{flag}/rollout", post(actions::rollout))
         .route("/v1/flags/{flag}/restore", post(actions::restore_flag))
         .route("/v1/flags/{flag}/state", get(flags::state))
+        .route("/v1/drift", get(flags::drift))
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))

@@ -117,6 +117,8 @@ pub async fn stale_flags(State(s): State<ApiState>, Query(q): Query<StaleQuery>)
     let store = s.store.clone();
     let stored = tokio::task::spawn_blocking(move || store.usage()).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
     let usage = crate::rollout::hygiene::merge(stored.into_iter().chain(live));
-    let flags = crate::rollout::hygiene::stale(&usage, s.clock.now(), single, unused);
+    let mut flags = crate::rollout::hygiene::stale(&usage, s.clock.now(), single, unused);
+    // Owners come from the flag manifests the daemon watches (`[manifests]`).
+    crate::rollout::hygiene::with_owners(&mut flags, &s.drift.borrow().owners);
     Ok(Json(json!({ "single_variant_for_s": single.as_secs(), "unused_for_s": unused.as_secs(), "flags": flags, "known_flags": usage.iter().map(|u| u.flag.as_str()).collect::<std::collections::BTreeSet<_>>().len() })).into_response())
 }

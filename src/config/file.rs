@@ -36,6 +36,7 @@ pub struct ConfigFile {
     pub alerts: BTreeMap<String, AlertSourceConfig>,
     pub audit: AuditConfig,
     pub state: StateConfig,
+    pub manifests: ManifestsConfig,
     /// Scale-out: this instance is a shard that streams its window deltas to evaluators
     /// (docs/cluster.md, "Scale-out"). Absent by default.
     pub shard: Option<crate::shard::ShardConfig>,
@@ -61,6 +62,23 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig { checkpoint_interval: Duration::from_secs(30) }
+    }
+}
+
+/// `[manifests]`: flag manifests the daemon watches for drift (docs/manifests.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManifestsConfig {
+    /// The manifests directory (`flags/*.yaml`, e.g. a Git checkout); none: no drift watch.
+    pub dir: Option<std::path::PathBuf>,
+    /// How often the manifests are re-read and every flag system compared with them.
+    #[serde(with = "humantime_serde")]
+    pub drift_interval: Duration,
+}
+
+impl Default for ManifestsConfig {
+    fn default() -> Self {
+        ManifestsConfig { dir: None, drift_interval: Duration::from_secs(60) }
     }
 }
 
@@ -92,6 +110,7 @@ impl Default for ConfigFile {
             alerts: BTreeMap::new(),
             audit: AuditConfig::default(),
             state: StateConfig::default(),
+            manifests: ManifestsConfig::default(),
             shard: None,
             merge: None,
             cluster: None,

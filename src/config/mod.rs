@@ -84,6 +84,9 @@ impl Config {
         if !(10..=1000).contains(&tick) {
             errors.push(format!("aggregate.tick: must be between 10ms and 1s, got {tick}ms"));
         }
+        if file.manifests.drift_interval < std::time::Duration::from_secs(1) {
+            errors.push("manifests.drift_interval: at least 1s".into());
+        }
         if !file.state.checkpoint_interval.is_zero() && file.state.checkpoint_interval < std::time::Duration::from_secs(1) {
             errors.push("state.checkpoint_interval: 0s (off) or at least 1s".into());
         }

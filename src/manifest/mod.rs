@@ -2,7 +2,7 @@
 //! owner, lifecycle and expiry, and per environment — in promotion order — whether it is on, its
 //! rollout percentage and variant split. [`load_dir`] validates a directory into a
 //! [`ManifestSet`] with every error named by file, line and field; [`drift`] compares it with
-//! what the flag systems say.
+//! what the flag systems say; [`watch`] is the daemon's chore that does so continuously.
 //!
 //! ```yaml
 //! flags:
@@ -17,6 +17,7 @@
 //! ```
 
 pub mod drift;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

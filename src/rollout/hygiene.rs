@@ -79,6 +79,13 @@ pub fn stale(usage: &[Usage], now: Timestamp, single_variant_for: Duration, unus
     out
 }
 
+/// Each candidate's owner, from the flag manifests (`team (contact)`).
+pub fn with_owners(flags: &mut [StaleFlag], owners: &std::collections::BTreeMap<String, crate::manifest::Owner>) {
+    for flag in flags {
+        flag.owner = owners.get(&flag.flag).map(|o| o.contact.as_ref().map_or(o.team.clone(), |c| format!("{} ({c})", o.team)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +117,17 @@ mod tests {
     fn merging_keeps_the_widest_range() {
         let merged = merge(vec![u("f", "on", 5, 10), u("f", "on", 3, 8), u("f", "off", 1, 2)]);
         assert_eq!(merged, vec![u("f", "off", 1, 2), u("f", "on", 3, 10)]);
+    }
+
+    #[test]
+    fn owners_come_from_the_manifests() {
+        let day = 86_400;
+        let now = Timestamp(100 * day * 1000);
+        let mut flags = stale(&[u("old", "on", 1, 2), u("other", "on", 1, 2)], now, Duration::from_secs(7 * day), Duration::from_secs(30 * day));
+        let owners =
+            std::collections::BTreeMap::from([("old".to_owned(), crate::manifest::Owner { team: "payments".into(), contact: Some("pay@example.com".into()) })]);
+        with_owners(&mut flags, &owners);
+        let owner = |f: &str| flags.iter().find(|s| s.flag == f).unwrap().owner.clone();
+        assert_eq!((owner("old").as_deref(), owner("other")), (Some("payments (pay@example.com)"), None));
     }
 }

@@ -187,3 +187,83 @@ async fn apply_widens_production_only_once_staging_is_in_sync_and_an_unreachable
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:4: flags[0].environments[0].rollout: 150 is not a percentage"), "{out:?}");
 }
+
+/// `GET path` on the daemon's API.
+async fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("http://{}{path}", daemon.addrs.api)).await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `GET /v1/drift` until production's status is `want`.
+async fn drift_becomes(daemon: &Daemon, want: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(daemon, "/v1/drift").await;
+        assert_eq!(status, 200, "{body}");
+        if body["flags"].as_array().is_some_and(|f| f.iter().any(|f| f["environment"] == "production" && f["status"] == want)) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "production never became {want}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_watches_the_manifests_audits_and_notifies_a_human_edit_with_its_owner() {
+    let server = unleash().await;
+    let flag = unique("fg-watch");
+    create(&server, &flag, 5).await;
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    manifest(&manifests, &flag, 5);
+    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    config.actuators.clear();
+    config.actuators.insert("unleash".into(), staging_is_development(&server));
+    config.manifests.dir = Some(manifests.clone());
+    config.manifests.drift_interval = Duration::from_secs(1);
+    let daemon = Daemon::start(config, dir).await;
+
+    let body = drift_becomes(&daemon, "in_sync").await;
+    assert_eq!(body["owners"][&flag], json!({ "team": "payments", "contact": "pay@example.com" }));
+    human_sets(&server, &server.env_path(&flag), 25).await;
+    let body = drift_becomes(&daemon, "drifted").await;
+    let production = body["flags"].as_array().unwrap().iter().find(|f| f["environment"] == "production").unwrap().clone();
+    assert_eq!(production["findings"], json!([{ "field": "rollout", "want": 5.0, "have": 25.0 }]));
+    // Audited with the owner, and the on-call told (a human's edit, not flagguard's kill).
+    let filter = flagguard::store::AuditFilter { limit: 100, kind: Some("manifest_drift".into()), flag: Some(flag.clone()), ..Default::default() };
+    let audited = || daemon.store.audit_query(&filter).unwrap_or_default();
+    wait_until("the drift to be audited", Duration::from_secs(10), || {
+        audited().iter().any(|r| r.after.as_ref().is_some_and(|a| a["status"]["status"] == "drifted"))
+    })
+    .await;
+    let record = audited().into_iter().find(|r| r.after.as_ref().is_some_and(|a| a["status"]["status"] == "drifted")).unwrap();
+    assert_eq!(record.after.unwrap()["owner"]["team"], "payments");
+    wait_until("the notification", Duration::from_secs(10), || {
+        flags.calls().iter().any(|c| {
+            let text = c.body.to_string();
+            c.path == "/notify" && text.contains("drift:") && text.contains(&flag) && text.contains("owner payments")
+        })
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.addrs.api)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("flagguard_manifest_drift{{flag=\"{flag}\",environment=\"production\",status=\"drifted\"}} 1")), "{metrics}");
+
+    // An invalid edit of the manifests keeps the last valid set, and says why.
+    std::fs::write(manifests.join("broken.yaml"), "flags:\n  - key: y\n    lifecycle: nope\n    environments: []\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&daemon, "/v1/drift").await;
+        if body["errors"].as_array().is_some_and(|e| e.iter().any(|e| e.as_str().unwrap().contains("broken.yaml:3"))) {
+            assert_eq!(body["flags"].as_array().unwrap().len(), 2, "the last valid set is still watched: {body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Put back by a human: in sync again, audited.
+    human_sets(&server, &server.env_path(&flag), 5).await;
+    drift_becomes(&daemon, "in_sync").await;
+    daemon.stop().await;
+}

@@ -1,0 +1,173 @@
+//! The daemon's drift watch (`[manifests] dir`): every `drift_interval` it re-reads the
+//! manifests (an invalid edit keeps the last valid set and says why), reads every flag ×
+//! environment from its flag system, compares, and publishes the result — for
+//! `GET /v1/drift`, the `manifest_drift` metric and the owners other answers show. A change of
+//! a pair's status is audited (`manifest_drift`); a pair that drifts — a human's edit, not
+//! flagguard's kill — is notified with its owner. Only the lease holder writes (cluster mode).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::drift::{self, Report, Status};
+use super::{ManifestSet, Owner};
+use crate::act::Actuator;
+use crate::act::outbox::Outbox;
+use crate::store::AuditEntry;
+use crate::telemetry::Metrics;
+use crate::time::Clock;
+
+/// What the last pass found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DriftState {
+    /// When the last pass ended (RFC 3339); none before the first.
+    pub checked_at: Option<String>,
+    pub dir: Option<PathBuf>,
+    pub flags: Vec<Report>,
+    /// Owners by flag key, from the manifests.
+    pub owners: BTreeMap<String, Owner>,
+    /// Why the manifests on disk were not loaded (the last valid set is still used).
+    pub errors: Vec<String>,
+}
+
+pub struct DriftWatch {
+    pub dir: PathBuf,
+    pub interval: Duration,
+    pub actuators: HashMap<String, Arc<dyn Actuator>>,
+    /// Audits and notifications; fenced in cluster mode.
+    pub outbox: Outbox,
+    pub fence: Option<Arc<crate::store::Fence>>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub publish: watch::Sender<Arc<DriftState>>,
+}
+
+/// The statuses of the `manifest_drift` state set.
+const STATUSES: [&str; 5] = ["in_sync", "drifted", "killed", "cannot_tell", "error"];
+
+impl DriftWatch {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut set: Option<ManifestSet> = None;
+        let mut last: HashMap<(String, String), &'static str> = HashMap::new();
+        loop {
+            self.pass(&mut set, &mut last).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    async fn pass(&self, set: &mut Option<ManifestSet>, last: &mut HashMap<(String, String), &'static str>) {
+        let names: BTreeSet<String> = self.actuators.keys().cloned().collect();
+        let dir = self.dir.clone();
+        let errors = match tokio::task::spawn_blocking(move || super::load_dir(&dir, Some(&names))).await {
+            Ok(Ok(loaded)) => {
+                *set = Some(loaded);
+                Vec::new()
+            }
+            Ok(Err(errors)) => {
+                let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                tracing::warn!(errors = ?shown, "the flag manifests are invalid; the last valid set is still watched");
+                shown
+            }
+            Err(e) => vec![format!("the manifest loader failed: {e}")],
+        };
+        let Some(current) = set.as_ref() else {
+            self.publish.send_replace(Arc::new(DriftState { dir: Some(self.dir.clone()), errors, ..DriftState::default() }));
+            return;
+        };
+        let mut reports = Vec::new();
+        let mut targets = Vec::new();
+        for flag in &current.flags {
+            let name = match &flag.actuator {
+                Some(name) => name.clone(),
+                None => self.actuators.keys().next().cloned().unwrap_or_default(),
+            };
+            let Some(actuator) = self.actuators.get(&name).cloned() else { continue };
+            for intended in &flag.environments {
+                let (mut view, request) = crate::act::read::read(actuator.as_ref(), &name, &flag.key, Some(&intended.environment), None).await;
+                let store = self.outbox.store().clone();
+                let target = crate::act::outbox::target_of(&request).key();
+                let status = match tokio::task::spawn_blocking(move || crate::act::read::held(&store, &mut view, &request).map(|()| view)).await {
+                    Ok(Ok(view)) => drift::compare(intended, &view),
+                    Ok(Err(e)) => Status::CannotTell { error: format!("the store: {e}") },
+                    Err(e) => Status::CannotTell { error: e.to_string() },
+                };
+                targets.push(target);
+                reports.push(Report { flag: flag.key.clone(), environment: intended.environment.clone(), status, view: None });
+            }
+        }
+        for report in &reports {
+            for status in STATUSES {
+                let labels = vec![("flag", report.flag.clone()), ("environment", report.environment.clone()), ("status", status.to_owned())];
+                self.metrics.manifest_drift.get_or_create(&labels).set(i64::from(report.status.as_str() == status));
+            }
+        }
+        let owners: BTreeMap<String, Owner> = current.owners().into_iter().collect();
+        self.record(&reports, &targets, &owners, current, last).await;
+        let state = DriftState { checked_at: Some(self.clock.now().rfc3339()), dir: Some(self.dir.clone()), flags: reports, owners, errors };
+        self.publish.send_replace(Arc::new(state));
+    }
+
+    /// Audits each pair whose status changed, and notifies the ones that drifted.
+    async fn record(
+        &self,
+        reports: &[Report],
+        targets: &[String],
+        owners: &BTreeMap<String, Owner>,
+        set: &ManifestSet,
+        last: &mut HashMap<(String, String), &'static str>,
+    ) {
+        // A standby watches and publishes; the leader writes.
+        if self.fence.as_ref().is_some_and(|f| f.epoch().is_none()) {
+            return;
+        }
+        let now = self.clock.now();
+        for (report, target) in reports.iter().zip(targets) {
+            let key = (report.flag.clone(), report.environment.clone());
+            let status = report.status.as_str();
+            let before = last.insert(key, status);
+            // The first pass after a start records only what is not in sync.
+            if before == Some(status) || (before.is_none() && status == "in_sync") {
+                continue;
+            }
+            let owner = owners.get(&report.flag);
+            let file = set.flags.iter().find(|f| f.key == report.flag).map(|f| f.file.display().to_string()).unwrap_or_default();
+            let entry = AuditEntry {
+                at: now,
+                actor: "system".into(),
+                kind: "manifest_drift".into(),
+                target: Some(target.clone()),
+                before: before.map(|b| json!({ "status": b })),
+                after: Some(json!({ "status": report.status, "manifest": file, "owner": owner })),
+                ..AuditEntry::default()
+            };
+            let outbox = self.outbox.clone();
+            let text = matches!(report.status, Status::Drifted { .. }).then(|| {
+                let owner =
+                    owner.map(|o| format!(" (owner {}{})", o.team, o.contact.as_ref().map(|c| format!(", {c}")).unwrap_or_default())).unwrap_or_default();
+                format!("drift: {} differs from {file}{owner}", report.describe().replace("\n    ", "; "))
+            });
+            let evidence = json!({ "drift": report, "owner": owner });
+            let written = tokio::task::spawn_blocking(move || {
+                outbox.store().audit(&entry)?;
+                if let Some(text) = text {
+                    outbox.notify(&text, &evidence, now)?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::warn!(flag = %report.flag, environment = %report.environment, "cannot record the drift; trying again next pass");
+                last.remove(&(report.flag.clone(), report.environment.clone()));
+            }
+        }
+    }
+}
