@@ -316,6 +316,10 @@ impl App {
                 actuators: config.actuator_names(),
                 flag_systems: actuators.clone(),
                 drift: drift_rx,
+                governance: crate::api::approvals::Governance {
+                    regulated_environments: file.governance.regulated_environments.clone(),
+                    approval_expiry: file.governance.approval_expiry,
+                },
                 tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
                 lease,
             },

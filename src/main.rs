@@ -145,6 +145,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Proposals in regulated environments: `approvals list`, `approve ID`, `reject ID` (exit 0
+    /// done, 1 refused, 3 error).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Simulates rollouts through the real rule engine and prints the statistics table.
     Simulate {
         /// Rollouts per scenario.
@@ -185,6 +191,44 @@ enum ClusterCommand {
         token: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// The daemon's API.
+#[derive(clap::Args)]
+struct ServerArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLAGGUARD_SERVER")]
+    server: String,
+    #[arg(long, env = "FLAGGUARD_TOKEN")]
+    token: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum ApprovalsCommand {
+    /// Pending proposals (`--all`: every state).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approves a proposal: its change is carried out, with both actors audited.
+    Approve {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Rejects (or, for the proposer, withdraws) a proposal.
+    Reject {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -329,6 +373,18 @@ fn main() {
         Command::Apply { manifests, environment, wait, server, token, json } => {
             runtime().block_on(flagguard::cli::manifests::apply(&manifests, environment.as_deref(), &server, token.as_deref(), wait, json))
         }
+        Command::Approvals { command } => runtime().block_on(async {
+            use flagguard::cli::approvals;
+            match command {
+                ApprovalsCommand::List { all, server: a } => approvals::list(&a.server, a.token.as_deref(), all, a.json).await,
+                ApprovalsCommand::Approve { id, reason, server: a } => {
+                    approvals::decide(&a.server, a.token.as_deref(), id, "approve", reason.as_deref(), a.json).await
+                }
+                ApprovalsCommand::Reject { id, reason, server: a } => {
+                    approvals::decide(&a.server, a.token.as_deref(), id, "reject", reason.as_deref(), a.json).await
+                }
+            }
+        }),
         Command::Backup { config, out } => backup(config, &out),
         Command::Cluster { command: ClusterCommand::Status { server, token, json } } => {
             runtime().block_on(flagguard::cli::cluster::status(&server, token.as_deref(), json))

@@ -25,6 +25,32 @@ pub fn actor(caller: Option<Extension<Caller>>, claimed: Option<String>) -> Stri
 use crate::act::{ActionKind, ActionRequest};
 use crate::action::ActionState;
 
+/// Refuses (403, audited `access_denied`) a change of `flag` in `environment` outside the
+/// caller's token scope ([`super::auth::Scope`]); the owning team comes from the flag manifests.
+pub async fn permit(s: &ApiState, caller: &Option<Extension<Caller>>, what: &str, flag: &str, environment: Option<&str>) -> Result<(), ApiError> {
+    let Some(Extension(c)) = caller else { return Ok(()) };
+    let team = s.drift.borrow().owners.get(flag).map(|o| o.team.clone());
+    let Some(why) = c.scope.refuses(flag, environment, team.as_deref()) else { return Ok(()) };
+    Err(deny(s, c, what, flag, environment, why).await)
+}
+
+/// Audits a refusal (`access_denied`) and returns the 403.
+pub async fn deny(s: &ApiState, c: &Caller, what: &str, flag: &str, environment: Option<&str>, why: String) -> ApiError {
+    let entry = crate::store::AuditEntry {
+        at: s.clock.now(),
+        actor: format!("token:{}", c.name),
+        kind: "access_denied".into(),
+        target: Some(format!("|{flag}|{}|", environment.unwrap_or(""))),
+        after: Some(json!({ "asked": what, "flag": flag, "environment": environment, "why": why, "scope": c.scope })),
+        ..crate::store::AuditEntry::default()
+    };
+    let store = s.store.clone();
+    if !matches!(blocking(move || store.audit(&entry)).await, Ok(Ok(_))) {
+        tracing::warn!(caller = %c.name, what, flag, "cannot audit a refused request");
+    }
+    ApiError::Forbidden(format!("{} may not {what} here: {why}", c.name))
+}
+
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Unavailable(e.to_string()))
 }
@@ -65,7 +91,20 @@ pub async fn restore(
     body: Option<Json<Reason>>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.unwrap_or_default();
-    let actor = actor(caller, body.actor.clone());
+    let store = s.store.clone();
+    let found = blocking(move || store.action(id)).await??;
+    let actor = actor(caller.clone(), body.actor.clone());
+    if let Some(kill) = found {
+        let target = crate::action::Target::parse(&kill.target);
+        permit(&s, &caller, "restore", &target.flag, target.environment.as_deref()).await?;
+        // Turning a killed flag back on in a regulated environment needs a second person
+        // (acknowledging a human's override changes nothing and does not).
+        if kill.state != ActionState::Overridden && kill.state.holds() && s.governance.regulated(target.environment.as_deref()) {
+            let request = json!({ "action": id });
+            let kind = crate::store::proposals::ProposalKind::Restore;
+            return super::approvals::propose(&s, kind, &target.flag, target.environment.as_deref(), &request, &actor, body.reason.as_deref()).await;
+        }
+    }
     let now = s.clock.now();
     let outbox = s.outbox.clone();
     let outcome = blocking(move || -> Result<Result<(i64, &'static str), ApiError>, crate::store::StoreError> {
@@ -174,6 +213,7 @@ async fn queue(s: &ApiState, request: ActionRequest, client_key: Option<String>)
 
 /// `POST /v1/flags/{flag}/kill`: a manual kill, through the outbox like an automatic one.
 pub async fn kill(State(s): State<ApiState>, caller: Option<Extension<Caller>>, Path(flag): Path<String>, Json(t): Json<Target>) -> Result<Response, ApiError> {
+    permit(&s, &caller, "kill", &flag, t.environment.as_deref()).await?;
     let request = operator_request(&s, ActionKind::Kill, &flag, &t, actor(caller, t.actor.clone()))?;
     queue(&s, request, None).await
 }
@@ -187,7 +227,14 @@ pub async fn rollout(
     Path(flag): Path<String>,
     Json(t): Json<Target>,
 ) -> Result<Response, ApiError> {
+    permit(&s, &caller, "change the rollout", &flag, t.environment.as_deref()).await?;
     let request = operator_request(&s, ActionKind::Rollout, &flag, &t, actor(caller, t.actor.clone()))?;
+    if request.percent == Some(100.0) && s.governance.regulated(request.environment.as_deref()) {
+        let proposer = request.actor.clone().unwrap_or_default();
+        let value = serde_json::to_value(&request).unwrap_or_default();
+        let kind = crate::store::proposals::ProposalKind::Rollout;
+        return super::approvals::propose(&s, kind, &flag, request.environment.as_deref(), &value, &proposer, request.reason.as_deref()).await;
+    }
     queue(&s, request, t.idempotency_key.clone()).await
 }
 

@@ -7,6 +7,9 @@
 //! | operator | viewer, plus kill / restore / rollout changes, pause / resume / abort plans |
 //! | admin | operator, plus reload rules |
 //!
+//! A token may be scoped ([`Scope`]): to flags (globs), environments or owning teams; a change
+//! outside its scope is refused (403) and audited (`access_denied`).
+//!
 //! `/healthz`, `/readyz`, `/metrics` and the dashboard's static files are open; alert webhooks
 //! have their own per-source authentication. No token configured: no authentication.
 
@@ -33,6 +36,74 @@ pub enum Role {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// What it may change (empty: everything its role allows).
+    pub scope: Scope,
+}
+
+/// What a token may change: flags matching one of `flags` (globs), in one of `environments`,
+/// owned (flag manifests) by one of `teams`. An empty list does not limit. Reads are not
+/// limited: a scope bounds changes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scope {
+    pub flags: Vec<String>,
+    pub environments: Vec<String>,
+    pub teams: Vec<String>,
+}
+
+impl Scope {
+    pub fn is_whole(&self) -> bool {
+        self.flags.is_empty() && self.environments.is_empty() && self.teams.is_empty()
+    }
+
+    /// Why a change of `flag` in `environment` (none: every environment) owned by `team` is
+    /// outside the scope; `None` when it is inside.
+    pub fn refuses(&self, flag: &str, environment: Option<&str>, team: Option<&str>) -> Option<String> {
+        if !self.flags.is_empty() && !self.flags.iter().any(|g| globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(flag))) {
+            return Some(format!("flag {flag} is outside the token's flags {:?}", self.flags));
+        }
+        if !self.environments.is_empty() {
+            match environment {
+                Some(env) if self.environments.iter().any(|e| e == env) => {}
+                Some(env) => return Some(format!("environment {env} is outside the token's environments {:?}", self.environments)),
+                None => return Some(format!("a change in every environment is outside the token's environments {:?}", self.environments)),
+            }
+        }
+        if !self.teams.is_empty() && !team.is_some_and(|t| self.teams.iter().any(|x| x == t)) {
+            return Some(format!("flag {flag} is owned by {} (flag manifests), outside the token's teams {:?}", team.unwrap_or("no team"), self.teams));
+        }
+        None
+    }
+
+    /// `flags=a*,b environments=staging teams=payments` (the tokens file's form).
+    fn parse(words: &[&str]) -> Result<Scope, String> {
+        let mut scope = Scope::default();
+        for word in words {
+            let (key, values) = word.split_once('=').ok_or_else(|| format!("{word:?} is not KEY=VALUE,…"))?;
+            let values: Vec<String> = values.split(',').filter(|v| !v.is_empty()).map(str::to_owned).collect();
+            match key {
+                "flags" => {
+                    if let Some(bad) = values.iter().find(|g| globset::Glob::new(g).is_err()) {
+                        return Err(format!("flags: {bad:?} is not a glob"));
+                    }
+                    scope.flags = values
+                }
+                "environments" => scope.environments = values,
+                "teams" => scope.teams = values,
+                other => return Err(format!("{other:?} is not flags, environments or teams")),
+            }
+        }
+        Ok(scope)
+    }
+}
+
+/// One configured token: who, with which role and scope, and its secret.
+#[derive(Clone, Debug)]
+pub struct TokenEntry {
+    pub name: String,
+    pub role: Role,
+    pub secret: String,
+    pub scope: Scope,
 }
 
 /// The configured tokens, hashed.
@@ -45,9 +116,9 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// From the configuration: `(name, role, secret)` triples.
-    pub fn new(tokens: impl IntoIterator<Item = (String, Role, String)>, anonymous: Option<Role>) -> Tokens {
-        let entries = tokens.into_iter().map(|(name, role, secret)| (Sha256::digest(secret.as_bytes()).into(), Caller { name, role })).collect();
+    /// From the configuration.
+    pub fn new(tokens: impl IntoIterator<Item = TokenEntry>, anonymous: Option<Role>) -> Tokens {
+        let entries = tokens.into_iter().map(|t| (Sha256::digest(t.secret.as_bytes()).into(), Caller { name: t.name, role: t.role, scope: t.scope })).collect();
         Tokens { entries: Arc::new(entries), anonymous, allowed_hosts: Arc::default() }
     }
 
@@ -74,8 +145,9 @@ impl Tokens {
     }
 }
 
-/// Parses a tokens file: `ROLE NAME TOKEN` per line, `#` comments. Errors name the line.
-pub fn parse_file(text: &str) -> Result<Vec<(String, Role, String)>, String> {
+/// Parses a tokens file: `ROLE NAME TOKEN [flags=GLOB,…] [environments=E,…] [teams=T,…]` per
+/// line, `#` comments. Errors name the line.
+pub fn parse_file(text: &str) -> Result<Vec<TokenEntry>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -83,13 +155,14 @@ pub fn parse_file(text: &str) -> Result<Vec<(String, Role, String)>, String> {
             continue;
         }
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let [role, name, token] = parts.as_slice() else { return Err(format!("line {}: expected ROLE NAME TOKEN", i + 1)) };
+        let [role, name, token, scope @ ..] = parts.as_slice() else { return Err(format!("line {}: expected ROLE NAME TOKEN [SCOPE…]", i + 1)) };
+        let scope = Scope::parse(scope).map_err(|e| format!("line {}: {e}", i + 1))?;
         let role: Role = serde_json::from_value(serde_json::Value::String((*role).into()))
             .map_err(|_| format!("line {}: role {role:?} is not viewer, operator or admin", i + 1))?;
         if token.len() < 16 {
             return Err(format!("line {}: token of {name} is shorter than 16 characters", i + 1));
         }
-        out.push(((*name).to_owned(), role, (*token).to_owned()));
+        out.push(TokenEntry { name: (*name).to_owned(), role, secret: (*token).to_owned(), scope });
     }
     Ok(out)
 }
@@ -171,7 +244,7 @@ pub async fn check(State(tokens): State<Tokens>, mut request: Request, next: Nex
     let Some(needed) = required(request.method(), request.uri().path()) else { return next.run(request).await };
     let caller = match bearer {
         Some(token) => tokens.caller(token.trim()),
-        None => tokens.anonymous.map(|role| Caller { name: "anonymous".into(), role }),
+        None => tokens.anonymous.map(|role| Caller { name: "anonymous".into(), role, scope: Scope::default() }),
     };
     let deny = |status: StatusCode, message: String| {
         let mut response = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
@@ -228,12 +301,28 @@ mod tests {
 
     #[test]
     fn tokens_are_matched_by_hash_and_files_are_checked() {
-        let tokens = Tokens::new([("ci".to_owned(), Role::Viewer, "0123456789abcdef-ci".to_owned())], None);
+        let tokens = Tokens::new([TokenEntry { name: "ci".into(), role: Role::Viewer, secret: "0123456789abcdef-ci".into(), scope: Scope::default() }], None);
         assert_eq!(tokens.caller("0123456789abcdef-ci").map(|c| c.name), Some("ci".into()));
         assert!(tokens.caller("0123456789abcdef-cj").is_none());
         let parsed = parse_file("# comment\nadmin alice aaaaaaaaaaaaaaaaaaaa\n\noperator bob bbbbbbbbbbbbbbbbbbbb\n").unwrap();
         assert_eq!(parsed.len(), 2);
         assert!(parse_file("root alice aaaaaaaaaaaaaaaaaaaa").unwrap_err().contains("line 1"));
         assert!(parse_file("admin alice short").unwrap_err().contains("shorter"));
+        let scoped = parse_file("operator payments-ci cccccccccccccccccccc flags=checkout-*,pay environments=staging\n").unwrap();
+        assert_eq!(scoped[0].scope, Scope { flags: vec!["checkout-*".into(), "pay".into()], environments: vec!["staging".into()], teams: vec![] });
+        assert!(parse_file("operator x cccccccccccccccccccc regions=eu").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn a_scope_bounds_flags_environments_and_teams() {
+        let scope = Scope { flags: vec!["checkout-*".into()], environments: vec!["staging".into()], teams: vec![] };
+        assert_eq!(scope.refuses("checkout-v2", Some("staging"), None), None);
+        assert!(scope.refuses("search-v3", Some("staging"), None).unwrap().contains("outside the token's flags"));
+        assert!(scope.refuses("checkout-v2", Some("production"), None).unwrap().contains("environment production"));
+        assert!(scope.refuses("checkout-v2", None, None).unwrap().contains("every environment"));
+        let team = Scope { teams: vec!["payments".into()], ..Scope::default() };
+        assert_eq!(team.refuses("x", None, Some("payments")), None);
+        assert!(team.refuses("x", None, Some("search")).is_some() && team.refuses("x", None, None).is_some());
+        assert!(Scope::default().is_whole() && Scope::default().refuses("anything", None, None).is_none());
     }
 }

@@ -50,6 +50,13 @@ enum Change {
 async fn change(s: ApiState, caller: Option<Extension<Caller>>, body: Option<Json<ControlBody>>, change: Change) -> Result<Response, ApiError> {
     let Json(body) = body.unwrap_or_default();
     let now = s.clock.now();
+    // Controls reach every flag: a scoped token may not change them.
+    if let Some(Extension(c)) = &caller
+        && !c.scope.is_whole()
+    {
+        let why = "the operator controls reach every flag; they need an unscoped token".to_owned();
+        return Err(super::actions::deny(&s, c, "change the operator controls", "*", None, why).await);
+    }
     let actor = actor(caller, body.actor.clone());
     const MAX_FOR: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
     let until_ms = match body.duration.as_deref().map(humantime::parse_duration) {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub mod actions;
 pub mod alerts;
+pub mod approvals;
 pub mod auth;
 pub mod controls;
 pub mod dashboard;
@@ -44,6 +45,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Outside the caller's scope (audited as `access_denied`).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl IntoResponse for ApiError {
@@ -67,6 +71,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({ "error": self.to_string() })),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, json!({ "error": self.to_string() })),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, json!({ "error": self.to_string() })),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, json!({ "error": self.to_string() })),
         };
         (status, Json(body)).into_response()
     }
@@ -95,6 +100,8 @@ pub struct ApiState {
     pub flag_systems: std::collections::HashMap<String, Arc<dyn crate::act::Actuator>>,
     /// The drift watch's last pass over the flag manifests (`[manifests]`), and their owners.
     pub drift: watch::Receiver<Arc<crate::manifest::watch::DriftState>>,
+    /// `[governance]`: which environments need approvals.
+    pub governance: approvals::Governance,
     pub tokens: auth::Tokens,
     /// Cluster mode: this replica's lease (`GET /v1/cluster`).
     pub lease: Option<Arc<crate::cluster::lease::Lease>>,
@@ -128,6 +135,10 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/{flag}/restore", post(actions::restore_flag))
         .route("/v1/flags/{flag}/state", get(flags::state))
         .route("/v1/drift", get(flags::drift))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::one))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/flags/stale", get(rollouts::stale_flags))
         .route("/v1/rollouts/{name}/{op}", post(rollouts::operate))

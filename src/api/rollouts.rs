@@ -36,7 +36,8 @@ pub struct Which {
     pub region: Option<String>,
 }
 
-/// Pause, resume or abort one plan instance.
+/// Pause, resume or abort one plan instance. In a regulated environment a resume is a
+/// proposal until a second token approves it (`api::approvals`).
 pub async fn operate(
     State(s): State<ApiState>,
     caller: Option<axum::Extension<super::auth::Caller>>,
@@ -47,32 +48,62 @@ pub async fn operate(
     let Json(body) = body.unwrap_or_default();
     let plans = s.snapshots.borrow().rule_set.rollouts.clone();
     let plan = plans.iter().find(|p| p.name == name).ok_or_else(|| ApiError::NotFound(format!("no rollout plan {name:?}")))?;
-    if !plan.regions.is_empty() && which.region.as_ref().is_none_or(|r| !plan.regions.contains(r)) {
+    instance(plan, which.region.as_deref())?;
+    super::actions::permit(&s, &caller, &format!("{op} the plan {name}"), &plan.flag, plan.environment.as_deref()).await?;
+    let actor = super::actions::actor(caller, body.actor.clone());
+    if op == "resume" && s.governance.regulated(plan.environment.as_deref()) {
+        let request = json!({ "plan": name, "region": which.region });
+        return super::approvals::propose(
+            &s,
+            crate::store::proposals::ProposalKind::Resume,
+            &plan.flag,
+            plan.environment.as_deref(),
+            &request,
+            &actor,
+            body.reason.as_deref(),
+        )
+        .await;
+    }
+    let instance = apply_operation(&s, &name, &op, which.region.as_deref(), &actor, body.reason.clone()).await?;
+    Ok(Json(json!({ "instance": instance })).into_response())
+}
+
+/// The key of a plan's instance (per region when the plan runs per region).
+fn instance(plan: &crate::rules::plan::Plan, region: Option<&str>) -> Result<String, ApiError> {
+    let name = &plan.name;
+    if !plan.regions.is_empty() && region.is_none_or(|r| !plan.regions.iter().any(|p| p == r)) {
         return Err(ApiError::BadRequest(format!("plan {name} runs per region: give ?region= one of {:?}", plan.regions)));
     }
-    if plan.regions.is_empty() && which.region.is_some() {
+    if plan.regions.is_empty() && region.is_some() {
         return Err(ApiError::BadRequest(format!("plan {name} does not run per region: leave out ?region=")));
     }
-    let key = plan.key(which.region.as_deref());
-    let (from, to): (&[Status], Status) = match op.as_str() {
+    Ok(plan.key(region))
+}
+
+/// Moves a plan instance (`pause`, `resume`, `abort`), audited with `actor`.
+pub async fn apply_operation(s: &ApiState, name: &str, op: &str, region: Option<&str>, actor: &str, reason: Option<String>) -> Result<PlanState, ApiError> {
+    let plans = s.snapshots.borrow().rule_set.rollouts.clone();
+    let plan = plans.iter().find(|p| p.name == name).ok_or_else(|| ApiError::NotFound(format!("no rollout plan {name:?}")))?;
+    let key = instance(plan, region)?;
+    let (from, to): (&[Status], Status) = match op {
         "pause" => (&[Status::Running], Status::Paused),
         "resume" => (&[Status::Paused], Status::Running),
         "abort" => (&[Status::Running, Status::Paused], Status::Aborted),
         other => return Err(ApiError::NotFound(format!("no operation {other:?} (pause, resume, abort)"))),
     };
     let now = s.clock.now();
-    let actor = super::actions::actor(caller, body.actor.clone());
     let store = s.store.clone();
     let plan = plan.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Result<PlanState, ApiError>, crate::store::StoreError> {
+    let (op, actor, region) = (op.to_owned(), actor.to_owned(), region.map(str::to_owned));
+    tokio::task::spawn_blocking(move || -> Result<Result<PlanState, ApiError>, crate::store::StoreError> {
         let mut state =
-            store.plan_state(&key)?.and_then(|v| serde_json::from_value::<PlanState>(v).ok()).unwrap_or_else(|| PlanState::new(&plan, which.region.as_deref()));
+            store.plan_state(&key)?.and_then(|v| serde_json::from_value::<PlanState>(v).ok()).unwrap_or_else(|| PlanState::new(&plan, region.as_deref()));
         if !from.contains(&state.status) {
             return Ok(Err(ApiError::Conflict(format!("plan instance {key} is {:?}", state.status))));
         }
         let before = serde_json::to_value(&state).unwrap_or_default();
         state.status = to;
-        state.reason = body.reason.clone().or_else(|| Some(format!("{op} by {actor}")));
+        state.reason = reason.or_else(|| Some(format!("{op} by {actor}")));
         if to == Status::Running {
             // A resumed plan re-reads the flag before its next step (expect_rollout).
             state.action = None;
@@ -92,8 +123,7 @@ pub async fn operate(
         Ok(Ok(state))
     })
     .await
-    .map_err(|e| ApiError::Unavailable(e.to_string()))??;
-    Ok(Json(json!({ "instance": result? })).into_response())
+    .map_err(|e| ApiError::Unavailable(e.to_string()))??
 }
 
 #[derive(Deserialize)]

@@ -18,7 +18,8 @@ pub const DONE: i32 = 0;
 /// `set-rollout`: refused (not at `--expect`, another action pending, the flag killed…): nothing
 /// was changed.
 pub const REFUSED: i32 = 1;
-/// `set-rollout`: still pending when `--wait` ran out (it may yet be carried out).
+/// `set-rollout`: still pending when `--wait` ran out (it may yet be carried out), or a
+/// proposal awaiting a second person's approval (regulated environments).
 pub const UNDECIDED: i32 = 2;
 pub const ERROR: i32 = 3;
 
@@ -277,6 +278,12 @@ pub async fn change(args: &SetRollout, server: &str, token: Option<&str>) -> Res
         "reason": reason,
     });
     let (status, answer) = api.post(&["v1", "flags", &t.flag, "rollout"], &body).await?;
+    if status == 202
+        && let Some(proposal) = answer["proposal"].as_i64()
+    {
+        let message = answer["message"].as_str().unwrap_or("awaits approval").to_owned();
+        return Ok((UNDECIDED, json!({ "outcome": "pending_approval", "proposal": proposal, "message": message })));
+    }
     let id = match status {
         200 | 202 => answer["action"].as_i64().ok_or_else(|| format!("the answer names no action: {answer}"))?,
         409 => {

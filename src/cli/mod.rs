@@ -2,6 +2,7 @@
 //! (a whole rollback on embedded defaults), plus the synthetic traffic the demo drives.
 
 pub mod api;
+pub mod approvals;
 pub mod check;
 pub mod cluster;
 pub mod demo;

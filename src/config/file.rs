@@ -37,6 +37,7 @@ pub struct ConfigFile {
     pub audit: AuditConfig,
     pub state: StateConfig,
     pub manifests: ManifestsConfig,
+    pub governance: GovernanceConfig,
     /// Scale-out: this instance is a shard that streams its window deltas to evaluators
     /// (docs/cluster.md, "Scale-out"). Absent by default.
     pub shard: Option<crate::shard::ShardConfig>,
@@ -82,6 +83,25 @@ impl Default for ManifestsConfig {
     }
 }
 
+/// `[governance]`: environments whose riskier changes need a second person's approval
+/// (docs/governance.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// In these environments a rollout to 100 %, the restore of a killed flag and the resume of
+    /// a paused plan are proposals until another token approves. Kills are never held.
+    pub regulated_environments: Vec<String>,
+    /// A proposal not approved within this long expires.
+    #[serde(with = "humantime_serde")]
+    pub approval_expiry: Duration,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig { regulated_environments: Vec::new(), approval_expiry: Duration::from_secs(24 * 3600) }
+    }
+}
+
 /// `[audit]`: the audit log's retention.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,6 +131,7 @@ impl Default for ConfigFile {
             audit: AuditConfig::default(),
             state: StateConfig::default(),
             manifests: ManifestsConfig::default(),
+            governance: GovernanceConfig::default(),
             shard: None,
             merge: None,
             cluster: None,
@@ -390,6 +411,14 @@ pub struct TokenConfig {
     pub role: crate::api::auth::Role,
     /// The secret, only as `${VAR}`.
     pub token: String,
+    /// What it may change (flags globs, environments, owning teams); none: everything its
+    /// role allows.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    #[serde(default)]
+    pub environments: Vec<String>,
+    #[serde(default)]
+    pub teams: Vec<String>,
 }
 
 /// `[log]`.

@@ -30,8 +30,8 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub api_listen: SocketAddr,
-    /// API callers: (name, role, secret), from `api.tokens` and `api.tokens_file`.
-    pub tokens: Vec<(String, crate::api::auth::Role, String)>,
+    /// API callers, from `api.tokens` and `api.tokens_file`.
+    pub tokens: Vec<crate::api::auth::TokenEntry>,
     /// OTLP bearer tokens, expanded from `otlp.bearer_tokens`.
     pub otlp_tokens: Vec<String>,
     /// `[cluster]`, validated (URL expanded); `None`: embedded.
@@ -83,6 +83,9 @@ impl Config {
         let tick = file.aggregate.tick.as_millis();
         if !(10..=1000).contains(&tick) {
             errors.push(format!("aggregate.tick: must be between 10ms and 1s, got {tick}ms"));
+        }
+        if file.governance.approval_expiry < std::time::Duration::from_secs(60) {
+            errors.push("governance.approval_expiry: at least 1m".into());
         }
         if file.manifests.drift_interval < std::time::Duration::from_secs(1) {
             errors.push("manifests.drift_interval: at least 1s".into());
@@ -188,7 +191,12 @@ impl Config {
                 errors.push(format!("{field}: give the token as ${{VAR}} (read from the environment), not literally"));
             } else {
                 match expand_env(&t.token) {
-                    Ok(secret) if secret.len() >= 16 => tokens.push((t.name.clone(), t.role, secret)),
+                    Ok(secret) if secret.len() >= 16 => tokens.push(crate::api::auth::TokenEntry {
+                        name: t.name.clone(),
+                        role: t.role,
+                        secret,
+                        scope: crate::api::auth::Scope { flags: t.flags.clone(), environments: t.environments.clone(), teams: t.teams.clone() },
+                    }),
                     Ok(_) => errors.push(format!("{field}: the token of {} is shorter than 16 characters", t.name)),
                     Err(var) => errors.push(format!("{field}: environment variable {var} is not set")),
                 }
@@ -238,9 +246,12 @@ impl Config {
             errors.push("api.anonymous_role: at most viewer (anyone could act otherwise), unless api.allow_unauthenticated = true".into());
         }
         let mut names = std::collections::HashSet::new();
-        for (name, _, _) in &tokens {
-            if !names.insert(name.clone()) {
-                errors.push(format!("api.tokens: the name {name:?} is used twice"));
+        for t in &tokens {
+            if !names.insert(t.name.clone()) {
+                errors.push(format!("api.tokens: the name {:?} is used twice", t.name));
+            }
+            if let Some(bad) = t.scope.flags.iter().find(|g| globset::Glob::new(g).is_err()) {
+                errors.push(format!("api.tokens: the flags of {} ({bad:?}) are not a glob", t.name));
             }
         }
         let cluster = file.cluster.as_ref().and_then(|c| c.validate(file.act.timeout, &mut errors));

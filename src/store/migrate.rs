@@ -1,7 +1,7 @@
 //! `flagguard store migrate`: copies an embedded SQLite store (a data directory) into an empty
 //! PostgreSQL store when a site switches to cluster mode — the audit log, the outbox (pending
-//! actions resume on the cluster's leader), rule state, alert dedupe, plans, usage and
-//! controls, with their ids (action ids in links and audit records stay valid), in one
+//! actions resume on the cluster's leader), rule state, alert dedupe, plans, usage,
+//! controls and proposals, with their ids (action ids in links and audit records stay valid), in one
 //! transaction: all of it or nothing.
 
 use super::*;
@@ -18,6 +18,7 @@ const TABLES: &[(&str, &str)] = &[
     ("rollouts", "key, state, updated_ms"),
     ("flag_usage", "flag, variant, first_ms, last_ms"),
     ("controls", "id, state, updated_ms"),
+    ("proposals", "id, created_ms, kind, flag, environment, request, proposer, reason, state, expires_ms, decided_by, decided_ms, action_id"),
 ];
 
 /// Rows copied per table.
@@ -51,7 +52,7 @@ impl Store {
             copied.push((*table, rows.len()));
         }
         // New rows continue after the copied ids.
-        for table in ["audit", "outbox"] {
+        for table in ["audit", "outbox", "proposals"] {
             tx.query(&format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"), &[])?;
         }
         tx.commit()?;

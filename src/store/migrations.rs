@@ -107,6 +107,23 @@ const MIGRATIONS: &[&str] = &[
     // 10: a caller's idempotency key (`flags set-rollout --idempotency-key`) makes one action,
     // even when two requests with it race.
     "CREATE UNIQUE INDEX outbox_client_key ON outbox(idempotency_key) WHERE idempotency_key LIKE 'client:%';",
+    // 11: proposals awaiting a second person's approval (regulated environments).
+    "CREATE TABLE proposals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        flag TEXT NOT NULL,
+        environment TEXT,
+        request TEXT NOT NULL,
+        proposer TEXT NOT NULL,
+        reason TEXT,
+        state TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        decided_by TEXT,
+        decided_ms INTEGER,
+        action_id INTEGER
+    );
+    CREATE INDEX proposals_state ON proposals(state, id);",
 ];
 
 /// The migration after which stored targets are re-derived canonically (in Rust: the target

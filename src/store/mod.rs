@@ -27,6 +27,7 @@ pub mod migrate;
 pub mod migrations;
 mod outbox;
 pub mod postgres;
+pub mod proposals;
 mod row;
 mod state;
 

@@ -9,6 +9,10 @@ use serde_json::json;
 
 use crate::support::*;
 
+pub fn token(name: &str, role: Role, secret: &str) -> TokenConfig {
+    TokenConfig { name: name.into(), role, token: secret.into(), flags: vec![], environments: vec![], teams: vec![] }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_gate_every_route_and_name_the_actor() {
     // SAFETY: only this test reads these variables.
@@ -19,10 +23,7 @@ async fn roles_gate_every_route_and_name_the_actor() {
     let flags = FlagServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
-    config.api.tokens = vec![
-        TokenConfig { name: "grafana".into(), role: Role::Viewer, token: "${FG_TEST_VIEWER}".into() },
-        TokenConfig { name: "alice".into(), role: Role::Operator, token: "${FG_TEST_OPERATOR}".into() },
-    ];
+    config.api.tokens = vec![token("grafana", Role::Viewer, "${FG_TEST_VIEWER}"), token("alice", Role::Operator, "${FG_TEST_OPERATOR}")];
     std::fs::write(dir.path().join("tokens"), "# role name token\nadmin root admin-secret-0123456789\n").unwrap();
     config.api.tokens_file = Some(dir.path().join("tokens"));
     let daemon = Daemon::start(config, dir).await;

@@ -17,6 +17,7 @@ mod extraction;
 mod flag_cli;
 mod fuzz_replay;
 mod gates;
+mod governance;
 mod kill_path;
 mod manifests;
 mod node_sdk;
