@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::act::Actuator;
 use crate::act::executor::{Executor, ExecutorSettings};
-use crate::act::notify::Notifier;
+use crate::act::notify::Routing;
 use crate::act::outbox::Outbox;
 use crate::aggregate::Aggregator;
 use crate::api::{ApiState, router};
@@ -42,6 +42,8 @@ pub enum AppError {
     Actuator { name: String, message: String },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    #[error("notification routes: {0}")]
+    Notify(String),
     #[error("{what}: {source}")]
     Tls { what: &'static str, source: crate::tls::TlsError },
 }
@@ -69,7 +71,7 @@ pub struct App {
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     engine: RuleEngine,
     actuators: HashMap<String, Arc<dyn Actuator>>,
-    notifier: Option<Arc<Notifier>>,
+    routing: Arc<Routing>,
     /// TLS of the OTLP listeners and of the API, loaded at build (a bad file refuses to start).
     tls: (Option<crate::tls::Reloading>, Option<crate::tls::Reloading>),
     /// Cluster mode: the fenced lease (none: embedded, always the one that acts).
@@ -117,7 +119,7 @@ impl App {
             let built = actuator.build(name, &client).map_err(|message| AppError::Actuator { name: name.clone(), message })?;
             actuators.insert(name.clone(), built);
         }
-        let notifier = file.act.notify_url.as_deref().map(|url| Arc::new(Notifier::new(url, client.clone())));
+        let routing = Routing::build(file.act.notify_url.as_deref(), &file.act.routes, client.clone()).map_err(AppError::Notify)?;
         let now = clock.now();
         let engine = RuleEngine::new(
             Arc::new(rules),
@@ -164,7 +166,7 @@ impl App {
             snapshot_tx,
             engine,
             actuators,
-            notifier,
+            routing,
             tls,
             lease,
             stream_listener,
@@ -189,8 +191,8 @@ impl App {
 
     /// Runs until `shutdown` is cancelled, then stops in order within the grace period.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, notifier, tls, lease, stream_listener } = self;
-        let outbox = Outbox::new(store.clone(), notifier.is_some());
+        let App { config, clock, listeners, addrs, store, metrics, snapshots, snapshot_tx, engine, actuators, routing, tls, lease, stream_listener } = self;
+        let outbox = Outbox::new(store.clone(), routing);
         // The leader's door: fenced by the lease in cluster mode.
         let fence = lease.as_ref().map(|l| l.fence());
         let acting = match &fence {
@@ -409,7 +411,6 @@ impl App {
         let executor = Arc::new(Executor {
             outbox: acting,
             actuators,
-            notifier,
             settings: ExecutorSettings {
                 max_attempts: file.act.max_attempts,
                 initial_backoff: file.act.initial_backoff,

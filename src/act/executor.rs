@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::notify::Notifier;
+use super::notify::{Incident, Note, Severity};
 use super::outbox::{Outbox, fallback_kill};
 use super::{ActError, ActionKind, ActionRequest, Actuator, Payload, describe, retry};
 use crate::action::ActionState;
@@ -36,8 +36,6 @@ pub struct Executor {
     /// Every write goes through the outbox door; reads through its store.
     pub outbox: Outbox,
     pub actuators: HashMap<String, Arc<dyn Actuator>>,
-    /// Delivers notifications (`act.notify_url`); none: they are not queued either.
-    pub notifier: Option<Arc<Notifier>>,
     pub settings: ExecutorSettings,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
@@ -220,13 +218,10 @@ impl Executor {
 
     /// Delivers a notification (no flag system, no read-back): retried like any call.
     async fn deliver(&self, row: &ActionRow, request: &ActionRequest, attempt: u32) {
-        let Some(notifier) = self.notifier.clone() else {
-            let e = ActError::Permanent("notifications are not configured (act.notify_url)".into());
-            return self.finish(row, Some(request), attempt, Err(e)).await;
-        };
+        let routing = self.outbox.routing().clone();
         let timeout = self.settings.timeout;
         let started = std::time::Instant::now();
-        let sent = match tokio::time::timeout(timeout, notifier.send(request, &row.idempotency_key)).await {
+        let sent = match tokio::time::timeout(timeout, routing.send(request, &row.idempotency_key)).await {
             Ok(sent) => sent,
             Err(_) => Err(ActError::transient(format!("timed out after {timeout:?}"))),
         };
@@ -401,19 +396,38 @@ impl Executor {
         }
         let notify_text = match (request, &result) {
             (Some(r), _) if r.kind == ActionKind::Notify => None,
-            (Some(r), Ok(done)) => Some(format!(
-                "flagguard {} {} (action {id}, {state} after {attempts} attempt(s)){}",
-                past(r.kind),
-                describe(r),
-                done.widened.as_ref().map(|w| format!("; WIDENED to the whole environment: {w}")).unwrap_or_default()
+            (Some(r), Ok(done)) => Some((
+                if r.kind == ActionKind::Kill { Severity::Warning } else { Severity::Info },
+                format!(
+                    "flagguard {} {} (action {id}, {state} after {attempts} attempt(s)){}",
+                    past(r.kind),
+                    describe(r),
+                    done.widened.as_ref().map(|w| format!("; WIDENED to the whole environment: {w}")).unwrap_or_default()
+                ),
             )),
             // The caller asked and is answered; nobody else needs telling.
             (Some(_), Err(ActError::Refused(_))) => None,
-            (Some(r), Err(e)) => Some(format!("ESCALATION: flagguard could not {} {} (action {id}): {e}", r.kind.as_str(), describe(r))),
+            (Some(r), Err(e)) => Some((
+                if r.kind == ActionKind::Kill { Severity::Page } else { Severity::Warning },
+                format!("ESCALATION: flagguard could not {} {} (action {id}): {e}", r.kind.as_str(), describe(r)),
+            )),
             _ => None,
         };
-        if let Some(text) = notify_text {
-            follow_ups.extend(self.outbox.notification(&text, &request.map(|r| r.evidence.clone()).unwrap_or_default(), now));
+        if let (Some((severity, text)), Some(r)) = (notify_text, request) {
+            let incident = Incident::of(&r.flag, r.environment.as_deref());
+            let note = Note::new(severity, &text, &r.evidence, Some(&r.flag));
+            let note = match (r.kind, &result) {
+                // A failed kill opens (or joins) the flag's incident.
+                (ActionKind::Kill, Err(_)) => note.incident(Incident { key: incident.clone(), resolve: false }),
+                _ => note,
+            };
+            follow_ups.extend(self.outbox.notification(&note, now));
+            // A kill confirmed at last closes the page an earlier failure opened.
+            if r.kind == ActionKind::Kill && result.is_ok() && self.had_incident(r, row.id).await {
+                let resolved = format!("RESOLVED: flagguard killed {} at last (action {id})", describe(r));
+                let note = Note::new(Severity::Page, &resolved, &r.evidence, Some(&r.flag)).incident(Incident { key: incident, resolve: true });
+                follow_ups.extend(self.outbox.notification(&note, now));
+            }
         }
         let restored = match (request, &result) {
             (Some(r), Ok(_)) if r.kind == ActionKind::Restore => Some(crate::store::Restored {
@@ -439,6 +453,18 @@ impl Executor {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Whether a page is open for the request's flag and environment: the newest earlier kill
+    /// there (on any actuator: a fallback's confirmation closes it too) failed or did not drain.
+    async fn had_incident(&self, request: &ActionRequest, id: i64) -> bool {
+        let (store, flag, env) = (self.outbox.store().clone(), request.flag.clone(), request.environment.clone());
+        let Ok(Ok(kills)) = tokio::task::spawn_blocking(move || store.recent_kills(&flag, 50)).await else { return false };
+        kills
+            .iter()
+            .filter(|k| k.id < id && crate::action::Target::parse(&k.target).environment == env)
+            .find(|k| k.state != ActionState::Pending)
+            .is_some_and(|k| matches!(k.state, ActionState::Escalated | ActionState::Failed))
     }
 
     /// Reads back every kill flagguard holds (confirmed, drained, recovered) at most once per

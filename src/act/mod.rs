@@ -74,6 +74,9 @@ pub struct ActionRequest {
     /// Text of a notification.
     #[serde(default)]
     pub text: Option<String>,
+    /// A notification's severity and incident (its route is `actuator`).
+    #[serde(default)]
+    pub notice: Option<notify::Notice>,
     /// Rollout: the percentage to set (0–100).
     #[serde(default)]
     pub percent: Option<f64>,
@@ -124,6 +127,7 @@ impl ActionRequest {
             scope: vec![],
             evidence: Value::Null,
             text: None,
+            notice: None,
             percent: None,
             restores: None,
             saved: None,
@@ -311,6 +315,7 @@ pub fn evidence_summary(evidence: &Value) -> Value {
         "conditions": evidence.get("conditions"),
         "treatment": evidence.pointer("/treatment/stats"),
         "baseline": evidence.pointer("/baseline/stats"),
+        "owner": evidence.get("owner"),
     })
 }
 

@@ -19,6 +19,7 @@
 
 use serde_json::{Value, json};
 
+use super::notify::{Incident, Note, Notice, Routing, Severity};
 use super::{ActionKind, ActionRequest, describe, evidence_summary};
 use crate::action::{ActionState, NOTIFIER, Refused, Target};
 use crate::alerts::Alert;
@@ -32,8 +33,8 @@ use crate::time::Timestamp;
 #[derive(Clone)]
 pub struct Outbox {
     store: Store,
-    /// Whether notifications are configured (`act.notify_url`).
-    notify: bool,
+    /// Where notifications go (`act.notify_url`, `[[act.routes]]`).
+    routing: std::sync::Arc<Routing>,
 }
 
 /// What came of one rule decision.
@@ -73,14 +74,14 @@ pub struct AlertDelivery<'a> {
 }
 
 impl Outbox {
-    pub fn new(store: Store, notify: bool) -> Outbox {
-        Outbox { store, notify }
+    pub fn new(store: Store, routing: std::sync::Arc<Routing>) -> Outbox {
+        Outbox { store, routing }
     }
 
     /// This door with every write fenced by the lease (cluster mode: the leader's decisions,
     /// calls and verification; alerts and operator actions use the unfenced one).
     pub fn fenced(&self, fence: std::sync::Arc<crate::store::Fence>) -> Outbox {
-        Outbox { store: self.store.fenced(fence), notify: self.notify }
+        Outbox { store: self.store.fenced(fence), routing: self.routing.clone() }
     }
 
     /// The store, for reads.
@@ -170,7 +171,18 @@ impl Outbox {
                 format!("incident, not killing {}: {why}", describe(&request))
             }
         };
-        let notified = self.notify(&summary, &decision.record, decision.at)?;
+        let severity = if matches!(decision.kind, DecisionKind::Incident) { Severity::Page } else { Severity::Warning };
+        // The flag's owner (flag manifests) is told, and named.
+        let (summary, record) = match self.routing.owner(&decision.flag) {
+            Some(owner) => {
+                let mut record = decision.record.clone();
+                record["owner"] = json!(owner);
+                let contact = owner.contact.as_ref().map(|c| format!(", {c}")).unwrap_or_default();
+                (format!("{summary} — owner {}{contact}", owner.team), record)
+            }
+            None => (summary, decision.record.clone()),
+        };
+        let notified = self.notify(&Note::new(severity, &summary, &record, Some(&decision.flag)), decision.at)?;
         Ok(Decided { queued: notified || queued, held: was_held })
     }
 
@@ -271,7 +283,8 @@ impl Outbox {
                     };
                     let scope: Vec<String> = t.scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     let text = format!("{verb} {} ({}) via {} on alert {dedup_key} from {source} (mapping {})", t.flag, scope.join(","), t.actuator, t.mapping);
-                    self.notify(&text, &json!({ "rule": format!("alert:{}", t.mapping), "verdict": "alert" }), now)?;
+                    let evidence = json!({ "rule": format!("alert:{}", t.mapping), "verdict": "alert" });
+                    self.notify(&Note::new(Severity::Warning, &text, &evidence, Some(&t.flag)), now)?;
                 }
                 let (action, joined) = match outcome.submitted {
                     Some(Submitted::New(id)) => (Some(id), false),
@@ -400,27 +413,31 @@ impl Outbox {
         Ok(id)
     }
 
-    /// Queues a notification when notifications are configured; returns whether it did.
-    pub fn notify(&self, text: &str, evidence: &Value, at: Timestamp) -> Result<bool, StoreError> {
-        if !self.notify {
-            return Ok(false);
-        }
-        let n = notification(text, evidence, at);
-        self.store.submit(&NewAction {
-            target: &n.target,
-            kind: n.kind,
-            request: &n.request,
-            idempotency_key: &n.idempotency_key,
-            slice_key: "",
-            automatic: false,
-            audit: &n.audit,
-        })?;
-        Ok(true)
+    /// The notification routes (the executor delivers through them).
+    pub fn routing(&self) -> &std::sync::Arc<Routing> {
+        &self.routing
     }
 
-    /// The notification of `text`, to queue with another write, when notifications are on.
-    pub fn notification(&self, text: &str, evidence: &Value, at: Timestamp) -> Option<FollowUp> {
-        self.notify.then(|| notification(text, evidence, at))
+    /// Queues `note` for every route that takes it; returns whether any did.
+    pub fn notify(&self, note: &Note<'_>, at: Timestamp) -> Result<bool, StoreError> {
+        let copies = self.notification(note, at);
+        for n in &copies {
+            self.store.submit(&NewAction {
+                target: &n.target,
+                kind: n.kind,
+                request: &n.request,
+                idempotency_key: &n.idempotency_key,
+                slice_key: "",
+                automatic: false,
+                audit: &n.audit,
+            })?;
+        }
+        Ok(!copies.is_empty())
+    }
+
+    /// `note`'s copies, one per route that takes it, to queue with another write.
+    pub fn notification(&self, note: &Note<'_>, at: Timestamp) -> Vec<FollowUp> {
+        self.routing.routes_for(note).iter().map(|route| notification(route, note, at)).collect()
     }
 
     /// A verification step of a watched kill (`act::verify`): `row` moves to `to`, with its
@@ -458,7 +475,13 @@ impl Outbox {
             (ActionState::Drained, None) => format!("the killed cohort of {} has drained (action {})", describe(request), row.id),
             _ => format!("{} is {to} after flagguard's kill (action {})", describe(request), row.id),
         };
-        follow_ups.extend(self.notification(&text, &request.evidence, now));
+        // A kill that did not drain (or did not fix it) pages, as one incident per flag × environment.
+        let note = match to {
+            ActionState::Escalated | ActionState::Failed => Note::new(Severity::Page, &text, &request.evidence, Some(&request.flag))
+                .incident(Incident { key: Incident::of(&request.flag, request.environment.as_deref()), resolve: false }),
+            _ => Note::new(Severity::Info, &text, &request.evidence, Some(&request.flag)),
+        };
+        follow_ups.extend(self.notification(&note, now));
         self.store.transition_with(row.id, &[row.state], to, error.as_deref(), &audit, &follow_ups)
     }
 
@@ -480,7 +503,7 @@ impl Outbox {
             after: Some(json!({ "read_back": read_back })),
             ..AuditEntry::default()
         };
-        let follow_ups: Vec<FollowUp> = self.notification(&text, &request.evidence, now).into_iter().collect();
+        let follow_ups = self.notification(&Note::new(Severity::Warning, &text, &request.evidence, Some(&request.flag)), now);
         use ActionState::*;
         self.store.transition_with(row.id, &[Confirmed, Drained, Recovered], Overridden, Some("re-enabled by someone else"), &audit, &follow_ups)
     }
@@ -517,21 +540,22 @@ fn to_json(request: &ActionRequest) -> Value {
 }
 
 /// A notification, to queue with another write ([`Store::finish_with`]).
-pub fn notification(text: &str, evidence: &Value, at: Timestamp) -> FollowUp {
+pub fn notification(route: &str, note: &Note<'_>, at: Timestamp) -> FollowUp {
     let request = ActionRequest {
-        rule: evidence.get("rule").and_then(Value::as_str).unwrap_or("").into(),
-        evidence: evidence_summary(evidence),
-        text: Some(text.into()),
-        ..ActionRequest::new(ActionKind::Notify, NOTIFIER, "")
+        rule: note.evidence.get("rule").and_then(Value::as_str).unwrap_or("").into(),
+        evidence: evidence_summary(note.evidence),
+        text: Some(note.text.into()),
+        notice: Some(Notice { severity: note.severity, incident: note.incident.clone() }),
+        ..ActionRequest::new(ActionKind::Notify, route, note.flag.unwrap_or(""))
     };
     // Each notification is its own target: notifications never join one another.
-    let target = format!("{NOTIFIER}|{}|{}", at.as_millis(), idempotency_key(text, at));
+    let target = format!("{NOTIFIER}|{}|{}|{route}", at.as_millis(), idempotency_key(note.text, at));
     let audit = AuditEntry {
         at,
         actor: "system".into(),
         kind: "notification_queued".into(),
         target: Some(target.clone()),
-        after: Some(json!({ "text": text })),
+        after: Some(json!({ "text": note.text, "route": route, "severity": note.severity, "incident": note.incident })),
         ..AuditEntry::default()
     };
     FollowUp { target: target.clone(), kind: ActionKind::Notify, request: to_json(&request), idempotency_key: target, automatic: false, audit }

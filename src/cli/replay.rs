@@ -73,7 +73,7 @@ pub fn replay(config: &ConfigFile, rules_dir: &Path, recordings: &[PathBuf], inc
         Correlator::new(CorrelateSettings { trace_idle: c.trace_idle, tombstone_ttl: c.tombstone_ttl, max_traces: c.max_traces }),
         Aggregator::new(config.aggregate.max_series),
         engine,
-        crate::act::outbox::Outbox::new(store, false),
+        crate::act::outbox::Outbox::new(store, crate::act::notify::Routing::none()),
         Arc::new(Metrics::new()),
         clock.clone(),
         Arc::new(Notify::new()),

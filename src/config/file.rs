@@ -346,6 +346,9 @@ pub struct ActConfig {
     /// Slack-compatible webhook (`{"text": …}`) told of every automatic action, escalation and
     /// incident. Default none.
     pub notify_url: Option<String>,
+    /// More notification routes (`[[act.routes]]`): by severity, flag and owning team, to a
+    /// chat webhook, PagerDuty Events v2 or Opsgenie. Default none.
+    pub routes: Vec<crate::act::notify::RouteConfig>,
     /// PEM CA bundle trusted for calls to flag systems, in addition to the platform's roots
     /// (a private CA in front of a self-hosted Unleash or Flagsmith). Default none.
     pub ca_file: Option<std::path::PathBuf>,
@@ -359,6 +362,7 @@ impl Default for ActConfig {
             max_backoff: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
             notify_url: None,
+            routes: Vec::new(),
             ca_file: None,
         }
     }

@@ -102,6 +102,13 @@ impl Config {
         if file.act.initial_backoff.is_zero() || file.act.max_backoff < file.act.initial_backoff {
             errors.push("act.initial_backoff / act.max_backoff: need 0 < initial_backoff <= max_backoff".into());
         }
+        let mut route_names = std::collections::HashSet::new();
+        for (i, route) in file.act.routes.iter().enumerate() {
+            route.validate(&format!("act.routes[{i}]"), &mut errors);
+            if !route_names.insert(route.name.clone()) {
+                errors.push(format!("act.routes[{i}].name: {:?} is used twice", route.name));
+            }
+        }
         if let Some(url) = &file.act.notify_url
             && let Err(e) = reqwest::Url::parse(url)
         {

@@ -111,6 +111,7 @@ impl DriftWatch {
             }
         }
         let owners: BTreeMap<String, Owner> = current.owners().into_iter().collect();
+        self.outbox.routing().set_owners(owners.clone());
         self.record(&reports, &targets, &owners, current, last).await;
         let state = DriftState { checked_at: Some(self.clock.now().rfc3339()), dir: Some(self.dir.clone()), flags: reports, owners, errors };
         self.publish.send_replace(Arc::new(state));
@@ -156,10 +157,11 @@ impl DriftWatch {
                 format!("drift: {} differs from {file}{owner}", report.describe().replace("\n    ", "; "))
             });
             let evidence = json!({ "drift": report, "owner": owner });
+            let flag = report.flag.clone();
             let written = tokio::task::spawn_blocking(move || {
                 outbox.store().audit(&entry)?;
                 if let Some(text) = text {
-                    outbox.notify(&text, &evidence, now)?;
+                    outbox.notify(&crate::act::notify::Note::new(crate::act::notify::Severity::Warning, &text, &evidence, Some(&flag)), now)?;
                 }
                 Ok::<_, crate::store::StoreError>(())
             })

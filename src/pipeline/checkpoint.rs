@@ -431,7 +431,7 @@ mod tests {
             crate::correlate::Correlator::new(crate::correlate::CorrelateSettings::default()),
             crate::aggregate::Aggregator::new(n as usize + 1),
             engine,
-            crate::act::outbox::Outbox::new(store, false),
+            crate::act::outbox::Outbox::new(store, crate::act::notify::Routing::none()),
             Arc::new(Metrics::new()),
             clock,
             Arc::new(tokio::sync::Notify::new()),

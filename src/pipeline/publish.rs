@@ -74,7 +74,11 @@ impl Pipeline {
                 evidence: Some(evidence.clone()),
                 ..AuditEntry::default()
             };
-            match self.store.audit(&audit).and_then(|_| self.outbox.notify(&text, &evidence, now)) {
+            match self
+                .store
+                .audit(&audit)
+                .and_then(|_| self.outbox.notify(&crate::act::notify::Note::new(crate::act::notify::Severity::Warning, &text, &evidence, None), now))
+            {
                 Err(e) => tracing::error!(error = %e, "cannot record the stale rule"),
                 Ok(true) => self.wake_executor.notify_one(),
                 Ok(false) => {}

@@ -82,7 +82,15 @@ impl Progress<'_> {
         }
         *expected = Some(value);
         if let Some(text) = notify
-            && self.outbox.notify(&text, &json!({ "rule": format!("rollout:{}", state.plan), "plan": state }), now)?
+            && self.outbox.notify(
+                &crate::act::notify::Note::new(
+                    crate::act::notify::Severity::Info,
+                    &text,
+                    &json!({ "rule": format!("rollout:{}", state.plan), "plan": state }),
+                    Some(&state.flag),
+                ),
+                now,
+            )?
         {
             self.wake.notify_one();
         }

@@ -495,6 +495,13 @@ impl Store {
     }
 
     /// Whether an action for `target` is pending (e.g. a restore in flight).
+    /// The newest `limit` kills of a flag (every target), newest first.
+    pub fn recent_kills(&self, flag: &str, limit: u32) -> Result<Vec<ActionRow>, StoreError> {
+        let sql = format!("{} WHERE kind = 'kill' AND json_extract(request, '$.flag') = ?1 ORDER BY id DESC LIMIT ?2", Store::ROW);
+        let rows = self.read().query(&sql, params![flag, limit])?;
+        rows.iter().map(Store::row).collect()
+    }
+
     /// The pending actions of a flag (every target), oldest first.
     pub fn pending_for_flag(&self, flag: &str) -> Result<Vec<ActionRow>, StoreError> {
         let sql = format!("{} WHERE state = 'pending' AND json_extract(request, '$.flag') = ?1 ORDER BY id", Store::ROW);

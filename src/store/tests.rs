@@ -315,7 +315,17 @@ fn a_flags_kills_are_found_past_any_number_of_notifications() {
     let request = kill_request(&[], Some("production"));
     let Submitted::New(kill) = store.put(&request.target(), "kill", &serde_json::to_value(&request).unwrap(), "k", "", &decided(1)).unwrap() else { panic!() };
     for i in 0..1001 {
-        crate::act::outbox::Outbox::new(store.clone(), true).notify(&format!("n{i}"), &json!({}), Timestamp(10 + i)).unwrap();
+        crate::act::outbox::Outbox::new(
+            store.clone(),
+            crate::act::notify::Routing::build(
+                Some("http://127.0.0.1:9/notify"),
+                &[],
+                crate::app::http_client(std::time::Duration::from_secs(1), None).unwrap(),
+            )
+            .unwrap(),
+        )
+        .notify(&crate::act::notify::Note::new(crate::act::notify::Severity::Info, &format!("n{i}"), &json!({}), None), Timestamp(10 + i))
+        .unwrap();
     }
     let kills = store.flag_kills("f").unwrap();
     assert_eq!(kills.iter().map(|r| r.id).collect::<Vec<_>>(), vec![kill]);

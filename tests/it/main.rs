@@ -23,6 +23,7 @@ mod manifests;
 mod node_sdk;
 mod otlp_errors;
 mod own_telemetry;
+mod paging;
 mod python_sdk;
 mod replay;
 mod restart;

@@ -151,7 +151,11 @@ fn run(ops: &[Op], counts: &mut Counts) {
 }
 
 fn run_on(engine: &Engine, ops: &[Op], counts: &mut Counts) {
-    let mut outbox = Outbox::new(engine.open(), true);
+    let mut outbox = Outbox::new(
+        engine.open(),
+        crate::act::notify::Routing::build(Some("http://127.0.0.1:9/notify"), &[], crate::app::http_client(std::time::Duration::from_secs(1), None).unwrap())
+            .unwrap(),
+    );
     let mut now = 1_000u64;
     let mut told: Vec<i64> = Vec::new();
     let mut seen = observe(outbox.store());
@@ -249,12 +253,20 @@ fn run_on(engine: &Engine, ops: &[Op], counts: &mut Counts) {
                 assert_eq!(moved, row.state == ActionState::Overridden);
             }
             Op::Notify => {
-                assert!(outbox.notify("hello", &json!({}), at).unwrap());
+                assert!(outbox.notify(&Note::new(Severity::Info, "hello", &json!({}), None), at).unwrap());
             }
             Op::Crash => {
                 counts.crashes += 1;
                 drop(outbox);
-                outbox = Outbox::new(engine.open(), true);
+                outbox = Outbox::new(
+                    engine.open(),
+                    crate::act::notify::Routing::build(
+                        Some("http://127.0.0.1:9/notify"),
+                        &[],
+                        crate::app::http_client(std::time::Duration::from_secs(1), None).unwrap(),
+                    )
+                    .unwrap(),
+                );
             }
             _ => {}
         }
@@ -333,5 +345,5 @@ fn a_fallback_kill_is_as_automatic_as_the_kill_it_replaces() {
     let by_hand = ActionRequest { actor: Some("token:ops".into()), ..rule.clone() };
     assert!(fallback_kill(&rule, "backup", 1, &audit, Timestamp(1)).automatic, "a rule's fallback defers to a human override");
     assert!(!fallback_kill(&by_hand, "backup", 1, &audit, Timestamp(1)).automatic, "an operator's goes out");
-    assert!(!notification("t", &json!({}), Timestamp(1)).automatic);
+    assert!(!notification("notify", &Note::new(Severity::Info, "t", &json!({}), None), Timestamp(1)).automatic);
 }
