@@ -321,6 +321,7 @@ impl App {
                 governance: crate::api::approvals::Governance {
                     regulated_environments: file.governance.regulated_environments.clone(),
                     approval_expiry: file.governance.approval_expiry,
+                    max_rollout_age: file.governance.max_rollout_age,
                 },
                 tokens: crate::api::auth::Tokens::new(config.tokens.clone(), file.api.anonymous_role).allow_hosts(file.api.allowed_hosts.clone()),
                 lease,

@@ -269,6 +269,13 @@ impl FlagArgs {
 
 #[derive(clap::Subcommand)]
 enum FlagsCommand {
+    /// The compliance report: flags without an owner, past their expiry, changed without
+    /// approval in a regulated environment, drifted, or in rollout too long (exit 0 none, 1
+    /// findings, 3 error).
+    Report {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// The flag's state in the flag system (enabled, rollout, variants), whether flagguard
     /// holds it killed, and its pending actions (exit 0; 3 when it cannot be read).
     Get {
@@ -344,6 +351,9 @@ fn main() {
         Command::Check { config, rules, manifests } => flagguard::cli::check::run(config.as_deref(), rules, manifests.as_deref()),
         Command::Gate { flag, environment, region, variant, min_healthy, wait, server, token, json } => runtime()
             .block_on(flagguard::cli::gate::run(flagguard::cli::gate::GateArgs { flag, environment, region, variant, min_healthy, wait, server, token, json })),
+        Command::Flags { command: FlagsCommand::Report { server: a } } => {
+            runtime().block_on(flagguard::cli::flags::report(&a.server, a.token.as_deref(), a.json))
+        }
         Command::Flags { command: FlagsCommand::Get { target, config, server, token, json } } => {
             let source = match config {
                 Some(path) => flagguard::cli::flags::Source::Config(path),

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub shard_gaps: Family<Labels, Counter>,
     /// An evaluator: milliseconds between a shard's frame and its arrival, by shard.
     pub shard_lag: Family<Labels, Gauge>,
+    /// Compliance report findings by problem (no_owner, expired, unapproved_change, drifted,
+    /// long_rollout), as of the last scrape.
+    pub compliance_findings: Family<Labels, Gauge>,
     /// Flag manifests: 1 for each flag × environment's current drift status, 0 for the others.
     pub manifest_drift: Family<Labels, Gauge>,
     /// Cluster mode: 1 while this replica holds the lease.
@@ -110,6 +113,7 @@ impl Metrics {
             shard_gaps: Family::default(),
             shard_lag: Family::default(),
             manifest_drift: Family::default(),
+            compliance_findings: Family::default(),
             cluster_leader: Gauge::default(),
             cluster_leadership_changes: Counter::default(),
             cluster_fence_rejections: Counter::default(),
@@ -146,6 +150,7 @@ impl Metrics {
         registry.register("shard_stream_seq", "A shard: sequence number of the last window delta published", m.shard_stream_seq.clone());
         registry.register("shard_gaps", "An evaluator: breaks in a shard's stream that could not be resumed", m.shard_gaps.clone());
         registry.register("shard_lag_milliseconds", "An evaluator: delay of a shard's last frame", m.shard_lag.clone());
+        registry.register("compliance_findings", "Compliance report findings by problem", m.compliance_findings.clone());
         registry.register("manifest_drift", "Flag manifests: 1 for each pair's drift status", m.manifest_drift.clone());
         registry.register("cluster_leader", "Cluster mode: 1 while this replica holds the actuator lease", m.cluster_leader.clone());
         registry.register("cluster_leadership_changes", "Cluster mode: times this replica acquired or lost the lease", m.cluster_leadership_changes.clone());

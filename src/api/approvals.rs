@@ -29,6 +29,7 @@ use crate::store::proposals::{NewProposal, ProposalKind, ProposalRow, ProposalSt
 pub struct Governance {
     pub regulated_environments: Vec<String>,
     pub approval_expiry: Duration,
+    pub max_rollout_age: Duration,
 }
 
 impl Governance {

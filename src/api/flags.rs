@@ -53,3 +53,31 @@ pub async fn drift(State(s): State<ApiState>) -> Result<Response, ApiError> {
     }
     Ok(Json(state.as_ref().clone()).into_response())
 }
+
+/// The compliance report's findings now ([`crate::manifest::compliance`]).
+pub async fn compliance_findings(s: &ApiState) -> Result<Vec<crate::manifest::compliance::Finding>, ApiError> {
+    let live = s.snapshots.borrow().usage.clone();
+    let store = s.store.clone();
+    let stored = blocking(move || store.usage()).await??;
+    let usage = crate::rollout::hygiene::merge(stored.into_iter().chain(live));
+    let drift = s.drift.borrow().clone();
+    let inputs = crate::manifest::compliance::Inputs {
+        manifests: &drift.manifests,
+        drift: &drift.flags,
+        usage: &usage,
+        regulated: &s.governance.regulated_environments,
+        max_rollout_age: s.governance.max_rollout_age,
+        now: s.clock.now(),
+    };
+    Ok(crate::manifest::compliance::report(&inputs))
+}
+
+/// `GET /v1/compliance`: `findings` (`flag`, `environment`, `problem`, `detail`) and their
+/// `counts` by problem; `manifests_watched` says whether flag manifests are part of it.
+pub async fn compliance(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let findings = compliance_findings(&s).await?;
+    let counts: std::collections::BTreeMap<&str, usize> =
+        crate::manifest::compliance::Problem::ALL.iter().map(|p| (p.as_str(), findings.iter().filter(|f| f.problem == *p).count())).collect();
+    let watched = s.drift.borrow().dir.is_some();
+    Ok(Json(serde_json::json!({ "findings": findings, "counts": counts, "manifests_watched": watched, "at": s.clock.now().rfc3339() })).into_response())
+}

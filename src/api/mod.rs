@@ -135,6 +135,7 @@ pub fn router(state: ApiState, alerts: alerts::AlertsState) -> Router {
         .route("/v1/flags/{flag}/restore", post(actions::restore_flag))
         .route("/v1/flags/{flag}/state", get(flags::state))
         .route("/v1/drift", get(flags::drift))
+        .route("/v1/compliance", get(flags::compliance))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::one))
         .route("/v1/approvals/{id}/approve", post(approvals::approve))
@@ -181,6 +182,12 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     let store = s.store.clone();
     if let Ok(Ok(pending)) = tokio::task::spawn_blocking(move || store.pending_count()).await {
         s.metrics.actions_pending.set(pending as i64);
+    }
+    if let Ok(findings) = flags::compliance_findings(&s).await {
+        for problem in crate::manifest::compliance::Problem::ALL {
+            let n = findings.iter().filter(|f| f.problem == problem).count();
+            s.metrics.compliance_findings.get_or_create(&vec![("problem", problem.as_str().to_owned())]).set(n as i64);
+        }
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
 }

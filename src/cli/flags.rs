@@ -322,3 +322,37 @@ pub async fn change(args: &SetRollout, server: &str, token: Option<&str>) -> Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `flags report`: the compliance report (`GET /v1/compliance`); exit 0 nothing found, 1
+/// findings, 3 error — a scheduled job can fail on it.
+pub async fn report(server: &str, token: Option<&str>, json: bool) -> i32 {
+    let answer = async {
+        match Api::new(server, token)?.get(&["v1", "compliance"], &[]).await? {
+            (200, body) => Ok(body),
+            (status, body) => Err(failure(status, &body)),
+        }
+    };
+    let body = match answer.await {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("flags report: {e}");
+            return ERROR;
+        }
+    };
+    let findings = body["findings"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{body}");
+    } else if findings.is_empty() {
+        println!(
+            "no compliance findings{}",
+            if body["manifests_watched"] == true { "" } else { " (no flag manifests are watched: owners, expiry and drift are not checked)" }
+        );
+    } else {
+        println!("{:<18} {:<32} {:<12} detail", "problem", "flag", "environment");
+        for f in &findings {
+            let s = |k: &str| f[k].as_str().unwrap_or("-").to_owned();
+            println!("{:<18} {:<32} {:<12} {}", s("problem"), s("flag"), s("environment"), s("detail"));
+        }
+    }
+    if findings.is_empty() { DONE } else { REFUSED }
+}

@@ -94,11 +94,18 @@ pub struct GovernanceConfig {
     /// A proposal not approved within this long expires.
     #[serde(with = "humantime_serde")]
     pub approval_expiry: Duration,
+    /// The compliance report flags a flag served in several variants for longer than this.
+    #[serde(with = "humantime_serde")]
+    pub max_rollout_age: Duration,
 }
 
 impl Default for GovernanceConfig {
     fn default() -> Self {
-        GovernanceConfig { regulated_environments: Vec::new(), approval_expiry: Duration::from_secs(24 * 3600) }
+        GovernanceConfig {
+            regulated_environments: Vec::new(),
+            approval_expiry: Duration::from_secs(24 * 3600),
+            max_rollout_age: Duration::from_secs(30 * 86_400),
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //!       - { name: production, enabled: true, rollout: 5 }
 //! ```
 
+pub mod compliance;
 pub mod drift;
 pub mod watch;
 

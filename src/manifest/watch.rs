@@ -34,6 +34,9 @@ pub struct DriftState {
     pub owners: BTreeMap<String, Owner>,
     /// Why the manifests on disk were not loaded (the last valid set is still used).
     pub errors: Vec<String>,
+    /// The manifests watched (for the compliance report).
+    #[serde(skip)]
+    pub manifests: Vec<super::FlagManifest>,
 }
 
 pub struct DriftWatch {
@@ -113,7 +116,14 @@ impl DriftWatch {
         let owners: BTreeMap<String, Owner> = current.owners().into_iter().collect();
         self.outbox.routing().set_owners(owners.clone());
         self.record(&reports, &targets, &owners, current, last).await;
-        let state = DriftState { checked_at: Some(self.clock.now().rfc3339()), dir: Some(self.dir.clone()), flags: reports, owners, errors };
+        let state = DriftState {
+            checked_at: Some(self.clock.now().rfc3339()),
+            dir: Some(self.dir.clone()),
+            flags: reports,
+            owners,
+            errors,
+            manifests: current.flags.clone(),
+        };
         self.publish.send_replace(Arc::new(state));
     }
 

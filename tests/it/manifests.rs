@@ -218,7 +218,13 @@ async fn the_daemon_watches_the_manifests_audits_and_notifies_a_human_edit_with_
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     manifest(&manifests, &flag, 5);
+    std::fs::write(
+        manifests.join("orphan.yaml"),
+        "flags:\n  - key: fg-orphan\n    lifecycle: experiment\n    expires: 2020-01-31\n    environments: [ { name: staging, enabled: false } ]\n",
+    )
+    .unwrap();
     let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    config.governance.regulated_environments = vec!["production".into()];
     config.actuators.clear();
     config.actuators.insert("unleash".into(), staging_is_development(&server));
     config.manifests.dir = Some(manifests.clone());
@@ -249,6 +255,25 @@ async fn the_daemon_watches_the_manifests_audits_and_notifies_a_human_edit_with_
     .await;
     let metrics = reqwest::get(format!("http://{}/metrics", daemon.addrs.api)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains(&format!("flagguard_manifest_drift{{flag=\"{flag}\",environment=\"production\",status=\"drifted\"}} 1")), "{metrics}");
+    // The compliance report: production is regulated, so the edit was a change without approval;
+    // the orphan flag has no owner and is past its expiry.
+    let (status, report) = get(&daemon, "/v1/compliance").await;
+    assert_eq!(status, 200);
+    let found: Vec<(String, String)> =
+        report["findings"].as_array().unwrap().iter().map(|f| (f["problem"].as_str().unwrap().to_owned(), f["flag"].as_str().unwrap().to_owned())).collect();
+    for expected in [("unapproved_change", flag.as_str()), ("no_owner", "fg-orphan"), ("expired", "fg-orphan")] {
+        assert!(found.iter().any(|(p, f)| p == expected.0 && f == expected.1), "{expected:?} not in {report}");
+    }
+    assert!(!found.iter().any(|(p, f)| p == "no_owner" && *f == flag), "{report}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flagguard"))
+        .args(["flags", "report", "--server", &format!("http://{}", daemon.addrs.api)])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "findings fail the job: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unapproved_change"));
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.addrs.api)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("flagguard_compliance_findings{problem=\"unapproved_change\"} 1"), "{metrics}");
 
     // An invalid edit of the manifests keeps the last valid set, and says why.
     std::fs::write(manifests.join("broken.yaml"), "flags:\n  - key: y\n    lifecycle: nope\n    environments: []\n").unwrap();
@@ -256,7 +281,7 @@ async fn the_daemon_watches_the_manifests_audits_and_notifies_a_human_edit_with_
     loop {
         let (_, body) = get(&daemon, "/v1/drift").await;
         if body["errors"].as_array().is_some_and(|e| e.iter().any(|e| e.as_str().unwrap().contains("broken.yaml:3"))) {
-            assert_eq!(body["flags"].as_array().unwrap().len(), 2, "the last valid set is still watched: {body}");
+            assert_eq!(body["flags"].as_array().unwrap().len(), 3, "the last valid set is still watched: {body}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{body}");
