@@ -307,7 +307,7 @@ impl App {
         };
         let api_app = router(
             ApiState {
-                snapshots,
+                snapshots: snapshots.clone(),
                 store: store.clone(),
                 outbox: outbox.clone(),
                 metrics: metrics.clone(),
@@ -357,6 +357,12 @@ impl App {
                 audit_retention: file.audit.retention,
             },
         );
+        // The rollout plans' external checks, in their own task (never on the pipeline's).
+        let checks = crate::rollout::checks::CheckResults::default();
+        let checks_stop = CancellationToken::new();
+        let checks_client = http_client(file.act.timeout, file.act.ca_file.as_deref()).unwrap_or_default();
+        let checks_task = tokio::spawn(crate::rollout::checks::run(snapshots.clone(), checks.clone(), checks_client, clock.clone(), checks_stop.clone()));
+        let pipeline = pipeline.with_checks(checks);
         let pipeline = match &fence {
             Some(fence) => pipeline.with_fence(fence.clone()),
             None => pipeline,
@@ -449,6 +455,8 @@ impl App {
         {
             task.abort();
         }
+        checks_stop.cancel();
+        checks_task.abort();
         // A pass under way is dropped: the next start reads the flag systems again.
         drift_stop.cancel();
         if let Some(task) = drift_task {

@@ -96,6 +96,8 @@ pub struct Pipeline {
     /// the shards' deltas (`crate::shard`).
     shard: Option<shard::ShardSide>,
     merge: Option<shard::MergeSide>,
+    /// The rollout plans' external checks (`rollout::checks`), run by their own task.
+    checks: crate::rollout::checks::CheckResults,
 }
 
 impl Pipeline {
@@ -140,6 +142,7 @@ impl Pipeline {
             checkpointer: None,
             shard: None,
             merge: None,
+            checks: Default::default(),
         }
         .with_held()
     }
@@ -148,6 +151,12 @@ impl Pipeline {
     pub fn with_fence(mut self, fence: Arc<crate::store::Fence>) -> Self {
         self.fence = Some(fence);
         self.acting = false;
+        self
+    }
+
+    /// The plans' external checks, as the checks task publishes them.
+    pub fn with_checks(mut self, checks: crate::rollout::checks::CheckResults) -> Self {
+        self.checks = checks;
         self
     }
 
@@ -337,7 +346,13 @@ impl Pipeline {
             return;
         }
         let snapshot = self.snapshots.borrow().clone();
-        let progress = crate::rollout::run::Progress { outbox: &self.outbox, aggregator: &self.aggregator, snapshot: &snapshot, wake: &self.wake_executor };
+        let progress = crate::rollout::run::Progress {
+            outbox: &self.outbox,
+            aggregator: &self.aggregator,
+            snapshot: &snapshot,
+            wake: &self.wake_executor,
+            checks: &self.checks,
+        };
         progress.run(&plans, now);
     }
 }

@@ -14,6 +14,7 @@
 //! refuses on a mismatch (someone changed it by hand), and the plan pauses and reports instead of
 //! overwriting.
 
+pub mod checks;
 pub mod hygiene;
 pub mod run;
 
@@ -94,10 +95,16 @@ pub enum Next {
 
 /// Decides the next move of a running instance with no action in flight. `gate` is the
 /// promotion gate's answer for the instance's flag, environment and region; `samples` the
-/// treatment evaluations since the step began.
-pub fn next(plan: &Plan, state: &PlanState, gate: Decision, why: &str, samples: u64, now: Timestamp) -> Next {
+/// treatment evaluations since the step began; `blocked` why an earlier environment or an
+/// external check forbids advancing now (a breach still rolls back).
+pub fn next(plan: &Plan, state: &PlanState, gate: Decision, why: &str, samples: u64, blocked: Option<&str>, now: Timestamp) -> Next {
     if gate == Decision::Rollback {
         return Next::RollBack { why: why.to_owned() };
+    }
+    if let Some(blocked) = blocked
+        && state.step.is_none_or(|s| s + 1 < plan.steps.len())
+    {
+        return Next::Wait(blocked.to_owned());
     }
     let Some(step) = state.step else {
         // The first step exposes the treatment for the first time: nothing to wait for.
@@ -116,6 +123,35 @@ pub fn next(plan: &Plan, state: &PlanState, gate: Decision, why: &str, samples: 
     match gate {
         Decision::Promote => Next::Advance { to: step + 1 },
         _ => Next::Wait(format!("gate holds: {why}")),
+    }
+}
+
+/// An environment pipeline's earlier stage: whether the plan `after` names lets this one start
+/// or advance — every instance completed at least `healthy_for` ago, and its guards healthy
+/// now (`gate`, asked with `min_healthy = healthy_for`). `states`: that plan's instances
+/// (`None`: not started).
+pub fn prerequisite(after: &crate::rules::plan::After, states: &[Option<PlanState>], gate: Decision, why: &str, now: Timestamp) -> Result<(), String> {
+    let plan = &after.plan;
+    for state in states {
+        let Some(state) = state else { return Err(format!("waiting for plan {plan}: not started")) };
+        match state.status {
+            Status::Completed => {}
+            Status::RolledBack | Status::Aborted => {
+                return Err(format!("plan {plan} ({}) is {:?}: this environment does not start", state.key, state.status));
+            }
+            Status::Running | Status::Paused => {
+                let at = state.percent.map(|p| format!(" at {p} %")).unwrap_or_default();
+                return Err(format!("waiting for plan {plan} ({}{at}) to complete", state.key));
+            }
+        }
+        let done_for = now.since(Timestamp(state.step_since_ms));
+        if done_for < after.healthy_for {
+            return Err(format!("waiting for plan {plan}: completed {}s ago, needs {}s", done_for.as_secs(), after.healthy_for.as_secs()));
+        }
+    }
+    match gate {
+        Decision::Promote => Ok(()),
+        _ => Err(format!("plan {plan}'s environment is not healthy: {why}")),
     }
 }
 
@@ -138,6 +174,8 @@ mod tests {
             steps: vec![1.0, 5.0, 25.0, 100.0],
             min_healthy: Duration::from_secs(60),
             min_samples: 100,
+            after: None,
+            checks: vec![],
         }
     }
 
@@ -146,15 +184,15 @@ mod tests {
         let p = plan();
         let mut s = PlanState::new(&p, None);
         let t = Timestamp(1_000_000);
-        assert_eq!(next(&p, &s, Decision::Hold, "", 0, t), Next::Advance { to: 0 }, "the first step needs no evidence");
+        assert_eq!(next(&p, &s, Decision::Hold, "", 0, None, t), Next::Advance { to: 0 }, "the first step needs no evidence");
         s.step = Some(0);
         s.step_since_ms = t.as_millis();
-        assert!(matches!(next(&p, &s, Decision::Promote, "", 500, t.plus(Duration::from_secs(59))), Next::Wait(_)), "not healthy for long enough");
-        assert!(matches!(next(&p, &s, Decision::Promote, "", 99, t.plus(Duration::from_secs(61))), Next::Wait(_)), "too few samples");
-        assert!(matches!(next(&p, &s, Decision::Hold, "no data", 500, t.plus(Duration::from_secs(61))), Next::Wait(w) if w.contains("no data")));
-        assert_eq!(next(&p, &s, Decision::Promote, "", 100, t.plus(Duration::from_secs(61))), Next::Advance { to: 1 });
+        assert!(matches!(next(&p, &s, Decision::Promote, "", 500, None, t.plus(Duration::from_secs(59))), Next::Wait(_)), "not healthy for long enough");
+        assert!(matches!(next(&p, &s, Decision::Promote, "", 99, None, t.plus(Duration::from_secs(61))), Next::Wait(_)), "too few samples");
+        assert!(matches!(next(&p, &s, Decision::Hold, "no data", 500, None, t.plus(Duration::from_secs(61))), Next::Wait(w) if w.contains("no data")));
+        assert_eq!(next(&p, &s, Decision::Promote, "", 100, None, t.plus(Duration::from_secs(61))), Next::Advance { to: 1 });
         s.step = Some(3);
-        assert_eq!(next(&p, &s, Decision::Promote, "", 0, t), Next::Complete);
+        assert_eq!(next(&p, &s, Decision::Promote, "", 0, None, t), Next::Complete);
     }
 
     #[test]
@@ -163,6 +201,28 @@ mod tests {
         let mut s = PlanState::new(&p, Some("eu-west"));
         assert_eq!(s.key, "p/region=eu-west");
         s.step = Some(2);
-        assert!(matches!(next(&p, &s, Decision::Rollback, "payments breached", 0, Timestamp(0)), Next::RollBack { why } if why.contains("payments")));
+        assert!(
+            matches!(next(&p, &s, Decision::Rollback, "payments breached", 0, Some("staging"), Timestamp(0)), Next::RollBack { why } if why.contains("payments"))
+        );
+    }
+
+    #[test]
+    fn a_later_environment_waits_for_the_earlier_one_completed_and_healthy() {
+        let after = crate::rules::plan::After { plan: "staging".into(), healthy_for: Duration::from_secs(600) };
+        let t = Timestamp(10_000_000);
+        let staging = |status, since_ms| {
+            Some(PlanState { status, step_since_ms: since_ms, percent: Some(100.0), ..PlanState::new(&Plan { name: "staging".into(), ..plan() }, None) })
+        };
+        let check = |s: Option<PlanState>, gate| prerequisite(&after, &[s], gate, "no data", t);
+        assert!(check(None, Decision::Promote).unwrap_err().contains("not started"));
+        assert!(check(staging(Status::Running, 0), Decision::Promote).unwrap_err().contains("to complete"));
+        assert!(check(staging(Status::RolledBack, 0), Decision::Promote).unwrap_err().contains("does not start"));
+        assert!(check(staging(Status::Completed, t.as_millis() - 60_000), Decision::Promote).unwrap_err().contains("needs 600s"));
+        assert!(check(staging(Status::Completed, 0), Decision::Hold).unwrap_err().contains("not healthy: no data"));
+        assert_eq!(check(staging(Status::Completed, 0), Decision::Promote), Ok(()));
+        // Blocked: the first step is not applied, nor the next; a breach still rolls back.
+        let p = plan();
+        let s = PlanState::new(&p, None);
+        assert!(matches!(next(&p, &s, Decision::Promote, "", 0, Some("waiting for plan staging"), t), Next::Wait(w) if w.contains("staging")));
     }
 }

@@ -49,6 +49,8 @@ pub struct Progress<'a> {
     pub snapshot: &'a Snapshot,
     /// Wakes the executor after an action is queued.
     pub wake: &'a tokio::sync::Notify,
+    /// The plans' external checks, as their task last ran them.
+    pub checks: &'a super::checks::CheckResults,
 }
 
 impl Progress<'_> {
@@ -95,6 +97,34 @@ impl Progress<'_> {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Why the plan may not advance now: its earlier environment (`after`) is not completed and
+    /// healthy, or an external check does not pass.
+    fn blocked(&self, plan: &Plan, snapshot: &Snapshot, now: Timestamp) -> Result<Option<String>, StoreError> {
+        if let Some(after) = &plan.after {
+            let Some(earlier) = snapshot.rule_set.rollouts.iter().find(|p| p.name == after.plan) else {
+                return Ok(Some(format!("plan {} is not loaded", after.plan)));
+            };
+            let mut states = Vec::new();
+            for region in earlier.instances() {
+                let stored = self.outbox.store().plan_state(&earlier.key(region.as_deref()))?;
+                states.push(stored.and_then(|v| serde_json::from_value::<PlanState>(v).ok()));
+            }
+            let query = GateQuery {
+                environment: earlier.environment.clone(),
+                region: None,
+                variant: None,
+                min_healthy: Some(format!("{}s", after.healthy_for.as_secs())),
+            };
+            let answer = decide(&snapshot.verdicts, &snapshot.rule_set.rules, &snapshot.at, &earlier.flag, &query, now).unwrap_or_default();
+            let gate: Decision = serde_json::from_value(answer["decision"].clone()).unwrap_or(Decision::Hold);
+            let why = answer["why"].as_array().map(|w| w.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default();
+            if let Err(why) = super::prerequisite(after, &states, gate, &why, now) {
+                return Ok(Some(why));
+            }
+        }
+        Ok(super::checks::verdict(plan, self.checks, now).err())
     }
 
     fn progress_one(&self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
@@ -174,7 +204,13 @@ impl Progress<'_> {
         if self.outbox.store().controls()?.hold(&plan.flag, Some(&format!("rollout:{}", plan.name)), now).is_some() {
             return Ok(());
         }
-        match super::next(plan, &state, gate, &why, samples, now) {
+        let blocked = self.blocked(plan, snapshot, now)?;
+        if blocked.is_some() && state.reason != blocked && state.action.is_none() {
+            // Say why it waits (`GET /v1/rollouts`), once.
+            state.reason = blocked.clone();
+            self.save(&mut expected, &state, None, now, json!({}), None)?;
+        }
+        match super::next(plan, &state, gate, &why, samples, blocked.as_deref(), now) {
             Next::Wait(_) => Ok(()),
             Next::Complete => {
                 state.status = Status::Completed;

@@ -9,10 +9,11 @@ pub mod shape;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::alerts::mapping::{AlertMapping, AlertMappingShape};
 use crate::model::Mode;
-use crate::rules::plan::Plan;
+use crate::rules::plan::{After, Check, CheckKind, Plan};
 use crate::rules::{Report, Rule, RuleError, RuleSet, locate, validate};
 use shape::{RolloutShape, RuleFileShape};
 
@@ -84,7 +85,32 @@ pub fn load_files(paths: &[PathBuf], actuators: &BTreeSet<String>) -> Result<Rul
         }
         set.files.push(path.clone());
     }
+    errors.extend(pipelines(&set.rollouts));
     if errors.is_empty() { Ok(set) } else { Err(errors) }
+}
+
+/// Environment pipelines: every `after` names a plan of the set, and no chain loops.
+fn pipelines(plans: &[Plan]) -> Vec<RuleError> {
+    let mut errors = Vec::new();
+    for plan in plans {
+        let Some(after) = &plan.after else { continue };
+        let error = |message: String| RuleError { file: plan.file.clone(), line: plan.line, field: "rollouts.after.plan".into(), message };
+        if !plans.iter().any(|p| p.name == after.plan) {
+            errors.push(error(format!("plan {} waits for plan {:?}, which no rule file declares", plan.name, after.plan)));
+            continue;
+        }
+        let mut seen = vec![plan.name.as_str()];
+        let mut next = Some(after.plan.as_str());
+        while let Some(name) = next {
+            if seen.contains(&name) {
+                errors.push(error(format!("plans wait for each other in a loop: {} → {name}", seen.join(" → "))));
+                break;
+            }
+            seen.push(name);
+            next = plans.iter().find(|p| p.name == name).and_then(|p| p.after.as_ref()).map(|a| a.plan.as_str());
+        }
+    }
+    errors
 }
 
 /// One file's rules, alert mappings and rollout plans.
@@ -153,6 +179,36 @@ fn validate_rollout(shape: RolloutShape, r: &mut Report<'_>, actuators: &BTreeSe
     if shape.min_samples == 0 {
         r.fail("min_samples", "must be at least 1".into());
     }
+    if shape.after.as_ref().is_some_and(|a| a.plan == shape.name) {
+        r.fail("after.plan", "a plan cannot wait for itself".into());
+    }
+    let mut checks = Vec::new();
+    for (i, c) in shape.checks.into_iter().enumerate() {
+        let kind = match (c.http, c.command) {
+            (Some(http), None) => {
+                if reqwest::Url::parse(&http.url).is_err() {
+                    r.fail(&format!("checks[{i}].http.url"), format!("{:?} is not a URL", http.url));
+                }
+                if !(100..600).contains(&http.status) {
+                    r.fail(&format!("checks[{i}].http.status"), format!("{} is not an HTTP status", http.status));
+                }
+                CheckKind::Http { url: http.url, status: http.status }
+            }
+            (None, Some(argv)) if !argv.is_empty() => CheckKind::Command { argv },
+            (None, Some(_)) => {
+                r.fail(&format!("checks[{i}].command"), "name the program to run".into());
+                continue;
+            }
+            _ => {
+                r.fail(&format!("checks[{i}]"), "give exactly one of http or command".into());
+                continue;
+            }
+        };
+        if c.timeout.is_zero() || c.timeout > Duration::from_secs(300) {
+            r.fail(&format!("checks[{i}].timeout"), "must be in (0s, 5m]".into());
+        }
+        checks.push(Check { kind, timeout: c.timeout });
+    }
     let treatment = shape.treatment.into_vec();
     if r.failed {
         return None;
@@ -170,6 +226,8 @@ fn validate_rollout(shape: RolloutShape, r: &mut Report<'_>, actuators: &BTreeSe
         steps: shape.steps,
         min_healthy: shape.min_healthy,
         min_samples: shape.min_samples,
+        after: shape.after.map(|a| After { plan: a.plan, healthy_for: a.healthy_for }),
+        checks,
     })
 }
 

@@ -45,6 +45,51 @@ pub struct RolloutShape {
     /// Treatment evaluations needed on each step before the next. Default 100.
     #[serde(default = "default_min_samples")]
     pub min_samples: u64,
+    /// An environment pipeline: start and advance only while this plan is completed and healthy.
+    #[serde(default)]
+    pub after: Option<AfterShape>,
+    /// External checks every advance needs.
+    #[serde(default)]
+    pub checks: Vec<CheckShape>,
+}
+
+/// `after: { plan: NAME, healthy_for: 30m }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterShape {
+    pub plan: String,
+    /// Default `0s`: completed and its guards healthy now.
+    #[serde(default, with = "humantime_serde")]
+    pub healthy_for: Duration,
+}
+
+/// `{ http: { url, status } }` or `{ command: [argv…] }`, with an optional `timeout`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckShape {
+    #[serde(default)]
+    pub http: Option<HttpCheckShape>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Default `10s`.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckShape {
+    pub url: String,
+    #[serde(default = "default_status")]
+    pub status: u16,
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_status() -> u16 {
+    200
 }
 
 fn default_min_healthy() -> Duration {

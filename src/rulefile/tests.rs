@@ -72,3 +72,37 @@ fn rule_names_have_no_slash() {
     assert!(errors[0].to_string().contains("without '/'"), "{errors:?}");
     assert!(errors[0].to_string().contains("name"), "{errors:?}");
 }
+
+#[test]
+fn environment_pipelines_name_existing_plans_without_loops_and_checks_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |name: &str, env: &str, after: &str, extra: &str| {
+        format!("  - name: {name}\n    flag: f\n    actuator: flagserver\n    environment: {env}\n    treatment: \"on\"\n    steps: [100]\n{after}{extra}")
+    };
+    let write = |text: String| {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, format!("rollouts:\n{text}")).unwrap();
+        load_files(&[path], &actuators())
+    };
+    let ok = write(
+        plan("staging", "staging", "", "")
+            + &plan(
+                "production",
+                "production",
+                "    after: { plan: staging, healthy_for: 30m }\n",
+                "    checks:\n      - http: { url: \"http://127.0.0.1:9/healthz\" }\n      - command: [\"./smoke.sh\"]\n        timeout: 30s\n",
+            ),
+    )
+    .unwrap();
+    let production = ok.rollouts.iter().find(|p| p.name == "production").unwrap();
+    assert_eq!(production.after.as_ref().map(|a| (a.plan.as_str(), a.healthy_for.as_secs())), Some(("staging", 1800)));
+    assert_eq!(production.checks.iter().map(|c| c.describe()).collect::<Vec<_>>(), ["GET http://127.0.0.1:9/healthz → 200", "command ./smoke.sh"]);
+    let missing = write(plan("production", "production", "    after: { plan: stagin }\n", "")).unwrap_err();
+    assert!(missing[0].to_string().contains("waits for plan \"stagin\", which no rule file declares"), "{}", missing[0]);
+    let looped = write(plan("a", "x", "    after: { plan: b }\n", "") + &plan("b", "y", "    after: { plan: a }\n", "")).unwrap_err();
+    assert!(looped[0].to_string().contains("in a loop: a → b → a"), "{}", looped[0]);
+    let bad = write(plan("p", "x", "", "    checks:\n      - { http: { url: \"http://h/\" }, command: [\"x\"] }\n      - command: []\n")).unwrap_err();
+    let text: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
+    assert!(text.iter().any(|t| t.contains("rollouts[0].checks[0]: give exactly one of http or command")), "{text:?}");
+    assert!(text.iter().any(|t| t.contains("rollouts[0].checks[1].command: name the program")), "{text:?}");
+}

@@ -23,6 +23,43 @@ pub struct Plan {
     pub min_healthy: Duration,
     /// Treatment evaluations needed on a step before the next.
     pub min_samples: u64,
+    /// An environment pipeline: this plan starts, and advances, only while another plan (its
+    /// earlier environment) is completed and healthy.
+    pub after: Option<After>,
+    /// External checks every advance needs (a synthetic health check, a gate command).
+    pub checks: Vec<Check>,
+}
+
+/// The plan an environment pipeline's later stage waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct After {
+    pub plan: String,
+    /// How long that plan must have been completed, with its guards healthy as long.
+    pub healthy_for: Duration,
+}
+
+/// One external check of a plan's advances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// `GET url` must answer `status`.
+    Http { url: String, status: u16 },
+    /// The command must exit 0 (argv, no shell).
+    Command { argv: Vec<String> },
+}
+
+impl Check {
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            CheckKind::Http { url, status } => format!("GET {url} → {status}"),
+            CheckKind::Command { argv } => format!("command {}", argv.join(" ")),
+        }
+    }
 }
 
 impl Plan {

@@ -190,3 +190,89 @@ async fn flags_stale_lists_a_flag_serving_one_variant_to_everyone() {
     assert_eq!(out.status.code(), Some(3));
     daemon.stop().await;
 }
+
+/// A health endpoint answering the status stored in it.
+async fn health_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU16>) {
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(503));
+    let answer = status.clone();
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let answer = answer.clone();
+            async move { axum::http::StatusCode::from_u16(answer.load(std::sync::atomic::Ordering::SeqCst)).unwrap() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_starts_only_once_staging_is_completed_and_healthy_and_its_health_check_passes() {
+    let server = unleash().await;
+    let flag = unique("fg-pipeline");
+    server.create(&flag, &[rollout(&flag, 0, None)]).await;
+    let development = server.env_path(&flag).replace("/environments/production", "/environments/development");
+    let (status, body) = server.admin(reqwest::Method::POST, &format!("{development}/strategies"), Some(rollout(&flag, 0, None))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.admin(reqwest::Method::POST, &format!("{development}/on"), None).await;
+    assert_eq!(status, 200);
+    let (health, health_status) = health_server().await;
+    let guard = |env: &str| {
+        format!(
+            "  - name: {flag}-{env}-guard\n    flag: {flag}\n    treatment: \"true\"\n    control: \"false\"\n    where: {{ service: payments, environment: {env} }}\n    when: [ {{ error_rate: {{ above: 0.2 }} }} ]\n    window: 30s\n    min_samples: 10\n    for: 1s\n"
+        )
+    };
+    let plans = format!(
+        "rollouts:\n  - name: {flag}-staging\n    flag: {flag}\n    actuator: unleash\n    environment: staging\n    treatment: \"true\"\n    steps: [100]\n    min_healthy: 1s\n    min_samples: 10\n  - name: {flag}-production\n    flag: {flag}\n    actuator: unleash\n    environment: production\n    treatment: \"true\"\n    after: {{ plan: {flag}-staging, healthy_for: 8s }}\n    checks: [ {{ http: {{ url: \"{health}\", status: 200 }}, timeout: 2s }} ]\n    steps: [10, 50]\n    min_healthy: 3s\n    min_samples: 10\n"
+    );
+    let rules = format!("rules:\n{}{}{plans}", guard("staging"), guard("production"));
+    let flags = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Daemon::config(dir.path(), &rules, &flags);
+    let flagguard::config::ActuatorConfig::Unleash(mut unleash) = actuator(&server, "FG_TEST_UNLEASH_TOKEN") else { unreachable!() };
+    unleash.environments.insert("staging".into(), "development".into());
+    config.actuators.insert("unleash".into(), flagguard::config::ActuatorConfig::Unleash(unleash));
+    let daemon = Daemon::start(config, dir).await;
+    let staging_traffic =
+        Traffic::start(&daemon, &server, &flag, &["--unleash-token", &server.backend_development, "--telemetry-environment", "staging", "--error-rate", "0"])
+            .await;
+    let production_traffic = Traffic::start(&daemon, &server, &flag, &["--error-rate", "0"]).await;
+    let staging = format!("{flag}-staging");
+    let production = format!("{flag}-production");
+
+    // Staging goes to 100 % at once; production waits for it (and says so).
+    wait_until("staging at 100 %", Duration::from_secs(30), || instance(&daemon, &staging)["percent"] == 100.0).await;
+    wait_until("production to say why it waits", Duration::from_secs(30), || {
+        instance(&daemon, &production)["reason"].as_str().is_some_and(|r| r.contains(&staging))
+    })
+    .await;
+    assert_eq!(instance(&daemon, &production)["step"], Value::Null, "production has not started: {}", instance(&daemon, &production));
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "0");
+    // Staging completed and healthy for 8 s: now only the health check holds production.
+    wait_until("the failing health check to hold production", Duration::from_secs(60), || {
+        instance(&daemon, &production)["reason"].as_str().is_some_and(|r| r.contains("answered 503, expected 200"))
+    })
+    .await;
+    assert_eq!(instance(&daemon, &staging)["status"], "completed");
+    assert_eq!(instance(&daemon, &production)["step"], Value::Null);
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "0", "production never started while the check failed");
+    health_status.store(200, std::sync::atomic::Ordering::SeqCst);
+    wait_until("production at 10 %", Duration::from_secs(30), || instance(&daemon, &production)["percent"] == 10.0).await;
+    wait_until("production at 50 %", Duration::from_secs(60), || instance(&daemon, &production)["percent"] == 50.0).await;
+    assert_eq!(server.state(&flag).await["strategies"][0]["parameters"]["rollout"], "50");
+    staging_traffic.stop().await;
+    production_traffic.stop().await;
+    // Staging's steps come before production's in the audit log.
+    let steps: Vec<String> = daemon
+        .store
+        .audit_log(500, None, Some("rollout_step"))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .filter_map(|r| r.after.and_then(|a| a["plan"]["plan"].as_str().map(str::to_owned)))
+        .collect();
+    assert_eq!(steps, [staging.clone(), production.clone(), production.clone()]);
+    daemon.stop().await;
+}

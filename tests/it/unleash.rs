@@ -19,6 +19,8 @@ pub struct Unleash {
     pub url: String,
     pub admin: String,
     pub backend: String,
+    /// A backend token of the `development` environment.
+    pub backend_development: String,
     client: reqwest::Client,
 }
 
@@ -48,6 +50,7 @@ pub async fn unleash() -> Unleash {
         url: env["UNLEASH_URL"].clone(),
         admin: env["UNLEASH_ADMIN_TOKEN"].clone(),
         backend: env["UNLEASH_BACKEND_TOKEN"].clone(),
+        backend_development: env["UNLEASH_BACKEND_TOKEN_DEVELOPMENT"].clone(),
         client: flagguard::app::http_client(Duration::from_secs(10), None).unwrap(),
     }
 }

@@ -139,6 +139,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--flag", required=True, help="boolean flag key evaluated by checkout")
     p.add_argument("--environment", default="production",
                    help="UnleashClient `environment` (context field only; the token picks the flags' environment)")
+    p.add_argument("--telemetry-environment", default="production",
+                   help="deployment.environment.name of the spans (the Unleash environment is the token's)")
     p.add_argument("--regions", default="eu-west,us-east", help="comma-separated regions, cycled per request")
     p.add_argument("--error-rate", type=float, default=0.5)
     p.add_argument("--error-file", default=None,
@@ -237,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resource = Resource.create({
                 "service.name": service,
                 "service.version": "1.0.0",
-                "deployment.environment.name": "production",
+                "deployment.environment.name": args.telemetry_environment,
                 "cloud.region": region,
             })
             exporter = CountingExporter(make_span_exporter(args), f"{service}/{region}")
