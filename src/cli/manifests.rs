@@ -141,7 +141,7 @@ pub async fn apply(dir: &Path, env: Option<&str>, server: &str, token: Option<&s
         Ok(set) => set,
         Err(code) => return code,
     };
-    let commit = git_head(dir);
+    let commit = crate::manifest::git_head(dir);
     let mut results = Vec::new();
     for flag in &set.flags {
         // Promotion order: once an environment is not in sync, later ones are not widened.
@@ -242,11 +242,4 @@ async fn reconcile(
         super::flags::UNDECIDED => ("cannot_tell", message, action),
         _ => ("error", message, action),
     })
-}
-
-/// `abc1234 by Jane Doe` when `dir` is in a Git work tree (recorded with every change).
-pub fn git_head(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git").arg("-C").arg(dir).args(["log", "-1", "--format=%h by %an"]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
 }

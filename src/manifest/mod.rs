@@ -259,6 +259,15 @@ fn validate(shape: FlagShape, r: &mut Report<'_>, actuators: Option<&BTreeSet<St
     })
 }
 
+/// `abc1234 by Jane Doe`: the last commit of `dir` when it is in a Git work tree (recorded
+/// with reloads and changes made from it); `None` otherwise or without `git`.
+pub fn git_head(dir: &Path) -> Option<String> {
+    let out =
+        std::process::Command::new("git").arg("-C").arg(dir).args(["log", "-1", "--format=%h by %an"]).stderr(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
 /// `2027-03-31` → that day's start (UTC).
 fn parse_day(day: &str) -> Option<Timestamp> {
     let bytes = day.as_bytes();

@@ -72,6 +72,9 @@ impl DriftWatch {
         let dir = self.dir.clone();
         let errors = match tokio::task::spawn_blocking(move || super::load_dir(&dir, Some(&names))).await {
             Ok(Ok(loaded)) => {
+                if set.as_ref() != Some(&loaded) {
+                    self.loaded(&loaded).await;
+                }
                 *set = Some(loaded);
                 Vec::new()
             }
@@ -125,6 +128,27 @@ impl DriftWatch {
             manifests: current.flags.clone(),
         };
         self.publish.send_replace(Arc::new(state));
+    }
+
+    /// Audits a new or changed manifest set (`manifests_loaded`), with who changed it: the
+    /// directory's last Git commit when it is a work tree.
+    async fn loaded(&self, set: &ManifestSet) {
+        if self.fence.as_ref().is_some_and(|f| f.epoch().is_none()) {
+            return;
+        }
+        let dir = self.dir.clone();
+        let git = tokio::task::spawn_blocking(move || super::git_head(&dir)).await.ok().flatten();
+        let entry = AuditEntry {
+            at: self.clock.now(),
+            actor: git.as_ref().map_or("system".to_owned(), |g| format!("git:{g}")),
+            kind: "manifests_loaded".into(),
+            after: Some(json!({ "dir": self.dir, "files": set.files, "flags": set.flags.iter().map(|f| &f.key).collect::<Vec<_>>(), "git": git })),
+            ..AuditEntry::default()
+        };
+        let store = self.outbox.store().clone();
+        if !matches!(tokio::task::spawn_blocking(move || store.audit(&entry)).await, Ok(Ok(_))) {
+            tracing::warn!("cannot audit the loaded flag manifests");
+        }
     }
 
     /// Audits each pair whose status changed, and notifies the ones that drifted.

@@ -61,7 +61,8 @@ impl Pipeline {
                     kind: "rules_reloaded".into(),
                     before: Some(serde_json::json!(before)),
                     after: Some(serde_json::json!(after)),
-                    evidence: Some(serde_json::json!({ "diff": diff })),
+                    // Who changed them: the rules directory's last Git commit, when it is a work tree.
+                    evidence: Some(serde_json::json!({ "diff": diff, "git": crate::manifest::git_head(&self.settings.rules_dir) })),
                     ..AuditEntry::default()
                 };
                 if let Err(e) = self.store.audit(&audit) {

@@ -223,6 +223,20 @@ async fn the_daemon_watches_the_manifests_audits_and_notifies_a_human_edit_with_
         "flags:\n  - key: fg-orphan\n    lifecycle: experiment\n    expires: 2020-01-31\n    environments: [ { name: staging, enabled: false } ]\n",
     )
     .unwrap();
+    // The manifests are a Git work tree: who changed them is recorded.
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&manifests)
+            .args(["-c", "user.name=Jane Doe", "-c", "user.email=jane@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "checkout-v2 at 5 %"]);
     let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
     config.governance.regulated_environments = vec!["production".into()];
     config.actuators.clear();
@@ -233,6 +247,8 @@ async fn the_daemon_watches_the_manifests_audits_and_notifies_a_human_edit_with_
 
     let body = drift_becomes(&daemon, "in_sync").await;
     assert_eq!(body["owners"][&flag], json!({ "team": "payments", "contact": "pay@example.com" }));
+    let loaded = daemon.store.audit_log(10, None, Some("manifests_loaded")).unwrap();
+    assert!(loaded[0].actor.starts_with("git:") && loaded[0].actor.ends_with(" by Jane Doe"), "{:?}", loaded[0]);
     human_sets(&server, &server.env_path(&flag), 25).await;
     let body = drift_becomes(&daemon, "drifted").await;
     let production = body["flags"].as_array().unwrap().iter().find(|f| f["environment"] == "production").unwrap().clone();
