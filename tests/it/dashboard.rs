@@ -147,3 +147,48 @@ async fn the_cluster_page_shows_an_evaluators_shards_and_their_coverage() {
     evaluator.stop().await;
     shard.stop().await;
 }
+
+/// The governance page shows a pending proposal, the drift of a flag from its manifest with
+/// its owner, and the compliance findings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_governance_page_shows_pending_approvals_drift_with_owners_and_compliance() {
+    let server = FlagServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    // The manifest says off; the flag server serves it on: drifted, in a regulated environment.
+    std::fs::write(
+        manifests.join("f.yaml"),
+        "flags:\n  - key: checkout-dash\n    owner: { team: payments, contact: pay@example.com }\n    lifecycle: release\n    environments: [ { name: production, enabled: false } ]\n",
+    )
+    .unwrap();
+    let mut config = Daemon::config(dir.path(), RULE, &server);
+    config.manifests.dir = Some(manifests);
+    config.manifests.drift_interval = Duration::from_secs(1);
+    config.governance.regulated_environments = vec!["production".into()];
+    let daemon = Daemon::start(config, dir).await;
+    let (status, body) =
+        api(&daemon, "/v1/flags/checkout-dash/rollout", serde_json::json!({ "environment": "production", "percent": 100, "reason": "go live" })).await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("pending_approval")), "{body}");
+    let proposal = body["proposal"].as_i64().unwrap();
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{}/#/governance", daemon.addrs.api)).await;
+    browser.wait_for("the pending proposal", &format!("document.querySelector('#approvals tr[data-proposal=\"{proposal}\"]')"), Duration::from_secs(10)).await;
+    browser
+        .wait_for(
+            "the drift with its owner",
+            "(() => { const r = document.querySelector('#drift tr[data-flag=\"checkout-dash\"][data-status=\"drifted\"]'); return r && r.textContent.includes('payments') && r.textContent.includes('enabled'); })()",
+            Duration::from_secs(20),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the compliance finding",
+            "document.querySelector('#compliance tr[data-problem=\"unapproved_change\"][data-flag=\"checkout-dash\"]')",
+            Duration::from_secs(20),
+        )
+        .await;
+    browser.screenshot(&shots().join("governance.png")).await;
+    daemon.stop().await;
+}

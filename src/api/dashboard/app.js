@@ -1,4 +1,4 @@
-// flagguard dashboard: overview, flag page, audit timeline, rules, cluster. No dependencies; charts are
+// flagguard dashboard: overview, flag page, audit timeline, rules, governance, cluster. No dependencies; charts are
 // plain SVG. Live updates come from the daemon's Server-Sent Events (/v1/events).
 
 const $main = document.getElementById('main');
@@ -179,6 +179,30 @@ async function renderRules() {
       <td>${esc(r.mode === 'enforce' ? 'enforce' : 'dry-run')}${stale_rules.includes(r.name) ? ' · <span class="error">stale</span>' : ''}</td><td>${r.action ? `kill via ${esc(r.action)}` : 'observe'}, cooldown ${esc(r.cooldown)}</td></tr>`).join('')}</tbody></table>`;
 }
 
+// ---------------------------------------------------------------- governance
+async function renderGovernance() {
+  const [approvals, compliance] = await Promise.all([getJSON('/v1/approvals?state=pending'), getJSON('/v1/compliance')]);
+  const drift = await fetch('/v1/drift').then((r) => (r.ok ? r.json() : null));
+  const owner = (flag) => { const o = drift?.owners?.[flag]; return o ? `${esc(o.team)}${o.contact ? ` <span class="muted">${esc(o.contact)}</span>` : ''}` : '<span class="muted">none</span>'; };
+  const pending = approvals.proposals.length === 0 ? '<p id="no-approvals" class="muted">No proposal awaits approval.</p>'
+    : `<table id="approvals"><thead><tr><th scope="col">Proposal</th><th scope="col">Change</th><th scope="col">Flag</th><th scope="col">Environment</th><th scope="col">Proposed by</th><th scope="col">Reason</th><th scope="col">Expires</th></tr></thead><tbody>
+      ${approvals.proposals.map((p) => `<tr data-proposal="${esc(p.id)}"><th scope="row">${esc(p.id)}</th><td>${esc(p.kind)}${p.kind === 'rollout' ? ` to ${esc(p.request?.percent)} %` : ''}</td><td><a href="#/flag/${encodeURIComponent(p.flag)}">${esc(p.flag)}</a></td>
+        <td>${esc(p.environment ?? 'all')}</td><td>${esc(p.proposer)}</td><td>${esc(p.reason ?? '')}</td><td>${esc(p.expires)}</td></tr>`).join('')}</tbody></table>
+      <p class="muted">A second person approves with <code>flagguard approvals approve ID</code> (the dashboard sends no token).</p>`;
+  const driftPart = !drift ? '<p id="no-manifests" class="muted">No flag manifests are watched (<code>[manifests] dir</code>).</p>'
+    : `${drift.errors?.length ? `<div class="card error" role="alert"><strong>The manifests on disk are invalid; the last valid set is watched:</strong><ul>${drift.errors.map((e) => `<li>${esc(e)}</li>`).join('')}</ul></div>` : ''}
+      <p class="muted">Checked ${esc(drift.checked_at ?? 'not yet')} from ${esc(drift.dir)}.</p>
+      <table id="drift"><thead><tr><th scope="col">Flag</th><th scope="col">Environment</th><th scope="col">Status</th><th scope="col">Differences</th><th scope="col">Owner</th></tr></thead><tbody>
+      ${drift.flags.map((f) => `<tr data-flag="${esc(f.flag)}" data-env="${esc(f.environment)}" data-status="${esc(f.status)}"><th scope="row"><a href="#/flag/${encodeURIComponent(f.flag)}">${esc(f.flag)}</a></th><td>${esc(f.environment)}</td>
+        <td>${f.status === 'in_sync' ? 'in sync' : `<span class="error">${esc(f.status.replace('_', ' '))}</span>`}</td>
+        <td>${esc((f.findings || []).map((d) => `${d.field}: manifest ${JSON.stringify(d.want)}, flag system ${JSON.stringify(d.have)}`).join('; ') || f.error || (f.kills || []).map((k) => `killed by flagguard (action ${k.action})`).join(', '))}</td>
+        <td>${owner(f.flag)}</td></tr>`).join('')}</tbody></table>`;
+  const findings = compliance.findings.length === 0 ? '<p id="no-findings" class="muted">No compliance findings.</p>'
+    : `<table id="compliance"><thead><tr><th scope="col">Problem</th><th scope="col">Flag</th><th scope="col">Environment</th><th scope="col">Detail</th></tr></thead><tbody>
+      ${compliance.findings.map((f) => `<tr data-problem="${esc(f.problem)}" data-flag="${esc(f.flag)}"><th scope="row">${esc(f.problem.replace('_', ' '))}</th><td>${esc(f.flag)}</td><td>${esc(f.environment ?? '')}</td><td>${esc(f.detail)}</td></tr>`).join('')}</tbody></table>`;
+  $main.innerHTML = `<h1>Governance</h1><h2>Pending approvals</h2>${pending}<h2>Drift from the flag manifests</h2>${driftPart}<h2>Compliance</h2>${findings}`;
+}
+
 // ---------------------------------------------------------------- cluster
 async function renderCluster() {
   const c = await getJSON('/v1/cluster');
@@ -211,6 +235,7 @@ async function render() {
     else if (r.view === 'audit') await renderAudit(r.params);
     else if (r.view === 'rules') await renderRules();
     else if (r.view === 'cluster') await renderCluster();
+    else if (r.view === 'governance') await renderGovernance();
     else renderOverview();
   } catch (e) { $main.innerHTML = `<p class="error" role="alert">${esc(e.message)}</p>`; }
 }
@@ -227,6 +252,7 @@ function connect() {
     if (r.view === 'flags') renderOverview();
     else if (r.view === 'flag' && Date.now() - state.lastFlagRefresh > 2000 && !document.querySelector('details[open]')) renderFlag(r.arg, r.params);
     else if (r.view === 'cluster') renderCluster().catch(() => {});
+    else if (r.view === 'governance') renderGovernance().catch(() => {});
   });
   es.onerror = () => { $live.textContent = 'reconnecting…'; $live.className = ''; };
 }
