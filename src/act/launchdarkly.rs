@@ -5,7 +5,11 @@
 //!   domain-model=launchdarkly.semanticpatch` (without it the body is read as JSON Patch → 400)
 //!   and `{"environmentKey", "comment", "instructions":[{"kind":"turnFlagOff"}]}`; the comment
 //!   carries the rule and its evidence. Repeating it is a no-op (documented).
-//! - 405 = approval required in that environment: permanent (escalate, never retry);
+//! - 405 = approval required in that environment: a kill is permanent (escalate, never retry:
+//!   the kill token needs the bypass); a rollout change (a promotion, not an emergency) creates
+//!   LaunchDarkly's own approval request for the same instructions instead
+//!   (`POST /api/v2/projects/{p}/flags/{f}/environments/{e}/approval-requests`) and ends
+//!   `refused`, naming it;
 //!   409 = a concurrent change: retried; 429: retried after `Retry-After` or `X-Ratelimit-Reset`.
 //! - Rollout: `updateFallthroughVariationOrRollout` with weights in thousandths of a percent
 //!   summing to 100000 (variation ids read from the flag first).
@@ -83,6 +87,24 @@ impl LaunchDarkly {
     async fn patch(&self, request: &ActionRequest, env: &str, instructions: Value, key: &str) -> Result<Value, ActError> {
         let body = json!({ "environmentKey": env, "comment": request.comment(), "instructions": instructions });
         Ok(self.api.call(Method::PATCH, &self.path(request), Some((SEMANTIC_PATCH, &body)), Some(key), special).await?.body)
+    }
+
+    /// A promotion in an environment that requires approvals: LaunchDarkly's approval request
+    /// for the same instructions (idempotent by `key`). Returns its id.
+    async fn approval_request(&self, request: &ActionRequest, env: &str, instructions: Value, key: &str) -> Result<String, ActError> {
+        let path =
+            format!("/api/v2/projects/{}/flags/{}/environments/{}/approval-requests", segment(&self.config.project), segment(request.key()), segment(env));
+        let body = json!({ "description": request.comment(), "instructions": instructions });
+        let reply = self.api.call(Method::POST, &path, Some(("application/json", &body)), Some(key), special).await?.body;
+        Ok(reply.get("_id").and_then(Value::as_str).unwrap_or("?").to_owned())
+    }
+}
+
+/// A rollout change's special statuses: 405 means "ask for approval" (see the module).
+fn special_rollout(status: StatusCode, body: &str) -> Option<ActError> {
+    match status.as_u16() {
+        405 => Some(ActError::Refused("approval required".into())),
+        _ => special(status, body),
     }
 }
 
@@ -179,8 +201,17 @@ impl Actuator for LaunchDarkly {
         let weights = weights(&flag, &request.treatment, request.control.as_deref(), percent)?;
         let before = flag.pointer(&format!("/environments/{env}/fallthrough")).cloned();
         let instruction = json!([{ "kind": "updateFallthroughVariationOrRollout", "rolloutContextKind": "user", "rolloutWeights": weights }]);
-        self.patch(request, &env, instruction, key).await?;
-        Ok(Applied { before, after: Some(json!({ "rolloutWeights": weights })) })
+        let body = json!({ "environmentKey": env, "comment": request.comment(), "instructions": instruction });
+        match self.api.call(Method::PATCH, &self.path(request), Some((SEMANTIC_PATCH, &body)), Some(key), special_rollout).await {
+            Ok(_) => Ok(Applied { before, after: Some(json!({ "rolloutWeights": weights })) }),
+            Err(ActError::Refused(_)) => {
+                let id = self.approval_request(request, &env, instruction, key).await?;
+                Err(ActError::Refused(format!(
+                    "LaunchDarkly requires approval in {env}: approval request {id} was created there; the rollout changes to {percent} % once it is approved and applied"
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read(&self, request: &ActionRequest) -> Result<FlagState, ActError> {

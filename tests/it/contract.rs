@@ -62,12 +62,23 @@ pub struct LdStub {
     flags: Arc<Mutex<HashMap<String, Value>>>,
     /// Answer this many PATCHes with 409 first.
     pub conflicts: Arc<AtomicU32>,
+    /// Approval requests created (`POST …/approval-requests`), by id.
+    pub approval_requests: Arc<Mutex<Vec<Value>>>,
 }
 
 impl LdStub {
     pub async fn start() -> LdStub {
-        let stub = LdStub { addr: "0.0.0.0:0".parse().unwrap(), log: Log::default(), flags: Default::default(), conflicts: Default::default() };
-        let app = axum::Router::new().route("/api/v2/flags/{project}/{flag}", get(ld_get).patch(ld_patch)).with_state(stub.clone());
+        let stub = LdStub {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log: Log::default(),
+            flags: Default::default(),
+            conflicts: Default::default(),
+            approval_requests: Default::default(),
+        };
+        let app = axum::Router::new()
+            .route("/api/v2/flags/{project}/{flag}", get(ld_get).patch(ld_patch))
+            .route("/api/v2/projects/{project}/flags/{flag}/environments/{env}/approval-requests", post(ld_approval_request))
+            .with_state(stub.clone());
         LdStub { addr: serve(app).await, ..stub }
     }
 
@@ -163,6 +174,30 @@ async fn ld_patch(State(stub): State<LdStub>, AxPath((_, key)): AxPath<(String, 
     }
     flag["_version"] = json!(flag["_version"].as_i64().unwrap_or(0) + 1);
     axum::Json(flag.clone()).into_response()
+}
+
+/// `POST /api/v2/projects/{p}/flags/{f}/environments/{e}/approval-requests`: `description`
+/// (required, ≤ 5000) and `instructions` (semantic patch, required) → 201 with `_id`.
+async fn ld_approval_request(
+    State(stub): State<LdStub>,
+    AxPath((_, key, env)): AxPath<(String, String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    seen(&stub.log, "POST", &format!("/api/v2/projects/default/flags/{key}/environments/{env}/approval-requests"), &headers, &body);
+    if let Some(denied) = ld_auth(&headers) {
+        return denied;
+    }
+    let Ok(request) = serde_json::from_str::<Value>(&body) else { return StatusCode::BAD_REQUEST.into_response() };
+    if request["description"].as_str().is_none_or(|d| d.is_empty() || d.len() > 5000) || request["instructions"].as_array().is_none_or(|i| i.is_empty()) {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "code": "invalid_request", "message": "description and instructions are required" })))
+            .into_response();
+    }
+    let mut all = stub.approval_requests.lock().unwrap();
+    let id = format!("ar-{}", all.len() + 1);
+    let created = json!({ "_id": id, "status": "pending", "reviewStatus": "pending", "description": request["description"], "instructions": request["instructions"], "environmentKey": env, "flagKey": key });
+    all.push(created.clone());
+    (StatusCode::CREATED, axum::Json(created)).into_response()
 }
 
 // --------------------------------------------------------------------------------- Flagsmith
@@ -460,6 +495,23 @@ async fn launchdarkly_semantic_patch_kill_restore_rollout_and_its_error_codes() 
     assert_eq!((row.state.as_str(), row.attempts), ("escalated", 1));
     assert!(row.last_error.unwrap().contains("approval"));
     assert!(ld.on("checkout-v2", "approval"));
+    // A promotion there is not an emergency: LaunchDarkly's own approval request is created
+    // for the same change, and the action ends refused, naming it.
+    let (status, body) = api(
+        &daemon,
+        "/v1/flags/checkout-v2/rollout",
+        json!({ "actuator": "ld", "environment": "approval", "treatment": ["true"], "percent": 50, "reason": "promote" }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let row = settled(&daemon, body["action"].as_i64().unwrap()).await;
+    assert_eq!(row.state, "refused", "{:?}", row.last_error);
+    assert!(row.last_error.as_deref().unwrap().contains("approval request ar-1 was created"), "{:?}", row.last_error);
+    let created = ld.approval_requests.lock().unwrap().clone();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["instructions"][0]["kind"], "updateFallthroughVariationOrRollout");
+    assert_eq!(created[0]["instructions"][0]["rolloutWeights"]["v-true"], 50_000);
+    assert!(created[0]["description"].as_str().unwrap().contains("promote"), "{}", created[0]);
 
     // A slice LaunchDarkly cannot express is refused, not widened.
     let row = settled(&daemon, manual_kill(&daemon, "ld", "checkout-v2", Some("eu-west")).await).await;
