@@ -362,7 +362,7 @@ impl App {
         let checks_stop = CancellationToken::new();
         let checks_client = http_client(file.act.timeout, file.act.ca_file.as_deref()).unwrap_or_default();
         let checks_task = tokio::spawn(crate::rollout::checks::run(snapshots.clone(), checks.clone(), checks_client, clock.clone(), checks_stop.clone()));
-        let pipeline = pipeline.with_checks(checks);
+        let pipeline = pipeline.with_checks(checks).with_governance(file.governance.regulated_environments.clone(), file.governance.approval_expiry);
         let pipeline = match &fence {
             Some(fence) => pipeline.with_fence(fence.clone()),
             None => pipeline,

@@ -165,7 +165,9 @@ async fn carry_out(s: &ApiState, p: &ProposalRow, actor: &str) -> Result<Option<
         ProposalKind::Resume => {
             let plan = p.request["plan"].as_str().unwrap_or_default().to_owned();
             let region = p.request["region"].as_str().map(str::to_owned);
-            super::rollouts::apply_operation(s, &plan, "resume", region.as_deref(), actor, p.reason.clone()).await?;
+            // A plan's own proposal names the step to 100 % it paused before.
+            let step = p.request["step"].as_u64().map(|s| s as usize);
+            super::rollouts::apply_operation_approving(s, &plan, "resume", region.as_deref(), actor, p.reason.clone(), step).await?;
             Ok(None)
         }
     }

@@ -82,6 +82,20 @@ fn instance(plan: &crate::rules::plan::Plan, region: Option<&str>) -> Result<Str
 
 /// Moves a plan instance (`pause`, `resume`, `abort`), audited with `actor`.
 pub async fn apply_operation(s: &ApiState, name: &str, op: &str, region: Option<&str>, actor: &str, reason: Option<String>) -> Result<PlanState, ApiError> {
+    apply_operation_approving(s, name, op, region, actor, reason, None).await
+}
+
+/// [`apply_operation`]; a resume approved through `approvals` also approves the plan's step
+/// `approved` (its step to 100 % in a regulated environment).
+pub async fn apply_operation_approving(
+    s: &ApiState,
+    name: &str,
+    op: &str,
+    region: Option<&str>,
+    actor: &str,
+    reason: Option<String>,
+    approved: Option<usize>,
+) -> Result<PlanState, ApiError> {
     let plans = s.snapshots.borrow().rule_set.rollouts.clone();
     let plan = plans.iter().find(|p| p.name == name).ok_or_else(|| ApiError::NotFound(format!("no rollout plan {name:?}")))?;
     let key = instance(plan, region)?;
@@ -108,6 +122,9 @@ pub async fn apply_operation(s: &ApiState, name: &str, op: &str, region: Option<
             // A resumed plan re-reads the flag before its next step (expect_rollout).
             state.action = None;
             state.target_step = None;
+            if approved.is_some() {
+                state.approved_step = approved;
+            }
         }
         let audit = AuditEntry {
             at: now,

@@ -98,6 +98,9 @@ pub struct Pipeline {
     merge: Option<shard::MergeSide>,
     /// The rollout plans' external checks (`rollout::checks`), run by their own task.
     checks: crate::rollout::checks::CheckResults,
+    /// `[governance]`: a plan's step to 100 % in these environments waits for an approval.
+    regulated: Vec<String>,
+    approval_expiry: Duration,
 }
 
 impl Pipeline {
@@ -143,6 +146,8 @@ impl Pipeline {
             shard: None,
             merge: None,
             checks: Default::default(),
+            regulated: Vec::new(),
+            approval_expiry: Duration::from_secs(24 * 3600),
         }
         .with_held()
     }
@@ -151,6 +156,13 @@ impl Pipeline {
     pub fn with_fence(mut self, fence: Arc<crate::store::Fence>) -> Self {
         self.fence = Some(fence);
         self.acting = false;
+        self
+    }
+
+    /// `[governance]`: in `regulated` environments a plan's step to 100 % is a proposal.
+    pub fn with_governance(mut self, regulated: Vec<String>, approval_expiry: Duration) -> Self {
+        self.regulated = regulated;
+        self.approval_expiry = approval_expiry;
         self
     }
 
@@ -352,6 +364,8 @@ impl Pipeline {
             snapshot: &snapshot,
             wake: &self.wake_executor,
             checks: &self.checks,
+            regulated: &self.regulated,
+            approval_expiry: self.approval_expiry,
         };
         progress.run(&plans, now);
     }

@@ -58,6 +58,10 @@ pub struct PlanState {
     pub action: Option<i64>,
     pub target_step: Option<usize>,
     pub reason: Option<String>,
+    /// In a regulated environment: the step to 100 % a second person approved (a resume
+    /// approved through `flagguard approvals`).
+    #[serde(default)]
+    pub approved_step: Option<usize>,
 }
 
 impl PlanState {
@@ -74,6 +78,7 @@ impl PlanState {
             action: None,
             target_step: None,
             reason: None,
+            approved_step: None,
         }
     }
 }

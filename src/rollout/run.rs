@@ -51,6 +51,9 @@ pub struct Progress<'a> {
     pub wake: &'a tokio::sync::Notify,
     /// The plans' external checks, as their task last ran them.
     pub checks: &'a super::checks::CheckResults,
+    /// `[governance]`: in these environments a step to 100 % needs a second person.
+    pub regulated: &'a [String],
+    pub approval_expiry: std::time::Duration,
 }
 
 impl Progress<'_> {
@@ -125,6 +128,38 @@ impl Progress<'_> {
             }
         }
         Ok(super::checks::verdict(plan, self.checks, now).err())
+    }
+
+    /// A step to 100 % in a regulated environment: a proposal (to resume the plan through that
+    /// step) and the plan paused until a second person approves it.
+    fn await_approval(
+        &self,
+        plan: &Plan,
+        region: Option<&str>,
+        state: &mut PlanState,
+        expected: &mut Option<serde_json::Value>,
+        to: usize,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let request = json!({ "plan": plan.name, "region": region, "step": to });
+        let reason = format!("step {} of plan {} takes {} to 100 %", to + 1, plan.name, describe(plan, region));
+        let proposal = self.outbox.store().propose(&crate::store::proposals::NewProposal {
+            kind: crate::store::proposals::ProposalKind::Resume,
+            flag: &plan.flag,
+            environment: plan.environment.as_deref(),
+            request: &request,
+            proposer: &format!("rollout:{}", plan.name),
+            reason: Some(&reason),
+            at: now,
+            expires: now.plus(self.approval_expiry),
+        })?;
+        let why = format!(
+            "the step to 100 % in a regulated environment needs a second person's approval: proposal {proposal} (flagguard approvals approve {proposal})"
+        );
+        state.status = Status::Paused;
+        state.reason = Some(why.clone());
+        let text = format!("rollout {} PAUSED for {}: {why}", plan.name, describe(plan, region));
+        self.save(expected, state, Some("rollout_paused"), now, json!({ "proposal": proposal }), Some(text))
     }
 
     fn progress_one(&self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
@@ -219,6 +254,9 @@ impl Progress<'_> {
             }
             Next::Advance { to } => {
                 let percent = plan.steps[to];
+                if percent >= 100.0 && plan.environment.as_ref().is_some_and(|e| self.regulated.contains(e)) && state.approved_step != Some(to) {
+                    return self.await_approval(plan, region, &mut state, &mut expected, to, now);
+                }
                 let req = ActionRequest {
                     percent: Some(percent),
                     expect_rollout: state.percent,

@@ -20,6 +20,10 @@ const SCOPED: &str = "payments-ci-secret-012345";
 /// A daemon on the real Unleash (`staging` is its `development`), with production regulated
 /// and these tokens.
 async fn daemon(server: &Unleash, tokens: Vec<TokenConfig>) -> Daemon {
+    daemon_with_rules(server, tokens, "rules: []\n").await
+}
+
+async fn daemon_with_rules(server: &Unleash, tokens: Vec<TokenConfig>, rules: &str) -> Daemon {
     // SAFETY: every test sets the same values.
     unsafe {
         std::env::set_var("FG_TEST_ALICE", ALICE);
@@ -29,7 +33,7 @@ async fn daemon(server: &Unleash, tokens: Vec<TokenConfig>) -> Daemon {
     }
     let flags = FlagServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Daemon::config(dir.path(), "rules: []\n", &flags);
+    let mut config = Daemon::config(dir.path(), rules, &flags);
     config.actuators.clear();
     let flagguard::config::ActuatorConfig::Unleash(mut unleash) = actuator(server, "FG_TEST_UNLEASH_TOKEN") else { unreachable!() };
     unleash.environments.insert("staging".into(), "development".into());
@@ -162,5 +166,33 @@ async fn a_scoped_token_changes_its_flags_in_staging_and_nothing_else() {
     // An unscoped operator still may.
     let (status, _) = call(&daemon, ALICE, &format!("/v1/flags/{other}/rollout"), json!({ "environment": "staging", "percent": 25, "reason": "x" })).await;
     assert_eq!(status, 202);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plans_step_to_100_in_production_pauses_for_approval_and_resumes_through_it() {
+    let server = unleash().await;
+    let flag = unique("fg-plan-approve");
+    server.create(&flag, &[rollout(&flag, 5, None)]).await;
+    let plan = format!(
+        "rules: []\nrollouts:\n  - name: {flag}-plan\n    flag: {flag}\n    actuator: unleash\n    environment: production\n    treatment: \"true\"\n    steps: [100]\n"
+    );
+    let tokens = vec![token("alice", Role::Operator, "${FG_TEST_ALICE}")];
+    let daemon = daemon_with_rules(&server, tokens, &plan).await;
+    let key = format!("{flag}-plan");
+    let instance = || daemon.store.plan_state(&key).unwrap().unwrap_or(Value::Null);
+    wait_until("the plan to pause for approval", Duration::from_secs(20), || instance()["status"] == "paused").await;
+    let reason = instance()["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("needs a second person's approval: proposal"), "{reason}");
+    assert_eq!(rollout_of(&server.state(&flag).await), "5", "not at 100 % before the approval");
+    let (code, list) = cli(&daemon, ALICE, &["approvals", "list"]).await;
+    assert_eq!(code, 0);
+    let proposal = list["proposals"][0]["id"].as_i64().unwrap();
+    assert_eq!((list["proposals"][0]["kind"].as_str(), list["proposals"][0]["proposer"].as_str()), (Some("resume"), Some(format!("rollout:{key}").as_str())));
+    let (code, answer) = cli(&daemon, ALICE, &["approvals", "approve", &proposal.to_string()]).await;
+    assert_eq!(code, 0, "{answer}");
+    wait_until("the plan to complete at 100 %", Duration::from_secs(30), || instance()["status"] == "completed").await;
+    assert_eq!(rollout_of(&server.state(&flag).await), "100");
+    assert_eq!(daemon.store.proposals(None, flagguard::time::Timestamp::now()).unwrap().len(), 1, "one proposal, not one per tick");
     daemon.stop().await;
 }
