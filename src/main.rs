@@ -345,8 +345,19 @@ enum FlagsCommand {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A command-line usage error: clap's own exit code 2 would read as "hold" (`gate`) or "cannot
+/// tell" (`drift`), so every command exits 3 for it, as documented.
+const USAGE: i32 = 3;
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(USAGE);
+        }
+    };
     let code = match cli.command {
         Command::Check { config, rules, manifests } => flagguard::cli::check::run(config.as_deref(), rules, manifests.as_deref()),
         Command::Gate { flag, environment, region, variant, min_healthy, wait, server, token, json } => runtime()

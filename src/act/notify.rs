@@ -200,10 +200,6 @@ impl Routing {
         Ok(Arc::new(Routing { routes: built, owners: RwLock::default(), client: Some(client) }))
     }
 
-    pub fn enabled(&self) -> bool {
-        !self.routes.is_empty()
-    }
-
     /// The flag manifests' owners (the drift watch keeps them current).
     pub fn set_owners(&self, owners: BTreeMap<String, Owner>) {
         if let Ok(mut current) = self.owners.write() {

@@ -300,11 +300,8 @@ impl Outbox {
     /// joins an open kill of its target and never defers to a human's override; a rollout
     /// change is refused while another action is pending for the target or a kill holds the
     /// flag off. Returns the action, or why it was refused.
-    pub fn operator(&self, request: &ActionRequest, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {
-        self.operator_keyed(request, None, at)
-    }
-
-    /// [`Outbox::operator`] with the caller's idempotency key: the same key again answers
+    ///
+    /// With the caller's idempotency key (`client_key`) the same key again answers
     /// [`Refused::SameKey`] with the action it made (the change is made once), and a key used
     /// for another change [`Refused::KeyReused`].
     pub fn operator_keyed(&self, request: &ActionRequest, client_key: Option<&str>, at: Timestamp) -> Result<Result<i64, Refused>, StoreError> {

@@ -180,6 +180,9 @@ fn operator_request(s: &ApiState, kind: ActionKind, flag: &str, t: &Target, acto
     if t.idempotency_key.as_deref().is_some_and(|k| k.is_empty() || k.len() > 200) {
         return Err(ApiError::BadRequest("idempotency_key must be 1–200 characters".into()));
     }
+    if t.idempotency_key.as_deref().is_some_and(|k| k.starts_with(super::approvals::KEY_PREFIX)) {
+        return Err(ApiError::BadRequest(format!("idempotency keys starting with {:?} are flagguard's own (approvals)", super::approvals::KEY_PREFIX)));
+    }
     Ok(ActionRequest {
         treatment: t.treatment.clone().unwrap_or_default(),
         control: t.control.clone(),
@@ -229,9 +232,18 @@ pub async fn rollout(
 ) -> Result<Response, ApiError> {
     permit(&s, &caller, "change the rollout", &flag, t.environment.as_deref()).await?;
     let request = operator_request(&s, ActionKind::Rollout, &flag, &t, actor(caller, t.actor.clone()))?;
-    if request.percent == Some(100.0) && s.governance.regulated(request.environment.as_deref()) {
+    if request.percent.is_some_and(crate::store::proposals::to_everyone) && s.governance.regulated(request.environment.as_deref()) {
         let proposer = request.actor.clone().unwrap_or_default();
-        let value = serde_json::to_value(&request).unwrap_or_default();
+        let mut value = serde_json::to_value(&request).unwrap_or_default();
+        // A retried request with its key answers with the proposal it made.
+        if let Some(key) = t.idempotency_key.clone() {
+            let store = s.store.clone();
+            let lookup = key.clone();
+            if let Some(p) = blocking(move || store.proposal_by_key(&lookup)).await?? {
+                return Ok(Json(json!({ "proposal": p.id, "status": "pending_approval", "existing": true, "message": format!("proposal {} ({}) was made for this key", p.id, p.state.as_str()) })).into_response());
+            }
+            value["client_key"] = json!(key);
+        }
         let kind = crate::store::proposals::ProposalKind::Rollout;
         return super::approvals::propose(&s, kind, &flag, request.environment.as_deref(), &value, &proposer, request.reason.as_deref()).await;
     }

@@ -24,6 +24,9 @@ use super::{ApiError, ApiState};
 use crate::act::ActionRequest;
 use crate::store::proposals::{NewProposal, ProposalKind, ProposalRow, ProposalState};
 
+/// The idempotency key of an approved rollout (`proposal-ID`): callers may not use the prefix.
+pub const KEY_PREFIX: &str = "proposal-";
+
 /// From `[governance]`.
 #[derive(Clone, Debug, Default)]
 pub struct Governance {
@@ -36,10 +39,7 @@ impl Governance {
     /// Whether changes in `environment` need approval (a change in every environment does when
     /// any environment is regulated).
     pub fn regulated(&self, environment: Option<&str>) -> bool {
-        match environment {
-            Some(env) => self.regulated_environments.iter().any(|r| r == env),
-            None => !self.regulated_environments.is_empty(),
-        }
+        crate::store::proposals::regulated(&self.regulated_environments, environment)
     }
 }
 
@@ -129,14 +129,27 @@ pub async fn approve(
         return Err(super::actions::deny(&s, c, "approve", &p.flag, p.environment.as_deref(), why).await);
     }
     super::actions::permit(&s, &caller, "approve", &p.flag, p.environment.as_deref()).await?;
-    let actor = format!("{} approved by {approver}", p.proposer);
-    let action = carry_out(&s, &p, &actor).await?;
+    // Claimed first: a reject or an expiry in between wins, and the change is not made.
     let (store, now) = (s.store.clone(), s.clock.now());
-    let decided = p.clone();
-    let reason = body.reason.clone();
-    let first = blocking(move || store.decide_proposal(&decided, ProposalState::Approved, &approver, reason.as_deref(), action, now)).await??;
+    let (decided, by, reason) = (p.clone(), approver.clone(), body.reason.clone());
+    if !blocking(move || store.decide_proposal(&decided, ProposalState::Approved, &by, reason.as_deref(), None, now)).await?? {
+        return Err(ApiError::Conflict(format!("proposal {id} was decided meanwhile")));
+    }
+    let actor = format!("{} approved by {approver}", p.proposer);
+    let action = match carry_out(&s, &p, &actor).await {
+        Ok(action) => action,
+        Err(e) => {
+            let (store, why, reopened) = (s.store.clone(), e.to_string(), p.clone());
+            blocking(move || store.reopen_proposal(&reopened, &approver, &why, now)).await??;
+            return Err(e);
+        }
+    };
+    if let Some(action) = action {
+        let store = s.store.clone();
+        blocking(move || store.set_proposal_action(id, action)).await??;
+    }
     s.wake.notify_one();
-    Ok(Json(json!({ "proposal": id, "state": "approved", "action": action, "first": first })).into_response())
+    Ok(Json(json!({ "proposal": id, "state": "approved", "action": action })).into_response())
 }
 
 /// What an approved proposal does: the action it queued, if any.
@@ -146,7 +159,7 @@ async fn carry_out(s: &ApiState, p: &ProposalRow, actor: &str) -> Result<Option<
         ProposalKind::Rollout => {
             let mut request: ActionRequest = serde_json::from_value(p.request.clone()).map_err(|e| ApiError::Conflict(format!("proposal {}: {e}", p.id)))?;
             request.actor = Some(actor.to_owned());
-            let (outbox, key) = (s.outbox.clone(), format!("proposal-{}", p.id));
+            let (outbox, key) = (s.outbox.clone(), format!("{KEY_PREFIX}{}", p.id));
             match blocking(move || outbox.operator_keyed(&request, Some(&key), now)).await?? {
                 Ok(id) | Err(crate::action::Refused::SameKey { id }) => Ok(Some(id)),
                 Err(refused) => Err(ApiError::Conflict(format!("{refused}; the proposal stays pending"))),
@@ -165,9 +178,13 @@ async fn carry_out(s: &ApiState, p: &ProposalRow, actor: &str) -> Result<Option<
         ProposalKind::Resume => {
             let plan = p.request["plan"].as_str().unwrap_or_default().to_owned();
             let region = p.request["region"].as_str().map(str::to_owned);
-            // A plan's own proposal names the step to 100 % it paused before.
-            let step = p.request["step"].as_u64().map(|s| s as usize);
-            super::rollouts::apply_operation_approving(s, &plan, "resume", region.as_deref(), actor, p.reason.clone(), step).await?;
+            match p.request["step"].as_u64() {
+                // A plan's own proposal: the step to 100 % it waits before, approved.
+                Some(step) => super::rollouts::approve_step(s, &plan, region.as_deref(), step as usize, p.id, actor).await?,
+                None => {
+                    super::rollouts::apply_operation(s, &plan, "resume", region.as_deref(), actor, p.reason.clone()).await?;
+                }
+            }
             Ok(None)
         }
     }
@@ -185,6 +202,9 @@ pub async fn reject(
     let p = load(&s, id).await?;
     if p.state != ProposalState::Pending {
         return Err(ApiError::Conflict(format!("proposal {id} is {}", p.state.as_str())));
+    }
+    if by != p.proposer {
+        super::actions::permit(&s, &caller, "reject", &p.flag, p.environment.as_deref()).await?;
     }
     let (store, now, reason) = (s.store.clone(), s.clock.now(), body.reason.clone());
     if !blocking(move || store.decide_proposal(&p, ProposalState::Rejected, &by, reason.as_deref(), None, now)).await?? {

@@ -214,6 +214,12 @@ async fn verdicts(State(s): State<ApiState>) -> Response {
 }
 
 async fn reload(State(s): State<ApiState>, caller: Option<axum::Extension<auth::Caller>>) -> Result<Response, ApiError> {
+    // The rules reach every flag: a scoped token may not reload them.
+    if let Some(axum::Extension(c)) = &caller
+        && !c.scope.is_whole()
+    {
+        return Err(actions::deny(&s, c, "reload the rules", "*", None, "the rules reach every flag; reloading them needs an unscoped token".into()).await);
+    }
     let (reply, answer) = oneshot::channel();
     s.commands
         .send(Command::ReloadRules { actor: actions::actor(caller, None), reply })

@@ -82,20 +82,6 @@ fn instance(plan: &crate::rules::plan::Plan, region: Option<&str>) -> Result<Str
 
 /// Moves a plan instance (`pause`, `resume`, `abort`), audited with `actor`.
 pub async fn apply_operation(s: &ApiState, name: &str, op: &str, region: Option<&str>, actor: &str, reason: Option<String>) -> Result<PlanState, ApiError> {
-    apply_operation_approving(s, name, op, region, actor, reason, None).await
-}
-
-/// [`apply_operation`]; a resume approved through `approvals` also approves the plan's step
-/// `approved` (its step to 100 % in a regulated environment).
-pub async fn apply_operation_approving(
-    s: &ApiState,
-    name: &str,
-    op: &str,
-    region: Option<&str>,
-    actor: &str,
-    reason: Option<String>,
-    approved: Option<usize>,
-) -> Result<PlanState, ApiError> {
     let plans = s.snapshots.borrow().rule_set.rollouts.clone();
     let plan = plans.iter().find(|p| p.name == name).ok_or_else(|| ApiError::NotFound(format!("no rollout plan {name:?}")))?;
     let key = instance(plan, region)?;
@@ -122,9 +108,8 @@ pub async fn apply_operation_approving(
             // A resumed plan re-reads the flag before its next step (expect_rollout).
             state.action = None;
             state.target_step = None;
-            if approved.is_some() {
-                state.approved_step = approved;
-            }
+            // A step to 100 % that waited (or was rejected) is proposed again.
+            state.awaiting_proposal = None;
         }
         let audit = AuditEntry {
             at: now,
@@ -138,6 +123,44 @@ pub async fn apply_operation_approving(
         };
         store.save_plan(&key, &serde_json::to_value(&state).unwrap_or_default(), Some(&audit))?;
         Ok(Ok(state))
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(e.to_string()))??
+}
+
+/// An approved proposal of a plan's own step to 100 % (`approvals`): the running instance
+/// takes that step at its next tick. Audited (`rollout_step_approved`) with both actors.
+pub async fn approve_step(s: &ApiState, name: &str, region: Option<&str>, step: usize, proposal: i64, actor: &str) -> Result<(), ApiError> {
+    let plans = s.snapshots.borrow().rule_set.rollouts.clone();
+    let plan = plans.iter().find(|p| p.name == name).ok_or_else(|| ApiError::NotFound(format!("no rollout plan {name:?}")))?.clone();
+    let key = instance(&plan, region)?;
+    let (store, now, actor) = (s.store.clone(), s.clock.now(), actor.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<Result<(), ApiError>, crate::store::StoreError> {
+        let stored = store.plan_state(&key)?;
+        let Some(mut state) = stored.clone().and_then(|v| serde_json::from_value::<PlanState>(v).ok()) else {
+            return Ok(Err(ApiError::Conflict(format!("plan instance {key} has not started"))));
+        };
+        if state.awaiting_proposal != Some(proposal) {
+            return Ok(Err(ApiError::Conflict(format!("plan instance {key} is not waiting for proposal {proposal}"))));
+        }
+        state.approved_step = Some(step);
+        state.awaiting_proposal = None;
+        state.reason = None;
+        let audit = AuditEntry {
+            at: now,
+            actor,
+            kind: "rollout_step_approved".into(),
+            rule: Some(format!("rollout:{}", plan.name)),
+            target: Some(key.clone()),
+            after: Some(json!({ "step": step + 1, "proposal": proposal })),
+            ..AuditEntry::default()
+        };
+        // Only if the pipeline did not move the instance meanwhile: else the approver retries.
+        let value = serde_json::to_value(&state).unwrap_or_default();
+        if !store.save_plan_if(&key, stored.as_ref(), &value, Some(&audit))? {
+            return Ok(Err(ApiError::Conflict(format!("plan instance {key} changed meanwhile; approve again"))));
+        }
+        Ok(Ok(()))
     })
     .await
     .map_err(|e| ApiError::Unavailable(e.to_string()))??

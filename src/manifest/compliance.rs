@@ -87,7 +87,9 @@ pub fn report(i: &Inputs<'_>) -> Vec<Finding> {
         let what: Vec<String> = findings.iter().map(|f| f.describe()).collect();
         let problem = if i.regulated.contains(&r.environment) { Problem::UnapprovedChange } else { Problem::Drifted };
         let detail = match problem {
-            Problem::UnapprovedChange => format!("changed outside flagguard in a regulated environment, so without approval: {}", what.join("; ")),
+            Problem::UnapprovedChange => {
+                format!("differs from its reviewed manifest in a regulated environment (a change no approval covers): {}", what.join("; "))
+            }
             _ => what.join("; "),
         };
         out.push(Finding { flag: r.flag.clone(), environment: Some(r.environment.clone()), problem, detail });

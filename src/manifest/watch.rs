@@ -5,7 +5,7 @@
 //! a pair's status is audited (`manifest_drift`); a pair that drifts — a human's edit, not
 //! flagguard's kill — is notified with its owner. Only the lease holder writes (cluster mode).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +58,9 @@ impl DriftWatch {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut set: Option<ManifestSet> = None;
         let mut last: HashMap<(String, String), &'static str> = HashMap::new();
+        let mut gauged: HashSet<(String, String)> = HashSet::new();
         loop {
-            self.pass(&mut set, &mut last).await;
+            self.pass(&mut set, &mut last, &mut gauged).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.interval) => {}
@@ -67,7 +68,7 @@ impl DriftWatch {
         }
     }
 
-    async fn pass(&self, set: &mut Option<ManifestSet>, last: &mut HashMap<(String, String), &'static str>) {
+    async fn pass(&self, set: &mut Option<ManifestSet>, last: &mut HashMap<(String, String), &'static str>, gauged: &mut HashSet<(String, String)>) {
         let names: BTreeSet<String> = self.actuators.keys().cloned().collect();
         let dir = self.dir.clone();
         let errors = match tokio::task::spawn_blocking(move || super::load_dir(&dir, Some(&names))).await {
@@ -110,12 +111,21 @@ impl DriftWatch {
                 reports.push(Report { flag: flag.key.clone(), environment: intended.environment.clone(), status, view: None });
             }
         }
+        let labels = |flag: &str, env: &str, status: &str| vec![("flag", flag.to_owned()), ("environment", env.to_owned()), ("status", status.to_owned())];
+        let now_gauged: HashSet<(String, String)> = reports.iter().map(|r| (r.flag.clone(), r.environment.clone())).collect();
+        // A pair gone from the manifests leaves the metric (an alert on it stops).
+        for (flag, env) in gauged.difference(&now_gauged) {
+            for status in STATUSES {
+                self.metrics.manifest_drift.remove(&labels(flag, env, status));
+            }
+            last.remove(&(flag.clone(), env.clone()));
+        }
         for report in &reports {
             for status in STATUSES {
-                let labels = vec![("flag", report.flag.clone()), ("environment", report.environment.clone()), ("status", status.to_owned())];
-                self.metrics.manifest_drift.get_or_create(&labels).set(i64::from(report.status.as_str() == status));
+                self.metrics.manifest_drift.get_or_create(&labels(&report.flag, &report.environment, status)).set(i64::from(report.status.as_str() == status));
             }
         }
+        *gauged = now_gauged;
         let owners: BTreeMap<String, Owner> = current.owners().into_iter().collect();
         self.outbox.routing().set_owners(owners.clone());
         self.record(&reports, &targets, &owners, current, last).await;

@@ -18,6 +18,8 @@ use crate::view::Snapshot;
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// An outcome older than this does not count (the checker is stuck or stopped).
 pub const FRESH: Duration = Duration::from_secs(60);
+// A check's timeout is at most `rules::plan::MAX_CHECK_TIMEOUT` (45 s): a round of checks
+// (every plan at once, each plan's checks in turn) finishes well within `FRESH`.
 
 /// The last outcome of each plan's checks, by plan name.
 pub type CheckResults = Arc<RwLock<HashMap<String, Outcome>>>;
@@ -48,16 +50,22 @@ pub fn verdict(plan: &Plan, results: &CheckResults, now: Timestamp) -> Result<()
 pub async fn run(snapshots: watch::Receiver<Arc<Snapshot>>, results: CheckResults, client: reqwest::Client, clock: Arc<dyn Clock>, stop: CancellationToken) {
     loop {
         let plans: Vec<Plan> = snapshots.borrow().rule_set.rollouts.iter().filter(|p| !p.checks.is_empty()).cloned().collect();
+        // Every plan at once: one slow check delays only its own plan.
+        let mut round = tokio::task::JoinSet::new();
         for plan in plans {
-            let outcome = all(&plan.checks, &client).await;
-            let outcome = Outcome { ok: outcome.is_ok(), detail: outcome.unwrap_or_else(|e| e), at: clock.now() };
-            if !outcome.ok {
-                tracing::info!(plan = %plan.name, detail = %outcome.detail, "a rollout check failed; the plan holds");
-            }
-            if let Ok(mut r) = results.write() {
-                r.insert(plan.name.clone(), outcome);
-            }
+            let (client, clock, results) = (client.clone(), clock.clone(), results.clone());
+            round.spawn(async move {
+                let outcome = all(&plan.checks, &client).await;
+                let outcome = Outcome { ok: outcome.is_ok(), detail: outcome.unwrap_or_else(|e| e), at: clock.now() };
+                if !outcome.ok {
+                    tracing::info!(plan = %plan.name, detail = %outcome.detail, "a rollout check failed; the plan holds");
+                }
+                if let Ok(mut r) = results.write() {
+                    r.insert(plan.name.clone(), outcome);
+                }
+            });
         }
+        while round.join_next().await.is_some() {}
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(INTERVAL) => {}

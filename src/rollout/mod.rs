@@ -62,6 +62,10 @@ pub struct PlanState {
     /// approved through `flagguard approvals`).
     #[serde(default)]
     pub approved_step: Option<usize>,
+    /// The proposal for that step while it waits; the plan keeps running (and guarding: a breach
+    /// still rolls back) but does not take the step.
+    #[serde(default)]
+    pub awaiting_proposal: Option<i64>,
 }
 
 impl PlanState {
@@ -79,6 +83,7 @@ impl PlanState {
             target_step: None,
             reason: None,
             approved_step: None,
+            awaiting_proposal: None,
         }
     }
 }

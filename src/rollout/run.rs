@@ -130,8 +130,10 @@ impl Progress<'_> {
         Ok(super::checks::verdict(plan, self.checks, now).err())
     }
 
-    /// A step to 100 % in a regulated environment: a proposal (to resume the plan through that
-    /// step) and the plan paused until a second person approves it.
+    /// A step to 100 % in a regulated environment waits for a second person: a proposal (to
+    /// take that step), and until it is approved the instance keeps running — still guarding,
+    /// a breach still rolls back — without taking the step. A rejected proposal holds the plan
+    /// (pause and resume it to propose again); an expired one is proposed again.
     fn await_approval(
         &self,
         plan: &Plan,
@@ -141,6 +143,24 @@ impl Progress<'_> {
         to: usize,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        use crate::store::proposals::ProposalState;
+        if let Some(id) = state.awaiting_proposal {
+            match self.outbox.store().proposal(id, now)?.map(|p| p.state) {
+                Some(ProposalState::Pending) => return Ok(()),
+                Some(ProposalState::Rejected) => {
+                    let why = format!("the step to 100 % was rejected (proposal {id}); pause and resume the plan to propose it again, or abort it");
+                    if state.reason.as_deref() != Some(why.as_str()) {
+                        state.reason = Some(why);
+                        self.save(expected, state, None, now, json!({}), None)?;
+                    }
+                    return Ok(());
+                }
+                // Approved (its resume sets `approved_step`; the next tick takes the step),
+                // expired or gone: propose again below unless approved.
+                Some(ProposalState::Approved) => return Ok(()),
+                _ => {}
+            }
+        }
         let request = json!({ "plan": plan.name, "region": region, "step": to });
         let reason = format!("step {} of plan {} takes {} to 100 %", to + 1, plan.name, describe(plan, region));
         let proposal = self.outbox.store().propose(&crate::store::proposals::NewProposal {
@@ -156,10 +176,10 @@ impl Progress<'_> {
         let why = format!(
             "the step to 100 % in a regulated environment needs a second person's approval: proposal {proposal} (flagguard approvals approve {proposal})"
         );
-        state.status = Status::Paused;
+        state.awaiting_proposal = Some(proposal);
         state.reason = Some(why.clone());
-        let text = format!("rollout {} PAUSED for {}: {why}", plan.name, describe(plan, region));
-        self.save(expected, state, Some("rollout_paused"), now, json!({ "proposal": proposal }), Some(text))
+        let text = format!("rollout {} WAITS for approval for {}: {why}", plan.name, describe(plan, region));
+        self.save(expected, state, Some("rollout_awaiting_approval"), now, json!({ "proposal": proposal }), Some(text))
     }
 
     fn progress_one(&self, plan: &Plan, region: Option<&str>, snapshot: &Snapshot, now: Timestamp) -> Result<(), StoreError> {
@@ -240,7 +260,7 @@ impl Progress<'_> {
             return Ok(());
         }
         let blocked = self.blocked(plan, snapshot, now)?;
-        if blocked.is_some() && state.reason != blocked && state.action.is_none() {
+        if blocked.is_some() && !same_wait(state.reason.as_deref(), blocked.as_deref()) && state.action.is_none() {
             // Say why it waits (`GET /v1/rollouts`), once.
             state.reason = blocked.clone();
             self.save(&mut expected, &state, None, now, json!({}), None)?;
@@ -254,7 +274,10 @@ impl Progress<'_> {
             }
             Next::Advance { to } => {
                 let percent = plan.steps[to];
-                if percent >= 100.0 && plan.environment.as_ref().is_some_and(|e| self.regulated.contains(e)) && state.approved_step != Some(to) {
+                if crate::store::proposals::to_everyone(percent)
+                    && crate::store::proposals::regulated(self.regulated, plan.environment.as_deref())
+                    && state.approved_step != Some(to)
+                {
                     return self.await_approval(plan, region, &mut state, &mut expected, to, now);
                 }
                 let req = ActionRequest {
@@ -312,4 +335,11 @@ fn describe(plan: &Plan, region: Option<&str>) -> String {
         out.push_str(&format!(" region {r}"));
     }
     out
+}
+
+/// Two wait reasons that differ only in their counters ("completed 12s ago") are the same:
+/// the state is not rewritten every tick for them.
+fn same_wait(a: Option<&str>, b: Option<&str>) -> bool {
+    let strip = |s: Option<&str>| s.map(|s| s.chars().filter(|c| !c.is_ascii_digit()).collect::<String>());
+    strip(a) == strip(b)
 }

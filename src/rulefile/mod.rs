@@ -9,7 +9,6 @@ pub mod shape;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::alerts::mapping::{AlertMapping, AlertMappingShape};
 use crate::model::Mode;
@@ -204,8 +203,8 @@ fn validate_rollout(shape: RolloutShape, r: &mut Report<'_>, actuators: &BTreeSe
                 continue;
             }
         };
-        if c.timeout.is_zero() || c.timeout > Duration::from_secs(300) {
-            r.fail(&format!("checks[{i}].timeout"), "must be in (0s, 5m]".into());
+        if c.timeout.is_zero() || c.timeout > crate::rules::plan::MAX_CHECK_TIMEOUT {
+            r.fail(&format!("checks[{i}].timeout"), format!("must be in (0s, {}s]", crate::rules::plan::MAX_CHECK_TIMEOUT.as_secs()));
         }
         checks.push(Check { kind, timeout: c.timeout });
     }

@@ -38,6 +38,9 @@ pub struct After {
     pub healthy_for: Duration,
 }
 
+/// The longest a check may take (the progression counts a result for 60 s).
+pub const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// One external check of a plan's advances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {

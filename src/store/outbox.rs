@@ -494,7 +494,6 @@ impl Store {
         Ok(n.unwrap_or(0) > 0)
     }
 
-    /// Whether an action for `target` is pending (e.g. a restore in flight).
     /// The newest `limit` kills of a flag (every target), newest first.
     pub fn recent_kills(&self, flag: &str, limit: u32) -> Result<Vec<ActionRow>, StoreError> {
         let sql = format!("{} WHERE kind = 'kill' AND json_extract(request, '$.flag') = ?1 ORDER BY id DESC LIMIT ?2", Store::ROW);
@@ -509,6 +508,7 @@ impl Store {
         rows.iter().map(Store::row).collect()
     }
 
+    /// Whether an action for `target` is pending (e.g. a restore in flight).
     pub fn has_pending(&self, target: &str) -> Result<bool, StoreError> {
         Ok(self.lock().scalar::<i64>("SELECT COUNT(*) FROM outbox WHERE target = ?1 AND state = 'pending'", params![target])?.unwrap_or(0) > 0)
     }

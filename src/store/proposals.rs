@@ -4,6 +4,21 @@
 
 use super::*;
 
+/// Whether changes in `environment` need approval when `regulated` environments are listed (a
+/// change in every environment does when any is).
+pub fn regulated(regulated: &[String], environment: Option<&str>) -> bool {
+    match environment {
+        Some(env) => regulated.iter().any(|r| r == env),
+        None => !regulated.is_empty(),
+    }
+}
+
+/// A rollout this close to 100 % is a promotion to everyone (LaunchDarkly rounds to
+/// thousandths of a percent).
+pub fn to_everyone(percent: f64) -> bool {
+    percent >= 99.9995
+}
+
 /// What a proposal would do once approved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +159,15 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
+    /// The pending or approved proposal an earlier request with this idempotency key made.
+    pub fn proposal_by_key(&self, key: &str) -> Result<Option<ProposalRow>, StoreError> {
+        let found = self.lock().query_opt(
+            &format!("{ROW} WHERE json_extract(request, '$.client_key') = ?1 AND state IN ('pending', 'approved') ORDER BY id DESC LIMIT 1"),
+            params![key],
+        )?;
+        found.as_ref().map(row).transpose()
+    }
+
     pub fn proposal(&self, id: i64, now: Timestamp) -> Result<Option<ProposalRow>, StoreError> {
         self.expire_proposals(now)?;
         let found = self.lock().query_opt(&format!("{ROW} WHERE id = ?1"), params![id])?;
@@ -213,6 +237,35 @@ impl Store {
         Store::insert_audit(&mut tx, &audit)?;
         tx.commit()?;
         Ok(true)
+    }
+}
+
+impl Store {
+    /// The action an approved proposal queued.
+    pub fn set_proposal_action(&self, id: i64, action: i64) -> Result<(), StoreError> {
+        self.write("UPDATE proposals SET action_id = ?2 WHERE id = ?1", params![id, action])?;
+        Ok(())
+    }
+
+    /// An approval whose change could not be made (a conflict): the proposal is pending again,
+    /// audited (`proposal_reopened`) with why.
+    pub fn reopen_proposal(&self, p: &ProposalRow, by: &str, why: &str, at: Timestamp) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let mut tx = self.begin(&mut conn)?;
+        if tx.execute("UPDATE proposals SET state = 'pending', decided_by = NULL, decided_ms = NULL WHERE id = ?1 AND state = 'approved'", params![p.id])? == 1
+        {
+            let audit = AuditEntry {
+                at,
+                actor: by.into(),
+                kind: "proposal_reopened".into(),
+                target: Some(format!("|{}|{}|", p.flag, p.environment.as_deref().unwrap_or(""))),
+                after: Some(serde_json::json!({ "proposal": p.id, "why": why })),
+                ..AuditEntry::default()
+            };
+            Store::insert_audit(&mut tx, &audit)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 

@@ -170,7 +170,7 @@ async fn a_scoped_token_changes_its_flags_in_staging_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plans_step_to_100_in_production_pauses_for_approval_and_resumes_through_it() {
+async fn a_plans_step_to_100_in_production_waits_for_approval_and_takes_it_once_approved() {
     let server = unleash().await;
     let flag = unique("fg-plan-approve");
     server.create(&flag, &[rollout(&flag, 5, None)]).await;
@@ -181,7 +181,8 @@ async fn a_plans_step_to_100_in_production_pauses_for_approval_and_resumes_throu
     let daemon = daemon_with_rules(&server, tokens, &plan).await;
     let key = format!("{flag}-plan");
     let instance = || daemon.store.plan_state(&key).unwrap().unwrap_or(Value::Null);
-    wait_until("the plan to pause for approval", Duration::from_secs(20), || instance()["status"] == "paused").await;
+    wait_until("the plan to wait for approval", Duration::from_secs(20), || instance()["awaiting_proposal"].is_i64()).await;
+    assert_eq!(instance()["status"], "running", "it keeps guarding while it waits");
     let reason = instance()["reason"].as_str().unwrap().to_owned();
     assert!(reason.contains("needs a second person's approval: proposal"), "{reason}");
     assert_eq!(rollout_of(&server.state(&flag).await), "5", "not at 100 % before the approval");

@@ -193,12 +193,12 @@ fn run_on(engine: &Engine, ops: &[Op], counts: &mut Counts) {
             }
             Op::OperatorKill(i) => {
                 let before = outbox.store().audit_log(10_000, None, Some("kill_suppressed")).unwrap().len();
-                let id = outbox.operator(&operator(*i, ActionKind::Kill), at).unwrap().unwrap();
+                let id = outbox.operator_keyed(&operator(*i, ActionKind::Kill), None, at).unwrap().unwrap();
                 told.push(id);
                 assert_eq!(outbox.store().audit_log(10_000, None, Some("kill_suppressed")).unwrap().len(), before, "an operator's kill never defers");
             }
             Op::Rollout(i) => {
-                if let Ok(id) = outbox.operator(&operator(*i, ActionKind::Rollout), at).unwrap() {
+                if let Ok(id) = outbox.operator_keyed(&operator(*i, ActionKind::Rollout), None, at).unwrap() {
                     told.push(id);
                 }
             }
