@@ -458,13 +458,25 @@ impl Executor {
     /// Whether a page is open for the request's flag and environment: the newest earlier kill
     /// there (on any actuator: a fallback's confirmation closes it too) failed or did not drain.
     async fn had_incident(&self, request: &ActionRequest, id: i64) -> bool {
-        let (store, flag, env) = (self.outbox.store().clone(), request.flag.clone(), request.environment.clone());
+        let (store, flag) = (self.outbox.store().clone(), request.flag.clone());
         let Ok(Ok(kills)) = tokio::task::spawn_blocking(move || store.recent_kills(&flag, 50)).await else { return false };
         kills
             .iter()
-            .filter(|k| k.id < id && crate::action::Target::parse(&k.target).environment == env)
+            .filter(|k| k.id < id && self.environment_of(k) == request.environment)
             .find(|k| k.state != ActionState::Pending)
             .is_some_and(|k| matches!(k.state, ActionState::Escalated | ActionState::Failed))
+    }
+
+    /// The environment a stored kill was (or would have been) carried out in: as carried out,
+    /// else as asked, else its actuator's default — as [`prepare`] resolves it.
+    fn environment_of(&self, kill: &ActionRow) -> Option<String> {
+        let request: Option<ActionRequest> = serde_json::from_value(kill.effective_request().clone()).ok();
+        let request = request?;
+        request
+            .environment
+            .clone()
+            .or_else(|| request.scoped("environment").map(str::to_owned))
+            .or_else(|| self.actuators.get(&request.actuator).and_then(|a| a.default_environment()).map(str::to_owned))
     }
 
     /// Reads back every kill flagguard holds (confirmed, drained, recovered) at most once per
