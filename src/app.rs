@@ -294,6 +294,8 @@ impl App {
                 metrics: metrics.clone(),
                 clock: clock.clone(),
                 publish: drift_tx,
+                regulated: file.governance.regulated_environments.clone(),
+                approval_expiry: file.governance.approval_expiry,
             };
             tokio::spawn(watcher.run(drift_stop.clone()))
         });

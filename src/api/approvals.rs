@@ -175,6 +175,8 @@ async fn carry_out(s: &ApiState, p: &ProposalRow, actor: &str) -> Result<Option<
             .await??;
             queued.map(Some).map_err(|why| ApiError::Conflict(format!("{why}; the proposal stays pending")))
         }
+        // The drift watch accepts the manifest change at its next pass.
+        ProposalKind::Manifest => Ok(None),
         ProposalKind::Resume => {
             let plan = p.request["plan"].as_str().unwrap_or_default().to_owned();
             let region = p.request["region"].as_str().map(str::to_owned);

@@ -65,6 +65,7 @@ pub async fn compliance_findings(s: &ApiState) -> Result<Vec<crate::manifest::co
         manifests: &drift.manifests,
         drift: &drift.flags,
         usage: &usage,
+        held: &drift.held,
         regulated: &s.governance.regulated_environments,
         max_rollout_age: s.governance.max_rollout_age,
         now: s.clock.now(),

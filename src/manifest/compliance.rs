@@ -55,6 +55,8 @@ pub struct Inputs<'a> {
     /// The drift watch's last pass.
     pub drift: &'a [Report],
     pub usage: &'a [Usage],
+    /// Manifest changes the drift watch holds until approved.
+    pub held: &'a [super::watch::HeldChange],
     pub regulated: &'a [String],
     pub max_rollout_age: Duration,
     pub now: Timestamp,
@@ -81,6 +83,10 @@ pub fn report(i: &Inputs<'_>) -> Vec<Finding> {
         {
             out.push(Finding { flag: m.key.clone(), environment: None, problem: Problem::Expired, detail: format!("expired on {day} ({})", m.file.display()) });
         }
+    }
+    for h in i.held {
+        let detail = format!("{} in the flag manifests without approval (proposal {}, {})", h.change, h.proposal, h.state.as_str());
+        out.push(Finding { flag: h.flag.clone(), environment: None, problem: Problem::UnapprovedChange, detail });
     }
     for r in i.drift {
         let Status::Drifted { findings } = &r.status else { continue };
@@ -148,6 +154,7 @@ mod tests {
             manifests: &manifests,
             drift: &drift,
             usage: &usage,
+            held: &[],
             regulated: &regulated,
             max_rollout_age: Duration::from_secs(30 * 86_400),
             now,

@@ -37,6 +37,19 @@ pub struct DriftState {
     /// The manifests watched (for the compliance report).
     #[serde(skip)]
     pub manifests: Vec<super::FlagManifest>,
+    /// Manifest changes in regulated environments held until approved.
+    pub held: Vec<HeldChange>,
+}
+
+/// A flag removed from the manifests or made permanent, in a regulated environment: the watch
+/// keeps it as it was until a second person approves the proposal.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeldChange {
+    pub flag: String,
+    /// `removed` or `permanent`.
+    pub change: &'static str,
+    pub proposal: i64,
+    pub state: crate::store::proposals::ProposalState,
 }
 
 pub struct DriftWatch {
@@ -49,6 +62,9 @@ pub struct DriftWatch {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub publish: watch::Sender<Arc<DriftState>>,
+    /// `[governance]`: manifest changes there are proposals.
+    pub regulated: Vec<String>,
+    pub approval_expiry: Duration,
 }
 
 /// The statuses of the `manifest_drift` state set.
@@ -59,8 +75,9 @@ impl DriftWatch {
         let mut set: Option<ManifestSet> = None;
         let mut last: HashMap<(String, String), &'static str> = HashMap::new();
         let mut gauged: HashSet<(String, String)> = HashSet::new();
+        let mut held: HashMap<(String, &'static str), i64> = HashMap::new();
         loop {
-            self.pass(&mut set, &mut last, &mut gauged).await;
+            self.pass(&mut set, &mut last, &mut gauged, &mut held).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.interval) => {}
@@ -68,15 +85,26 @@ impl DriftWatch {
         }
     }
 
-    async fn pass(&self, set: &mut Option<ManifestSet>, last: &mut HashMap<(String, String), &'static str>, gauged: &mut HashSet<(String, String)>) {
+    async fn pass(
+        &self,
+        set: &mut Option<ManifestSet>,
+        last: &mut HashMap<(String, String), &'static str>,
+        gauged: &mut HashSet<(String, String)>,
+        held: &mut HashMap<(String, &'static str), i64>,
+    ) {
         let names: BTreeSet<String> = self.actuators.keys().cloned().collect();
         let dir = self.dir.clone();
         let errors = match tokio::task::spawn_blocking(move || super::load_dir(&dir, Some(&names))).await {
             Ok(Ok(loaded)) => {
-                if set.as_ref() != Some(&loaded) {
-                    self.loaded(&loaded).await;
+                let accepted = match set.as_ref() {
+                    Some(previous) => self.gate(previous, loaded, held).await,
+                    // The first set after a start is taken as it is.
+                    None => loaded,
+                };
+                if set.as_ref() != Some(&accepted) {
+                    self.loaded(&accepted).await;
                 }
-                *set = Some(loaded);
+                *set = Some(accepted);
                 Vec::new()
             }
             Ok(Err(errors)) => {
@@ -136,8 +164,96 @@ impl DriftWatch {
             owners,
             errors,
             manifests: current.flags.clone(),
+            held: self.held_changes(held).await,
         };
         self.publish.send_replace(Arc::new(state));
+    }
+
+    /// `loaded` as the watch accepts it: a flag of a regulated environment removed or made
+    /// permanent stays as it was in `previous` until a second person approves the proposal the
+    /// watch makes for it (`ProposalKind::Manifest`). `held`: the open ones, (flag, change) →
+    /// proposal. A rejected change stays held; an expired one is proposed again.
+    async fn gate(&self, previous: &ManifestSet, loaded: ManifestSet, held: &mut HashMap<(String, &'static str), i64>) -> ManifestSet {
+        use crate::store::proposals::{NewProposal, ProposalKind, ProposalState, regulated};
+        let mut accepted = loaded.clone();
+        let now = self.clock.now();
+        for old in &previous.flags {
+            if !old.environments.iter().any(|e| regulated(&self.regulated, Some(&e.environment))) {
+                continue;
+            }
+            let new = loaded.flags.iter().position(|f| f.key == old.key && f.actuator == old.actuator);
+            let change = match new {
+                None => "removed",
+                Some(i) if loaded.flags[i].lifecycle == super::Lifecycle::Permanent && old.lifecycle != super::Lifecycle::Permanent => "permanent",
+                Some(_) => continue,
+            };
+            let key = (old.key.clone(), change);
+            let state = match held.get(&key) {
+                Some(id) => {
+                    let (store, id) = (self.outbox.store().clone(), *id);
+                    tokio::task::spawn_blocking(move || store.proposal(id, now)).await.ok().and_then(Result::ok).flatten().map(|p| p.state)
+                }
+                None => None,
+            };
+            match state {
+                Some(ProposalState::Approved) => {
+                    held.remove(&key);
+                    continue;
+                }
+                Some(ProposalState::Pending | ProposalState::Rejected) => {}
+                // Not proposed yet, expired or gone: propose (a standby does not).
+                _ if self.fence.as_ref().is_some_and(|f| f.epoch().is_none()) => {}
+                _ => {
+                    let dir = self.dir.clone();
+                    let git = tokio::task::spawn_blocking(move || super::git_head(&dir)).await.ok().flatten();
+                    let proposer = git.as_ref().map_or("manifests".to_owned(), |g| format!("git:{g}"));
+                    let request = json!({ "flag": old.key, "change": change, "file": old.file, "git": git });
+                    let reason = match change {
+                        "removed" => format!("{} was removed from the flag manifests", old.key),
+                        _ => format!("{} was made permanent in the flag manifests", old.key),
+                    };
+                    let env = old.environments.iter().map(|e| e.environment.clone()).find(|e| regulated(&self.regulated, Some(e)));
+                    let (store, flag) = (self.outbox.store().clone(), old.key.clone());
+                    let expires = now.plus(self.approval_expiry);
+                    let made = tokio::task::spawn_blocking(move || {
+                        store.propose(&NewProposal {
+                            kind: ProposalKind::Manifest,
+                            flag: &flag,
+                            environment: env.as_deref(),
+                            request: &request,
+                            proposer: &proposer,
+                            reason: Some(&reason),
+                            at: now,
+                            expires,
+                        })
+                    })
+                    .await;
+                    if let Ok(Ok(id)) = made {
+                        held.insert(key, id);
+                    }
+                }
+            }
+            // Held: the flag stays as it was.
+            match new {
+                Some(i) => accepted.flags[i] = old.clone(),
+                None => accepted.flags.push(old.clone()),
+            }
+        }
+        accepted
+    }
+
+    /// The held changes with their proposals' states.
+    async fn held_changes(&self, held: &HashMap<(String, &'static str), i64>) -> Vec<HeldChange> {
+        let mut out = Vec::new();
+        let now = self.clock.now();
+        for ((flag, change), id) in held {
+            let (store, id) = (self.outbox.store().clone(), *id);
+            if let Ok(Ok(Some(p))) = tokio::task::spawn_blocking(move || store.proposal(id, now)).await {
+                out.push(HeldChange { flag: flag.clone(), change, proposal: id, state: p.state });
+            }
+        }
+        out.sort_by(|a, b| (&a.flag, a.change).cmp(&(&b.flag, b.change)));
+        out
     }
 
     /// Audits a new or changed manifest set (`manifests_loaded`), with who changed it: the

@@ -27,8 +27,11 @@ pub enum ProposalKind {
     Rollout,
     /// The restore of a killed flag.
     Restore,
-    /// The resume of a paused rollout plan.
+    /// The resume of a paused rollout plan (or a plan's own step to 100 %).
     Resume,
+    /// A change of the flag manifests in a regulated environment: a flag removed or made
+    /// permanent. Until approved the drift watch keeps the flag as it was.
+    Manifest,
 }
 
 impl ProposalKind {
@@ -37,11 +40,12 @@ impl ProposalKind {
             ProposalKind::Rollout => "rollout",
             ProposalKind::Restore => "restore",
             ProposalKind::Resume => "resume",
+            ProposalKind::Manifest => "manifest",
         }
     }
 
     fn parse(s: &str) -> Option<ProposalKind> {
-        [ProposalKind::Rollout, ProposalKind::Restore, ProposalKind::Resume].into_iter().find(|k| k.as_str() == s)
+        [ProposalKind::Rollout, ProposalKind::Restore, ProposalKind::Resume, ProposalKind::Manifest].into_iter().find(|k| k.as_str() == s)
     }
 }
 

@@ -24,6 +24,10 @@ async fn daemon(server: &Unleash, tokens: Vec<TokenConfig>) -> Daemon {
 }
 
 async fn daemon_with_rules(server: &Unleash, tokens: Vec<TokenConfig>, rules: &str) -> Daemon {
+    daemon_tuned(server, tokens, rules, |_| {}).await
+}
+
+async fn daemon_tuned(server: &Unleash, tokens: Vec<TokenConfig>, rules: &str, tune: impl FnOnce(&mut flagguard::config::ConfigFile)) -> Daemon {
     // SAFETY: every test sets the same values.
     unsafe {
         std::env::set_var("FG_TEST_ALICE", ALICE);
@@ -40,6 +44,7 @@ async fn daemon_with_rules(server: &Unleash, tokens: Vec<TokenConfig>, rules: &s
     config.actuators.insert("unleash".into(), flagguard::config::ActuatorConfig::Unleash(unleash));
     config.api.tokens = tokens;
     config.governance.regulated_environments = vec!["production".into()];
+    tune(&mut config);
     Daemon::start(config, dir).await
 }
 
@@ -195,5 +200,58 @@ async fn a_plans_step_to_100_in_production_waits_for_approval_and_takes_it_once_
     wait_until("the plan to complete at 100 %", Duration::from_secs(30), || instance()["status"] == "completed").await;
     assert_eq!(rollout_of(&server.state(&flag).await), "100");
     assert_eq!(daemon.store.proposals(None, flagguard::time::Timestamp::now()).unwrap().len(), 1, "one proposal, not one per tick");
+    daemon.stop().await;
+}
+
+/// Polls `GET /v1/drift` until `check` holds.
+async fn drift_until(daemon: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = get_as(daemon, ALICE, "/v1/drift").await;
+        if check(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn get_as(daemon: &Daemon, token: &str, path: &str) -> Value {
+    reqwest::Client::new().get(format!("http://{}{path}", daemon.addrs.api)).bearer_auth(token).send().await.unwrap().json().await.unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_regulated_flag_from_the_manifests_is_held_until_a_second_person_approves() {
+    let server = unleash().await;
+    let flag = unique("fg-remove");
+    server.create(&flag, &[rollout(&flag, 5, None)]).await;
+    let manifests = tempfile::tempdir().unwrap();
+    let file = manifests.path().join("flags.yaml");
+    std::fs::write(&file, format!("flags:\n  - key: {flag}\n    owner: {{ team: payments }}\n    lifecycle: release\n    environments: [ {{ name: production, enabled: true, rollout: 5 }} ]\n")).unwrap();
+    let tokens = vec![token("alice", Role::Operator, "${FG_TEST_ALICE}")];
+    let dir = manifests.path().to_owned();
+    let daemon = daemon_tuned(&server, tokens, "rules: []\n", move |c| {
+        c.manifests.dir = Some(dir);
+        c.manifests.drift_interval = Duration::from_secs(1);
+    })
+    .await;
+    let watched = |body: &Value| body["flags"].as_array().is_some_and(|f| f.iter().any(|f| f["flag"] == flag.as_str()));
+    drift_until(&daemon, "the flag watched", |b| watched(b)).await;
+    // Removed in Git: held, proposed, still watched, and a compliance finding.
+    std::fs::write(&file, "flags: []\n").unwrap();
+    let body = drift_until(&daemon, "the removal held", |b| b["held"].as_array().is_some_and(|h| !h.is_empty())).await;
+    assert!(watched(&body), "a held removal keeps the flag watched: {body}");
+    assert_eq!((body["held"][0]["change"].as_str(), body["held"][0]["state"].as_str()), (Some("removed"), Some("pending")));
+    let proposal = body["held"][0]["proposal"].as_i64().unwrap();
+    let compliance = get_as(&daemon, ALICE, "/v1/compliance").await;
+    assert!(
+        compliance["findings"].as_array().unwrap().iter().any(|f| f["problem"] == "unapproved_change" && f["detail"].as_str().unwrap().starts_with("removed")),
+        "{compliance}"
+    );
+    // Approved by a second person: the watch accepts the removal.
+    let (code, answer) = cli(&daemon, ALICE, &["approvals", "approve", &proposal.to_string()]).await;
+    assert_eq!(code, 0, "{answer}");
+    let body = drift_until(&daemon, "the removal accepted", |b| !watched(b) && b["held"].as_array().is_some_and(|h| h.is_empty())).await;
+    assert_eq!(body["flags"], json!([]));
     daemon.stop().await;
 }
