@@ -177,6 +177,7 @@ impl DriftWatch {
         use crate::store::proposals::{NewProposal, ProposalKind, ProposalState, regulated};
         let mut accepted = loaded.clone();
         let now = self.clock.now();
+        let mut seen = HashSet::new();
         for old in &previous.flags {
             if !old.environments.iter().any(|e| regulated(&self.regulated, Some(&e.environment))) {
                 continue;
@@ -188,6 +189,7 @@ impl DriftWatch {
                 Some(_) => continue,
             };
             let key = (old.key.clone(), change);
+            seen.insert(key.clone());
             let state = match held.get(&key) {
                 Some(id) => {
                     let (store, id) = (self.outbox.store().clone(), *id);
@@ -239,6 +241,8 @@ impl DriftWatch {
                 None => accepted.flags.push(old.clone()),
             }
         }
+        // A change taken back in Git (the flag restored) is no longer held.
+        held.retain(|key, _| seen.contains(key));
         accepted
     }
 
