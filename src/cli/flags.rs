@@ -278,7 +278,7 @@ pub async fn change(args: &SetRollout, server: &str, token: Option<&str>) -> Res
         "reason": reason,
     });
     let (status, answer) = api.post(&["v1", "flags", &t.flag, "rollout"], &body).await?;
-    if status == 202
+    if matches!(status, 200 | 202)
         && let Some(proposal) = answer["proposal"].as_i64()
     {
         let message = answer["message"].as_str().unwrap_or("awaits approval").to_owned();

@@ -86,9 +86,13 @@ async fn a_promotion_to_100_in_production_waits_for_a_second_person_and_kills_ar
     let daemon = daemon(&server, tokens).await;
 
     // Alice promotes to 100 %: a proposal, nothing changed yet.
-    let (code, answer) = cli(&daemon, ALICE, &["flags", "set-rollout", &flag, "--env", "production", "--expect", "50", "--percent", "100"]).await;
+    let promote = ["flags", "set-rollout", &flag, "--env", "production", "--expect", "50", "--percent", "100", "--idempotency-key", "release-7"];
+    let (code, answer) = cli(&daemon, ALICE, &promote).await;
     assert_eq!((code, answer["outcome"].as_str()), (2, Some("pending_approval")), "{answer}");
     let proposal = answer["proposal"].as_i64().unwrap();
+    // The pipeline step retried with its key: the same proposal, not a second one.
+    let (code, again) = cli(&daemon, ALICE, &promote).await;
+    assert_eq!((code, again["proposal"].as_i64()), (2, Some(proposal)), "{again}");
     assert_eq!(rollout_of(&server.state(&flag).await), "50");
     // Not by herself, not by a viewer.
     let (code, answer) = cli(&daemon, ALICE, &["approvals", "approve", &proposal.to_string()]).await;
@@ -100,6 +104,7 @@ async fn a_promotion_to_100_in_production_waits_for_a_second_person_and_kills_ar
     // Bob sees it and approves: the change goes out, both named.
     let (code, list) = cli(&daemon, BOB, &["approvals", "list"]).await;
     assert_eq!(code, 0);
+    assert_eq!(list["proposals"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list["proposals"][0]["id"], proposal, "{list}");
     assert_eq!((list["proposals"][0]["proposer"].as_str(), list["proposals"][0]["kind"].as_str()), (Some("token:alice"), Some("rollout")));
     let (code, approved) = cli(&daemon, BOB, &["approvals", "approve", &proposal.to_string(), "--reason", "CAB-1142"]).await;
