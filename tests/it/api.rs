@@ -25,7 +25,12 @@ async fn rules_reload_on_change_and_on_request_and_bad_reloads_keep_the_old_set(
         async move { http.get(url).send().await.unwrap() }
     };
     assert_eq!(get("/healthz").await.status(), 200);
-    assert_eq!(get("/readyz").await.status(), 200);
+    // Ready once the pipeline and the executor run (a moment after the listeners).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get("/readyz").await.status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let names = |snapshot: &flagguard::view::Snapshot| snapshot.rules.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     wait_until("rule a loaded", Duration::from_secs(5), || names(&daemon.snapshot()) == ["a"]).await;
 
