@@ -101,6 +101,15 @@ async fn load(s: &ApiState, id: i64) -> Result<ProposalRow, ApiError> {
     blocking(move || store.proposal(id, now)).await??.ok_or_else(|| ApiError::NotFound(format!("no proposal {id}")))
 }
 
+/// A proposal still to be decided (409 naming its state otherwise).
+async fn pending(s: &ApiState, id: i64) -> Result<ProposalRow, ApiError> {
+    let p = load(s, id).await?;
+    if p.state != ProposalState::Pending {
+        return Err(ApiError::Conflict(format!("proposal {id} is {}", p.state.as_str())));
+    }
+    Ok(p)
+}
+
 /// Who decides: only a known token (an approval names two people).
 fn decider(caller: &Option<Extension<Caller>>) -> Result<String, ApiError> {
     match caller {
@@ -118,10 +127,7 @@ pub async fn approve(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.unwrap_or_default();
     let approver = decider(&caller)?;
-    let p = load(&s, id).await?;
-    if p.state != ProposalState::Pending {
-        return Err(ApiError::Conflict(format!("proposal {id} is {}", p.state.as_str())));
-    }
+    let p = pending(&s, id).await?;
     if p.proposer == approver
         && let Some(Extension(c)) = &caller
     {
@@ -201,10 +207,7 @@ pub async fn reject(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.unwrap_or_default();
     let by = decider(&caller)?;
-    let p = load(&s, id).await?;
-    if p.state != ProposalState::Pending {
-        return Err(ApiError::Conflict(format!("proposal {id} is {}", p.state.as_str())));
-    }
+    let p = pending(&s, id).await?;
     if by != p.proposer {
         super::actions::permit(&s, &caller, "reject", &p.flag, p.environment.as_deref()).await?;
     }
